@@ -1,0 +1,33 @@
+"""Alembic environment: the app's metadata, and its database (or a given connection)."""
+
+from alembic import context
+from sqlalchemy import Connection
+
+from app.core.config import get_settings
+from app.core.db import create_db_engine
+from app.models import SQLModel
+
+target_metadata = SQLModel.metadata
+
+
+def run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        compare_server_default=True,
+        transaction_per_migration=False,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+given = context.config.attributes.get("connection")
+if given is not None:
+    run_migrations(given)
+else:
+    engine = create_db_engine(get_settings())
+    with engine.connect() as connection:
+        run_migrations(connection)
+        connection.commit()
+    engine.dispose()

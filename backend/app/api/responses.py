@@ -1,0 +1,21 @@
+"""The error responses each operation documents in OpenAPI."""
+
+from typing import Any
+
+from app.schemas import ErrorBody
+
+_DESCRIPTIONS = {
+    400: "Validation error or malformed JSON",
+    404: "No such task for this user",
+    413: "Body over 64 KiB",
+    415: "Body is not application/json",
+    500: "Unexpected error",
+    503: "Database unavailable (with Retry-After)",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        for status in (*statuses, 400, 500, 503)
+    }

@@ -1,0 +1,194 @@
+"""The one exception hierarchy, and the handlers that render every error as C3 JSON."""
+
+import logging
+from http import HTTPStatus
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from app.schemas import ErrorBody, FieldError
+
+logger = logging.getLogger("app.errors")
+
+RETRY_AFTER_SECONDS = "2"
+
+
+class AppError(Exception):
+    status_code = 500
+    code = "internal_error"
+    message = "Internal server error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        detail: str | None = None,
+        fields: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.detail = detail
+        self.fields = fields
+        self.headers = headers
+
+
+class ValidationFailed(AppError):
+    status_code = 400
+    code = "validation_error"
+    message = "Request validation failed"
+
+
+class InvalidJSON(AppError):
+    status_code = 400
+    code = "invalid_json"
+    message = "Request body must be a JSON object"
+
+
+class NotFoundError(AppError):
+    status_code = 404
+    code = "not_found"
+    message = "Not found"
+
+
+class TaskNotFound(NotFoundError):
+    message = "Task not found"
+
+
+class MethodNotAllowed(AppError):
+    status_code = 405
+    code = "method_not_allowed"
+    message = "Method not allowed"
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "payload_too_large"
+    message = "Request body is too large"
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    code = "unsupported_media_type"
+    message = "Request body must be application/json"
+
+
+class DatabaseUnavailable(AppError):
+    status_code = 503
+    code = "database_unavailable"
+    message = "The database is unavailable, try again shortly"
+
+
+def request_id_of(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(error: AppError, request_id: str | None) -> JSONResponse:
+    body = ErrorBody(
+        error=error.message,
+        code=error.code,
+        detail=error.detail,
+        fields=error.fields,
+        request_id=request_id,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=error.status_code,
+        headers=error.headers,
+    )
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    """('body', 'tags', 2) -> 'tags[2]'; ('query', 'limit') -> 'limit'."""
+    name = ""
+    for part in loc[1:] if len(loc) > 1 else loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name
+
+
+def validation_error(errors: Sequence[Any]) -> AppError:
+    fields: list[FieldError] = []
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        if err.get("type") == "json_invalid" or loc == ("body",):
+            return InvalidJSON()
+        if err.get("type") == "extra_forbidden":
+            message = "Unknown field"
+        else:
+            message = str(err.get("msg", "Invalid value")).removeprefix("Value error, ")
+        fields.append(FieldError(field=_field_name(loc), message=message))
+    detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
+    return ValidationFailed(detail=detail, fields=fields)
+
+
+_HTTP_ERRORS: dict[int, type[AppError]] = {
+    404: NotFoundError,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Connection-level failures (outage, dropped connection, pool exhausted)."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return True
+    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Starlette names the methods of the first route whose path matched; the
+    `Allow` header must name those of every route on this path."""
+    allowed = [
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
+def register_exception_handlers(app: FastAPI) -> None:
+    async def app_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AppError)
+        return error_response(exc, request_id_of(request))
+
+    async def request_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(validation_error(exc.errors()), request_id_of(request))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            headers = {"Allow": _allowed_methods(request)}
+        if exc.status_code in _HTTP_ERRORS:
+            error = _HTTP_ERRORS[exc.status_code](headers=headers)
+        else:  # any other status Starlette raises: keep it, name it plainly
+            phrase = HTTPStatus(exc.status_code).phrase
+            error = AppError(phrase, headers=headers)
+            error.status_code = exc.status_code
+            error.code = phrase.lower().replace(" ", "_").replace("-", "_")
+        return error_response(error, request_id_of(request))
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if not is_database_unavailable(exc):
+            raise exc
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        error = DatabaseUnavailable(headers={"Retry-After": RETRY_AFTER_SECONDS})
+        return error_response(error, request_id_of(request))
+
+    app.add_exception_handler(AppError, app_error)
+    app.add_exception_handler(RequestValidationError, request_validation)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, database_error)

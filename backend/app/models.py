@@ -1,0 +1,93 @@
+"""Table models (table=True only). Never used as request bodies or responses."""
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Enum,
+    Identity,
+    Index,
+    String,
+    Text,
+    false,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlmodel import Field, SQLModel
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Priority(enum.StrEnum):
+    """Declared in rank order: the PostgreSQL enum sorts by it."""
+
+    none = "none"
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+def _timestamptz(*, nullable: bool, server_default: bool = False) -> Column[datetime]:
+    return Column(
+        DateTime(timezone=True),
+        nullable=nullable,
+        server_default=func.now() if server_default else None,
+    )
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "task"
+    __table_args__ = (
+        # Serves the default listing (newest first) of one user.
+        Index("ix_task_user_id_created_at_id", "user_id", "created_at", "id"),
+    )
+
+    # The key leads with the owner: every lookup is by (user_id, id), and the
+    # table can be distributed by user_id (Citus) with no unique key crossing users.
+    user_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(), primary_key=True)
+    )
+    title: str = Field(sa_column=Column(String(200), nullable=False))
+    description: str | None = Field(
+        default=None, sa_column=Column(String(1000), nullable=True)
+    )
+    completed: bool = Field(
+        default=False,
+        sa_column=Column(Boolean, nullable=False, server_default=false()),
+    )
+    completed_at: datetime | None = Field(
+        default=None, sa_column=_timestamptz(nullable=True)
+    )
+    priority: Priority = Field(
+        default=Priority.none,
+        sa_column=Column(
+            Enum(Priority, name="task_priority", values_callable=lambda e: [m.value for m in e]),
+            nullable=False,
+            server_default=Priority.none.value,
+        ),
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(
+            ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")
+        ),
+    )
+    due_at: datetime | None = Field(default=None, sa_column=_timestamptz(nullable=True))
+    created_at: datetime | None = Field(
+        default=None, sa_column=_timestamptz(nullable=False, server_default=True)
+    )
+    updated_at: datetime | None = Field(
+        default=None, sa_column=_timestamptz(nullable=False, server_default=True)
+    )

@@ -1,0 +1,184 @@
+"""Request and response bodies. Shape rules live here as reusable Annotated types."""
+
+import re
+import unicodedata
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from app.models import Priority
+
+MAX_TASK_ID = 2**63 - 1
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
+READ_ONLY_FIELDS = frozenset({"id", "user_id", "created_at", "updated_at", "completed_at"})
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text cannot hold NUL, and UTF-8 cannot hold lone surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must not contain unpaired surrogates") from None
+    return value
+
+
+def _tag(value: str) -> str:
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValueError("must not contain control characters")
+    return value.lower()
+
+
+def _unique_tags(tags: list[str]) -> list[str]:
+    unique = list(dict.fromkeys(tags))
+    if len(unique) > 20:
+        raise ValueError("at most 20 distinct tags")
+    return unique
+
+
+def _aware_datetime(value: object) -> datetime:
+    """An ISO 8601 string with an explicit offset; the server never guesses."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an ISO 8601 datetime") from None
+        if parsed.tzinfo is None:
+            raise ValueError("must include a UTC offset, e.g. 2026-01-31T09:00:00Z")
+    else:
+        raise ValueError("must be an ISO 8601 datetime string with a UTC offset")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+
+
+def _task_id(value: object) -> object:
+    if isinstance(value, str):
+        if not _DIGITS.fullmatch(value):
+            raise ValueError("must be a decimal integer from 1 to 9223372036854775807")
+        return int(value)
+    return value
+
+
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_storable),
+]
+Description = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_storable)]
+Tag = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
+    AfterValidator(_storable),
+    AfterValidator(_tag),
+]
+Tags = Annotated[list[Tag], AfterValidator(_unique_tags)]
+AwareDatetime = Annotated[
+    datetime, BeforeValidator(_aware_datetime), Field(examples=["2026-12-01T09:00:00Z"])
+]
+TaskId = Annotated[int, BeforeValidator(_task_id), Field(ge=1, le=MAX_TASK_ID)]
+
+
+class _TaskInput(BaseModel):
+    """Unknown fields are rejected by name; read-only ones are ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_read_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in READ_ONLY_FIELDS}
+        return data
+
+    @field_validator("title", "completed", check_fields=False)
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must not be null")
+        return value
+
+
+class TaskCreate(_TaskInput):
+    title: Title
+    description: Description | None = None
+    priority: Priority | None = None
+    tags: Tags | None = None
+    due_at: AwareDatetime | None = None
+    completed: StrictBool | None = None
+
+
+class TaskReplace(TaskCreate):
+    """PUT: the whole content; omitted optional fields return to their defaults."""
+
+
+class TaskPatch(_TaskInput):
+    """PATCH: absent = unchanged, null = cleared."""
+
+    title: Title | None = None
+    description: Description | None = None
+    priority: Priority | None = None
+    tags: Tags | None = None
+    due_at: AwareDatetime | None = None
+    completed: StrictBool | None = None
+
+
+class ToggleBody(_TaskInput):
+    """E6 takes no fields: an empty body or `{}`."""
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(lambda value: value.astimezone(UTC))]
+
+
+class TaskPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    user_id: str
+    title: str
+    description: str | None
+    completed: bool
+    completed_at: UtcDatetime | None
+    priority: Priority
+    tags: list[str]
+    due_at: UtcDatetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response, whatever produced it (CONTRACT C3)."""
+
+    error: str
+    code: str
+    detail: str | None = None
+    fields: list[FieldError] | None = None
+    request_id: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    error: str | None = None
+    code: str | None = None

@@ -1,0 +1,180 @@
+"""C3: every error, whatever produced it, is the same JSON shape; nothing leaks."""
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from app.core.config import Settings
+from app.core.db import create_db_engine
+from app.main import create_app
+from tests.factories import create_task, new_user_id, tasks_url
+
+ERROR_KEYS = {"error", "code", "detail", "fields", "request_id"}
+DEAD_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere"
+
+
+def assert_error(response: object, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text  # type: ignore[attr-defined]
+    assert response.headers["content-type"] == "application/json"  # type: ignore[attr-defined]
+    body: dict[str, object] = response.json()  # type: ignore[attr-defined]
+    assert set(body) <= ERROR_KEYS
+    assert body["code"] == code
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["request_id"] == response.headers["x-request-id"]  # type: ignore[attr-defined]
+    return body
+
+
+def test_unknown_route_is_404_json(client: TestClient) -> None:
+    assert_error(client.get("/nope"), 404, "not_found")
+    assert_error(client.get("/api/u1/tasks/1/nope"), 404, "not_found")
+
+
+def test_wrong_method_is_405_with_allow(client: TestClient) -> None:
+    response = client.post(tasks_url("u1", 1))
+    assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["allow"].replace(" ", "").split(",")) == {
+        "GET",
+        "PUT",
+        "PATCH",
+        "DELETE",
+    }
+
+
+@pytest.mark.parametrize("body", ["{", '{"title": "x",}', "nul", '{"title": NaN'])
+def test_malformed_json_is_400_invalid_json(client: TestClient, body: str) -> None:
+    response = client.post(
+        tasks_url(new_user_id()), content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(response, 400, "invalid_json")
+
+
+@pytest.mark.parametrize("body", ["[]", '[{"title": "x"}]', '"title"', "42", "null", ""])
+def test_non_object_body_is_400_invalid_json(client: TestClient, body: str) -> None:
+    user = new_user_id()
+    response = client.post(
+        tasks_url(user), content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(response, 400, "invalid_json")
+    assert client.get(tasks_url(user)).json() == []
+
+
+def test_non_object_body_on_update_is_400_invalid_json(client: TestClient) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    for method in ("PUT", "PATCH"):
+        response = client.request(method, tasks_url(user, task["id"]), json=["x"])
+        assert_error(response, 400, "invalid_json")
+    response = client.patch(tasks_url(user, task["id"]) + "/complete", json=[])
+    assert_error(response, 400, "invalid_json")
+    assert client.get(tasks_url(user, task["id"])).json() == task
+
+
+def test_body_over_64_kib_is_413(client: TestClient) -> None:
+    user = new_user_id()
+    body = json.dumps({"title": "x", "description": "d" * (64 * 1024)})
+    response = client.post(
+        tasks_url(user), content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(response, 413, "payload_too_large")
+    assert client.get(tasks_url(user)).json() == []
+
+
+def test_body_of_exactly_64_kib_is_not_413(client: TestClient) -> None:
+    body = json.dumps({"title": "x", "tags": []})
+    body = body[:-1] + " " * (64 * 1024 - len(body)) + "}"
+    assert len(body) == 64 * 1024
+    response = client.post(
+        tasks_url(new_user_id()), content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "application/xml", "application/jsonx"],
+)
+def test_non_json_body_is_415(client: TestClient, content_type: str) -> None:
+    response = client.post(
+        tasks_url(new_user_id()), content='{"title": "x"}', headers={"content-type": content_type}
+    )
+    assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "application/merge-patch+json"]
+)
+def test_json_media_types_are_accepted(client: TestClient, content_type: str) -> None:
+    response = client.post(
+        tasks_url(new_user_id()), content='{"title": "x"}', headers={"content-type": content_type}
+    )
+    assert response.status_code == 201
+
+
+def test_validation_error_lists_every_field(client: TestClient) -> None:
+    response = client.post(
+        tasks_url(new_user_id()), json={"title": "", "priority": "urgent", "tags": ["ok", ""]}
+    )
+    body = assert_error(response, 400, "validation_error")
+    fields = body["fields"]
+    assert isinstance(fields, list)
+    assert {f["field"] for f in fields} == {"title", "priority", "tags[1]"}
+    assert all(isinstance(f["message"], str) and f["message"] for f in fields)
+
+
+def test_query_validation_errors_are_400_not_422(client: TestClient) -> None:
+    response = client.get(tasks_url(new_user_id(), "x"))
+    assert_error(response, 400, "validation_error")
+
+
+@pytest.fixture
+def failing_app(app: FastAPI) -> FastAPI:
+    def explode() -> None:
+        raise RuntimeError("SELECT secret FROM /etc/passwd")
+
+    app.add_api_route("/explode", explode)
+    return app
+
+
+def test_unexpected_exception_is_500_without_internals(failing_app: FastAPI) -> None:
+    response = TestClient(failing_app, raise_server_exceptions=False).get("/explode")
+    assert_error(response, 500, "internal_error")
+    for leak in ("SELECT", "passwd", "Traceback", "RuntimeError", ".py"):
+        assert leak not in response.text
+
+
+@pytest.fixture
+def dead_database_app(settings: Settings) -> Iterator[FastAPI]:
+    engine: Engine = create_db_engine(settings, DEAD_DATABASE)
+    yield create_app(settings, engine)
+    engine.dispose()
+
+
+def test_database_unreachable_is_503_with_retry_after(dead_database_app: FastAPI) -> None:
+    client = TestClient(dead_database_app, raise_server_exceptions=False)
+    for response in (
+        client.get(tasks_url("u1")),
+        client.post(tasks_url("u1"), json={"title": "x"}),
+    ):
+        body = assert_error(response, 503, "database_unavailable")
+        assert int(response.headers["retry-after"]) > 0
+        assert "9" not in str(body["error"])  # no host, port or driver message
+
+
+def test_health_reports_disconnected_database(dead_database_app: FastAPI) -> None:
+    response = TestClient(dead_database_app).get("/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unhealthy"
+    assert body["database"] == "disconnected"
+    assert body["code"] == "database_unavailable"
+    assert "error" in body
+
+
+def test_health_reports_connected_database(client: TestClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "healthy", "database": "connected"}
