@@ -15,7 +15,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $@
 
 run: install
-	cd backend && ../$(PY) -m app
+	PYTHONPATH=backend $(PY) -m app
 
 test: install
 	$(PY) -m pytest
@@ -31,4 +31,4 @@ format: install
 
 # Regenerate the committed OpenAPI document (a contract test fails when it drifts).
 openapi: install
-	cd backend && ../$(PY) -m app.openapi > ../specs/001-task-api/openapi.json
+	PYTHONPATH=backend $(PY) -m app.openapi > specs/001-task-api/openapi.json

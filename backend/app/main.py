@@ -18,7 +18,14 @@ from app.core.logging import configure_logging
 from app.core.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from app.core.migrations import migrate
 
-EXPOSED_HEADERS = ["ETag", "Location", "Link", "X-Next-Cursor", "X-Request-ID", "Retry-After"]
+EXPOSED_HEADERS = [
+    "ETag",
+    "Location",
+    "Link",
+    "X-Next-Cursor",
+    "X-Request-ID",
+    "Retry-After",
+]
 DESCRIPTION = """A user-scoped todo API. Every error has the body
 `{"error", "code", "detail"?, "fields"?, "request_id"?}`."""
 
@@ -41,13 +48,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None
+) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.LOG_LEVEL)
     engine = engine or create_db_engine(settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # One thread per pooled connection: a request never waits on the pool
         # while holding a thread another request needs to give one back.
         to_thread.current_default_thread_limiter().total_tokens = (
@@ -79,8 +88,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match",
-                       "Idempotency-Key", "X-Request-ID"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "If-Match",
+            "If-None-Match",
+            "Idempotency-Key",
+            "X-Request-ID",
+        ],
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )

@@ -73,7 +73,11 @@ class Task(SQLModel, table=True):
     priority: Priority = Field(
         default=Priority.none,
         sa_column=Column(
-            Enum(Priority, name="task_priority", values_callable=lambda e: [m.value for m in e]),
+            Enum(
+                Priority,
+                name="task_priority",
+                values_callable=lambda e: [m.value for m in e],
+            ),
             nullable=False,
             server_default=Priority.none.value,
         ),

@@ -21,7 +21,9 @@ from app.models import Priority
 
 MAX_TASK_ID = 2**63 - 1
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
-READ_ONLY_FIELDS = frozenset({"id", "user_id", "created_at", "updated_at", "completed_at"})
+READ_ONLY_FIELDS = frozenset(
+    {"id", "user_id", "created_at", "updated_at", "completed_at"}
+)
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
@@ -81,7 +83,9 @@ Title = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_storable),
 ]
-Description = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_storable)]
+Description = Annotated[
+    str, StringConstraints(max_length=1000), AfterValidator(_storable)
+]
 Tag = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=50),

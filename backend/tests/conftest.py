@@ -5,6 +5,7 @@ joins through savepoints."""
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from fastapi import FastAPI
@@ -34,22 +35,28 @@ def _server_url() -> URL:
     return url.set(drivername="postgresql+psycopg2")
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """Create `taskapi_<random>_test`, migrate it for real, drop it at the end."""
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """Create an empty `taskapi_<random>_test` database; drop it afterwards."""
     server = _server_url()
     name = f"taskapi_{uuid.uuid4().hex[:10]}_test"
     assert name.endswith("_test"), "tests only ever touch a *_test database"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
     try:
-        yield url
+        yield server.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """The run's database, migrated for real by the `engine` fixture."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

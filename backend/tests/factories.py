@@ -13,7 +13,7 @@ def task_payload(**overrides: Any) -> dict[str, Any]:
 
 
 def create_task(client: Any, user_id: str, **overrides: Any) -> dict[str, Any]:
-    """POST a task through the API and return its body (works with TestClient and httpx)."""
+    """POST a task through the API and return its body (TestClient or httpx)."""
     response = client.post(f"/api/{user_id}/tasks", json=task_payload(**overrides))
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()

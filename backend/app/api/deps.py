@@ -26,7 +26,7 @@ UserIdPath = Annotated[
     str,
     Path(
         pattern=USER_ID_PATTERN,
-        description="The owner's id: 1–128 of `A-Z a-z 0-9 _ - . @ :`",
+        description="The owner's id: 1-128 of `A-Z a-z 0-9 _ - . @ :`",
         examples=["user_2f9a"],
     ),
 ]

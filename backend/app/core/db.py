@@ -17,14 +17,14 @@ SessionFactory = sessionmaker[Session]
 def embedded_database_url(data_dir: Path = EMBEDDED_DATA_DIR) -> str:
     """Start (or join) the embedded PostgreSQL under `.data/` and return its URL."""
     try:
-        import pgserver  # noqa: PLC0415 - a development-only dependency
+        from pgserver.postgres_server import get_server  # development only
     except ImportError:
         raise ConfigError(
             "configuration error: DATABASE_URL: not set, and the embedded PostgreSQL "
             "(pgserver) is not installed"
         ) from None
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = get_server(data_dir, cleanup_mode="stop")
     return "postgresql+psycopg2://" + server.get_uri().removeprefix("postgresql://")
 
 

@@ -1,8 +1,8 @@
 """The one exception hierarchy, and the handlers that render every error as C3 JSON."""
 
 import logging
-from http import HTTPStatus
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -108,7 +108,9 @@ def _field_name(loc: Sequence[Any]) -> str:
     """('body', 'tags', 2) -> 'tags[2]'; ('query', 'limit') -> 'limit'."""
     name = ""
     for part in loc[1:] if len(loc) > 1 else loc:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+        name += (
+            f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+        )
     return name
 
 

@@ -63,7 +63,9 @@ class RequestContextMiddleware:
         except Exception:
             logger.exception("unhandled error", extra={"request_id": request_id})
             if not response_started:
-                await error_response(AppError(), request_id)(scope, receive, send_with_id)
+                await error_response(AppError(), request_id)(
+                    scope, receive, send_with_id
+                )
         finally:
             route = scope.get("route")
             logger.info(
@@ -91,7 +93,11 @@ class BodyGuardMiddleware:
             return
         request_id = scope.get("state", {}).get("request_id")
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > MAX_BODY_BYTES
+        ):
             await error_response(PayloadTooLarge(), request_id)(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -104,7 +110,9 @@ class BodyGuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                await error_response(PayloadTooLarge(), request_id)(scope, receive, send)
+                await error_response(PayloadTooLarge(), request_id)(
+                    scope, receive, send
+                )
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)

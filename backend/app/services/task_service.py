@@ -4,7 +4,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, delete, func, insert, update
-from sqlmodel import select
+from sqlmodel import col, select
 
 from app.core.db import SessionFactory
 from app.core.errors import TaskNotFound
@@ -22,16 +22,18 @@ _DEFAULTS: dict[str, Any] = {
 
 def _owned(user_id: str, task_id: int | None = None) -> ColumnElement[bool]:
     """The owner filter every statement starts from."""
-    condition = Task.user_id == user_id  # type: ignore[arg-type]
+    condition = col(Task.user_id) == user_id
     if task_id is not None:
-        condition = and_(condition, Task.id == task_id)  # type: ignore[arg-type]
+        condition = and_(condition, col(Task.id) == task_id)
     return condition
 
 
 def _completion(completed: bool) -> dict[str, Any]:
     """`completed_at` is set when a task becomes complete, cleared when it reopens."""
     completed_at = (
-        func.coalesce(Task.completed_at, func.clock_timestamp()) if completed else None
+        func.coalesce(col(Task.completed_at), func.clock_timestamp())
+        if completed
+        else None
     )
     return {"completed": completed, "completed_at": completed_at}
 
@@ -42,7 +44,7 @@ def _touch() -> dict[str, Any]:
     moves at least a microsecond past the earlier one's value."""
     return {
         "updated_at": func.greatest(
-            func.clock_timestamp(), Task.updated_at + timedelta(microseconds=1)
+            func.clock_timestamp(), col(Task.updated_at) + timedelta(microseconds=1)
         )
     }
 
@@ -67,8 +69,8 @@ class TaskService:
             select(Task)
             .where(_owned(user_id))
             .order_by(
-            Task.created_at.desc(),  # type: ignore[union-attr]
-                Task.id.desc(),  # type: ignore[union-attr]
+                col(Task.created_at).desc(),
+                col(Task.id).desc(),
             )
         )
         with self._sessions() as session:
@@ -117,17 +119,16 @@ class TaskService:
     def toggle(self, *, user_id: str, task_id: int) -> Task:
         """Flip `completed` atomically in the database."""
         values = {
-            "completed": ~Task.completed,  # type: ignore[operator]
+            "completed": ~col(Task.completed),
             "completed_at": case(
-                (Task.completed, None),  # type: ignore[arg-type]
-                else_=func.clock_timestamp(),
+                (col(Task.completed), None), else_=func.clock_timestamp()
             ),
         }
         return self._update(user_id, task_id, values)
 
     def delete(self, *, user_id: str, task_id: int) -> None:
         """Delete the task, or TaskNotFound."""
-        statement = delete(Task).where(_owned(user_id, task_id)).returning(Task.id)
+        statement = delete(Task).where(_owned(user_id, task_id)).returning(col(Task.id))
         with self._sessions() as session:
             deleted = session.scalars(statement).one_or_none()
             session.commit()

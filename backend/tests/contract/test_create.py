@@ -26,7 +26,8 @@ def test_create_returns_201_with_task_and_location(client: TestClient) -> None:
     task = response.json()
     assert response.headers["location"] == f"/api/{user}/tasks/{task['id']}"
     assert task["user_id"] == user
-    assert isinstance(task["id"], int) and task["id"] > 0
+    assert isinstance(task["id"], int)
+    assert task["id"] > 0
 
 
 def test_create_applies_defaults(client: TestClient) -> None:
@@ -43,7 +44,8 @@ def test_create_applies_defaults(client: TestClient) -> None:
 def test_create_datetimes_are_utc_with_offset(client: TestClient) -> None:
     task = create_task(client, new_user_id())
     created = datetime.fromisoformat(task["created_at"])
-    assert created.utcoffset() is not None and created.utcoffset().total_seconds() == 0
+    assert created.utcoffset() is not None
+    assert created.utcoffset().total_seconds() == 0
     assert abs((datetime.now(UTC) - created).total_seconds()) < 60
 
 
@@ -87,8 +89,12 @@ def test_create_rejects_non_string_title(client: TestClient, title: object) -> N
 
 def test_create_description_limit(client: TestClient) -> None:
     user = new_user_id()
-    assert create_task(client, user, description="d" * 1000)["description"] == "d" * 1000
-    assert_validation_error(post(client, task_payload(description="d" * 1001)), "description")
+    assert (
+        create_task(client, user, description="d" * 1000)["description"] == "d" * 1000
+    )
+    assert_validation_error(
+        post(client, task_payload(description="d" * 1001)), "description"
+    )
 
 
 @pytest.mark.parametrize("priority", ["none", "low", "medium", "high"])
@@ -102,7 +108,9 @@ def test_create_rejects_unknown_priority(client: TestClient, priority: object) -
 
 
 def test_create_normalises_tags(client: TestClient) -> None:
-    task = create_task(client, new_user_id(), tags=[" Work ", "home", "WORK", "Äpfel", "home"])
+    task = create_task(
+        client, new_user_id(), tags=[" Work ", "home", "WORK", "Äpfel", "home"]
+    )
     assert task["tags"] == ["work", "home", "äpfel"]
 
 
@@ -122,38 +130,54 @@ def test_create_rejects_bad_tag_length(client: TestClient, tag: str) -> None:
 
 
 def test_create_tag_length_is_after_stripping(client: TestClient) -> None:
-    assert create_task(client, new_user_id(), tags=[" " + "x" * 50 + " "])["tags"] == ["x" * 50]
+    assert create_task(client, new_user_id(), tags=[" " + "x" * 50 + " "])["tags"] == [
+        "x" * 50
+    ]
 
 
 @pytest.mark.parametrize("tag", ["a\tb", "a\x00b", "a\x7fb", "a\x85b", "a\x1bb"])
-def test_create_rejects_control_characters_in_tags(client: TestClient, tag: str) -> None:
+def test_create_rejects_control_characters_in_tags(
+    client: TestClient, tag: str
+) -> None:
     assert_validation_error(post(client, task_payload(tags=[tag])), "tags[0]")
 
 
 @pytest.mark.parametrize("tags", ["work", [1], None])
-def test_create_tags_must_be_a_list_of_strings(client: TestClient, tags: object) -> None:
+def test_create_tags_must_be_a_list_of_strings(
+    client: TestClient, tags: object
+) -> None:
     response = post(client, task_payload(tags=tags))
     if tags is None:  # null is the default, []
-        assert response.status_code == 201 and response.json()["tags"] == []  # type: ignore[attr-defined]
+        assert response.status_code == 201
+        assert response.json()["tags"] == []
     else:
         assert_validation_error(response, "tags" if tags == "work" else "tags[0]")
 
 
 def test_create_accepts_due_at_with_offset_and_returns_utc(client: TestClient) -> None:
     task = create_task(client, new_user_id(), due_at="2026-12-01T09:30:00+02:00")
-    assert datetime.fromisoformat(task["due_at"]) == datetime(2026, 12, 1, 7, 30, tzinfo=UTC)
+    assert datetime.fromisoformat(task["due_at"]) == datetime(
+        2026, 12, 1, 7, 30, tzinfo=UTC
+    )
     assert task["due_at"].endswith(("Z", "+00:00"))
 
 
 @pytest.mark.parametrize(
-    "due_at", ["2026-12-01T09:30:00", "2026-12-01", 1767225600, "1767225600", "tomorrow", ""]
+    "due_at",
+    ["2026-12-01T09:30:00", "2026-12-01", 1767225600, "1767225600", "tomorrow", ""],
 )
-def test_create_rejects_due_at_without_offset(client: TestClient, due_at: object) -> None:
+def test_create_rejects_due_at_without_offset(
+    client: TestClient, due_at: object
+) -> None:
     assert_validation_error(post(client, task_payload(due_at=due_at)), "due_at")
 
 
-@pytest.mark.parametrize("due_at", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00"])
-def test_create_rejects_due_at_outside_utc_range(client: TestClient, due_at: str) -> None:
+@pytest.mark.parametrize(
+    "due_at", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00"]
+)
+def test_create_rejects_due_at_outside_utc_range(
+    client: TestClient, due_at: str
+) -> None:
     assert_validation_error(post(client, task_payload(due_at=due_at)), "due_at")
 
 
@@ -164,8 +188,12 @@ def test_create_completed_sets_completed_at(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("completed", ["true", 1, None])
-def test_create_completed_must_be_boolean(client: TestClient, completed: object) -> None:
-    assert_validation_error(post(client, task_payload(completed=completed)), "completed")
+def test_create_completed_must_be_boolean(
+    client: TestClient, completed: object
+) -> None:
+    assert_validation_error(
+        post(client, task_payload(completed=completed)), "completed"
+    )
 
 
 def test_create_ignores_read_only_fields(client: TestClient) -> None:
@@ -201,10 +229,14 @@ def test_create_rejects_unknown_field_by_name(client: TestClient) -> None:
 
 @pytest.mark.parametrize("escaped", ["nul\\u0000byte", "lone \\ud800 surrogate"])
 @pytest.mark.parametrize("field", ["title", "description"])
-def test_create_rejects_unstorable_text(client: TestClient, escaped: str, field: str) -> None:
+def test_create_rejects_unstorable_text(
+    client: TestClient, escaped: str, field: str
+) -> None:
     body = '{"title": "ok", "%s": "%s"}' % (field, escaped)  # noqa: UP031 - raw JSON escapes
     response = client.post(
-        tasks_url(new_user_id()), content=body, headers={"content-type": "application/json"}
+        tasks_url(new_user_id()),
+        content=body,
+        headers={"content-type": "application/json"},
     )
     assert_validation_error(response, field)
 

@@ -23,7 +23,8 @@ def assert_error(response: object, status: int, code: str) -> dict[str, object]:
     body: dict[str, object] = response.json()  # type: ignore[attr-defined]
     assert set(body) <= ERROR_KEYS
     assert body["code"] == code
-    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["error"], str)
+    assert body["error"]
     assert body["request_id"] == response.headers["x-request-id"]  # type: ignore[attr-defined]
     return body
 
@@ -47,12 +48,16 @@ def test_wrong_method_is_405_with_allow(client: TestClient) -> None:
 @pytest.mark.parametrize("body", ["{", '{"title": "x",}', "nul", '{"title": NaN'])
 def test_malformed_json_is_400_invalid_json(client: TestClient, body: str) -> None:
     response = client.post(
-        tasks_url(new_user_id()), content=body, headers={"content-type": "application/json"}
+        tasks_url(new_user_id()),
+        content=body,
+        headers={"content-type": "application/json"},
     )
     assert_error(response, 400, "invalid_json")
 
 
-@pytest.mark.parametrize("body", ["[]", '[{"title": "x"}]', '"title"', "42", "null", ""])
+@pytest.mark.parametrize(
+    "body", ["[]", '[{"title": "x"}]', '"title"', "42", "null", ""]
+)
 def test_non_object_body_is_400_invalid_json(client: TestClient, body: str) -> None:
     user = new_user_id()
     response = client.post(
@@ -88,18 +93,27 @@ def test_body_of_exactly_64_kib_is_not_413(client: TestClient) -> None:
     body = body[:-1] + " " * (64 * 1024 - len(body)) + "}"
     assert len(body) == 64 * 1024
     response = client.post(
-        tasks_url(new_user_id()), content=body, headers={"content-type": "application/json"}
+        tasks_url(new_user_id()),
+        content=body,
+        headers={"content-type": "application/json"},
     )
     assert response.status_code == 201
 
 
 @pytest.mark.parametrize(
     "content_type",
-    ["text/plain", "application/x-www-form-urlencoded", "application/xml", "application/jsonx"],
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "application/jsonx",
+    ],
 )
 def test_non_json_body_is_415(client: TestClient, content_type: str) -> None:
     response = client.post(
-        tasks_url(new_user_id()), content='{"title": "x"}', headers={"content-type": content_type}
+        tasks_url(new_user_id()),
+        content='{"title": "x"}',
+        headers={"content-type": content_type},
     )
     assert_error(response, 415, "unsupported_media_type")
 
@@ -109,14 +123,17 @@ def test_non_json_body_is_415(client: TestClient, content_type: str) -> None:
 )
 def test_json_media_types_are_accepted(client: TestClient, content_type: str) -> None:
     response = client.post(
-        tasks_url(new_user_id()), content='{"title": "x"}', headers={"content-type": content_type}
+        tasks_url(new_user_id()),
+        content='{"title": "x"}',
+        headers={"content-type": content_type},
     )
     assert response.status_code == 201
 
 
 def test_validation_error_lists_every_field(client: TestClient) -> None:
     response = client.post(
-        tasks_url(new_user_id()), json={"title": "", "priority": "urgent", "tags": ["ok", ""]}
+        tasks_url(new_user_id()),
+        json={"title": "", "priority": "urgent", "tags": ["ok", ""]},
     )
     body = assert_error(response, 400, "validation_error")
     fields = body["fields"]
@@ -153,7 +170,9 @@ def dead_database_app(settings: Settings) -> Iterator[FastAPI]:
     engine.dispose()
 
 
-def test_database_unreachable_is_503_with_retry_after(dead_database_app: FastAPI) -> None:
+def test_database_unreachable_is_503_with_retry_after(
+    dead_database_app: FastAPI,
+) -> None:
     client = TestClient(dead_database_app, raise_server_exceptions=False)
     for response in (
         client.get(tasks_url("u1")),

@@ -56,22 +56,29 @@ def test_put_with_completed_sets_and_clears_completed_at(client: TestClient) -> 
     task = create_task(client, user)
     url = tasks_url(user, task["id"])
     done = client.put(url, json={"title": "x", "completed": True}).json()
-    assert done["completed"] is True and done["completed_at"] is not None
+    assert done["completed"] is True
+    assert done["completed_at"] is not None
     again = client.put(url, json={"title": "x", "completed": True}).json()
     assert again["completed_at"] == done["completed_at"]
     reopened = client.put(url, json={"title": "x", "completed": False}).json()
-    assert reopened["completed"] is False and reopened["completed_at"] is None
+    assert reopened["completed"] is False
+    assert reopened["completed_at"] is None
 
 
 def test_put_validates_like_create(client: TestClient) -> None:
     user = new_user_id()
     task = create_task(client, user)
-    response = client.put(tasks_url(user, task["id"]), json={"title": "x", "tags": ["a\x01"]})
+    response = client.put(
+        tasks_url(user, task["id"]), json={"title": "x", "tags": ["a\x01"]}
+    )
     assert response.status_code == 400
 
 
 def test_put_missing_task_is_404(client: TestClient) -> None:
-    assert client.put(tasks_url(new_user_id(), 123456789), json={"title": "x"}).status_code == 404
+    assert (
+        client.put(tasks_url(new_user_id(), 123456789), json={"title": "x"}).status_code
+        == 404
+    )
 
 
 def test_patch_changes_only_given_fields(client: TestClient) -> None:
@@ -109,7 +116,8 @@ def test_patch_completed_sets_completed_at(client: TestClient) -> None:
     user = new_user_id()
     task = create_task(client, user)
     patched = client.patch(tasks_url(user, task["id"]), json={"completed": True}).json()
-    assert patched["completed"] is True and patched["completed_at"] is not None
+    assert patched["completed"] is True
+    assert patched["completed_at"] is not None
 
 
 def test_patch_strips_and_normalises(client: TestClient) -> None:
@@ -124,7 +132,9 @@ def test_patch_strips_and_normalises(client: TestClient) -> None:
 def test_patch_unknown_field_is_400_and_changes_nothing(client: TestClient) -> None:
     user = new_user_id()
     task = create_task(client, user)
-    response = client.patch(tasks_url(user, task["id"]), json={"title": "new", "done": True})
+    response = client.patch(
+        tasks_url(user, task["id"]), json={"title": "new", "done": True}
+    )
     assert response.status_code == 400
     assert response.json()["fields"] == [{"field": "done", "message": "Unknown field"}]
     assert client.get(tasks_url(user, task["id"])).json() == task
@@ -145,15 +155,19 @@ def test_toggle_flips_completed_and_completed_at(client: TestClient) -> None:
     url = tasks_url(user, task["id"]) + "/complete"
     done = client.patch(url)
     assert done.status_code == 200
-    assert done.json()["completed"] is True and done.json()["completed_at"] is not None
+    assert done.json()["completed"] is True
+    assert done.json()["completed_at"] is not None
     undone = client.patch(url, json={}).json()
-    assert undone["completed"] is False and undone["completed_at"] is None
+    assert undone["completed"] is False
+    assert undone["completed_at"] is None
 
 
 def test_toggle_rejects_a_body_with_fields(client: TestClient) -> None:
     user = new_user_id()
     task = create_task(client, user)
-    response = client.patch(tasks_url(user, task["id"]) + "/complete", json={"completed": True})
+    response = client.patch(
+        tasks_url(user, task["id"]) + "/complete", json={"completed": True}
+    )
     assert response.status_code == 400
 
 

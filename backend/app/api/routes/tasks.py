@@ -70,7 +70,7 @@ def toggle_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     service: TaskServiceDep,
-    body: ToggleBody | None = None,
+    body: ToggleBody | None = None,  # noqa: ARG001 - validated, carries nothing
 ) -> TaskPublic:
     """Toggle `completed`, setting or clearing `completed_at`."""
     return TaskPublic.model_validate(service.toggle(user_id=user_id, task_id=task_id))

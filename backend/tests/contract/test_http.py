@@ -1,0 +1,111 @@
+"""C2/C8: request ids, CORS, Swagger UI offline, and the OpenAPI document."""
+
+import json
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app.core.db import PROJECT_ROOT
+from app.openapi import document
+from tests.factories import new_user_id, tasks_url
+
+SPEC = PROJECT_ROOT / "specs" / "001-task-api" / "openapi.json"
+FRONTEND = "http://localhost:3000"
+
+
+def test_every_response_has_a_request_id(client: TestClient) -> None:
+    for response in (
+        client.get("/health"),
+        client.get(tasks_url(new_user_id())),
+        client.get("/nope"),
+        client.post(tasks_url(new_user_id()), json=[]),
+    ):
+        assert len(response.headers["x-request-id"]) >= 16
+
+
+def test_valid_incoming_request_id_is_echoed(client: TestClient) -> None:
+    response = client.get("/health", headers={"X-Request-ID": "abc.DEF_123-x"})
+    assert response.headers["x-request-id"] == "abc.DEF_123-x"
+
+
+@pytest.mark.parametrize(
+    "incoming", [b"", b"x" * 129, b"bad id", b"a/b", "ünï".encode()]
+)
+def test_invalid_incoming_request_id_is_replaced(
+    client: TestClient, incoming: bytes
+) -> None:
+    response = client.get("/health", headers={"X-Request-ID": incoming})
+    assert response.headers["x-request-id"].encode() not in (b"", incoming)
+
+
+def test_cors_preflight_from_dev_origin_is_allowed(client: TestClient) -> None:
+    response = client.options(
+        tasks_url("u1"),
+        headers={
+            "Origin": FRONTEND,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == FRONTEND
+
+
+def test_cors_exposes_paging_and_etag_headers(client: TestClient) -> None:
+    response = client.get(tasks_url(new_user_id()), headers={"Origin": FRONTEND})
+    assert response.headers["access-control-allow-origin"] == FRONTEND
+    exposed = {
+        h.strip().lower()
+        for h in response.headers["access-control-expose-headers"].split(",")
+    }
+    assert exposed >= {
+        "etag",
+        "location",
+        "link",
+        "x-next-cursor",
+        "x-request-id",
+        "retry-after",
+    }
+
+
+def test_cors_unknown_origin_gets_no_allow_header(client: TestClient) -> None:
+    response = client.get(
+        tasks_url(new_user_id()), headers={"Origin": "https://evil.example"}
+    )
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_swagger_ui_is_served_with_local_assets(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text
+    assert "https://" not in page.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs/assets/{asset}" in page.text
+        response = client.get(f"/docs/assets/{asset}")
+        assert response.status_code == 200
+        assert len(response.content) > 10_000
+
+
+def test_openapi_document_matches_committed_spec(app: FastAPI) -> None:
+    assert json.loads(document()) == json.loads(SPEC.read_text()), "run `make openapi`"
+
+
+def test_openapi_documents_400_not_422_and_the_error_schema(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert "422" not in operation["responses"], (method, path)
+            if path.startswith("/api/"):
+                for status in ("400", "500", "503"):
+                    assert status in operation["responses"], (method, path, status)
+    assert set(spec["components"]["schemas"]["ErrorBody"]["required"]) == {
+        "error",
+        "code",
+    }
+    assert (
+        "Location"
+        in spec["paths"]["/api/{user_id}/tasks"]["post"]["responses"]["201"]["headers"]
+    )

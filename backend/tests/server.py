@@ -1,0 +1,81 @@
+"""Run the real service in a uvicorn process for tests that need one."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+BACKEND = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_server(
+    database_url: str, port: int | None = None, **env: str
+) -> Iterator[str]:
+    """Start `python -m app` (migrations, then uvicorn) and yield its base URL;
+    stop it with SIGTERM, as an orchestrator would."""
+    port = port or free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ENVIRONMENT": "test",
+        "PORT": str(port),
+        "LOG_LEVEL": "warning",
+        "PYTHONPATH": str(BACKEND),
+        **env,
+    }
+    base_url = f"http://127.0.0.1:{port}"
+    # Output goes to a file, not a pipe: a full pipe would block the server.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=BACKEND,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_up(base_url, process, log)
+            yield base_url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_until_up(
+    base_url: str, process: subprocess.Popen[bytes], log: IO[bytes]
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(
+                f"server exited with {process.returncode}: {log.read().decode()}"
+            )
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server did not come up within 30 s")

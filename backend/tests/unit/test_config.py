@@ -1,0 +1,83 @@
+"""C7: settings parsing, and one clear line on a bad setting."""
+
+import pytest
+
+from app.core.config import ConfigError, Settings, load_settings
+
+
+def make(**env: str) -> Settings:
+    return Settings(_env_file=None, **env)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:p@host/db",
+        "postgresql://u:p@host/db",
+        "postgresql+psycopg2://u:p@host/db",
+    ],
+)
+def test_database_url_always_uses_psycopg2(url: str) -> None:
+    settings = make(DATABASE_URL=url)
+    assert settings.DATABASE_URL is not None
+    assert (
+        settings.DATABASE_URL.get_secret_value() == "postgresql+psycopg2://u:p@host/db"
+    )
+
+
+def test_neon_url_keeps_its_tls_parameters() -> None:
+    url = "postgresql://u:p@ep-x-pooler.eu-central-1.aws.neon.tech/db?sslmode=require&channel_binding=require"
+    settings = make(DATABASE_URL=url)
+    assert settings.DATABASE_URL is not None
+    assert settings.DATABASE_URL.get_secret_value().endswith(
+        "?sslmode=require&channel_binding=require"
+    )
+
+
+def test_database_url_is_never_shown_in_repr() -> None:
+    assert "secret" not in repr(make(DATABASE_URL="postgresql://u:secret@h/db"))
+
+
+def test_cors_origins_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example/")
+    assert Settings(_env_file=None).cors_origins == [
+        "https://a.example",
+        "https://b.example",
+    ]  # type: ignore[call-arg]
+
+
+def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> None:
+    assert "http://localhost:3000" in make().cors_origins
+    assert (
+        make(ENVIRONMENT="production", DATABASE_URL="postgresql://h/db").cors_origins
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://h/db"),
+        ("DB_POOL_SIZE", "lots"),
+        ("DB_POOL_TIMEOUT", "-1"),
+        ("PORT", "70000"),
+        ("ENVIRONMENT", "staging"),
+        ("LOG_LEVEL", "loud"),
+    ],
+)
+def test_bad_setting_fails_with_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert name in message
+    assert "\n" not in message
+
+
+def test_production_requires_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        load_settings()
