@@ -82,9 +82,10 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"]) or "configuration"
         message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"configuration error: {name}: {message}") from None
+        if first["loc"]:  # a model-level rule names its variables in its message
+            message = f"{'.'.join(str(part) for part in first['loc'])}: {message}"
+        raise ConfigError(f"configuration error: {message}") from None
 
 
 @lru_cache
