@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint format openapi
+.PHONY: install run test lint format openapi token
 
 install: $(STAMP)
 
@@ -18,6 +18,7 @@ run: install
 	PYTHONPATH=backend $(PY) -m app
 
 test: install
+	scripts/install-chromium.sh
 	$(PY) -m pytest
 
 lint: install
@@ -32,3 +33,7 @@ format: install
 # Regenerate the committed OpenAPI document (a contract test fails when it drifts).
 openapi: install
 	PYTHONPATH=backend $(PY) -m app.openapi > specs/001-task-api/openapi.json
+
+# A development token for curl: make token USER=alice (needs BETTER_AUTH_SECRET or JWT_SECRET).
+token: install
+	@PYTHONPATH=backend $(PY) -m app.devtoken $(USER)

@@ -1,5 +1,6 @@
 """create_app(): routers, middleware, exception handlers, lifespan."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,12 +12,15 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 
 from app.api.routes import docs, health, tasks
+from app.core.auth import TokenVerifier
 from app.core.config import Settings, get_settings
 from app.core.db import create_db_engine, create_session_factory
 from app.core.errors import register_exception_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from app.core.migrations import migrate
+
+logger = logging.getLogger("app")
 
 EXPOSED_HEADERS = [
     "ETag",
@@ -75,6 +79,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.engine = engine
+    app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None
+    if app.state.verifier is None:
+        logger.warning("authentication is OFF: every /api request is accepted")
     app.state.session_factory = create_session_factory(engine)
     app.include_router(tasks.router)
     app.include_router(health.router)

@@ -3,8 +3,11 @@
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.core.auth import TokenVerifier
 from app.core.db import SessionFactory
+from app.core.errors import ForbiddenError, UnauthorizedError
 from app.schemas import USER_ID_PATTERN, TaskId
 from app.services.task_service import TaskService
 
@@ -31,3 +34,25 @@ UserIdPath = Annotated[
     ),
 ]
 TaskIdPath = Annotated[TaskId, Path(description="The task's id", examples=[1])]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A JWT from Better Auth (or signed with the shared secret).",
+)
+
+
+async def authorize(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Every /api request: a valid token whose user is the path's {user_id}.
+    Runs before the path is validated and before any database work."""
+    verifier: TokenVerifier | None = request.app.state.verifier
+    if verifier is None:  # auth is off (development, or AUTH_DISABLED=true)
+        return
+    if credentials is None:
+        raise UnauthorizedError()
+    if await verifier.user_id(credentials.credentials) != request.path_params.get(
+        "user_id"
+    ):
+        raise ForbiddenError()

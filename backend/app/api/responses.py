@@ -1,4 +1,4 @@
-"""The error responses each operation documents in OpenAPI."""
+"""The error responses each /api operation documents in OpenAPI."""
 
 from typing import Any
 
@@ -6,6 +6,8 @@ from app.schemas import ErrorBody
 
 _DESCRIPTIONS = {
     400: "Validation error or malformed JSON",
+    401: "Missing or invalid bearer token (with WWW-Authenticate)",
+    403: "The token's user is not the path's user_id",
     404: "No such task for this user",
     413: "Body over 64 KiB",
     415: "Body is not application/json",
@@ -17,5 +19,5 @@ _DESCRIPTIONS = {
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
-        for status in (*statuses, 400, 500, 503)
+        for status in (*statuses, 400, 401, 403, 500, 503)
     }

@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     DB_POOL_TIMEOUT: float = Field(default=10.0, gt=0, le=600)
     DB_POOL_RECYCLE: int = Field(default=300, ge=-1)
 
+    # Authentication (CONTRACT C6). Off when no key is set (never in production
+    # unless AUTH_DISABLED=true says so explicitly).
+    BETTER_AUTH_SECRET: SecretStr | None = None
+    JWT_SECRET: SecretStr | None = None
+    JWT_JWKS_URL: str | None = None
+    JWT_ISSUER: str | None = None
+    JWT_AUDIENCE: Annotated[list[str] | None, NoDecode] = None
+    JWT_USER_CLAIM: str = Field(default="sub", min_length=1)
+    JWT_LEEWAY_SECONDS: int = Field(default=30, ge=0, le=3600)
+    AUTH_DISABLED: bool = False
+
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     WEB_CONCURRENCY: int = Field(default=1, ge=1, le=64)
@@ -53,18 +64,57 @@ class Settings(BaseSettings):
                 return _DRIVER_PREFIX + url[len(prefix) :]
         raise ValueError("must start with postgresql:// or postgres://")
 
-    @field_validator("CORS_ORIGINS", mode="before")
+    @field_validator("CORS_ORIGINS", "JWT_AUDIENCE", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
-            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+            return [
+                v.strip().rstrip("/") for v in value.split(",") if v.strip()
+            ] or None
+        return value
+
+    @field_validator(
+        "BETTER_AUTH_SECRET", "JWT_SECRET", "JWT_JWKS_URL", "JWT_ISSUER", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("BETTER_AUTH_SECRET", "JWT_SECRET")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (openssl rand -base64 32)")
+        return value
+
+    @field_validator("JWT_JWKS_URL")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
         return value
 
     @model_validator(mode="after")
-    def _production_needs_database(self) -> "Settings":
-        if self.ENVIRONMENT == "production" and self.DATABASE_URL is None:
+    def _production_rules(self) -> "Settings":
+        if self.ENVIRONMENT != "production":
+            return self
+        if self.DATABASE_URL is None:
             raise ValueError("DATABASE_URL is required when ENVIRONMENT=production")
+        if not self.auth_enabled and not self.AUTH_DISABLED:
+            raise ValueError(
+                "BETTER_AUTH_SECRET, JWT_SECRET or JWT_JWKS_URL is required when "
+                "ENVIRONMENT=production (or set AUTH_DISABLED=true)"
+            )
         return self
+
+    @property
+    def jwt_secret(self) -> SecretStr | None:
+        return self.BETTER_AUTH_SECRET or self.JWT_SECRET
+
+    @property
+    def auth_enabled(self) -> bool:
+        has_key = self.jwt_secret is not None or self.JWT_JWKS_URL is not None
+        return has_key and not self.AUTH_DISABLED
 
     @property
     def cors_origins(self) -> list[str]:

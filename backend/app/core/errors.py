@@ -51,6 +51,36 @@ class InvalidJSON(AppError):
     message = "Request body must be a JSON object"
 
 
+class UnauthorizedError(AppError):
+    status_code = 401
+    code = "unauthorized"
+    message = "Authentication required"
+
+    def __init__(
+        self, message: str | None = None, *, detail: str | None = None
+    ) -> None:
+        # RFC 6750: no error code when no credentials were sent at all.
+        challenge = 'Bearer error="invalid_token"' if detail else "Bearer"
+        super().__init__(
+            message, detail=detail, headers={"WWW-Authenticate": challenge}
+        )
+
+
+class ForbiddenError(AppError):
+    status_code = 403
+    code = "forbidden"
+    message = "This token may not access this user's tasks"
+
+
+class AuthUnavailable(AppError):
+    status_code = 503
+    code = "auth_unavailable"
+    message = "Token signing keys are unavailable, try again shortly"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
 class NotFoundError(AppError):
     status_code = 404
     code = "not_found"

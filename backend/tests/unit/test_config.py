@@ -48,10 +48,10 @@ def test_cors_origins_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> None:
     assert "http://localhost:3000" in make().cors_origins
-    assert (
-        make(ENVIRONMENT="production", DATABASE_URL="postgresql://h/db").cors_origins
-        == []
+    production = make(
+        ENVIRONMENT="production", DATABASE_URL="postgresql://h/db", AUTH_DISABLED="true"
     )
+    assert production.cors_origins == []
 
 
 @pytest.mark.parametrize(
@@ -81,3 +81,35 @@ def test_production_requires_database_url(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("ENVIRONMENT", "production")
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         load_settings()
+
+
+def test_production_requires_an_auth_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://h/db")
+    with pytest.raises(ConfigError, match="AUTH_DISABLED=true") as excinfo:
+        load_settings()
+    assert "\n" not in str(excinfo.value)
+    monkeypatch.setenv("AUTH_DISABLED", "true")
+    assert load_settings().auth_enabled is False
+
+
+@pytest.mark.parametrize("name", ["BETTER_AUTH_SECRET", "JWT_SECRET"])
+def test_either_secret_name_enables_auth(name: str) -> None:
+    settings = make(**{name: "s" * 32})
+    assert settings.auth_enabled
+    assert settings.jwt_secret is not None
+
+
+def test_short_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BETTER_AUTH_SECRET", "short")
+    with pytest.raises(ConfigError, match="BETTER_AUTH_SECRET"):
+        load_settings()
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    assert "s" * 32 not in repr(make(JWT_SECRET="s" * 32))
+
+
+def test_audience_is_comma_separated() -> None:
+    settings = make(JWT_AUDIENCE="https://app.example, api")
+    assert settings.JWT_AUDIENCE == ["https://app.example", "api"]

@@ -1,12 +1,14 @@
 """Thin handlers: declare inputs, call one service method, return a schema."""
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
-from app.api.deps import TaskIdPath, TaskServiceDep, UserIdPath
+from app.api.deps import TaskIdPath, TaskServiceDep, UserIdPath, authorize
 from app.api.responses import errors
 from app.schemas import TaskCreate, TaskPatch, TaskPublic, TaskReplace, ToggleBody
 
-router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"])
+router = APIRouter(
+    prefix="/api/{user_id}/tasks", tags=["tasks"], dependencies=[Depends(authorize)]
+)
 
 _LOCATION = {
     "Location": {"description": "URL of the new task", "schema": {"type": "string"}}

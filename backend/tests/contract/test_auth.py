@@ -1,0 +1,354 @@
+"""C6: bearer JWT authentication, shared secret and JWKS, 401 and 403."""
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from app.api.deps import get_session_factory
+from app.core.config import Settings
+from app.core.db import SessionFactory, create_db_engine
+from app.main import create_app
+from tests.factories import new_user_id, tasks_url
+from tests.jwt_helpers import (
+    SECRET,
+    JwksServer,
+    SigningKey,
+    hs_token,
+    new_key,
+    signed_token,
+)
+
+AppFactory = Callable[..., TestClient]
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, SigningKey]:
+    return {alg: new_key(alg) for alg in ("RS256", "ES256", "EdDSA")}
+
+
+@pytest.fixture
+def jwks(keys: dict[str, SigningKey]) -> Iterator[JwksServer]:
+    server = JwksServer()
+    server.keys = [key.jwk() for key in keys.values()]
+    with server.running():
+        yield server
+
+
+@pytest.fixture
+def make_client(
+    settings: Settings, engine: Engine, sessions: SessionFactory
+) -> AppFactory:
+    def make(**env: Any) -> TestClient:
+        configured = settings.model_copy(update=env)
+        app = create_app(configured, engine)
+        app.dependency_overrides[get_session_factory] = lambda: sessions
+        return TestClient(app, raise_server_exceptions=False)
+
+    return make
+
+
+@pytest.fixture
+def client(make_client: AppFactory, jwks: JwksServer) -> TestClient:
+    """Both key sources configured, as a Better Auth deployment may have."""
+    return make_client(BETTER_AUTH_SECRET=_secret(SECRET), JWT_JWKS_URL=jwks.url)
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_401(response: Any) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+def test_shared_secret_tokens_are_accepted(client: TestClient, algorithm: str) -> None:
+    user = new_user_id()
+    response = client.get(tasks_url(user), headers=bearer(hs_token(user, algorithm)))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256", "EdDSA"])
+def test_jwks_tokens_are_accepted(
+    client: TestClient, keys: dict[str, SigningKey], algorithm: str
+) -> None:
+    user = new_user_id()
+    token = signed_token(keys[algorithm], user)
+    created = client.post(tasks_url(user), json={"title": "x"}, headers=bearer(token))
+    assert created.status_code == 201
+
+
+def test_missing_token_is_401_without_error_code(client: TestClient) -> None:
+    response = client.get(tasks_url(new_user_id()))
+    assert_401(response)
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "scheme", ["Basic dXNlcjpwYXNz", "Token abc", "Bearer", "bearer  "]
+)
+def test_wrong_scheme_or_empty_bearer_is_401(client: TestClient, scheme: str) -> None:
+    assert_401(client.get(tasks_url("u1"), headers={"Authorization": scheme}))
+
+
+@pytest.mark.parametrize("token", ["abc", "a.b.c", "e30.e30.", "x" * 5000, "...."])
+def test_malformed_token_is_401(client: TestClient, token: str) -> None:
+    response = client.get(tasks_url("u1"), headers=bearer(token))
+    assert_401(response)
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+def test_wrong_secret_is_401(client: TestClient) -> None:
+    token = hs_token("u1", secret="another-secret-0123456789-abcdefghijk")
+    assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
+
+
+def test_signature_by_another_key_with_a_known_kid_is_401(
+    client: TestClient, keys: dict[str, SigningKey]
+) -> None:
+    impostor = new_key("EdDSA")
+    token = signed_token(impostor, "u1", kid=keys["EdDSA"].kid)
+    assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
+
+
+def test_tampered_payload_is_401(client: TestClient) -> None:
+    header, _, signature = hs_token("u1").split(".")
+    forged = base64.urlsafe_b64encode(
+        json.dumps({"sub": "admin", "exp": int(time.time()) + 300}).encode()
+    ).rstrip(b"=")
+    token = f"{header}.{forged.decode()}.{signature}"
+    assert_401(client.get(tasks_url("admin"), headers=bearer(token)))
+
+
+def test_alg_none_is_401(client: TestClient) -> None:
+    token = jwt.encode(
+        {"sub": "u1", "exp": int(time.time()) + 300}, None, algorithm="none"
+    )
+    assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
+
+
+def test_hs_token_signed_with_the_public_key_is_401(
+    make_client: AppFactory, jwks: JwksServer, keys: dict[str, SigningKey]
+) -> None:
+    """Algorithm confusion: the RSA public key (PEM) used as an HMAC secret."""
+    client = make_client(JWT_JWKS_URL=jwks.url)  # no shared secret configured
+    public_pem = (
+        keys["RS256"]
+        .private.public_key()
+        .public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    header = {"alg": "HS256", "kid": keys["RS256"].kid, "typ": "JWT"}
+    payload = {"sub": "u1", "exp": int(time.time()) + 300}
+    signing = jwt.api_jws.PyJWS()
+    signing._algorithms["HS256"].prepare_key = lambda key: key  # type: ignore[method-assign]
+    token = signing.encode(
+        json.dumps(payload).encode(), public_pem, algorithm="HS256", headers=header
+    )
+    assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
+
+
+def test_rs_token_cannot_use_an_hmac_key_from_the_jwks(
+    make_client: AppFactory, jwks: JwksServer
+) -> None:
+    secret = b"s" * 32
+    k = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
+    jwks.keys.append({"kty": "oct", "kid": "sym", "k": k, "alg": "HS256"})
+    client = make_client(JWT_JWKS_URL=jwks.url)
+    token = jwt.encode(
+        {"sub": "u1", "exp": int(time.time()) + 300},
+        secret,
+        algorithm="HS256",
+        headers={"kid": "sym"},
+    )
+    assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
+
+
+def test_expired_token_is_401_and_leeway_is_honoured(client: TestClient) -> None:
+    now = int(time.time())
+    assert_401(
+        client.get(tasks_url("u1"), headers=bearer(hs_token("u1", exp=now - 60)))
+    )
+    fresh_enough = hs_token("u1", exp=now - 10)  # inside the default 30 s leeway
+    assert client.get(tasks_url("u1"), headers=bearer(fresh_enough)).status_code == 200
+
+
+def test_leeway_is_configurable(make_client: AppFactory) -> None:
+    client = make_client(BETTER_AUTH_SECRET=_secret(SECRET), JWT_LEEWAY_SECONDS=0)
+    token = hs_token("u1", exp=int(time.time()) - 5)
+    assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
+
+
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+def test_token_from_the_future_is_401(client: TestClient, claim: str) -> None:
+    token = hs_token("u1", **{claim: int(time.time()) + 600})
+    assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
+
+
+def test_token_without_exp_is_401(client: TestClient) -> None:
+    assert_401(client.get(tasks_url("u1"), headers=bearer(hs_token("u1", exp=None))))
+
+
+@pytest.mark.parametrize("sub", [None, "", 123, ["u1"]])
+def test_token_without_a_string_user_claim_is_401(client: TestClient, sub: Any) -> None:
+    token = (
+        jwt.encode(
+            {
+                k: v
+                for k, v in {"sub": sub, "exp": int(time.time()) + 300}.items()
+                if v is not None
+            },
+            SECRET,
+            algorithm="HS256",
+        )
+        if not isinstance(sub, int | list)
+        else _unchecked_hs_token(sub)
+    )
+    assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
+
+
+def _unchecked_hs_token(sub: Any) -> str:
+    payload = {"sub": sub, "exp": int(time.time()) + 300}
+    return jwt.api_jws.encode(json.dumps(payload).encode(), SECRET, algorithm="HS256")
+
+
+def test_user_claim_name_is_configurable(make_client: AppFactory) -> None:
+    client = make_client(BETTER_AUTH_SECRET=_secret(SECRET), JWT_USER_CLAIM="user_id")
+    token = hs_token("ignored", user_id="u1")
+    assert client.get(tasks_url("u1"), headers=bearer(token)).status_code == 200
+    assert_401(client.get(tasks_url("ignored"), headers=bearer(hs_token("ignored"))))
+
+
+def test_issuer_and_audience_are_checked_when_configured(
+    make_client: AppFactory,
+) -> None:
+    client = make_client(
+        BETTER_AUTH_SECRET=_secret(SECRET),
+        JWT_ISSUER="https://auth.example",
+        JWT_AUDIENCE=["https://app.example"],
+    )
+    good = {"iss": "https://auth.example", "aud": "https://app.example"}
+    assert (
+        client.get(tasks_url("u1"), headers=bearer(hs_token("u1", **good))).status_code
+        == 200
+    )
+    for bad in (
+        {**good, "iss": "https://evil.example"},
+        {**good, "aud": "https://evil.example"},
+        {"aud": "https://app.example"},
+        {"iss": "https://auth.example"},
+    ):
+        assert_401(client.get(tasks_url("u1"), headers=bearer(hs_token("u1", **bad))))
+
+
+def test_audience_is_not_held_against_a_token_when_none_is_configured(
+    client: TestClient,
+) -> None:
+    token = hs_token(
+        "u1", aud="http://localhost:3000"
+    )  # Better Auth sets aud to its URL
+    assert client.get(tasks_url("u1"), headers=bearer(token)).status_code == 200
+
+
+def test_other_users_token_is_403_and_writes_nothing(client: TestClient) -> None:
+    owner, intruder = new_user_id(), new_user_id()
+    response = client.post(
+        tasks_url(owner), json={"title": "x"}, headers=bearer(hs_token(intruder))
+    )
+    assert response.status_code == 403
+    assert response.json()["code"] == "forbidden"
+    assert client.get(tasks_url(owner), headers=bearer(hs_token(owner))).json() == []
+
+
+def test_403_happens_before_any_database_work(
+    make_client: AppFactory, settings: Settings
+) -> None:
+    engine = create_db_engine(
+        settings, "postgresql+psycopg2://postgres@127.0.0.1:9/none"
+    )
+    app: FastAPI = create_app(
+        settings.model_copy(update={"JWT_SECRET": _secret(SECRET)}), engine
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+    response = client.get(tasks_url("owner"), headers=bearer(hs_token("intruder")))
+    assert response.status_code == 403  # not 503: the database was never asked
+    engine.dispose()
+
+
+def test_auth_is_checked_before_path_validation(client: TestClient) -> None:
+    assert_401(client.get("/api/bad!id/tasks/notanumber"))
+
+
+@pytest.mark.parametrize("path", ["/health", "/docs", "/openapi.json"])
+def test_health_and_docs_need_no_token(client: TestClient, path: str) -> None:
+    assert client.get(path).status_code == 200
+
+
+def test_unknown_kid_flood_fetches_the_jwks_at_most_once(
+    client: TestClient, jwks: JwksServer
+) -> None:
+    impostor = new_key("ES256")
+    for i in range(30):
+        token = signed_token(impostor, "u1", kid=f"made-up-{i}")
+        assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
+    assert jwks.fetches <= 2
+
+
+def test_rotated_key_is_picked_up_on_an_unknown_kid(
+    client: TestClient, jwks: JwksServer, keys: dict[str, SigningKey]
+) -> None:
+    user = new_user_id()
+    first = signed_token(keys["EdDSA"], user)
+    assert client.get(tasks_url(user), headers=bearer(first)).status_code == 200
+    rotated = new_key("EdDSA")
+    jwks.keys = [rotated.jwk()]  # the provider rotates: the old key is gone
+    verifier = client.app.state.verifier  # type: ignore[attr-defined]
+    verifier.jwks.min_refresh_interval = 0  # the interval is tested above
+    token = signed_token(rotated, user)
+    assert client.get(tasks_url(user), headers=bearer(token)).status_code == 200
+    assert jwks.fetches == 2
+
+
+def test_unreachable_jwks_gives_503_quickly_not_a_hang(
+    make_client: AppFactory, keys: dict[str, SigningKey]
+) -> None:
+    client = make_client(JWT_JWKS_URL="http://127.0.0.1:9/jwks")
+    started = time.monotonic()
+    response = client.get(
+        tasks_url("u1"), headers=bearer(signed_token(keys["RS256"], "u1"))
+    )
+    assert response.status_code == 503
+    assert response.json()["code"] == "auth_unavailable"
+    assert "retry-after" in response.headers
+    assert time.monotonic() - started < 5
+
+
+def test_openapi_has_bearer_scheme_and_documents_401_403(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert any(
+        s["type"] == "http" and s["scheme"] == "bearer" for s in schemes.values()
+    )
+    for path, operations in spec["paths"].items():
+        if path.startswith("/api/"):
+            for operation in operations.values():
+                assert {"401", "403"} <= set(operation["responses"])
+                assert operation["security"]

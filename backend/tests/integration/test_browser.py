@@ -1,0 +1,136 @@
+"""In a real browser (headless Chromium): a page on one loopback origin calls the API
+on another with a bearer token and a JSON body (preflight included); a page from an
+origin not in CORS_ORIGINS is blocked; Swagger UI renders with every request kept local.
+"""
+
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from tests.factories import new_user_id, tasks_url
+from tests.jwt_helpers import SECRET, hs_token
+from tests.server import free_port, running_server
+
+CHROMIUM = "/usr/bin/chromium"
+FETCH = """async ([api, token]) => {
+  try {
+    const r = await fetch(api, {
+      method: "POST",
+      headers: {"Authorization": "Bearer " + token,
+                "Content-Type": "application/json"},
+      body: JSON.stringify({title: "from the browser", tags: ["Web"]}),
+    });
+    return {status: r.status, body: await r.json(),
+            location: r.headers.get("Location"), requestId: r.headers.get("X-Request-ID")};
+  } catch (error) {
+    return {blocked: String(error)};
+  }
+}"""
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """Two static origins: http://127.0.0.1:<allowed> and http://127.0.0.1:<other>."""
+    root: Path = tmp_path_factory.mktemp("site")
+    (root / "index.html").write_text("<!doctype html><title>frontend</title><p>hi</p>")
+    servers = [
+        ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
+        for _ in range(2)
+    ]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        allowed, other = (f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+        yield allowed, other
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture(scope="module")
+def api(database_url: str, engine: object, pages: tuple[str, str]) -> Iterator[str]:
+    allowed, _ = pages
+    env = {"CORS_ORIGINS": allowed, "BETTER_AUTH_SECRET": SECRET}
+    with running_server(database_url, port=free_port(), **env) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def _fetch_from(browser: Browser, origin: str, api_url: str, token: str) -> Any:
+    page = browser.new_page()
+    try:
+        page.goto(origin + "/index.html")
+        return page.evaluate(FETCH, [api_url, token])
+    finally:
+        page.close()
+
+
+def test_allowed_origin_can_create_with_token_and_read_exposed_headers(
+    browser: Browser, api: str, pages: tuple[str, str]
+) -> None:
+    user = new_user_id()
+    result = _fetch_from(browser, pages[0], api + tasks_url(user), hs_token(user))
+    assert result.get("status") == 201, result
+    assert result["body"]["title"] == "from the browser"
+    assert result["body"]["tags"] == ["web"]
+    assert result["location"] == f"/api/{user}/tasks/{result['body']['id']}"
+    assert result["requestId"]
+
+
+def test_disallowed_origin_is_blocked_and_nothing_is_written(
+    browser: Browser, api: str, pages: tuple[str, str]
+) -> None:
+    user = new_user_id()
+    result = _fetch_from(browser, pages[1], api + tasks_url(user), hs_token(user))
+    assert "blocked" in result, result
+    listed = httpx.get(
+        api + tasks_url(user), headers={"Authorization": f"Bearer {hs_token(user)}"}
+    )
+    assert listed.json() == []  # the preflight failed, so the POST was never sent
+
+
+def test_swagger_ui_renders_offline_with_an_authorize_button(
+    browser: Browser, api: str
+) -> None:
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    try:
+        page.goto(api + "/docs")
+        page.wait_for_selector(".opblock", timeout=15_000)
+        assert page.locator(".btn.authorize").count() == 1
+        assert page.locator(".opblock").count() >= 7
+    finally:
+        page.close()
+    assert all(url.startswith(api) for url in requested), requested
