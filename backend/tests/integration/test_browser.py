@@ -28,7 +28,8 @@ FETCH = """async ([api, token]) => {
       body: JSON.stringify({title: "from the browser", tags: ["Web"]}),
     });
     return {status: r.status, body: await r.json(),
-            location: r.headers.get("Location"), requestId: r.headers.get("X-Request-ID")};
+            location: r.headers.get("Location"),
+            requestId: r.headers.get("X-Request-ID")};
   } catch (error) {
     return {blocked: String(error)};
   }
