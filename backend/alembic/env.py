@@ -5,6 +5,7 @@ from sqlalchemy import Connection
 
 from app.core.config import get_settings
 from app.core.db import create_db_engine
+from app.core.migrations import include_object
 from app.models import SQLModel
 
 target_metadata = SQLModel.metadata
@@ -16,6 +17,7 @@ def run_migrations(connection: Connection) -> None:
         target_metadata=target_metadata,
         compare_type=True,
         compare_server_default=True,
+        include_object=include_object,
         transaction_per_migration=False,
     )
     with context.begin_transaction():

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from app.api.routes import docs, health, tasks
 from app.core.auth import TokenVerifier
 from app.core.config import Settings, get_settings
+from app.core.cursor import CursorCodec
 from app.core.db import create_db_engine, create_session_factory
 from app.core.errors import register_exception_handlers
 from app.core.logging import configure_logging
@@ -79,6 +80,10 @@ def create_app(
         redoc_url=None,
     )
     app.state.engine = engine
+    cursor_secret = settings.CURSOR_SECRET
+    app.state.cursors = CursorCodec(
+        cursor_secret.get_secret_value().encode() if cursor_secret else None
+    )
     app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None
     if app.state.verifier is None:
         logger.warning("authentication is OFF: every /api request is accepted")

@@ -2,6 +2,7 @@
 
 import enum
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -17,7 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
 SQLModel.metadata.naming_convention = {
@@ -46,11 +47,23 @@ def _timestamptz(*, nullable: bool, server_default: bool = False) -> Column[date
     )
 
 
+DUE_AT_ASC = text("coalesce(due_at, 'infinity'::timestamp with time zone)")
+DUE_AT_DESC = text("coalesce(due_at, '-infinity'::timestamp with time zone)")
+
+
 class Task(SQLModel, table=True):
     __tablename__ = "task"
+    # One index per sort key, each led by the owner: a listing only ever reads the
+    # user's own index range (plans in specs/001-task-api/explain.md and
+    # specs/003-listing/explain.md). `due_at` sorts nulls last in both directions, so
+    # each direction has its own expression index.
     __table_args__ = (
-        # Serves the default listing (newest first) of one user.
         Index("ix_task_user_id_created_at_id", "user_id", "created_at", "id"),
+        Index("ix_task_user_id_updated_at_id", "user_id", "updated_at", "id"),
+        Index("ix_task_user_id_priority_id", "user_id", "priority", "id"),
+        Index("ix_task_user_id_lower_title_id", "user_id", text("lower(title)"), "id"),
+        Index("ix_task_user_id_due_at_asc_id", "user_id", DUE_AT_ASC, "id"),
+        Index("ix_task_user_id_due_at_desc_id", "user_id", DUE_AT_DESC, "id"),
     )
 
     # The key leads with the owner: every lookup is by (user_id, id), and the
@@ -94,4 +107,22 @@ class Task(SQLModel, table=True):
     )
     updated_at: datetime | None = Field(
         default=None, sa_column=_timestamptz(nullable=False, server_default=True)
+    )
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A create's Idempotency-Key and its first response, for 24 hours (CONTRACT C5)."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (Index("ix_idempotency_key_created_at", "created_at"),)
+
+    user_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    key: str = Field(sa_column=Column(String(255), primary_key=True))
+    request_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    response: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSONB, nullable=True)
+    )
+    created_at: datetime | None = Field(
+        default=None,
+        sa_column=_timestamptz(nullable=False, server_default=True),
     )

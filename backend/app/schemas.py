@@ -3,7 +3,7 @@
 import re
 import unicodedata
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -119,6 +120,63 @@ class _TaskInput(BaseModel):
         return value
 
 
+def _query_bool(value: object) -> object:
+    if value in ("true", "false"):
+        return value == "true"
+    raise ValueError("must be true or false")
+
+
+def _query_text(value: str) -> str:
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+SortKey = Literal[
+    "created_at",
+    "-created_at",
+    "updated_at",
+    "-updated_at",
+    "due_at",
+    "-due_at",
+    "priority",
+    "-priority",
+    "title",
+    "-title",
+]
+
+
+class TaskListQuery(BaseModel):
+    """E2's query options (CONTRACT C4). Unknown parameters are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    completed: Annotated[bool | None, BeforeValidator(_query_bool)] = None
+    priority: list[Priority] = Field(default_factory=list)
+    tag: list[Tag] = Field(default_factory=list)
+    q: Annotated[
+        str | None,
+        StringConstraints(min_length=1, max_length=200),
+        AfterValidator(_query_text),
+    ] = None
+    due_before: AwareDatetime | None = None
+    due_after: AwareDatetime | None = None
+    sort: SortKey = "-created_at"
+    limit: int = Field(default=1000, ge=1, le=1000)
+    cursor: Annotated[str | None, StringConstraints(max_length=1000)] = None
+
+    def filters(self) -> dict[str, Any]:
+        """The filter set in a canonical form: a cursor is bound to it."""
+        return {
+            "completed": self.completed,
+            "priority": sorted(set(self.priority)),
+            "tag": sorted(set(self.tag)),
+            "q": self.q,
+            "due_before": self.due_before.isoformat() if self.due_before else None,
+            "due_after": self.due_after.isoformat() if self.due_after else None,
+        }
+
+
 class TaskCreate(_TaskInput):
     title: Title
     description: Description | None = None
@@ -164,6 +222,9 @@ class TaskPublic(BaseModel):
     due_at: UtcDatetime | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+
+TasksAdapter = TypeAdapter(list[TaskPublic])
 
 
 class FieldError(BaseModel):

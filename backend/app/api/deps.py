@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.core.auth import TokenVerifier
@@ -20,8 +20,10 @@ async def get_session_factory(request: Request) -> SessionFactory:
 SessionFactoryDep = Annotated[SessionFactory, Depends(get_session_factory)]
 
 
-async def get_task_service(sessions: SessionFactoryDep) -> TaskService:
-    return TaskService(sessions)
+async def get_task_service(
+    request: Request, sessions: SessionFactoryDep
+) -> TaskService:
+    return TaskService(sessions, request.app.state.cursors)
 
 
 TaskServiceDep = Annotated[TaskService, Depends(get_task_service)]
@@ -34,6 +36,22 @@ UserIdPath = Annotated[
     ),
 ]
 TaskIdPath = Annotated[TaskId, Path(description="The task's id", examples=[1])]
+IfMatch = Annotated[
+    str | None,
+    Header(alias="If-Match", description="Only act if the task's ETag is one of these"),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(alias="If-None-Match", description="304 if the task's ETag is one of these"),
+]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[\x20-\x7e]{1,255}$",
+        description="Repeat-safe create: 1-255 printable ASCII characters, 24 h",
+    ),
+]
 
 _bearer = HTTPBearer(
     auto_error=False,

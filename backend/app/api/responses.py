@@ -9,8 +9,11 @@ _DESCRIPTIONS = {
     401: "Missing or invalid bearer token (with WWW-Authenticate)",
     403: "The token's user is not the path's user_id",
     404: "No such task for this user",
+    409: "A request with this Idempotency-Key is still in flight (with Retry-After)",
+    412: "If-Match does not match the task's current ETag",
     413: "Body over 64 KiB",
     415: "Body is not application/json",
+    422: "This Idempotency-Key was used with a different body",
     500: "Unexpected error",
     503: "Database unavailable (with Retry-After)",
 }

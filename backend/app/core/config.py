@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     JWT_LEEWAY_SECONDS: int = Field(default=30, ge=0, le=3600)
     AUTH_DISABLED: bool = False
 
+    # Signs list cursors; shared by all instances so cursors work across them.
+    CURSOR_SECRET: SecretStr | None = None
+
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     WEB_CONCURRENCY: int = Field(default=1, ge=1, le=64)
@@ -80,7 +83,7 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("BETTER_AUTH_SECRET", "JWT_SECRET")
+    @field_validator("BETTER_AUTH_SECRET", "JWT_SECRET", "CURSOR_SECRET")
     @classmethod
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().encode()) < 32:
@@ -100,6 +103,8 @@ class Settings(BaseSettings):
             return self
         if self.DATABASE_URL is None:
             raise ValueError("DATABASE_URL is required when ENVIRONMENT=production")
+        if self.CURSOR_SECRET is None:
+            raise ValueError("CURSOR_SECRET is required when ENVIRONMENT=production")
         if not self.auth_enabled and not self.AUTH_DISABLED:
             raise ValueError(
                 "BETTER_AUTH_SECRET, JWT_SECRET or JWT_JWKS_URL is required when "

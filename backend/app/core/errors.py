@@ -91,6 +91,37 @@ class TaskNotFound(NotFoundError):
     message = "Task not found"
 
 
+class InvalidCursor(ValidationFailed):
+    message = "Invalid cursor"
+
+    def __init__(self) -> None:
+        detail = "cursor is malformed, tampered with, or from another listing"
+        super().__init__(
+            detail=detail, fields=[FieldError(field="cursor", message=detail)]
+        )
+
+
+class PreconditionFailed(AppError):
+    status_code = 412
+    code = "precondition_failed"
+    message = "If-Match does not match the task's current ETag"
+
+
+class IdempotencyKeyInUse(AppError):
+    status_code = 409
+    code = "idempotency_key_in_use"
+    message = "A request with this Idempotency-Key is still in flight"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "1"})
+
+
+class IdempotencyKeyReused(AppError):
+    status_code = 422
+    code = "idempotency_key_reused"
+    message = "This Idempotency-Key was used with a different body"
+
+
 class MethodNotAllowed(AppError):
     status_code = 405
     code = "method_not_allowed"

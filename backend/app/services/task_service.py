@@ -1,15 +1,58 @@
 """Every query on tasks lives here, and every one is filtered by its owner."""
 
-from datetime import timedelta
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, insert, update
-from sqlmodel import col, select
+from psycopg2 import errors as pg_errors
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Text,
+    and_,
+    case,
+    cast,
+    delete,
+    false,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
+from app.core.cursor import CursorCodec
 from app.core.db import SessionFactory
-from app.core.errors import TaskNotFound
-from app.models import Priority, Task
-from app.schemas import TaskCreate, TaskPatch, TaskReplace
+from app.core.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidCursor,
+    PreconditionFailed,
+    TaskNotFound,
+)
+from app.models import DUE_AT_ASC, DUE_AT_DESC, IdempotencyKey, Priority, Task
+from app.schemas import (
+    TaskCreate,
+    TaskListQuery,
+    TaskPatch,
+    TaskPublic,
+    TaskReplace,
+    TasksAdapter,
+)
+
+TASK: Table = Task.__table__  # type: ignore[attr-defined]
+IDEMPOTENCY: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+IDEMPOTENCY_TTL = timedelta(hours=24)
+# How long a create waits for another in-flight request with its Idempotency-Key.
+IDEMPOTENCY_WAIT = "5s"
 
 # Defaults an omitted (PUT) or nulled (PATCH) field returns to.
 _DEFAULTS: dict[str, Any] = {
@@ -20,18 +63,33 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def _owned(user_id: str, task_id: int | None = None) -> ColumnElement[bool]:
+@dataclass(frozen=True)
+class Page:
+    tasks: list[TaskPublic]
+    next_cursor: str | None
+
+
+def _owned(
+    user_id: str, task_id: int | None = None, *, table: Table = TASK
+) -> ColumnElement[bool]:
     """The owner filter every statement starts from."""
-    condition = col(Task.user_id) == user_id
+    condition = table.c.user_id == user_id
     if task_id is not None:
-        condition = and_(condition, col(Task.id) == task_id)
+        condition = and_(condition, table.c.id == task_id)
     return condition
+
+
+def _version_matches(versions: Sequence[datetime] | None) -> ColumnElement[bool]:
+    """If-Match: the task's current version (its updated_at) is one of these."""
+    if versions is None:
+        return literal(True)
+    return TASK.c.updated_at.in_(versions) if versions else false()
 
 
 def _completion(completed: bool) -> dict[str, Any]:
     """`completed_at` is set when a task becomes complete, cleared when it reopens."""
     completed_at = (
-        func.coalesce(col(Task.completed_at), func.clock_timestamp())
+        func.coalesce(TASK.c.completed_at, func.clock_timestamp())
         if completed
         else None
     )
@@ -44,7 +102,7 @@ def _touch() -> dict[str, Any]:
     moves at least a microsecond past the earlier one's value."""
     return {
         "updated_at": func.greatest(
-            func.clock_timestamp(), col(Task.updated_at) + timedelta(microseconds=1)
+            func.clock_timestamp(), TASK.c.updated_at + timedelta(microseconds=1)
         )
     }
 
@@ -59,38 +117,206 @@ def _content(data: TaskCreate | TaskPatch, fields: set[str]) -> dict[str, Any]:
     return values
 
 
-class TaskService:
-    def __init__(self, sessions: SessionFactory) -> None:
-        self._sessions = sessions
+def _sort_expression(key: str, descending: bool) -> ColumnElement[Any]:
+    """The indexed expression each sort key orders by (see models.Task)."""
+    if key == "title":
+        return func.lower(TASK.c.title)
+    if key == "due_at":  # nulls last in both directions
+        return DUE_AT_DESC if descending else DUE_AT_ASC  # type: ignore[return-value]
+    column: ColumnElement[Any] = TASK.c[key]
+    return column
 
-    def list(self, *, user_id: str) -> list[Task]:
-        """The user's tasks, newest first."""
+
+def _sort_value(key: str, descending: bool, value: Any) -> ColumnElement[Any]:
+    """A cursor's stored value, transformed exactly like the sorted column."""
+    if key == "title":
+        return func.lower(cast(value, Text))
+    if key == "due_at":
+        infinity = "-infinity" if descending else "infinity"
+        return func.coalesce(
+            cast(value, TASK.c.due_at.type), text(f"'{infinity}'::timestamptz")
+        )
+    return cast(value, TASK.c[key].type)
+
+
+def _cursor_value(task: TaskPublic, key: str) -> Any:
+    value = getattr(task, key)
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _filters(query: TaskListQuery) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if query.completed is not None:
+        conditions.append(TASK.c.completed.is_(query.completed))
+    if query.priority:
+        conditions.append(TASK.c.priority.in_(query.priority))
+    if query.tag:
+        conditions.append(TASK.c.tags.contains(list(dict.fromkeys(query.tag))))
+    if query.q is not None:
+        # %, _ and \\ in q are literal: escape them for ILIKE.
+        escaped = query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        conditions.append(
+            TASK.c.title.ilike(pattern, escape="\\")
+            | TASK.c.description.ilike(pattern, escape="\\")
+        )
+    if query.due_after is not None:
+        conditions.append(TASK.c.due_at >= query.due_after)
+    if query.due_before is not None:
+        conditions.append(TASK.c.due_at < query.due_before)
+    return conditions
+
+
+def _request_hash(data: TaskCreate) -> str:
+    canonical = json.dumps(data.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class TaskService:
+    def __init__(self, sessions: SessionFactory, cursors: CursorCodec) -> None:
+        self._sessions = sessions
+        self._cursors = cursors
+
+    def list(self, *, user_id: str, query: TaskListQuery) -> Page:
+        """One page of the user's tasks, filtered and sorted (keyset pagination)."""
+        key = query.sort.removeprefix("-")
+        descending = query.sort.startswith("-")
+        binding = {"user": user_id, "sort": query.sort, "filters": query.filters()}
+        order = _sort_expression(key, descending)
+        conditions = _filters(query)
+        if query.cursor is not None:
+            value, last_id = self._cursors.decode(query.cursor, binding)
+            if not isinstance(last_id, int):
+                raise InvalidCursor()
+            position = tuple_(order, TASK.c.id)
+            after = tuple_(_sort_value(key, descending, value), literal(last_id))
+            conditions.append(position < after if descending else position > after)
         statement = (
-            select(Task)
-            .where(_owned(user_id))
+            select(*TASK.c)
+            .where(_owned(user_id), *conditions)
             .order_by(
-                col(Task.created_at).desc(),
-                col(Task.id).desc(),
+                order.desc() if descending else order.asc(),
+                TASK.c.id.desc() if descending else TASK.c.id.asc(),
             )
+            .limit(query.limit + 1)
         )
         with self._sessions() as session:
-            return list(session.scalars(statement))
+            rows = session.execute(statement).all()
+        tasks = TasksAdapter.validate_python(rows[: query.limit], from_attributes=True)
+        next_cursor = None
+        if len(rows) > query.limit:
+            last = tasks[-1]
+            position_of_last = [_cursor_value(last, key), last.id]
+            next_cursor = self._cursors.encode(position_of_last, binding)
+        return Page(tasks, next_cursor)
 
-    def get(self, *, user_id: str, task_id: int) -> Task:
+    def get(self, *, user_id: str, task_id: int) -> TaskPublic:
         """One task of the user, or TaskNotFound."""
-        statement = select(Task).where(_owned(user_id, task_id))
+        statement = select(*TASK.c).where(_owned(user_id, task_id))
         with self._sessions() as session:
-            task = session.scalars(statement).one_or_none()
-        if task is None:
+            row = session.execute(statement).one_or_none()
+        if row is None:
             raise TaskNotFound()
+        return TaskPublic.model_validate(row)
+
+    def create(
+        self, *, user_id: str, data: TaskCreate, idempotency_key: str | None = None
+    ) -> TaskPublic:
+        """Insert a task owned by `user_id`. With an Idempotency-Key, a repeat of the
+        same body returns the first response and creates nothing."""
+        with self._sessions() as session:
+            if idempotency_key is None:
+                task = self._insert(session, user_id, data)
+            else:
+                task = self._insert_once(session, user_id, data, idempotency_key)
+            session.commit()
         return task
 
-    def create(self, *, user_id: str, data: TaskCreate) -> Task:
-        """Insert a task owned by `user_id`."""
+    def replace(
+        self,
+        *,
+        user_id: str,
+        task_id: int,
+        data: TaskReplace,
+        if_match: Sequence[datetime] | None = None,
+    ) -> TaskPublic:
+        """PUT: replace the content; `completed` changes only when given."""
+        fields = {"title", *_DEFAULTS} | (data.model_fields_set & {"completed"})
+        return self._update(user_id, task_id, _content(data, fields), if_match)
+
+    def patch(
+        self,
+        *,
+        user_id: str,
+        task_id: int,
+        data: TaskPatch,
+        if_match: Sequence[datetime] | None = None,
+    ) -> TaskPublic:
+        """PATCH: change only the given fields."""
+        values = _content(data, data.model_fields_set)
+        return self._update(user_id, task_id, values, if_match)
+
+    def toggle(
+        self, *, user_id: str, task_id: int, if_match: Sequence[datetime] | None = None
+    ) -> TaskPublic:
+        """Flip `completed` atomically in the database."""
+        values = {
+            "completed": ~TASK.c.completed,
+            "completed_at": case(
+                (TASK.c.completed, None), else_=func.clock_timestamp()
+            ),
+        }
+        return self._update(user_id, task_id, values, if_match)
+
+    def delete(
+        self, *, user_id: str, task_id: int, if_match: Sequence[datetime] | None = None
+    ) -> None:
+        """Delete the task, or TaskNotFound / PreconditionFailed."""
+        statement = (
+            delete(TASK)
+            .where(_owned(user_id, task_id), _version_matches(if_match))
+            .returning(TASK.c.id)
+        )
+        with self._sessions() as session:
+            deleted = session.execute(statement).one_or_none()
+            if deleted is None:
+                self._raise_missing_or_changed(session, user_id, task_id)
+            session.commit()
+
+    def _update(
+        self,
+        user_id: str,
+        task_id: int,
+        values: dict[str, Any],
+        if_match: Sequence[datetime] | None,
+    ) -> TaskPublic:
+        statement = (
+            update(TASK)
+            .where(_owned(user_id, task_id), _version_matches(if_match))
+            .values(**values, **_touch())
+            .returning(*TASK.c)
+        )
+        with self._sessions() as session:
+            row = session.execute(statement).one_or_none()
+            if row is None:
+                self._raise_missing_or_changed(session, user_id, task_id)
+            session.commit()
+        return TaskPublic.model_validate(row)
+
+    @staticmethod
+    def _raise_missing_or_changed(session: Session, user_id: str, task_id: int) -> None:
+        """Nothing matched: not the user's task (404), or If-Match failed (412)."""
+        statement = select(TASK.c.id).where(_owned(user_id, task_id))
+        if session.execute(statement).one_or_none() is None:
+            raise TaskNotFound()
+        raise PreconditionFailed()
+
+    @staticmethod
+    def _insert(session: Session, user_id: str, data: TaskCreate) -> TaskPublic:
         now = func.now()
         completed = bool(data.completed)
         statement = (
-            insert(Task)
+            insert(TASK)
             .values(
                 user_id=user_id,
                 title=data.title,
@@ -100,51 +326,68 @@ class TaskService:
                 updated_at=now,
                 **_content(data, set(_DEFAULTS)),
             )
-            .returning(Task)
+            .returning(*TASK.c)
         )
-        with self._sessions() as session:
-            task = session.scalars(statement).one()
-            session.commit()
+        return TaskPublic.model_validate(session.execute(statement).one())
+
+    def _insert_once(
+        self, session: Session, user_id: str, data: TaskCreate, key: str
+    ) -> TaskPublic:
+        """Claim (user, key) by inserting its row; a concurrent request with the same
+        key waits on that row until this transaction ends, then replays its answer.
+        An expired key (older than 24 h) is claimed afresh."""
+        request_hash = _request_hash(data)
+        session.execute(text(f"SET LOCAL lock_timeout = '{IDEMPOTENCY_WAIT}'"))
+        claim = (
+            insert(IDEMPOTENCY)
+            .values(user_id=user_id, key=key, request_hash=request_hash)
+            .on_conflict_do_update(
+                index_elements=[IDEMPOTENCY.c.user_id, IDEMPOTENCY.c.key],
+                set_={
+                    "request_hash": request_hash,
+                    "response": None,
+                    "created_at": func.now(),
+                },
+                where=IDEMPOTENCY.c.created_at < func.now() - IDEMPOTENCY_TTL,
+            )
+            .returning(IDEMPOTENCY.c.key)
+        )
+        try:
+            claimed = session.execute(claim).one_or_none()
+        except OperationalError as exc:
+            if isinstance(exc.orig, pg_errors.LockNotAvailable):
+                raise IdempotencyKeyInUse() from None
+            raise
+        this_key = IDEMPOTENCY.c.key == key
+        if claimed is None:
+            first = session.execute(
+                select(IDEMPOTENCY.c.request_hash, IDEMPOTENCY.c.response).where(
+                    _owned(user_id, table=IDEMPOTENCY), this_key
+                )
+            ).one()
+            if first.request_hash != request_hash:
+                raise IdempotencyKeyReused()
+            return TaskPublic.model_validate(first.response)
+        task = self._insert(session, user_id, data)
+        session.execute(
+            update(IDEMPOTENCY)
+            .where(_owned(user_id, table=IDEMPOTENCY), this_key)
+            .values(response=task.model_dump(mode="json"))
+        )
+        self._expire_keys(session, user_id)
         return task
 
-    def replace(self, *, user_id: str, task_id: int, data: TaskReplace) -> Task:
-        """PUT: replace the content; `completed` changes only when given."""
-        fields = {"title", *_DEFAULTS} | (data.model_fields_set & {"completed"})
-        return self._update(user_id, task_id, _content(data, fields))
-
-    def patch(self, *, user_id: str, task_id: int, data: TaskPatch) -> Task:
-        """PATCH: change only the given fields."""
-        return self._update(user_id, task_id, _content(data, data.model_fields_set))
-
-    def toggle(self, *, user_id: str, task_id: int) -> Task:
-        """Flip `completed` atomically in the database."""
-        values = {
-            "completed": ~col(Task.completed),
-            "completed_at": case(
-                (col(Task.completed), None), else_=func.clock_timestamp()
-            ),
-        }
-        return self._update(user_id, task_id, values)
-
-    def delete(self, *, user_id: str, task_id: int) -> None:
-        """Delete the task, or TaskNotFound."""
-        statement = delete(Task).where(_owned(user_id, task_id)).returning(col(Task.id))
-        with self._sessions() as session:
-            deleted = session.scalars(statement).one_or_none()
-            session.commit()
-        if deleted is None:
-            raise TaskNotFound()
-
-    def _update(self, user_id: str, task_id: int, values: dict[str, Any]) -> Task:
-        statement = (
-            update(Task)
-            .where(_owned(user_id, task_id))
-            .values(**values, **_touch())
-            .returning(Task)
+    @staticmethod
+    def _expire_keys(session: Session, user_id: str) -> None:
+        """Keys older than 24 h go without a cron: this user's on each keyed create,
+        and now and then a bounded batch of anyone's."""
+        expired = IDEMPOTENCY.c.created_at < func.now() - IDEMPOTENCY_TTL
+        session.execute(
+            delete(IDEMPOTENCY).where(_owned(user_id, table=IDEMPOTENCY), expired)
         )
-        with self._sessions() as session:
-            task = session.scalars(statement).one_or_none()
-            session.commit()
-        if task is None:
-            raise TaskNotFound()
-        return task
+        if random.random() < 0.01:  # spreads the work; not security-sensitive
+            # The one cross-user statement: it only deletes expired rows.
+            key = tuple_(IDEMPOTENCY.c.user_id, IDEMPOTENCY.c.key)
+            batch = select(key).where(expired).limit(1000)  # owner-filter: exempt
+            sweep = delete(IDEMPOTENCY)  # owner-filter: exempt
+            session.execute(sweep.where(key.in_(batch)))

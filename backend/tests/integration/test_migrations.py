@@ -5,7 +5,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect
 
-from app.core.migrations import alembic_config, migrate
+from app.core.migrations import alembic_config, include_object, migrate
 from app.models import SQLModel
 from tests.conftest import fresh_database
 
@@ -13,7 +13,12 @@ from tests.conftest import fresh_database
 def test_migrations_and_models_agree(engine: Engine) -> None:
     with engine.connect() as connection:
         context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "compare_server_default": True}
+            connection,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_object": include_object,
+            },
         )
         assert compare_metadata(context, SQLModel.metadata) == []
 

@@ -49,7 +49,10 @@ def test_cors_origins_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> No
 def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> None:
     assert "http://localhost:3000" in make().cors_origins
     production = make(
-        ENVIRONMENT="production", DATABASE_URL="postgresql://h/db", AUTH_DISABLED="true"
+        ENVIRONMENT="production",
+        DATABASE_URL="postgresql://h/db",
+        AUTH_DISABLED="true",
+        CURSOR_SECRET="c" * 32,
     )
     assert production.cors_origins == []
 
@@ -86,6 +89,7 @@ def test_production_requires_database_url(monkeypatch: pytest.MonkeyPatch) -> No
 def test_production_requires_an_auth_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("DATABASE_URL", "postgresql://h/db")
+    monkeypatch.setenv("CURSOR_SECRET", "c" * 32)
     with pytest.raises(ConfigError, match="AUTH_DISABLED=true") as excinfo:
         load_settings()
     assert "\n" not in str(excinfo.value)
@@ -113,3 +117,11 @@ def test_secrets_never_appear_in_repr() -> None:
 def test_audience_is_comma_separated() -> None:
     settings = make(JWT_AUDIENCE="https://app.example, api")
     assert settings.JWT_AUDIENCE == ["https://app.example", "api"]
+
+
+def test_production_requires_a_cursor_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://h/db")
+    monkeypatch.setenv("AUTH_DISABLED", "true")
+    with pytest.raises(ConfigError, match="CURSOR_SECRET"):
+        load_settings()

@@ -1,89 +1,188 @@
-"""Thin handlers: declare inputs, call one service method, return a schema."""
+"""Thin handlers: declare inputs, call one service method, return its representation."""
 
-from fastapi import APIRouter, Depends, Response, status
+from typing import Annotated
 
-from app.api.deps import TaskIdPath, TaskServiceDep, UserIdPath, authorize
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from app.api.deps import (
+    IdempotencyKeyHeader,
+    IfMatch,
+    IfNoneMatch,
+    TaskIdPath,
+    TaskServiceDep,
+    UserIdPath,
+    authorize,
+)
+from app.api.http import JSON, if_match_versions, not_modified, task_response
 from app.api.responses import errors
-from app.schemas import TaskCreate, TaskPatch, TaskPublic, TaskReplace, ToggleBody
+from app.schemas import (
+    TaskCreate,
+    TaskListQuery,
+    TaskPatch,
+    TaskPublic,
+    TaskReplace,
+    TasksAdapter,
+    ToggleBody,
+)
 
 router = APIRouter(
     prefix="/api/{user_id}/tasks", tags=["tasks"], dependencies=[Depends(authorize)]
 )
 
-_LOCATION = {
-    "Location": {"description": "URL of the new task", "schema": {"type": "string"}}
+_ETAG = {
+    "ETag": {"description": "The task's current version", "schema": {"type": "string"}}
+}
+_CREATED = {
+    "headers": {
+        "Location": {
+            "description": "URL of the new task",
+            "schema": {"type": "string"},
+        },
+        **_ETAG,
+    }
+}
+_PAGED = {
+    "headers": {
+        "Link": {
+            "description": '`<next page URL>; rel="next"`',
+            "schema": {"type": "string"},
+        },
+        "X-Next-Cursor": {
+            "description": "cursor of the next page",
+            "schema": {"type": "string"},
+        },
+    }
 }
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={201: {"headers": _LOCATION}, **errors(413, 415)},
+    response_model=TaskPublic,
+    responses={201: _CREATED, **errors(409, 413, 415, 422)},
 )
 def create_task(
-    user_id: UserIdPath, body: TaskCreate, service: TaskServiceDep, response: Response
-) -> TaskPublic:
-    """Create a task."""
-    task = TaskPublic.model_validate(service.create(user_id=user_id, data=body))
-    response.headers["Location"] = f"/api/{user_id}/tasks/{task.id}"
-    return task
+    user_id: UserIdPath,
+    body: TaskCreate,
+    service: TaskServiceDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Create a task (repeat-safe with an Idempotency-Key)."""
+    task = service.create(user_id=user_id, data=body, idempotency_key=idempotency_key)
+    location = {"Location": f"/api/{user_id}/tasks/{task.id}"}
+    return task_response(task, status.HTTP_201_CREATED, location)
 
 
-@router.get("", responses=errors())
-def list_tasks(user_id: UserIdPath, service: TaskServiceDep) -> list[TaskPublic]:
-    """List the user's tasks, newest first."""
-    return [TaskPublic.model_validate(t) for t in service.list(user_id=user_id)]
+@router.get("", response_model=list[TaskPublic], responses={200: _PAGED, **errors()})
+def list_tasks(
+    request: Request,
+    user_id: UserIdPath,
+    query: Annotated[TaskListQuery, Query()],
+    service: TaskServiceDep,
+) -> Response:
+    """List the user's tasks: filters, sort and keyset pages (newest first)."""
+    page = service.list(user_id=user_id, query=query)
+    headers = {}
+    if page.next_cursor is not None:
+        next_url = request.url.include_query_params(cursor=page.next_cursor)
+        headers["Link"] = f'<{next_url.path}?{next_url.query}>; rel="next"'
+        headers["X-Next-Cursor"] = page.next_cursor
+    return Response(
+        TasksAdapter.dump_json(page.tasks), media_type=JSON, headers=headers
+    )
 
 
-@router.get("/{task_id}", responses=errors(404))
+@router.get(
+    "/{task_id}",
+    response_model=TaskPublic,
+    responses={
+        200: {"headers": _ETAG},
+        304: {"description": "Not modified"},
+        **errors(404),
+    },
+)
 def get_task(
-    user_id: UserIdPath, task_id: TaskIdPath, service: TaskServiceDep
-) -> TaskPublic:
-    """Get one task."""
-    return TaskPublic.model_validate(service.get(user_id=user_id, task_id=task_id))
+    user_id: UserIdPath,
+    task_id: TaskIdPath,
+    service: TaskServiceDep,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Get one task (304 when If-None-Match has its current ETag)."""
+    task = service.get(user_id=user_id, task_id=task_id)
+    if not_modified(if_none_match, task):
+        return Response(
+            status_code=304, headers={"ETag": task_response(task).headers["ETag"]}
+        )
+    return task_response(task)
 
 
-@router.put("/{task_id}", responses=errors(404, 413, 415))
+@router.put(
+    "/{task_id}",
+    response_model=TaskPublic,
+    responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
+)
 def replace_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     body: TaskReplace,
     service: TaskServiceDep,
-) -> TaskPublic:
+    if_match: IfMatch = None,
+) -> Response:
     """Replace a task's content; omitted optional fields return to their defaults."""
-    task = service.replace(user_id=user_id, task_id=task_id, data=body)
-    return TaskPublic.model_validate(task)
+    versions = if_match_versions(if_match, task_id)
+    task = service.replace(
+        user_id=user_id, task_id=task_id, data=body, if_match=versions
+    )
+    return task_response(task)
 
 
-@router.patch("/{task_id}", responses=errors(404, 413, 415))
+@router.patch(
+    "/{task_id}",
+    response_model=TaskPublic,
+    responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
+)
 def patch_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     body: TaskPatch,
     service: TaskServiceDep,
-) -> TaskPublic:
+    if_match: IfMatch = None,
+) -> Response:
     """Change the given fields only; `null` clears a field."""
-    task = service.patch(user_id=user_id, task_id=task_id, data=body)
-    return TaskPublic.model_validate(task)
+    versions = if_match_versions(if_match, task_id)
+    task = service.patch(user_id=user_id, task_id=task_id, data=body, if_match=versions)
+    return task_response(task)
 
 
-@router.patch("/{task_id}/complete", responses=errors(404, 413, 415))
+@router.patch(
+    "/{task_id}/complete",
+    response_model=TaskPublic,
+    responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
+)
 def toggle_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     service: TaskServiceDep,
     body: ToggleBody | None = None,  # noqa: ARG001 - validated, carries nothing
-) -> TaskPublic:
+    if_match: IfMatch = None,
+) -> Response:
     """Toggle `completed`, setting or clearing `completed_at`."""
-    return TaskPublic.model_validate(service.toggle(user_id=user_id, task_id=task_id))
+    versions = if_match_versions(if_match, task_id)
+    return task_response(
+        service.toggle(user_id=user_id, task_id=task_id, if_match=versions)
+    )
 
 
 @router.delete(
-    "/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404)
+    "/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 412)
 )
 def delete_task(
-    user_id: UserIdPath, task_id: TaskIdPath, service: TaskServiceDep
+    user_id: UserIdPath,
+    task_id: TaskIdPath,
+    service: TaskServiceDep,
+    if_match: IfMatch = None,
 ) -> Response:
     """Delete a task."""
-    service.delete(user_id=user_id, task_id=task_id)
+    versions = if_match_versions(if_match, task_id)
+    service.delete(user_id=user_id, task_id=task_id, if_match=versions)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

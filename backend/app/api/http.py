@@ -1,0 +1,55 @@
+"""HTTP representation of tasks: JSON bytes, ETags and conditional requests (C5)."""
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi import Response
+
+from app.schemas import TaskPublic
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+JSON = "application/json"
+
+
+def etag(task: TaskPublic) -> str:
+    """A task's version is its updated_at, which strictly increases on every change."""
+    return f'"{task.id}.{(task.updated_at - _EPOCH) // _MICROSECOND}"'
+
+
+def _tags(header: str) -> list[str]:
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def if_match_versions(header: str | None, task_id: int) -> list[datetime] | None:
+    """The versions an If-Match header accepts; None when any version will do
+    (no header, or `*`). Tags that are weak or not ours can never match."""
+    if header is None or "*" in _tags(header):
+        return None
+    versions = []
+    for tag in _tags(header):
+        tag_id, _, micros = tag.removeprefix('"').removesuffix('"').partition(".")
+        if tag.startswith('"') and tag_id == str(task_id) and micros.isdigit():
+            try:
+                versions.append(_EPOCH + int(micros) * _MICROSECOND)
+            except OverflowError:
+                continue
+    return versions
+
+
+def not_modified(header: str | None, task: TaskPublic) -> bool:
+    """If-None-Match, with the weak comparison RFC 9110 asks for."""
+    if header is None:
+        return False
+    current = etag(task)
+    return any(tag == "*" or tag.removeprefix("W/") == current for tag in _tags(header))
+
+
+def task_response(
+    task: TaskPublic, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        task.model_dump_json(),
+        status_code=status_code,
+        media_type=JSON,
+        headers={"ETag": etag(task), **(headers or {})},
+    )
