@@ -11,6 +11,7 @@ from typing import Any
 from psycopg2 import errors as pg_errors
 from sqlalchemy import (
     ColumnElement,
+    Select,
     Table,
     Text,
     and_,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     select,
     text,
     tuple_,
@@ -38,7 +40,7 @@ from app.core.errors import (
     PreconditionFailed,
     TaskNotFound,
 )
-from app.models import DUE_AT_ASC, DUE_AT_DESC, IdempotencyKey, Priority, Task
+from app.models import IdempotencyKey, Priority, Task
 from app.schemas import (
     TaskCreate,
     TaskListQuery,
@@ -117,12 +119,19 @@ def _content(data: TaskCreate | TaskPatch, fields: set[str]) -> dict[str, Any]:
     return values
 
 
+def _nulls_last(due_at: ColumnElement[Any], descending: bool) -> ColumnElement[Any]:
+    """`due_at` sorts undated tasks last in both directions: as the matching
+    infinity, exactly as models.DUE_AT_ASC / DUE_AT_DESC index it."""
+    infinity = "'-infinity'" if descending else "'infinity'"
+    return func.coalesce(due_at, literal_column(f"{infinity}::timestamptz"))
+
+
 def _sort_expression(key: str, descending: bool) -> ColumnElement[Any]:
     """The indexed expression each sort key orders by (see models.Task)."""
     if key == "title":
         return func.lower(TASK.c.title)
-    if key == "due_at":  # nulls last in both directions
-        return DUE_AT_DESC if descending else DUE_AT_ASC  # type: ignore[return-value]
+    if key == "due_at":
+        return _nulls_last(TASK.c.due_at, descending)
     column: ColumnElement[Any] = TASK.c[key]
     return column
 
@@ -132,10 +141,7 @@ def _sort_value(key: str, descending: bool, value: Any) -> ColumnElement[Any]:
     if key == "title":
         return func.lower(cast(value, Text))
     if key == "due_at":
-        infinity = "-infinity" if descending else "infinity"
-        return func.coalesce(
-            cast(value, TASK.c.due_at.type), text(f"'{infinity}'::timestamptz")
-        )
+        return _nulls_last(cast(value, TASK.c.due_at.type), descending)
     return cast(value, TASK.c[key].type)
 
 
@@ -167,8 +173,38 @@ def _filters(query: TaskListQuery) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def list_statement(
+    user_id: str, query: TaskListQuery, after: Sequence[Any] | None = None
+) -> Select[Any]:
+    """The listing query: one more row than the page, to know if another follows.
+    `after` is the (sort value, id) position of the previous page's last task."""
+    key = query.sort.removeprefix("-")
+    descending = query.sort.startswith("-")
+    order = _sort_expression(key, descending)
+    conditions = _filters(query)
+    if after is not None:
+        position = tuple_(order, TASK.c.id)
+        bound = tuple_(_sort_value(key, descending, after[0]), literal(after[1]))
+        conditions.append(position < bound if descending else position > bound)
+    return (
+        select(*TASK.c)
+        .where(_owned(user_id), *conditions)
+        .order_by(
+            order.desc() if descending else order.asc(),
+            TASK.c.id.desc() if descending else TASK.c.id.asc(),
+        )
+        .limit(query.limit + 1)
+    )
+
+
 def _request_hash(data: TaskCreate) -> str:
-    canonical = json.dumps(data.model_dump(mode="json"), sort_keys=True)
+    """Two bodies are "the same" when they would create the same task."""
+    values = {
+        **_content(data, set(_DEFAULTS)),
+        "title": data.title,
+        "completed": bool(data.completed),
+    }
+    canonical = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -179,35 +215,20 @@ class TaskService:
 
     def list(self, *, user_id: str, query: TaskListQuery) -> Page:
         """One page of the user's tasks, filtered and sorted (keyset pagination)."""
-        key = query.sort.removeprefix("-")
-        descending = query.sort.startswith("-")
         binding = {"user": user_id, "sort": query.sort, "filters": query.filters()}
-        order = _sort_expression(key, descending)
-        conditions = _filters(query)
+        after = None
         if query.cursor is not None:
-            value, last_id = self._cursors.decode(query.cursor, binding)
-            if not isinstance(last_id, int):
+            after = self._cursors.decode(query.cursor, binding)
+            if not isinstance(after[1], int):
                 raise InvalidCursor()
-            position = tuple_(order, TASK.c.id)
-            after = tuple_(_sort_value(key, descending, value), literal(last_id))
-            conditions.append(position < after if descending else position > after)
-        statement = (
-            select(*TASK.c)
-            .where(_owned(user_id), *conditions)
-            .order_by(
-                order.desc() if descending else order.asc(),
-                TASK.c.id.desc() if descending else TASK.c.id.asc(),
-            )
-            .limit(query.limit + 1)
-        )
         with self._sessions() as session:
-            rows = session.execute(statement).all()
+            rows = session.execute(list_statement(user_id, query, after)).all()
         tasks = TasksAdapter.validate_python(rows[: query.limit], from_attributes=True)
         next_cursor = None
         if len(rows) > query.limit:
             last = tasks[-1]
-            position_of_last = [_cursor_value(last, key), last.id]
-            next_cursor = self._cursors.encode(position_of_last, binding)
+            position = [_cursor_value(last, query.sort.removeprefix("-")), last.id]
+            next_cursor = self._cursors.encode(position, binding)
         return Page(tasks, next_cursor)
 
     def get(self, *, user_id: str, task_id: int) -> TaskPublic:

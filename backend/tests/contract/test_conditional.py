@@ -1,0 +1,192 @@
+"""C5: ETags, If-None-Match, If-Match, and Idempotency-Key on create."""
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from app.core.db import SessionFactory
+from tests.factories import create_task, new_user_id, task_payload, tasks_url
+
+UPDATES = [
+    ("PUT", "", {"title": "new"}),
+    ("PATCH", "", {"title": "new"}),
+    ("PATCH", "/complete", None),
+]
+
+
+def test_single_task_responses_carry_an_etag(client: TestClient) -> None:
+    user = new_user_id()
+    created = client.post(tasks_url(user), json=task_payload())
+    task = created.json()
+    url = tasks_url(user, task["id"])
+    etags = [created.headers["etag"], client.get(url).headers["etag"]]
+    assert etags[0] == etags[1]
+    for method, suffix, body in UPDATES:
+        response = client.request(method, url + suffix, json=body)
+        assert response.headers["etag"] not in etags
+        etags.append(response.headers["etag"])
+    assert all(e.startswith('"') and e.endswith('"') for e in etags)
+
+
+def test_if_none_match_current_etag_is_304(client: TestClient) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    etag = client.get(url).headers["etag"]
+    for header in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
+        response = client.get(url, headers={"If-None-Match": header})
+        assert response.status_code == 304
+        assert response.content == b""
+        assert response.headers["etag"] == etag
+    client.patch(url, json={"title": "changed"})
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), [*UPDATES, ("DELETE", "", None)])
+def test_if_match_stale_etag_is_412_and_changes_nothing(
+    client: TestClient, method: str, suffix: str, body: Any
+) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    stale = client.get(url).headers["etag"]
+    client.patch(url, json={"description": "someone else's edit"})
+    current = client.get(url).json()
+    for header in (stale, f"W/{client.get(url).headers['etag']}", '"garbage"'):
+        response = client.request(
+            method, url + suffix, json=body, headers={"If-Match": header}
+        )
+        assert response.status_code == 412, header
+        assert response.json()["code"] == "precondition_failed"
+    assert client.get(url).json() == current
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), [*UPDATES, ("DELETE", "", None)])
+def test_if_match_current_etag_succeeds(
+    client: TestClient, method: str, suffix: str, body: Any
+) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    etag = client.get(url).headers["etag"]
+    response = client.request(
+        method, url + suffix, json=body, headers={"If-Match": etag}
+    )
+    assert response.status_code in (200, 204)
+
+
+def test_if_match_star_and_lists(client: TestClient) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    etag = client.get(url).headers["etag"]
+    response = client.patch(
+        url, json={"title": "x"}, headers={"If-Match": f'"a", {etag}'}
+    )
+    assert response.status_code == 200
+    assert (
+        client.patch(url, json={"title": "y"}, headers={"If-Match": "*"}).status_code
+        == 200
+    )
+
+
+def test_if_match_on_missing_task_is_404(client: TestClient) -> None:
+    response = client.delete(
+        tasks_url(new_user_id(), 424242), headers={"If-Match": "*"}
+    )
+    assert response.status_code == 404
+
+
+def test_etag_of_another_task_never_matches(client: TestClient) -> None:
+    user = new_user_id()
+    first, second = create_task(client, user), create_task(client, user)
+    other_etag = client.get(tasks_url(user, first["id"])).headers["etag"]
+    response = client.delete(
+        tasks_url(user, second["id"]), headers={"If-Match": other_etag}
+    )
+    assert response.status_code == 412
+
+
+def idempotent_post(client: TestClient, user: str, key: str, **body: Any) -> Any:
+    return client.post(
+        tasks_url(user), json=task_payload(**body), headers={"Idempotency-Key": key}
+    )
+
+
+def test_idempotent_repeat_returns_the_first_response(client: TestClient) -> None:
+    user = new_user_id()
+    first = idempotent_post(client, user, "key-1", tags=["A"])
+    client.patch(tasks_url(user, first.json()["id"]), json={"title": "edited later"})
+    again = idempotent_post(client, user, "key-1", tags=["A"])
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert again.headers["location"] == first.headers["location"]
+    assert len(client.get(tasks_url(user)).json()) == 1
+
+
+def test_idempotent_repeat_with_equivalent_body_is_a_repeat(client: TestClient) -> None:
+    user = new_user_id()
+    first = idempotent_post(client, user, "k", title=" x ", tags=None)
+    again = idempotent_post(client, user, "k", title="x", tags=[])
+    assert again.json()["id"] == first.json()["id"]
+
+
+def test_same_key_different_body_is_422(client: TestClient) -> None:
+    user = new_user_id()
+    idempotent_post(client, user, "key-2", title="one")
+    response = idempotent_post(client, user, "key-2", title="two")
+    assert response.status_code == 422
+    assert response.json()["code"] == "idempotency_key_reused"
+    assert len(client.get(tasks_url(user)).json()) == 1
+
+
+def test_keys_are_per_user(client: TestClient) -> None:
+    alice, bob = new_user_id(), new_user_id()
+    first = idempotent_post(client, alice, "shared-key")
+    second = idempotent_post(client, bob, "shared-key")
+    assert second.status_code == 201
+    assert second.json()["id"] != first.json()["id"]
+    assert second.json()["user_id"] == bob
+
+
+def test_expired_key_creates_anew(client: TestClient, sessions: SessionFactory) -> None:
+    user = new_user_id()
+    first = idempotent_post(client, user, "old-key")
+    with sessions() as session:
+        session.execute(
+            text(
+                "UPDATE idempotency_key SET created_at = now() - interval '25 hours' "
+                "WHERE user_id = :u"
+            ),
+            {"u": user},
+        )
+        session.commit()
+    again = idempotent_post(client, user, "old-key")
+    assert again.status_code == 201
+    assert again.json()["id"] != first.json()["id"]
+
+
+def test_failed_validation_does_not_consume_the_key(client: TestClient) -> None:
+    user = new_user_id()
+    assert idempotent_post(client, user, "k", title="").status_code == 400
+    assert idempotent_post(client, user, "k", title="ok").status_code == 201
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "ünicode"])
+def test_bad_idempotency_key_is_400(client: TestClient, key: str) -> None:
+    user = new_user_id()
+    response = client.post(
+        tasks_url(user),
+        json=task_payload(),
+        headers={"Idempotency-Key": key.encode("utf-8")},  # type: ignore[dict-item]
+    )
+    assert response.status_code == 400
+    assert response.json()["fields"][0]["field"] == "Idempotency-Key"
+    assert client.get(tasks_url(user)).json() == []
+
+
+def test_longest_printable_key_is_accepted(client: TestClient) -> None:
+    key = "".join(chr(c) for c in range(0x21, 0x7F)) * 3
+    assert idempotent_post(client, new_user_id(), key[:255]).status_code == 201

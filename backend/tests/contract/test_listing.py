@@ -1,0 +1,295 @@
+"""C4: listing filters, sorts and keyset pages."""
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.factories import create_task, new_user_id, tasks_url
+
+
+def ids(response: Any) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [t["id"] for t in response.json()]
+
+
+@pytest.fixture
+def user(client: TestClient) -> str:
+    return new_user_id()
+
+
+@pytest.fixture
+def mixed(client: TestClient, user: str) -> dict[str, dict[str, Any]]:
+    """Five tasks with distinct fields, created in this order."""
+    specs = {
+        "a": {
+            "title": "Buy MILK",
+            "priority": "high",
+            "tags": ["home", "shop"],
+            "due_at": "2026-12-03T00:00:00Z",
+        },
+        "b": {
+            "title": "apple pie",
+            "priority": "low",
+            "tags": ["home"],
+            "description": "bake with milk",
+        },
+        "c": {
+            "title": "Call mom",
+            "priority": "medium",
+            "tags": ["family"],
+            "due_at": "2026-12-01T00:00:00Z",
+            "completed": True,
+        },
+        "d": {
+            "title": "100% done_ok",
+            "priority": "none",
+            "tags": [],
+            "due_at": "2026-12-02T00:00:00Z",
+        },
+        "e": {"title": "back\\slash", "priority": "high", "tags": ["shop"]},
+    }
+    return {name: create_task(client, user, **spec) for name, spec in specs.items()}
+
+
+def listed(client: TestClient, user: str, **params: Any) -> list[int]:
+    return ids(client.get(tasks_url(user), params=params))
+
+
+def names(mixed: dict[str, dict[str, Any]], result: list[int]) -> str:
+    by_id = {t["id"]: name for name, t in mixed.items()}
+    return "".join(by_id[i] for i in result)
+
+
+def test_default_order_is_newest_first(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    assert names(mixed, listed(client, user)) == "edcba"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", "c"), ("false", "edba")])
+def test_filter_completed(
+    client: TestClient, user: str, mixed: Any, value: str, expected: str
+) -> None:
+    assert names(mixed, listed(client, user, completed=value)) == expected
+
+
+def test_filter_priority_is_repeatable(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    result = ids(
+        client.get(tasks_url(user), params=[("priority", "high"), ("priority", "low")])
+    )
+    assert names(mixed, result) == "eba"
+
+
+def test_filter_tags_must_all_match_and_are_normalised(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    assert names(mixed, listed(client, user, tag=" HOME ")) == "ba"
+    both = ids(client.get(tasks_url(user), params=[("tag", "home"), ("tag", "Shop")]))
+    assert names(mixed, both) == "a"
+
+
+def test_q_searches_title_and_description_case_insensitively(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    assert names(mixed, listed(client, user, q="milk")) == "ba"
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"), [("%", "d"), ("_", "d"), ("\\", "e"), ("0% d", "d")]
+)
+def test_q_wildcards_are_literal(
+    client: TestClient, user: str, mixed: Any, q: str, expected: str
+) -> None:
+    assert names(mixed, listed(client, user, q=q)) == expected
+
+
+def test_due_window_is_half_open_and_excludes_undated(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    result = listed(
+        client,
+        user,
+        due_after="2026-12-01T00:00:00Z",
+        due_before="2026-12-03T00:00:00Z",
+    )
+    assert names(mixed, result) == "dc"
+    assert (
+        names(mixed, listed(client, user, due_after="2026-01-01T00:00:00+00:00"))
+        == "dca"
+    )
+    assert names(mixed, listed(client, user, due_before="2026-12-02T00:00:00Z")) == "c"
+
+
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        ("created_at", "abcde"),
+        ("-created_at", "edcba"),
+        ("due_at", "cdabe"),  # undated last, ties by id
+        ("-due_at", "adceb"),  # undated last either way, ties by id desc... see below
+        ("priority", "dbcae"),
+        ("-priority", "eacbd"),
+        ("title", "dbeac"),  # case-insensitive: 100%, apple, back\\slash, Buy, Call
+        ("-title", "caebd"),
+    ],
+)
+def test_sort_keys(
+    client: TestClient, user: str, mixed: Any, sort: str, expected: str
+) -> None:
+    assert names(mixed, listed(client, user, sort=sort)) == expected
+
+
+def test_sort_updated_at_follows_changes(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    client.patch(tasks_url(user, mixed["b"]["id"]), json={"priority": "medium"})
+    assert names(mixed, listed(client, user, sort="-updated_at"))[0] == "b"
+    assert names(mixed, listed(client, user, sort="updated_at"))[-1] == "b"
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("completed", "yes"),
+        ("completed", "1"),
+        ("priority", "urgent"),
+        ("tag", ""),
+        ("tag", "a\x01"),
+        ("q", ""),
+        ("q", "x" * 201),
+        ("due_before", "2026-12-01"),
+        ("due_after", "2026-12-01T00:00:00"),
+        ("sort", "id"),
+        ("sort", "+title"),
+        ("limit", "0"),
+        ("limit", "1001"),
+        ("limit", "ten"),
+        ("cursor", "not-a-cursor"),
+    ],
+)
+def test_bad_query_values_are_400(client: TestClient, param: str, value: str) -> None:
+    response = client.get(tasks_url(new_user_id()), params={param: value})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["fields"][0]["field"].startswith(param)
+
+
+def test_unknown_query_parameters_are_ignored(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    assert names(mixed, listed(client, user, colour="red", page="2")) == "edcba"
+
+
+def test_limit_pages_with_link_and_cursor(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    first = client.get(tasks_url(user), params={"limit": 2, "sort": "title"})
+    assert names(mixed, ids(first)) == "db"
+    cursor = first.headers["x-next-cursor"]
+    link = first.headers["link"]
+    assert link.endswith('>; rel="next"')
+    url = urlsplit(link[1 : link.index(">")])
+    assert url.path == tasks_url(user)
+    assert parse_qs(url.query) == {
+        "limit": ["2"],
+        "sort": ["title"],
+        "cursor": [cursor],
+    }
+    second = client.get(f"{url.path}?{url.query}")
+    assert names(mixed, ids(second)) == "ea"
+    third = client.get(
+        tasks_url(user),
+        params={"limit": 2, "sort": "title", "cursor": second.headers["x-next-cursor"]},
+    )
+    assert names(mixed, ids(third)) == "c"
+    assert "link" not in third.headers
+    assert "x-next-cursor" not in third.headers
+
+
+def test_no_link_when_everything_fits(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    response = client.get(tasks_url(user), params={"limit": 5})
+    assert len(response.json()) == 5
+    assert "link" not in response.headers
+
+
+def test_default_limit_is_1000(client: TestClient, user: str) -> None:
+    from app.schemas import TaskListQuery
+
+    assert TaskListQuery().limit == 1000
+
+
+def _first_cursor(client: TestClient, user: str, **params: Any) -> str:
+    response = client.get(tasks_url(user), params={"limit": 1, **params})
+    return response.headers["x-next-cursor"]
+
+
+def test_cursor_of_another_user_is_400(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    cursor = _first_cursor(client, user)
+    other = new_user_id()
+    create_task(client, other)
+    response = client.get(tasks_url(other), params={"limit": 1, "cursor": cursor})
+    assert response.status_code == 400
+    assert response.json()["fields"][0]["field"] == "cursor"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"sort": "title"}, {"priority": "high"}, {"q": "milk"}, {"completed": "false"}],
+)
+def test_cursor_for_another_sort_or_filter_is_400(
+    client: TestClient, user: str, mixed: Any, change: dict[str, str]
+) -> None:
+    cursor = _first_cursor(client, user)
+    response = client.get(
+        tasks_url(user), params={"limit": 1, "cursor": cursor, **change}
+    )
+    assert response.status_code == 400
+
+
+def test_tampered_cursor_is_400(client: TestClient, user: str, mixed: Any) -> None:
+    cursor = _first_cursor(client, user)
+    for forged in (
+        cursor[:-2] + ("AA" if cursor[-2:] != "AA" else "BB"),
+        "A" + cursor,
+        cursor[1:],
+        "",
+    ):
+        response = client.get(tasks_url(user), params={"limit": 1, "cursor": forged})
+        assert response.status_code == 400, forged
+
+
+def test_limit_may_change_between_pages(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    cursor = _first_cursor(client, user)
+    response = client.get(tasks_url(user), params={"limit": 10, "cursor": cursor})
+    assert names(mixed, ids(response)) == "dcba"
+
+
+def test_creates_and_deletes_between_pages_skip_and_repeat_nothing(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    first = client.get(tasks_url(user), params={"limit": 2})
+    assert names(mixed, ids(first)) == "ed"
+    create_task(client, user, title="newer than the cursor")
+    client.delete(tasks_url(user, mixed["d"]["id"]))  # the cursor's own row
+    client.delete(tasks_url(user, mixed["a"]["id"]))  # a row still ahead
+    rest = client.get(
+        tasks_url(user), params={"limit": 2, "cursor": first.headers["x-next-cursor"]}
+    )
+    assert names(mixed, ids(rest)) == "cb"
+
+
+def test_body_is_a_plain_array_when_paging(
+    client: TestClient, user: str, mixed: Any
+) -> None:
+    response = client.get(tasks_url(user), params={"limit": 1})
+    assert isinstance(response.json(), list)

@@ -1,0 +1,125 @@
+"""EXPLAIN (ANALYZE, BUFFERS) of every listing shape on 1,000,000 tasks.
+
+    PYTHONPATH=backend .venv/bin/python bench/explain.py DATABASE_URL [--seed] > x.md
+
+--seed (re)creates the data: 9,000 users with 100 tasks each and one user
+("heavy") with 100,000, migrated to head first. The queries are the service's own
+(`list_statement`), for the heavy user, a page of 100."""
+
+import sys
+import time
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.dialects import postgresql
+
+from app.core.migrations import migrate
+from app.schemas import TaskListQuery
+from app.services.task_service import list_statement
+
+HEAVY = "heavy"
+SEED = """
+TRUNCATE task;
+INSERT INTO task (user_id, title, description, priority, tags, due_at, completed,
+                  created_at, updated_at)
+SELECT CASE WHEN g <= 100000 THEN 'heavy' ELSE 'user-' || (mod(g, 9000)) END,
+       'task ' || md5(g::text),
+       CASE WHEN mod(g, 3) = 0 THEN 'note ' || md5((g * 7)::text) END,
+       (ARRAY['none','low','medium','high'])[1 + mod(g, 4)]::task_priority,
+       CASE WHEN mod(g, 5) = 0 THEN ARRAY['work']
+            WHEN mod(g, 5) = 1 THEN ARRAY['home','urgent'] ELSE '{}'::text[] END,
+       CASE WHEN mod(g, 2) = 0 THEN now() + (mod(g, 1000)) * interval '1 hour' END,
+       mod(g, 7) = 0,
+       now() - g * interval '1 second',
+       now() - g * interval '1 second'
+FROM generate_series(1, 1000000) AS g;
+VACUUM ANALYZE task;
+"""
+
+SHAPES: list[tuple[str, dict[str, Any]]] = [
+    *[
+        (f"sort={s}", {"sort": s})
+        for s in (
+            "-created_at",
+            "created_at",
+            "-updated_at",
+            "updated_at",
+            "due_at",
+            "-due_at",
+            "priority",
+            "-priority",
+            "title",
+            "-title",
+        )
+    ],
+    ("completed=false&priority=high", {"completed": "false", "priority": ["high"]}),
+    ("tag=work&sort=due_at", {"tag": ["work"], "sort": "due_at"}),
+    ("q=abc (search title and description)", {"q": "abc"}),
+    ("q=abc12 (rare)", {"q": "abc12"}),
+    (
+        "due_after/due_before window",
+        {
+            "due_after": "2026-11-23T00:00:00Z",
+            "due_before": "2026-11-25T00:00:00Z",
+        },
+    ),
+]
+
+
+def explain(connection: Any, title: str, params: dict[str, Any], after: Any) -> None:
+    query = TaskListQuery.model_validate({"limit": 100, **params})
+    compiled = list_statement(HEAVY, query, after).compile(
+        dialect=postgresql.dialect(), compile_kwargs={"render_postcompile": True}
+    )
+    plan = connection.exec_driver_sql(
+        "EXPLAIN (ANALYZE, BUFFERS) " + str(compiled), compiled.params
+    ).scalars()
+    print(f"### {title}{' (second page, after a cursor)' if after else ''}\n\n```")
+    print("\n".join(plan))
+    print("```\n")
+
+
+def main() -> None:
+    engine = create_engine(
+        sys.argv[1].replace("postgresql://", "postgresql+psycopg2://", 1)
+    )
+    if "--seed" in sys.argv:
+        migrate(engine)
+        started = time.monotonic()
+        with engine.begin() as connection:
+            connection.exec_driver_sql(SEED.split("VACUUM")[0])
+        with engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT"
+        ) as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE task")
+        print(f"seeded in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    with engine.connect() as connection:
+        total = connection.execute(text("SELECT count(*) FROM task")).scalar_one()
+        mine = connection.execute(
+            text("SELECT count(*) FROM task WHERE user_id = :u"), {"u": HEAVY}
+        ).scalar_one()
+        print(f"{total:,} tasks; user `{HEAVY}` has {mine:,}.\n")
+        for title, params in SHAPES:
+            explain(connection, title, params, None)
+        first = connection.execute(
+            text(
+                "SELECT created_at, id FROM task WHERE user_id = :u "
+                "ORDER BY created_at DESC, id DESC OFFSET 99 LIMIT 1"
+            ),
+            {"u": HEAVY},
+        ).one()
+        explain(
+            connection, "sort=-created_at", {}, [first.created_at.isoformat(), first.id]
+        )
+        title = connection.execute(
+            text(
+                "SELECT title, id FROM task WHERE user_id = :u "
+                "ORDER BY lower(title), id OFFSET 99 LIMIT 1"
+            ),
+            {"u": HEAVY},
+        ).one()
+        explain(connection, "sort=title", {"sort": "title"}, [title.title, title.id])
+
+
+if __name__ == "__main__":
+    main()
