@@ -4,7 +4,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from app.core.config import get_settings
-from app.core.db import create_db_engine
+from app.core.db import create_db_engine, transactional
 from app.core.migrations import include_object
 from app.models import SQLModel
 
@@ -29,7 +29,7 @@ if given is not None:
     run_migrations(given)
 else:
     engine = create_db_engine(get_settings())
-    with engine.connect() as connection:
+    with transactional(engine).connect() as connection:
         run_migrations(connection)
         connection.commit()
     engine.dispose()

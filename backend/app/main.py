@@ -15,7 +15,7 @@ from app.api.routes import docs, health, tasks
 from app.core.auth import TokenVerifier
 from app.core.config import Settings, get_settings
 from app.core.cursor import CursorCodec
-from app.core.db import create_db_engine, create_session_factory
+from app.core.db import create_db_engine, create_sessions
 from app.core.errors import register_exception_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import BodyGuardMiddleware, RequestContextMiddleware
@@ -62,11 +62,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # One thread per pooled connection: a request never waits on the pool
-        # while holding a thread another request needs to give one back.
-        to_thread.current_default_thread_limiter().total_tokens = (
-            settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW
-        )
+        # One request thread per pooled connection: a thread never waits for a
+        # connection, and the pool never opens and closes overflow connections
+        # under steady load (overflow is left for health checks and migrations).
+        to_thread.current_default_thread_limiter().total_tokens = settings.DB_POOL_SIZE
         await to_thread.run_sync(migrate, engine)
         yield
         engine.dispose()
@@ -87,7 +86,7 @@ def create_app(
     app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None
     if app.state.verifier is None:
         logger.warning("authentication is OFF: every /api request is accepted")
-    app.state.session_factory = create_session_factory(engine)
+    app.state.sessions = create_sessions(engine)
     app.include_router(tasks.router)
     app.include_router(health.router)
     app.include_router(docs.router)

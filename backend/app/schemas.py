@@ -13,7 +13,6 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
-    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -224,7 +223,10 @@ class TaskPublic(BaseModel):
     updated_at: UtcDatetime
 
 
-TasksAdapter = TypeAdapter(list[TaskPublic])
+# A task as the service hands it to the HTTP layer: TaskPublic's fields, built
+# straight from a row and serialised with orjson (see api/http.py). TaskPublic stays
+# the documented shape; a unit test keeps the two in step.
+TaskRecord = dict[str, Any]
 
 
 class FieldError(BaseModel):

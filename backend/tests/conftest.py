@@ -15,11 +15,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 
-from app.api.deps import get_session_factory
+from app.api.deps import get_sessions
 from app.core.config import Settings
 from app.core.db import (
     PROJECT_ROOT,
     SessionFactory,
+    Sessions,
     create_db_engine,
     embedded_database_url,
 )
@@ -75,6 +76,7 @@ def engine(settings: Settings, database_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def connection(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
+        conn.execution_options(isolation_level="READ COMMITTED")
         transaction = conn.begin()
         yield conn
         transaction.rollback()
@@ -93,7 +95,7 @@ def sessions(connection: Connection) -> SessionFactory:
 @pytest.fixture
 def app(settings: Settings, engine: Engine, sessions: SessionFactory) -> FastAPI:
     app = create_app(settings, engine)
-    app.dependency_overrides[get_session_factory] = lambda: sessions
+    app.dependency_overrides[get_sessions] = lambda: Sessions(sessions, sessions)
     return app
 
 

@@ -6,23 +6,21 @@ from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.core.auth import TokenVerifier
-from app.core.db import SessionFactory
+from app.core.db import Sessions
 from app.core.errors import ForbiddenError, UnauthorizedError
 from app.schemas import USER_ID_PATTERN, TaskId
 from app.services.task_service import TaskService
 
 
-async def get_session_factory(request: Request) -> SessionFactory:
-    factory: SessionFactory = request.app.state.session_factory
-    return factory
+async def get_sessions(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.sessions
+    return sessions
 
 
-SessionFactoryDep = Annotated[SessionFactory, Depends(get_session_factory)]
+SessionsDep = Annotated[Sessions, Depends(get_sessions)]
 
 
-async def get_task_service(
-    request: Request, sessions: SessionFactoryDep
-) -> TaskService:
+async def get_task_service(request: Request, sessions: SessionsDep) -> TaskService:
     return TaskService(sessions, request.app.state.cursors)
 
 

@@ -2,18 +2,19 @@
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from fastapi import Response
 
-from app.schemas import TaskPublic
+from app.schemas import TaskRecord
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 JSON = "application/json"
 
 
-def etag(task: TaskPublic) -> str:
+def etag(task: TaskRecord) -> str:
     """A task's version is its updated_at, which strictly increases on every change."""
-    return f'"{task.id}.{(task.updated_at - _EPOCH) // _MICROSECOND}"'
+    return f'"{task["id"]}.{(task["updated_at"] - _EPOCH) // _MICROSECOND}"'
 
 
 def _tags(header: str) -> list[str]:
@@ -36,7 +37,7 @@ def if_match_versions(header: str | None, task_id: int) -> list[datetime] | None
     return versions
 
 
-def not_modified(header: str | None, task: TaskPublic) -> bool:
+def not_modified(header: str | None, task: TaskRecord) -> bool:
     """If-None-Match, with the weak comparison RFC 9110 asks for."""
     if header is None:
         return False
@@ -44,11 +45,16 @@ def not_modified(header: str | None, task: TaskPublic) -> bool:
     return any(tag == "*" or tag.removeprefix("W/") == current for tag in _tags(header))
 
 
+def dump(tasks: TaskRecord | list[TaskRecord]) -> bytes:
+    """JSON bytes; UTC datetimes end in Z."""
+    return orjson.dumps(tasks, option=orjson.OPT_UTC_Z)
+
+
 def task_response(
-    task: TaskPublic, status_code: int = 200, headers: dict[str, str] | None = None
+    task: TaskRecord, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(
-        task.model_dump_json(),
+        dump(task),
         status_code=status_code,
         media_type=JSON,
         headers={"ETag": etag(task), **(headers or {})},

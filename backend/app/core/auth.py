@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -94,7 +95,19 @@ class JwksCache:
         self._fetched_at = time.monotonic()
 
 
+@dataclass(frozen=True)
+class _Verified:
+    user_id: str
+    expires: float
+    not_before: float
+
+
 class TokenVerifier:
+    # Clients send the same token for many requests (Better Auth's live 15 minutes):
+    # a token whose signature and claims were verified is remembered with its
+    # validity window, so repeats skip the crypto but not the time checks.
+    CACHE_SIZE = 10_000
+
     def __init__(self, settings: Settings) -> None:
         secret = settings.jwt_secret
         self._secret = secret.get_secret_value() if secret else None
@@ -103,6 +116,7 @@ class TokenVerifier:
         self._audience = settings.JWT_AUDIENCE
         self._user_claim = settings.JWT_USER_CLAIM
         self._leeway = settings.JWT_LEEWAY_SECONDS
+        self._verified: dict[str, _Verified] = {}
 
     @property
     def jwks(self) -> JwksCache | None:
@@ -110,6 +124,11 @@ class TokenVerifier:
 
     async def user_id(self, token: str) -> str:
         """The verified token's user id, or UnauthorizedError."""
+        known = self._verified.get(token)
+        if known is not None:
+            if known.not_before <= time.time() <= known.expires:
+                return known.user_id
+            del self._verified[token]
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -152,4 +171,15 @@ class TokenVerifier:
         user_id = claims.get(self._user_claim)
         if not isinstance(user_id, str) or not user_id:
             raise UnauthorizedError(detail=f"Token has no '{self._user_claim}' claim")
+        self._remember(token, user_id, claims)
         return user_id
+
+    def _remember(self, token: str, user_id: str, claims: dict[str, Any]) -> None:
+        if len(self._verified) >= self.CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        not_before = max(float(claims.get("nbf", 0)), float(claims.get("iat", 0)))
+        self._verified[token] = _Verified(
+            user_id,
+            expires=float(claims["exp"]) + self._leeway,
+            not_before=not_before - self._leeway,
+        )

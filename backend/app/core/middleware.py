@@ -1,9 +1,9 @@
 """Pure ASGI middleware: request ids and access logs, and the request body guard."""
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,7 +42,7 @@ class RequestContextMiddleware:
             return
         incoming = _header(scope, b"x-request-id")
         valid = incoming is not None and _REQUEST_ID.fullmatch(incoming)
-        request_id = incoming if valid and incoming else uuid.uuid4().hex
+        request_id = incoming if valid and incoming else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500

@@ -6,6 +6,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, text
 
+from app.core.db import transactional
+
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 # Any constant works; it keeps concurrent starts (several workers) from racing.
 _MIGRATION_LOCK_KEY = 7_240_001
@@ -33,7 +35,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
 def migrate(engine: Engine) -> None:
     """Upgrade to head in one transaction, holding a transaction-level
     advisory lock (which also works through PgBouncer's transaction pooling)."""
-    with engine.begin() as connection:
+    with transactional(engine).begin() as connection:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
         )

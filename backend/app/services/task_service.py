@@ -5,8 +5,8 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
 
 from psycopg2 import errors as pg_errors
 from sqlalchemy import (
@@ -32,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.core.cursor import CursorCodec
-from app.core.db import SessionFactory
+from app.core.db import Sessions
 from app.core.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -46,8 +46,8 @@ from app.schemas import (
     TaskListQuery,
     TaskPatch,
     TaskPublic,
+    TaskRecord,
     TaskReplace,
-    TasksAdapter,
 )
 
 TASK: Table = Task.__table__  # type: ignore[attr-defined]
@@ -65,10 +65,25 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+_KEYS = tuple(column.name for column in TASK.c)
+_DATETIMES = tuple(name for name in _KEYS if name.endswith("_at"))
+
+
 @dataclass(frozen=True)
 class Page:
-    tasks: list[TaskPublic]
+    tasks: list[TaskRecord]
     next_cursor: str | None
+
+
+def _record(row: Sequence[Any]) -> TaskRecord:
+    """A row as the API shows it. Rows need no validation (every value came through
+    the schemas on the way in); datetimes are made UTC whatever the session's zone."""
+    task = dict(zip(_KEYS, row, strict=True))
+    if task["created_at"].tzinfo is not UTC:  # the session's TimeZone is not UTC
+        for name in _DATETIMES:
+            if task[name] is not None:
+                task[name] = task[name].astimezone(UTC)
+    return task
 
 
 def _owned(
@@ -145,8 +160,8 @@ def _sort_value(key: str, descending: bool, value: Any) -> ColumnElement[Any]:
     return cast(value, TASK.c[key].type)
 
 
-def _cursor_value(task: TaskPublic, key: str) -> Any:
-    value = getattr(task, key)
+def _cursor_value(task: TaskRecord, key: str) -> Any:
+    value = task[key]
     return value.isoformat() if isinstance(value, datetime) else value
 
 
@@ -209,7 +224,7 @@ def _request_hash(data: TaskCreate) -> str:
 
 
 class TaskService:
-    def __init__(self, sessions: SessionFactory, cursors: CursorCodec) -> None:
+    def __init__(self, sessions: Sessions, cursors: CursorCodec) -> None:
         self._sessions = sessions
         self._cursors = cursors
 
@@ -221,35 +236,37 @@ class TaskService:
             after = self._cursors.decode(query.cursor, binding)
             if not isinstance(after[1], int):
                 raise InvalidCursor()
-        with self._sessions() as session:
+        with self._sessions.autocommit() as session:
             rows = session.execute(list_statement(user_id, query, after)).all()
-        tasks = TasksAdapter.validate_python(rows[: query.limit], from_attributes=True)
+        tasks = [_record(row) for row in rows[: query.limit]]
         next_cursor = None
         if len(rows) > query.limit:
             last = tasks[-1]
-            position = [_cursor_value(last, query.sort.removeprefix("-")), last.id]
+            position = [_cursor_value(last, query.sort.removeprefix("-")), last["id"]]
             next_cursor = self._cursors.encode(position, binding)
         return Page(tasks, next_cursor)
 
-    def get(self, *, user_id: str, task_id: int) -> TaskPublic:
+    def get(self, *, user_id: str, task_id: int) -> TaskRecord:
         """One task of the user, or TaskNotFound."""
         statement = select(*TASK.c).where(_owned(user_id, task_id))
-        with self._sessions() as session:
+        with self._sessions.autocommit() as session:
             row = session.execute(statement).one_or_none()
         if row is None:
             raise TaskNotFound()
-        return TaskPublic.model_validate(row)
+        return _record(row)
 
     def create(
         self, *, user_id: str, data: TaskCreate, idempotency_key: str | None = None
-    ) -> TaskPublic:
+    ) -> TaskRecord:
         """Insert a task owned by `user_id`. With an Idempotency-Key, a repeat of the
         same body returns the first response and creates nothing."""
-        with self._sessions() as session:
-            if idempotency_key is None:
+        if idempotency_key is None:
+            with self._sessions.autocommit() as session:
                 task = self._insert(session, user_id, data)
-            else:
-                task = self._insert_once(session, user_id, data, idempotency_key)
+                session.commit()
+            return task
+        with self._sessions.transaction() as session:
+            task = self._insert_once(session, user_id, data, idempotency_key)
             session.commit()
         return task
 
@@ -260,7 +277,7 @@ class TaskService:
         task_id: int,
         data: TaskReplace,
         if_match: Sequence[datetime] | None = None,
-    ) -> TaskPublic:
+    ) -> TaskRecord:
         """PUT: replace the content; `completed` changes only when given."""
         fields = {"title", *_DEFAULTS} | (data.model_fields_set & {"completed"})
         return self._update(user_id, task_id, _content(data, fields), if_match)
@@ -272,14 +289,14 @@ class TaskService:
         task_id: int,
         data: TaskPatch,
         if_match: Sequence[datetime] | None = None,
-    ) -> TaskPublic:
+    ) -> TaskRecord:
         """PATCH: change only the given fields."""
         values = _content(data, data.model_fields_set)
         return self._update(user_id, task_id, values, if_match)
 
     def toggle(
         self, *, user_id: str, task_id: int, if_match: Sequence[datetime] | None = None
-    ) -> TaskPublic:
+    ) -> TaskRecord:
         """Flip `completed` atomically in the database."""
         values = {
             "completed": ~TASK.c.completed,
@@ -298,7 +315,7 @@ class TaskService:
             .where(_owned(user_id, task_id), _version_matches(if_match))
             .returning(TASK.c.id)
         )
-        with self._sessions() as session:
+        with self._sessions.autocommit() as session:
             deleted = session.execute(statement).one_or_none()
             if deleted is None:
                 self._raise_missing_or_changed(session, user_id, task_id)
@@ -310,22 +327,24 @@ class TaskService:
         task_id: int,
         values: dict[str, Any],
         if_match: Sequence[datetime] | None,
-    ) -> TaskPublic:
+    ) -> TaskRecord:
         statement = (
             update(TASK)
             .where(_owned(user_id, task_id), _version_matches(if_match))
             .values(**values, **_touch())
             .returning(*TASK.c)
         )
-        with self._sessions() as session:
+        with self._sessions.autocommit() as session:
             row = session.execute(statement).one_or_none()
             if row is None:
                 self._raise_missing_or_changed(session, user_id, task_id)
             session.commit()
-        return TaskPublic.model_validate(row)
+        return _record(row)
 
     @staticmethod
-    def _raise_missing_or_changed(session: Session, user_id: str, task_id: int) -> None:
+    def _raise_missing_or_changed(
+        session: Session, user_id: str, task_id: int
+    ) -> NoReturn:
         """Nothing matched: not the user's task (404), or If-Match failed (412)."""
         statement = select(TASK.c.id).where(_owned(user_id, task_id))
         if session.execute(statement).one_or_none() is None:
@@ -333,7 +352,7 @@ class TaskService:
         raise PreconditionFailed()
 
     @staticmethod
-    def _insert(session: Session, user_id: str, data: TaskCreate) -> TaskPublic:
+    def _insert(session: Session, user_id: str, data: TaskCreate) -> TaskRecord:
         now = func.now()
         completed = bool(data.completed)
         statement = (
@@ -349,11 +368,11 @@ class TaskService:
             )
             .returning(*TASK.c)
         )
-        return TaskPublic.model_validate(session.execute(statement).one())
+        return _record(session.execute(statement).one())
 
     def _insert_once(
         self, session: Session, user_id: str, data: TaskCreate, key: str
-    ) -> TaskPublic:
+    ) -> TaskRecord:
         """Claim (user, key) by inserting its row; a concurrent request with the same
         key waits on that row until this transaction ends, then replays its answer.
         An expired key (older than 24 h) is claimed afresh."""
@@ -388,12 +407,12 @@ class TaskService:
             ).one()
             if first.request_hash != request_hash:
                 raise IdempotencyKeyReused()
-            return TaskPublic.model_validate(first.response)
+            return TaskPublic.model_validate(first.response).model_dump()
         task = self._insert(session, user_id, data)
         session.execute(
             update(IDEMPOTENCY)
             .where(_owned(user_id, table=IDEMPOTENCY), this_key)
-            .values(response=task.model_dump(mode="json"))
+            .values(response=TaskPublic.model_validate(task).model_dump(mode="json"))
         )
         self._expire_keys(session, user_id)
         return task

@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from app.api.deps import get_session_factory
+from app.api.deps import get_sessions
 from app.core.config import Settings
-from app.core.db import SessionFactory, create_db_engine
+from app.core.db import SessionFactory, Sessions, create_db_engine
 from app.main import create_app
 from tests.factories import new_user_id, tasks_url
 from tests.jwt_helpers import (
@@ -50,7 +50,7 @@ def make_client(
     def make(**env: Any) -> TestClient:
         configured = settings.model_copy(update=env)
         app = create_app(configured, engine)
-        app.dependency_overrides[get_session_factory] = lambda: sessions
+        app.dependency_overrides[get_sessions] = lambda: Sessions(sessions, sessions)
         return TestClient(app, raise_server_exceptions=False)
 
     return make

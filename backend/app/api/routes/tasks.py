@@ -13,7 +13,7 @@ from app.api.deps import (
     UserIdPath,
     authorize,
 )
-from app.api.http import JSON, if_match_versions, not_modified, task_response
+from app.api.http import JSON, dump, if_match_versions, not_modified, task_response
 from app.api.responses import errors
 from app.schemas import (
     TaskCreate,
@@ -21,7 +21,6 @@ from app.schemas import (
     TaskPatch,
     TaskPublic,
     TaskReplace,
-    TasksAdapter,
     ToggleBody,
 )
 
@@ -69,7 +68,7 @@ def create_task(
 ) -> Response:
     """Create a task (repeat-safe with an Idempotency-Key)."""
     task = service.create(user_id=user_id, data=body, idempotency_key=idempotency_key)
-    location = {"Location": f"/api/{user_id}/tasks/{task.id}"}
+    location = {"Location": f"/api/{user_id}/tasks/{task['id']}"}
     return task_response(task, status.HTTP_201_CREATED, location)
 
 
@@ -87,9 +86,7 @@ def list_tasks(
         next_url = request.url.include_query_params(cursor=page.next_cursor)
         headers["Link"] = f'<{next_url.path}?{next_url.query}>; rel="next"'
         headers["X-Next-Cursor"] = page.next_cursor
-    return Response(
-        TasksAdapter.dump_json(page.tasks), media_type=JSON, headers=headers
-    )
+    return Response(dump(page.tasks), media_type=JSON, headers=headers)
 
 
 @router.get(

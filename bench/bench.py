@@ -1,0 +1,430 @@
+"""`make bench`: the service against the typical implementation, side by side.
+
+    PYTHONPATH=backend:. .venv/bin/python bench/bench.py [--large] [--duration S]
+        [--warmup S] [--connections 16,64] [--workers N] [--scenarios a,b]
+
+Seeds PostgreSQL (BENCH_DATABASE_URL, else a private one under .data/bench-postgres),
+starts each server as production runs it (uvicorn, auth on with HS256, JSON logs) pinned
+to core 0 with PostgreSQL, drives it with wrk pinned to core 1, and reports per scenario
+requests/s, p50/p99, non-2xx, RSS, server and PostgreSQL CPU, beside the framework
+ceiling (no database) and the database ceiling (pgbench -M prepared, the same SQL).
+Writes bench/results/<time>.json and prints a markdown table."""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import psutil
+from sqlalchemy import create_engine, make_url, text
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "bench-secret-" + "b" * 40
+PER_USER = 100
+SERVER_CORE, LOAD_CORE = "0", "1"
+SCENARIOS = [
+    "list",
+    "get",
+    "filtered",
+    "search",
+    "pages",
+    "replace",
+    "toggle",
+    "mixed",
+    "create",
+    "delete",
+]
+REFERENCE_SCENARIOS = {"list", "get", "replace", "toggle", "mixed", "create", "delete"}
+COLUMNS = (
+    "user_id, id, title, description, completed, completed_at, priority, tags, "
+    "due_at, created_at, updated_at"
+)
+# The exact SQL of each scenario, for pgbench (:u user number, :id task id).
+PGBENCH = {
+    "list": f"SELECT {COLUMNS} FROM task WHERE user_id = 'u' || :u "
+    "ORDER BY created_at DESC, id DESC LIMIT 1001;",
+    "get": f"SELECT {COLUMNS} FROM task WHERE user_id = 'u' || :u AND id = :id;",
+    "create": "INSERT INTO task (user_id, title, description, priority, tags, created_at, "
+    "updated_at) VALUES ('u' || :u, 'bench task', 'from wrk', 'high', '{bench}', now(), "
+    f"now()) RETURNING {COLUMNS};",
+    "replace": "UPDATE task SET title = 'bench task', description = 'from wrk', priority = "
+    "'high', tags = '{bench}', due_at = NULL, updated_at = greatest(clock_timestamp(), "
+    "updated_at + interval '1 microsecond') WHERE user_id = 'u' || :u AND id = :id "
+    f"RETURNING {COLUMNS};",
+    "toggle": "UPDATE task SET completed = NOT completed, completed_at = CASE WHEN "
+    "completed THEN NULL ELSE clock_timestamp() END, updated_at = greatest("
+    "clock_timestamp(), updated_at + interval '1 microsecond') WHERE user_id = 'u' || :u "
+    f"AND id = :id RETURNING {COLUMNS};",
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def database_url() -> str:
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if not url:
+        from app.core.db import embedded_database_url
+
+        url = embedded_database_url(ROOT / ".data" / "bench-postgres")
+    return make_url(url).set(drivername="postgresql+psycopg2").render_as_string(False)
+
+
+def seed(url: str, users: int, search_tasks: int) -> None:
+    from app.core.migrations import migrate
+
+    engine = create_engine(url)
+    migrate(engine)
+    total = users * PER_USER
+    log(f"seeding {total:,} tasks + {search_tasks:,} for the search user...")
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE task, idempotency_key"))
+        conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS ref_task (id serial PRIMARY KEY, user_id varchar "
+                "NOT NULL, title varchar NOT NULL, description varchar, completed boolean NOT "
+                "NULL, priority varchar NOT NULL, created_at timestamptz NOT NULL, updated_at "
+                "timestamptz NOT NULL); CREATE INDEX IF NOT EXISTS ix_ref_task_user_id ON "
+                "ref_task (user_id); TRUNCATE ref_task;"
+            )
+        )
+        for table, extra in (("task", ", tags, due_at"), ("ref_task", "")):
+            values = (
+                ", '{work}', CASE WHEN mod(g, 2) = 0 THEN now() + g * interval '1 minute' END"
+                if extra
+                else ""
+            )
+            conn.execute(
+                text(
+                    f"INSERT INTO {table} (id, user_id, title, description, completed, priority, "
+                    f"created_at, updated_at{extra}) SELECT g, 'u' || ((g - 1) / {PER_USER} + 1), "
+                    "'task ' || md5(g::text), 'note ' || md5((g * 7)::text), mod(g, 5) = 0, "
+                    "(ARRAY['none','low','medium','high'])[1 + mod(g, 4)]"
+                    f"{'::task_priority' if extra else ''}, now() - g * interval '1 second', "
+                    f"now() - g * interval '1 second'{values} "
+                    f"FROM generate_series(1, {total + search_tasks}) AS g"
+                ).execution_options(no_parameters=True)
+            )
+            conn.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT max(id) FROM {table}))"
+                )
+            )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE task"))
+        conn.execute(text("VACUUM ANALYZE ref_task"))
+    engine.dispose()
+
+
+def write_data(path: Path, users: int, search_user: int) -> None:
+    exp = int(time.time()) + 86400
+    tokens = ",".join(
+        f'"{jwt.encode({"sub": f"u{u}", "exp": exp}, SECRET, "HS256")}"'
+        for u in range(1, max(users, search_user) + 1)
+    )
+    path.write_text(
+        f"return {{users={users}, per_user={PER_USER}, search_user={search_user}, "
+        f'search_terms={{"abc","e1","7f0","task 0"}}, tokens={{{tokens}}}}}\n'
+    )
+
+
+def postgres_processes() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["name"])
+        if p.info["name"] in ("postgres", "postmaster")
+    ]
+
+
+def pin(processes: list[psutil.Process], cores: str) -> None:
+    for process in processes:
+        subprocess.run(
+            ["taskset", "-a", "-cp", cores, str(process.pid)],
+            capture_output=True,
+            check=False,
+        )
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class Server:
+    def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.log = tempfile.TemporaryFile()
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, *command],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.port = env["PORT"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/docs", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{name} did not start")
+        self.startup_seconds = time.monotonic() - started
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def processes(self) -> list[psutil.Process]:
+        parent = psutil.Process(self.process.pid)
+        return [parent, *parent.children(recursive=True)]
+
+    def rss_mb(self) -> float:
+        workers = [
+            p for p in self.processes() if p.pid != self.process.pid
+        ] or self.processes()
+        return max(p.memory_info().rss for p in workers) / 2**20
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+def wrk(
+    url: str, scenario: str, connections: int, seconds: float, start: int
+) -> dict[str, Any]:
+    command = [
+        "taskset",
+        "-c",
+        LOAD_CORE,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(ROOT / "bench" / "load.lua"),
+        url,
+        "--",
+        scenario,
+        "42",
+        str(start),
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"WRKJSON (\{.*\})", output)
+    if match is None:
+        raise RuntimeError(output)
+    result: dict[str, Any] = json.loads(match.group(1))
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def pgbench(
+    url: str, scenario: str, connections: int, seconds: float, users: int
+) -> float | None:
+    sql = PGBENCH.get(scenario)
+    if sql is None:
+        return None
+    script = f"\\set u random(1, {users})\n\\set id (:u - 1) * {PER_USER} + random(1, {PER_USER})\n{sql}\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as file:
+        file.write(script)
+        file.flush()
+        parsed = make_url(url)
+        command = [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            "pgbench",
+            "-n",
+            "-M",
+            "prepared",
+            "-j",
+            "1",
+            f"-c{connections}",
+            f"-T{int(seconds)}",
+            "-f",
+            file.name,
+            "-h",
+            parsed.host or parsed.query.get("host", "/tmp"),
+            "-p",
+            str(parsed.port or 5432),
+            "-U",
+            parsed.username or "postgres",
+            parsed.database or "postgres",
+        ]
+        output = subprocess.run(
+            command, capture_output=True, text=True, check=False
+        ).stdout
+    match = re.search(r"tps = ([\d.]+)", output)
+    return float(match.group(1)) if match else None
+
+
+def measure(
+    server: Server, scenario: str, connections: int, args: Any, start: int
+) -> dict[str, Any]:
+    wrk(server.url, scenario, connections, args.warmup, start)
+    pg = postgres_processes()
+    mine = server.processes()
+    pg_before, mine_before = cpu_seconds(pg), cpu_seconds(mine)
+    result = wrk(server.url, scenario, connections, args.duration, start + 50_000)
+    seconds = result["seconds"]
+    result["server_cpu"] = (cpu_seconds(mine) - mine_before) / seconds
+    result["postgres_cpu"] = (cpu_seconds(pg) - pg_before) / seconds
+    result["rss_mb"] = server.rss_mb()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--large", action="store_true")
+    parser.add_argument("--duration", type=float, default=8)
+    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--connections", default="16,64")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+    scenarios = args.scenarios.split(",")
+    connections = [int(c) for c in args.connections.split(",")]
+    users = 10_000 if args.large else 1_000
+    search_tasks = 100_000 if args.large else 10_000
+    url = database_url()
+    seed(url, users, search_tasks)
+    search_user = users + 1
+    data = ROOT / ".data" / "bench-data.lua"
+    data.parent.mkdir(exist_ok=True)
+    write_data(data, users, search_user)
+    pin(postgres_processes(), SERVER_CORE)
+    env = {
+        "BENCH_DATA": str(data),
+        "DATABASE_URL": url,
+        "ENVIRONMENT": "production",
+        "BETTER_AUTH_SECRET": SECRET,
+        "CURSOR_SECRET": "c" * 40,
+        "LOG_LEVEL": "info",
+        "PYTHONPATH": f"{ROOT / 'backend'}:{ROOT}",
+        "WEB_CONCURRENCY": str(args.workers),
+    }
+    os.environ["BENCH_DATA"] = str(data)
+    uvicorn = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--no-access-log",
+        "--workers",
+        str(args.workers),
+    ]
+    servers = {
+        "service": [*uvicorn, "--factory", "app.main:create_app", "--port", "8101"],
+        "reference": [*uvicorn, "bench.reference.app:app", "--port", "8102"],
+        "ceiling": [
+            *uvicorn,
+            "--factory",
+            "bench.ceiling:create_app",
+            "--port",
+            "8103",
+        ],
+    }
+    results: dict[str, Any] = {"args": vars(args), "rows": [], "startup_s": {}}
+    try:
+        for name, command in servers.items():
+            if name == "reference" and args.skip_reference:
+                continue
+            port = command[-1]
+            server = Server(name, command, {**env, "PORT": port})
+            results["startup_s"][name] = round(server.startup_seconds, 2)
+            try:
+                todo = (
+                    ["ceiling"]
+                    if name == "ceiling"
+                    else [
+                        s
+                        for s in scenarios
+                        if name == "service" or s in REFERENCE_SCENARIOS
+                    ]
+                )
+                for scenario in todo:
+                    for i, conc in enumerate(connections):
+                        log(f"{name} {scenario} c={conc}")
+                        row = measure(server, scenario, conc, args, 1 + i * 20_000)
+                        results["rows"].append(
+                            {"impl": name, "scenario": scenario, "c": conc, **row}
+                        )
+            finally:
+                server.stop()
+        for scenario in scenarios:
+            for conc in connections:
+                tps = pgbench(url, scenario, conc, args.duration, users)
+                if tps is not None:
+                    results["rows"].append(
+                        {"impl": "pgbench", "scenario": scenario, "c": conc, "rps": tps}
+                    )
+    finally:
+        pin(postgres_processes(), f"0-{os.cpu_count() - 1}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(report(results))
+    log(f"wrote {path}")
+
+
+def report(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    find = {(r["impl"], r["scenario"], r["c"]): r for r in rows}
+    lines = [
+        "| scenario | c | req/s | ref req/s | ratio | p50 ms | p99 ms | non-2xx | sock err | RSS MB | server CPU | PG CPU | DB ceiling (pgbench tps) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["impl"] != "service":
+            continue
+        ref = find.get(("reference", r["scenario"], r["c"]))
+        pg = find.get(("pgbench", r["scenario"], r["c"]))
+        ratio = f"{r['rps'] / ref['rps']:.1f}×" if ref else "n/a"
+        lines.append(
+            f"| {r['scenario']} | {r['c']} | {r['rps']:,.0f} | {ref['rps']:,.0f} | {ratio} | "
+            if ref
+            else f"| {r['scenario']} | {r['c']} | {r['rps']:,.0f} | – | n/a | "
+        )
+        lines[-1] += (
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non2xx']} | {r['socket_errors']} | "
+            f"{r['rss_mb']:.0f} | {r['server_cpu']:.0%} | {r['postgres_cpu']:.0%} | "
+            f"{pg['rps']:,.0f} |"
+            if pg
+            else f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non2xx']} | {r['socket_errors']} | "
+            f"{r['rss_mb']:.0f} | {r['server_cpu']:.0%} | {r['postgres_cpu']:.0%} | – |"
+        )
+    for r in rows:
+        if r["impl"] == "ceiling":
+            lines.append(
+                f"| framework ceiling (list 100, no DB) | {r['c']} | {r['rps']:,.0f} | | | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non2xx']} | | {r['rss_mb']:.0f} | {r['server_cpu']:.0%} | | |"
+            )
+    lines.append(f"\nstart-up (spawn to first answer): {results['startup_s']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The framework ceiling: our app, every middleware and the auth dependency, plus one
+route that returns a pre-built 100-task list serialised per request, never touching
+the database. `uvicorn bench.ceiling:create_app --factory`"""
+
+from datetime import UTC, datetime
+
+from fastapi import Depends, FastAPI, Response
+
+from app.api.deps import authorize
+from app.api.http import JSON, dump
+from app.main import create_app as create_service
+from app.schemas import TaskPublic
+
+_NOW = datetime.now(UTC)
+_TASKS = [
+    TaskPublic(
+        id=i,
+        user_id="u1",
+        title=f"bench task {i}",
+        description="from wrk",
+        completed=False,
+        completed_at=None,
+        priority="high",  # type: ignore[arg-type]
+        tags=["bench"],
+        due_at=None,
+        created_at=_NOW,
+        updated_at=_NOW,
+    )
+    for i in range(100)
+]
+_RECORDS = [task.model_dump() for task in _TASKS]
+
+
+def create_app() -> FastAPI:
+    app = create_service()
+
+    @app.get("/ceiling/{user_id}/tasks", dependencies=[Depends(authorize)])
+    def ceiling() -> Response:
+        return Response(dump(_RECORDS), media_type=JSON)
+
+    return app
