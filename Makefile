@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint format openapi token
+.PHONY: install run test lint format openapi token bench
 
 install: $(STAMP)
 
@@ -37,3 +37,9 @@ openapi: install
 # A development token for curl: make token USER=alice (needs BETTER_AUTH_SECRET or JWT_SECRET).
 token: install
 	@PYTHONPATH=backend $(PY) -m app.devtoken $(USER)
+
+# The benchmark suite (bench/bench.py): BENCH_ARGS="--large --duration 20" etc.
+# Uses BENCH_DATABASE_URL when set, else a private PostgreSQL under .data/.
+bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	PYTHONPATH=backend:. $(PY) bench/bench.py $(BENCH_ARGS)

@@ -49,22 +49,39 @@ COLUMNS = (
     "due_at, created_at, updated_at"
 )
 # The exact SQL of each scenario, for pgbench (:u user number, :id task id).
+OWNED = "user_id = 'u' || :u"
+BUMP = "updated_at = greatest(clock_timestamp(), updated_at + interval '1 microsecond')"
 PGBENCH = {
-    "list": f"SELECT {COLUMNS} FROM task WHERE user_id = 'u' || :u "
+    "list": f"SELECT {COLUMNS} FROM task WHERE {OWNED} "
     "ORDER BY created_at DESC, id DESC LIMIT 1001;",
-    "get": f"SELECT {COLUMNS} FROM task WHERE user_id = 'u' || :u AND id = :id;",
-    "create": "INSERT INTO task (user_id, title, description, priority, tags, created_at, "
-    "updated_at) VALUES ('u' || :u, 'bench task', 'from wrk', 'high', '{bench}', now(), "
-    f"now()) RETURNING {COLUMNS};",
-    "replace": "UPDATE task SET title = 'bench task', description = 'from wrk', priority = "
-    "'high', tags = '{bench}', due_at = NULL, updated_at = greatest(clock_timestamp(), "
-    "updated_at + interval '1 microsecond') WHERE user_id = 'u' || :u AND id = :id "
-    f"RETURNING {COLUMNS};",
+    "get": f"SELECT {COLUMNS} FROM task WHERE {OWNED} AND id = :id;",
+    "create": "INSERT INTO task (user_id, title, description, priority, tags, "
+    "created_at, updated_at) VALUES ('u' || :u, 'bench task', 'from wrk', 'high', "
+    f"'{{bench}}', now(), now()) RETURNING {COLUMNS};",
+    "replace": "UPDATE task SET title = 'bench task', description = 'from wrk', "
+    f"priority = 'high', tags = '{{bench}}', due_at = NULL, {BUMP} "
+    f"WHERE {OWNED} AND id = :id RETURNING {COLUMNS};",
     "toggle": "UPDATE task SET completed = NOT completed, completed_at = CASE WHEN "
-    "completed THEN NULL ELSE clock_timestamp() END, updated_at = greatest("
-    "clock_timestamp(), updated_at + interval '1 microsecond') WHERE user_id = 'u' || :u "
-    f"AND id = :id RETURNING {COLUMNS};",
+    f"completed THEN NULL ELSE clock_timestamp() END, {BUMP} "
+    f"WHERE {OWNED} AND id = :id RETURNING {COLUMNS};",
 }
+REF_TABLE = """
+CREATE TABLE IF NOT EXISTS ref_task (
+    id serial PRIMARY KEY, user_id varchar NOT NULL, title varchar NOT NULL,
+    description varchar, completed boolean NOT NULL, priority varchar NOT NULL,
+    created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_ref_task_user_id ON ref_task (user_id);
+TRUNCATE ref_task;
+"""
+SEED = """
+INSERT INTO {table} (id, user_id, title, description, completed, priority,
+                     created_at, updated_at{extra_columns})
+SELECT g, 'u' || ((g - 1) / {per_user} + 1), 'task ' || md5(g::text),
+       'note ' || md5((g * 7)::text), mod(g, 5) = 0,
+       (ARRAY['none','low','medium','high'])[1 + mod(g, 4)]{priority_cast},
+       now() - g * interval '1 second', now() - g * interval '1 second'{extra_values}
+FROM generate_series(1, {rows}) AS g
+"""
 
 
 def log(message: str) -> None:
@@ -81,45 +98,32 @@ def database_url() -> str:
 
 
 def seed(url: str, users: int, search_tasks: int) -> None:
+    from app.core.db import transactional
     from app.core.migrations import migrate
 
     engine = create_engine(url)
     migrate(engine)
     total = users * PER_USER
     log(f"seeding {total:,} tasks + {search_tasks:,} for the search user...")
-    with engine.begin() as conn:
+    with transactional(engine).begin() as conn:
         conn.execute(text("TRUNCATE task, idempotency_key"))
-        conn.execute(
-            text(
-                "CREATE TABLE IF NOT EXISTS ref_task (id serial PRIMARY KEY, user_id varchar "
-                "NOT NULL, title varchar NOT NULL, description varchar, completed boolean NOT "
-                "NULL, priority varchar NOT NULL, created_at timestamptz NOT NULL, updated_at "
-                "timestamptz NOT NULL); CREATE INDEX IF NOT EXISTS ix_ref_task_user_id ON "
-                "ref_task (user_id); TRUNCATE ref_task;"
+        conn.exec_driver_sql(REF_TABLE)
+        for table, ours in (("task", True), ("ref_task", False)):
+            sql = SEED.format(
+                table=table,
+                per_user=PER_USER,
+                rows=total + search_tasks,
+                extra_columns=", tags, due_at" if ours else "",
+                priority_cast="::task_priority" if ours else "",
+                extra_values=", '{work}', CASE WHEN mod(g, 2) = 0 THEN "
+                "now() + g * interval '1 minute' END"
+                if ours
+                else "",
             )
-        )
-        for table, extra in (("task", ", tags, due_at"), ("ref_task", "")):
-            values = (
-                ", '{work}', CASE WHEN mod(g, 2) = 0 THEN now() + g * interval '1 minute' END"
-                if extra
-                else ""
-            )
-            conn.execute(
-                text(
-                    f"INSERT INTO {table} (id, user_id, title, description, completed, priority, "
-                    f"created_at, updated_at{extra}) SELECT g, 'u' || ((g - 1) / {PER_USER} + 1), "
-                    "'task ' || md5(g::text), 'note ' || md5((g * 7)::text), mod(g, 5) = 0, "
-                    "(ARRAY['none','low','medium','high'])[1 + mod(g, 4)]"
-                    f"{'::task_priority' if extra else ''}, now() - g * interval '1 second', "
-                    f"now() - g * interval '1 second'{values} "
-                    f"FROM generate_series(1, {total + search_tasks}) AS g"
-                ).execution_options(no_parameters=True)
-            )
-            conn.execute(
-                text(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT max(id) FROM {table}))"
-                )
+            conn.exec_driver_sql(sql)
+            conn.exec_driver_sql(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT max(id) FROM {table}))"
             )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE task"))
@@ -156,21 +160,26 @@ def pin(processes: list[psutil.Process], cores: str) -> None:
         )
 
 
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
+def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
+    seconds = {}
     for process in processes:
         try:
             times = process.cpu_times()
-            total += times.user + times.system
+            seconds[process.pid] = times.user + times.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return seconds
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings; processes born in between count from 0."""
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
 
 
 class Server:
     def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
         self.name = name
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         started = time.monotonic()
         self.process = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *command],
@@ -247,7 +256,10 @@ def pgbench(
     sql = PGBENCH.get(scenario)
     if sql is None:
         return None
-    script = f"\\set u random(1, {users})\n\\set id (:u - 1) * {PER_USER} + random(1, {PER_USER})\n{sql}\n"
+    script = (
+        f"\\set u random(1, {users})\n"
+        f"\\set id (:u - 1) * {PER_USER} + random(1, {PER_USER})\n{sql}\n"
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as file:
         file.write(script)
         file.flush()
@@ -285,13 +297,15 @@ def measure(
     server: Server, scenario: str, connections: int, args: Any, start: int
 ) -> dict[str, Any]:
     wrk(server.url, scenario, connections, args.warmup, start)
-    pg = postgres_processes()
-    mine = server.processes()
-    pg_before, mine_before = cpu_seconds(pg), cpu_seconds(mine)
+    pg_before = cpu_seconds(postgres_processes())
+    mine_before = cpu_seconds(server.processes())
     result = wrk(server.url, scenario, connections, args.duration, start + 50_000)
     seconds = result["seconds"]
-    result["server_cpu"] = (cpu_seconds(mine) - mine_before) / seconds
-    result["postgres_cpu"] = (cpu_seconds(pg) - pg_before) / seconds
+    mine = cpu_used(mine_before, cpu_seconds(server.processes()))
+    result["server_cpu"] = mine / seconds
+    result["postgres_cpu"] = (
+        cpu_used(pg_before, cpu_seconds(postgres_processes())) / seconds
+    )
     result["rss_mb"] = server.rss_mb()
     return result
 
@@ -391,38 +405,52 @@ def main() -> None:
     log(f"wrote {path}")
 
 
+HEADER = (
+    "scenario",
+    "c",
+    "req/s",
+    "reference req/s",
+    "ratio",
+    "p50 ms",
+    "p99 ms",
+    "non-2xx",
+    "socket errors",
+    "RSS MB",
+    "server CPU",
+    "PG CPU",
+    "DB ceiling (pgbench tps)",
+)
+
+
+def _cells(r: dict[str, Any], ref: dict[str, Any] | None, pg: Any) -> list[str]:
+    return [
+        r["scenario"],
+        str(r["c"]),
+        f"{r['rps']:,.0f}",
+        f"{ref['rps']:,.0f}" if ref else "-",
+        f"{r['rps'] / ref['rps']:.1f}x" if ref else "n/a",
+        f"{r['p50_ms']:.1f}",
+        f"{r['p99_ms']:.1f}",
+        str(r["non2xx"]),
+        str(r.get("socket_errors", "")),
+        f"{r['rss_mb']:.0f}",
+        f"{r['server_cpu']:.0%}",
+        f"{r.get('postgres_cpu', 0):.0%}",
+        f"{pg['rps']:,.0f}" if pg else "-",
+    ]
+
+
 def report(results: dict[str, Any]) -> str:
     rows = results["rows"]
     find = {(r["impl"], r["scenario"], r["c"]): r for r in rows}
-    lines = [
-        "| scenario | c | req/s | ref req/s | ratio | p50 ms | p99 ms | non-2xx | sock err | RSS MB | server CPU | PG CPU | DB ceiling (pgbench tps) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    table = [HEADER, tuple("---" for _ in HEADER)]
     for r in rows:
-        if r["impl"] != "service":
-            continue
-        ref = find.get(("reference", r["scenario"], r["c"]))
-        pg = find.get(("pgbench", r["scenario"], r["c"]))
-        ratio = f"{r['rps'] / ref['rps']:.1f}×" if ref else "n/a"
-        lines.append(
-            f"| {r['scenario']} | {r['c']} | {r['rps']:,.0f} | {ref['rps']:,.0f} | {ratio} | "
-            if ref
-            else f"| {r['scenario']} | {r['c']} | {r['rps']:,.0f} | – | n/a | "
-        )
-        lines[-1] += (
-            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non2xx']} | {r['socket_errors']} | "
-            f"{r['rss_mb']:.0f} | {r['server_cpu']:.0%} | {r['postgres_cpu']:.0%} | "
-            f"{pg['rps']:,.0f} |"
-            if pg
-            else f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non2xx']} | {r['socket_errors']} | "
-            f"{r['rss_mb']:.0f} | {r['server_cpu']:.0%} | {r['postgres_cpu']:.0%} | – |"
-        )
-    for r in rows:
-        if r["impl"] == "ceiling":
-            lines.append(
-                f"| framework ceiling (list 100, no DB) | {r['c']} | {r['rps']:,.0f} | | | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['non2xx']} | | {r['rss_mb']:.0f} | {r['server_cpu']:.0%} | | |"
-            )
-    lines.append(f"\nstart-up (spawn to first answer): {results['startup_s']}")
+        if r["impl"] in ("service", "ceiling"):
+            ref = find.get(("reference", r["scenario"], r["c"]))
+            pg = find.get(("pgbench", r["scenario"], r["c"]))
+            table.append(tuple(_cells(r, ref, pg)))
+    lines = ["| " + " | ".join(row) + " |" for row in table]
+    lines.append(f"\nstart-up (spawn to first answer), s: {results['startup_s']}")
     return "\n".join(lines)
 
 
