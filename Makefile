@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint format openapi token bench
+.PHONY: install run test test-pgbouncer lint format openapi token bench
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ run: install
 test: install
 	scripts/install-chromium.sh
 	$(PY) -m pytest
+
+# The contract suite again, unchanged, through PgBouncer in transaction pooling mode.
+test-pgbouncer: install
+	scripts/with-pgbouncer.sh $(PY) -m pytest backend/tests/contract -q
 
 lint: install
 	$(VENV)/bin/ruff check .

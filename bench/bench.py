@@ -139,7 +139,7 @@ def write_data(path: Path, users: int, search_user: int) -> None:
     )
     path.write_text(
         f"return {{users={users}, per_user={PER_USER}, search_user={search_user}, "
-        f'search_terms={{"abc","e1","7f0","task 0"}}, tokens={{{tokens}}}}}\n'
+        f'search_terms={{"abc","e1","7f0","task%200"}}, tokens={{{tokens}}}}}\n'
     )
 
 
@@ -216,7 +216,11 @@ class Server:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # a stalled server (the reference can)
+            self.process.kill()
+            self.process.wait()
         self.log.close()
 
 
@@ -241,10 +245,10 @@ def wrk(
         "42",
         str(start),
     ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"WRKJSON (\{.*\})", output)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    match = re.search(r"WRKJSON (\{.*\})", done.stdout)
     if match is None:
-        raise RuntimeError(output)
+        raise RuntimeError(f"wrk failed: {done.stdout} {done.stderr}")
     result: dict[str, Any] = json.loads(match.group(1))
     result["rps"] = result["requests"] / result["seconds"]
     return result
@@ -308,6 +312,16 @@ def measure(
     )
     result["rss_mb"] = server.rss_mb()
     return result
+
+
+RESULTS = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+
+
+def save(results: dict[str, Any]) -> Path:
+    """Written after every measurement, so a crash loses nothing measured."""
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    return RESULTS
 
 
 def main() -> None:
@@ -386,6 +400,7 @@ def main() -> None:
                         results["rows"].append(
                             {"impl": name, "scenario": scenario, "c": conc, **row}
                         )
+                        save(results)
             finally:
                 server.stop()
         for scenario in scenarios:
@@ -397,10 +412,7 @@ def main() -> None:
                     )
     finally:
         pin(postgres_processes(), f"0-{os.cpu_count() - 1}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    path.write_text(json.dumps(results, indent=2))
+    path = save(results)
     print(report(results))
     log(f"wrote {path}")
 

@@ -20,6 +20,7 @@ from app.core.errors import register_exception_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from app.core.migrations import migrate
+from app.core.ratelimit import MemoryStore, RateLimiter, RedisStore
 
 logger = logging.getLogger("app")
 
@@ -46,11 +47,21 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         )
         for path in schema["paths"].values():
             for operation in path.values():
-                operation["responses"].pop("422", None)
+                default = operation["responses"].get("422", {})
+                if default.get("description") == "Validation Error":
+                    del operation["responses"]["422"]
         for name in ("HTTPValidationError", "ValidationError"):
             schema["components"]["schemas"].pop(name, None)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _rate_limiter(settings: Settings) -> RateLimiter | None:
+    if settings.rate_limit is None:
+        return None
+    limit, window = settings.rate_limit
+    store = RedisStore(settings.REDIS_URL) if settings.REDIS_URL else MemoryStore()
+    return RateLimiter(limit, window, store)
 
 
 def create_app(
@@ -61,14 +72,19 @@ def create_app(
     engine = engine or create_db_engine(settings)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # One request thread per pooled connection: a thread never waits for a
-        # connection, and the pool never opens and closes overflow connections
-        # under steady load (overflow is left for health checks and migrations).
-        to_thread.current_default_thread_limiter().total_tokens = settings.DB_POOL_SIZE
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Each request holds at most one connection, only while its statements run
+        # (sessions open and close inside the service call), so threads can never
+        # deadlock on the pool. Twice as many threads as connections keeps the pool
+        # busy; a thread that finds it exhausted waits DB_POOL_TIMEOUT, then 503.
+        capacity = settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW
+        to_thread.current_default_thread_limiter().total_tokens = 2 * capacity
         await to_thread.run_sync(migrate, engine)
         yield
         engine.dispose()
+        limiter = app.state.rate_limiter
+        if limiter is not None and isinstance(limiter.store, RedisStore):
+            await limiter.store.close()
 
     app = FastAPI(
         title="Task API",
@@ -87,6 +103,7 @@ def create_app(
     if app.state.verifier is None:
         logger.warning("authentication is OFF: every /api request is accepted")
     app.state.sessions = create_sessions(engine)
+    app.state.rate_limiter = _rate_limiter(settings)
     app.include_router(tasks.router)
     app.include_router(health.router)
     app.include_router(docs.router)

@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -176,13 +177,17 @@ class TaskListQuery(BaseModel):
         }
 
 
+# `null` is refused for these (a validator says so); the documented schema agrees.
+Completed = Annotated[StrictBool | None, WithJsonSchema({"type": "boolean"})]
+
+
 class TaskCreate(_TaskInput):
     title: Title
     description: Description | None = None
     priority: Priority | None = None
     tags: Tags | None = None
     due_at: AwareDatetime | None = None
-    completed: StrictBool | None = None
+    completed: Completed = None
 
 
 class TaskReplace(TaskCreate):
@@ -192,12 +197,15 @@ class TaskReplace(TaskCreate):
 class TaskPatch(_TaskInput):
     """PATCH: absent = unchanged, null = cleared."""
 
-    title: Title | None = None
+    title: Annotated[
+        Title | None,
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200}),
+    ] = None
     description: Description | None = None
     priority: Priority | None = None
     tags: Tags | None = None
     due_at: AwareDatetime | None = None
-    completed: StrictBool | None = None
+    completed: Completed = None
 
 
 class ToggleBody(_TaskInput):

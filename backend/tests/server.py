@@ -30,6 +30,15 @@ def running_server(
 ) -> Iterator[str]:
     """Start `python -m app` (migrations, then uvicorn) and yield its base URL;
     stop it with SIGTERM, as an orchestrator would."""
+    with server_process(database_url, port, **env) as (base_url, _process):
+        yield base_url
+
+
+@contextmanager
+def server_process(
+    database_url: str, port: int | None = None, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like running_server, and also yields the process (signals, exit codes)."""
     port = port or free_port()
     environment = {
         **os.environ,
@@ -52,9 +61,10 @@ def running_server(
         )
         try:
             _wait_until_up(base_url, process, log)
-            yield base_url
+            yield base_url, process
         finally:
-            process.send_signal(signal.SIGTERM)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:

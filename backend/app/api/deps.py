@@ -8,6 +8,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.core.auth import TokenVerifier
 from app.core.db import Sessions
 from app.core.errors import ForbiddenError, UnauthorizedError
+from app.core.ratelimit import RateLimiter
 from app.schemas import USER_ID_PATTERN, TaskId
 from app.services.task_service import TaskService
 
@@ -68,7 +69,17 @@ async def authorize(
         return
     if credentials is None:
         raise UnauthorizedError()
-    if await verifier.user_id(credentials.credentials) != request.path_params.get(
-        "user_id"
-    ):
+    user_id = await verifier.user_id(credentials.credentials)
+    if user_id != request.path_params.get("user_id"):
         raise ForbiddenError()
+    request.state.user_id = user_id
+
+
+async def rate_limit(request: Request) -> None:
+    """Per authenticated user (set by `authorize`), else per client address."""
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is None:
+        return
+    user_id = getattr(request.state, "user_id", None)
+    client = request.client.host if request.client else "unknown"
+    await limiter.check(f"user:{user_id}" if user_id else f"addr:{client}")

@@ -14,6 +14,7 @@ _DESCRIPTIONS = {
     413: "Body over 64 KiB",
     415: "Body is not application/json",
     422: "This Idempotency-Key was used with a different body",
+    429: "Over the rate limit (with Retry-After)",
     500: "Unexpected error",
     503: "Database unavailable (with Retry-After)",
 }
@@ -22,5 +23,5 @@ _DESCRIPTIONS = {
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
-        for status in (*statuses, 400, 401, 403, 500, 503)
+        for status in (*statuses, 400, 401, 403, 429, 500, 503)
     }

@@ -1,5 +1,6 @@
 """Settings: one class, read from the environment (and `.env`) once."""
 
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -13,6 +14,10 @@ DEV_CORS_ORIGINS = [
     "http://127.0.0.1:5173",
 ]
 _DRIVER_PREFIX = "postgresql+psycopg2://"
+RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+RATE_PATTERN = re.compile(
+    r"(?P<count>[1-9][0-9]{0,8})\s*/\s*(?P<unit>second|minute|hour|day)s?"
+)
 
 
 class Settings(BaseSettings):
@@ -28,9 +33,13 @@ class Settings(BaseSettings):
     # Sized for Neon's pooled endpoint: a small pool per process, connections
     # checked before use and recycled before Neon's idle timeouts close them.
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=500)
-    DB_MAX_OVERFLOW: int = Field(default=5, ge=0, le=500)
+    DB_MAX_OVERFLOW: int = Field(default=0, ge=0, le=500)
     DB_POOL_TIMEOUT: float = Field(default=10.0, gt=0, le=600)
     DB_POOL_RECYCLE: int = Field(default=300, ge=-1)
+    # Bounds every statement (0 = off). Sent as a connection option; a pooler that
+    # rejects startup options (some PgBouncer setups) needs 0 here and the timeout
+    # set on the role instead (ALTER ROLE … SET statement_timeout).
+    DB_STATEMENT_TIMEOUT_MS: int = Field(default=15_000, ge=0)
 
     # Authentication (CONTRACT C6). Off when no key is set (never in production
     # unless AUTH_DISABLED=true says so explicitly).
@@ -45,6 +54,11 @@ class Settings(BaseSettings):
 
     # Signs list cursors; shared by all instances so cursors work across them.
     CURSOR_SECRET: SecretStr | None = None
+
+    # e.g. "100/minute": per authenticated user, else per client address.
+    RATE_LIMIT: str | None = None
+    # Shared rate-limit counters for several processes; in memory when unset.
+    REDIS_URL: str | None = None
 
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
@@ -89,6 +103,27 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes (openssl rand -base64 32)")
         return value
+
+    @field_validator("RATE_LIMIT", "REDIS_URL", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("RATE_LIMIT")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None and not RATE_PATTERN.fullmatch(value.strip().lower()):
+            raise ValueError("must look like 100/minute (second, minute, hour or day)")
+        return value
+
+    @property
+    def rate_limit(self) -> tuple[int, int] | None:
+        """(requests, window seconds), or None when off."""
+        if self.RATE_LIMIT is None:
+            return None
+        match = RATE_PATTERN.fullmatch(self.RATE_LIMIT.strip().lower())
+        assert match is not None
+        return int(match["count"]), RATE_WINDOWS[match["unit"]]
 
     @field_validator("JWT_JWKS_URL")
     @classmethod

@@ -46,6 +46,13 @@ IDLE_PING_SECONDS = 5.0
 
 
 def create_db_engine(settings: Settings, url: str | None = None) -> Engine:
+    connect_args: dict[str, Any] = {
+        "connect_timeout": 5,
+        "application_name": "task-api",
+    }
+    if settings.DB_STATEMENT_TIMEOUT_MS:
+        timeout = settings.DB_STATEMENT_TIMEOUT_MS
+        connect_args["options"] = f"-c statement_timeout={timeout}"
     engine = create_engine(
         url or database_url(settings),
         pool_size=settings.DB_POOL_SIZE,
@@ -54,8 +61,8 @@ def create_db_engine(settings: Settings, url: str | None = None) -> Engine:
         pool_recycle=settings.DB_POOL_RECYCLE,
         # Most work is one statement, atomic by itself: no BEGIN/COMMIT round trips.
         isolation_level="AUTOCOMMIT",
-        # Fail fast rather than hang when the server is unreachable.
-        connect_args={"connect_timeout": 5, "application_name": "task-api"},
+        # connect_timeout: fail fast rather than hang when the server is unreachable.
+        connect_args=connect_args,
     )
     event.listen(engine, "checkin", _mark_idle)
     event.listen(engine, "checkout", _ping_if_idle)

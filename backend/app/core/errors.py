@@ -12,6 +12,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.core import metrics
 from app.schemas import ErrorBody, FieldError
 
 logger = logging.getLogger("app.errors")
@@ -122,6 +123,15 @@ class IdempotencyKeyReused(AppError):
     message = "This Idempotency-Key was used with a different body"
 
 
+class RateLimited(AppError):
+    status_code = 429
+    code = "rate_limited"
+    message = "Too many requests, slow down"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(headers={"Retry-After": str(max(retry_after, 1))})
+
+
 class MethodNotAllowed(AppError):
     status_code = 405
     code = "method_not_allowed"
@@ -224,6 +234,8 @@ def _allowed_methods(request: Request) -> str:
 def register_exception_handlers(app: FastAPI) -> None:
     async def app_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AppError)
+        if isinstance(exc, RateLimited):
+            metrics.RATE_LIMITED.inc()
         return error_response(exc, request_id_of(request))
 
     async def request_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -248,6 +260,9 @@ def register_exception_handlers(app: FastAPI) -> None:
         if not is_database_unavailable(exc):
             raise exc
         logger.warning("database unavailable: %s", type(exc).__name__)
+        metrics.DB_ERRORS.inc()
+        if isinstance(exc, sa_exc.TimeoutError):
+            metrics.POOL_TIMEOUTS.inc()
         error = DatabaseUnavailable(headers={"Retry-After": RETRY_AFTER_SECONDS})
         return error_response(error, request_id_of(request))
 

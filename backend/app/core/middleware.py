@@ -7,6 +7,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core import metrics
 from app.core.errors import (
     AppError,
     PayloadTooLarge,
@@ -20,6 +21,11 @@ MAX_BODY_BYTES = 64 * 1024
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _JSON_TYPE = re.compile(r"application/(?:[\w.-]+\+)?json", re.IGNORECASE)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -55,6 +61,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(_SECURITY_HEADERS)
+                if scope["path"].startswith("/api/"):
+                    headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -67,14 +76,16 @@ class RequestContextMiddleware:
                     scope, receive, send_with_id
                 )
         finally:
-            route = scope.get("route")
+            route = getattr(scope.get("route"), "path", "<unmatched>")
+            seconds = time.perf_counter() - started
+            metrics.observe(scope["method"], route, status, seconds)
             logger.info(
                 "request",
                 extra={
                     "method": scope["method"],
-                    "path": getattr(route, "path", "<unmatched>"),
+                    "path": route,
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
                     "request_id": request_id,
                 },
             )

@@ -428,6 +428,9 @@ class TaskService:
         if random.random() < 0.01:  # spreads the work; not security-sensitive
             # The one cross-user statement: it only deletes expired rows.
             key = tuple_(IDEMPOTENCY.c.user_id, IDEMPOTENCY.c.key)
-            batch = select(key).where(expired).limit(1000)  # owner-filter: exempt
+            batch = select(  # owner-filter: exempt
+                IDEMPOTENCY.c.user_id, IDEMPOTENCY.c.key
+            )
+            batch = batch.where(expired).limit(1000)
             sweep = delete(IDEMPOTENCY)  # owner-filter: exempt
             session.execute(sweep.where(key.in_(batch)))

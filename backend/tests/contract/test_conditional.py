@@ -130,7 +130,7 @@ def test_idempotent_repeat_with_equivalent_body_is_a_repeat(client: TestClient) 
     user = new_user_id()
     first = idempotent_post(client, user, "k", title=" x ", tags=None)
     again = idempotent_post(client, user, "k", title="x", tags=[])
-    assert again.json()["id"] == first.json()["id"]
+    assert again.json().get("id") == first.json()["id"], again.text
 
 
 def test_same_key_different_body_is_422(client: TestClient) -> None:
@@ -190,3 +190,28 @@ def test_bad_idempotency_key_is_400(client: TestClient, key: str) -> None:
 def test_longest_printable_key_is_accepted(client: TestClient) -> None:
     key = "".join(chr(c) for c in range(0x21, 0x7F)) * 3
     assert idempotent_post(client, new_user_id(), key[:255]).status_code == 201
+
+
+def test_expired_keys_of_other_users_are_swept_now_and_then(
+    client: TestClient, sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import task_service
+
+    idle, active = new_user_id(), new_user_id()
+    idempotent_post(client, idle, "forgotten")
+    with sessions() as session:
+        session.execute(
+            text(
+                "UPDATE idempotency_key SET created_at = now() - interval '25 hours' "
+                "WHERE user_id = :u"
+            ),
+            {"u": idle},
+        )
+        session.commit()
+    monkeypatch.setattr(task_service.random, "random", lambda: 0.0)  # the 1 in 100
+    assert idempotent_post(client, active, "fresh").status_code == 201
+    with sessions() as session:
+        left = session.execute(
+            text("SELECT count(*) FROM idempotency_key WHERE user_id = :u"), {"u": idle}
+        ).scalar_one()
+    assert left == 0

@@ -2,9 +2,10 @@
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
 
+from app.core import metrics
 from app.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -46,3 +47,10 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(
         body.model_dump(), status_code=503, headers={"Retry-After": "2"}
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus exposition: requests, latency, pool and database errors."""
+    body, content_type = metrics.render(request.app.state.engine)
+    return Response(body, media_type=content_type)

@@ -12,6 +12,7 @@ from app.api.deps import (
     TaskServiceDep,
     UserIdPath,
     authorize,
+    rate_limit,
 )
 from app.api.http import JSON, dump, if_match_versions, not_modified, task_response
 from app.api.responses import errors
@@ -25,7 +26,9 @@ from app.schemas import (
 )
 
 router = APIRouter(
-    prefix="/api/{user_id}/tasks", tags=["tasks"], dependencies=[Depends(authorize)]
+    prefix="/api/{user_id}/tasks",
+    tags=["tasks"],
+    dependencies=[Depends(authorize), Depends(rate_limit)],
 )
 
 _ETAG = {

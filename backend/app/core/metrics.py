@@ -1,0 +1,45 @@
+"""Prometheus metrics (per process; scrape each worker, or run one per container)."""
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
+
+REQUESTS = Counter(
+    "http_requests_total",
+    "Requests by route template and status",
+    ["method", "route", "status"],
+)
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Request latency by route template",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+POOL_IN_USE = Gauge("db_pool_connections_in_use", "Connections checked out")
+POOL_OVERFLOW = Gauge("db_pool_overflow", "Connections open beyond the pool size")
+POOL_TIMEOUTS = Counter(
+    "db_pool_timeouts_total", "Requests that waited too long for a connection"
+)
+DB_ERRORS = Counter(
+    "db_errors_total", "Requests failed by the database being unavailable"
+)
+RATE_LIMITED = Counter("rate_limited_total", "Requests refused by the rate limiter")
+
+
+def observe(method: str, route: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(method, route, str(status)).inc()
+    LATENCY.labels(method, route).observe(seconds)
+
+
+def render(engine: Engine) -> tuple[bytes, str]:
+    pool = engine.pool
+    if isinstance(pool, QueuePool):
+        POOL_IN_USE.set(pool.checkedout())
+        POOL_OVERFLOW.set(max(pool.overflow(), 0))
+    return generate_latest(), CONTENT_TYPE_LATEST

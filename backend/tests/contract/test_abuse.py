@@ -1,0 +1,105 @@
+"""C7 RATE_LIMIT and the security headers every response carries."""
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy import Engine
+
+from app.api.deps import get_sessions
+from app.core.config import Settings
+from app.core.db import SessionFactory, Sessions
+from app.main import create_app
+from tests.factories import create_task, new_user_id, tasks_url
+from tests.jwt_helpers import SECRET, hs_token
+
+ClientFactory = Callable[..., TestClient]
+
+
+@pytest.fixture
+def make_client(
+    settings: Settings, engine: Engine, sessions: SessionFactory
+) -> ClientFactory:
+    def make(**env: Any) -> TestClient:
+        app = create_app(settings.model_copy(update=env), engine)
+        app.dependency_overrides[get_sessions] = lambda: Sessions(sessions, sessions)
+        return TestClient(app, raise_server_exceptions=False)
+
+    return make
+
+
+def test_over_the_limit_is_429_with_retry_after(make_client: ClientFactory) -> None:
+    client = make_client(RATE_LIMIT="3/minute")
+    user = new_user_id()
+    statuses = [client.get(tasks_url(user)).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    response = client.get(tasks_url(user))
+    body = response.json()
+    assert body["code"] == "rate_limited"
+    assert set(body) <= {"error", "code", "detail", "request_id"}
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+
+
+def test_limit_is_per_authenticated_user(make_client: ClientFactory) -> None:
+    client = make_client(RATE_LIMIT="2/minute", JWT_SECRET=SecretStr(SECRET))
+    alice, bob = new_user_id(), new_user_id()
+    for _ in range(2):
+        assert client.get(tasks_url(alice), headers=_bearer(alice)).status_code == 200
+    assert client.get(tasks_url(alice), headers=_bearer(alice)).status_code == 429
+    assert client.get(tasks_url(bob), headers=_bearer(bob)).status_code == 200
+
+
+def test_health_is_never_rate_limited(make_client: ClientFactory) -> None:
+    client = make_client(RATE_LIMIT="1/minute")
+    assert all(client.get("/health").status_code == 200 for _ in range(5))
+
+
+def test_redis_outage_allows_requests(make_client: ClientFactory) -> None:
+    client = make_client(RATE_LIMIT="1/minute", REDIS_URL="redis://127.0.0.1:9/0")
+    user = new_user_id()
+    assert [client.get(tasks_url(user)).status_code for _ in range(3)] == [200] * 3
+
+
+@pytest.mark.parametrize("value", ["lots", "10/fortnight", "0/minute", "-1/second"])
+def test_malformed_rate_limit_is_a_config_error(value: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="RATE_LIMIT"):
+        Settings(_env_file=None, RATE_LIMIT=value)  # type: ignore[call-arg]
+
+
+def _bearer(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {hs_token(user)}"}
+
+
+def test_security_headers_on_every_response(client: TestClient) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    for response in (
+        client.get(tasks_url(user, task["id"])),
+        client.get("/nope"),
+        client.get("/health"),
+        client.post(
+            tasks_url(user), content="x", headers={"content-type": "text/plain"}
+        ),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "server" not in response.headers
+    api = client.get(tasks_url(user))
+    assert api.headers["cache-control"] == "no-store"
+
+
+def test_metrics_expose_requests_pool_and_errors(client: TestClient) -> None:
+    client.get(tasks_url(new_user_id()))
+    text = client.get("/metrics").text
+    for name in (
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "db_pool_connections_in_use",
+        "db_pool_timeouts_total",
+        "db_errors_total",
+    ):
+        assert name in text
+    assert 'route="/api/{user_id}/tasks"' in text

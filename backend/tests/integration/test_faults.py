@@ -1,0 +1,275 @@
+"""C3/C7/C8 under real faults: connections killed (Neon scaling to zero), the
+database restarted, the pool exhausted, SIGTERM under load, TLS required."""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg2
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import fresh_database
+from tests.factories import new_user_id, tasks_url
+from tests.pg import PrivatePostgres
+from tests.server import BACKEND, running_server, server_process
+
+C3_KEYS = {"error", "code", "detail", "fields", "request_id"}
+
+
+def assert_503(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert set(response.json()) <= C3_KEYS
+    assert response.json()["code"] == "database_unavailable"
+    assert int(response.headers["retry-after"]) > 0
+
+
+def db_ids(url: str, user: str) -> set[int]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT id FROM task WHERE user_id = :u"), {"u": user}
+            )
+            return {row.id for row in rows}
+    finally:
+        engine.dispose()
+
+
+def kill_connections(url: str) -> int:
+    """What Neon's scale-to-zero does to every open connection of the database."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            return int(killed.scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+def test_killed_connections_give_503s_then_recover_and_lose_nothing(
+    database: str,
+) -> None:
+    user = new_user_id()
+    acknowledged: list[int] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+    with running_server(database, DB_POOL_SIZE="4") as base:
+
+        def traffic(worker: int) -> None:
+            with httpx.Client(base_url=base, timeout=10) as client:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    r = client.post(tasks_url(user), json={"title": f"w{worker}-{n}"})
+                    statuses.append(r.status_code)
+                    if r.status_code == 201:
+                        acknowledged.append(r.json()["id"])
+                    elif r.status_code == 503:
+                        assert_503(r)
+
+        threads = [threading.Thread(target=traffic, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.8)
+        assert kill_connections(database) >= 1
+        time.sleep(0.8)
+        kill_connections(database)
+        time.sleep(0.8)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        recovered = httpx.post(base + tasks_url(user), json={"title": "after"})
+        assert recovered.status_code == 201
+        acknowledged.append(recovered.json()["id"])
+        assert httpx.get(base + "/health").status_code == 200
+    assert set(statuses) <= {201, 503}
+    assert statuses.count(201) > 10
+    assert set(acknowledged) <= db_ids(database, user)  # no acknowledged write lost
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    yield server
+    server.remove()
+
+
+def test_database_restart_503_then_recovers_without_restart(
+    private_pg: PrivatePostgres,
+) -> None:
+    user = new_user_id()
+    with (
+        running_server(private_pg.url()) as base,
+        httpx.Client(base_url=base, timeout=10) as c,
+    ):
+        task = c.post(tasks_url(user), json={"title": "survives"}).json()
+        private_pg.stop()
+        started = time.monotonic()
+        assert_503(c.get(tasks_url(user, task["id"])))
+        assert_503(c.post(tasks_url(user), json={"title": "during"}))
+        assert time.monotonic() - started < 12  # bounded by connect_timeout, no hang
+        health_started = time.monotonic()
+        health = c.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unhealthy"
+        assert time.monotonic() - health_started < 2.5
+        private_pg.start()
+        deadline = time.monotonic() + 15
+        while c.get(tasks_url(user, task["id"])).status_code != 200:
+            assert time.monotonic() < deadline, "did not recover"
+            time.sleep(0.2)
+        assert c.get(tasks_url(user, task["id"])).json() == task
+        assert c.post(tasks_url(user), json={"title": "after"}).status_code == 201
+        assert c.get("/health").status_code == 200
+
+
+def _lock_task(url: str, task_id: int) -> Any:
+    """Another client holds the task's row lock, so requests on it wait."""
+    conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://", 1))
+    conn.cursor().execute("SELECT 1 FROM task WHERE id = %s FOR UPDATE", (task_id,))
+    return conn
+
+
+def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(database: str) -> None:
+    user = new_user_id()
+    env = {"DB_POOL_SIZE": "2", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "1"}
+    with (
+        running_server(database, **env) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        task = c.post(tasks_url(user), json={"title": "contended"}).json()
+        lock = _lock_task(database, task["id"])
+        results: list[int] = []
+        holders = [
+            threading.Thread(
+                target=lambda: results.append(
+                    httpx.patch(
+                        base + tasks_url(user, task["id"]) + "/complete", timeout=30
+                    ).status_code
+                )
+            )
+            for _ in range(2)
+        ]
+        for holder in holders:
+            holder.start()
+        time.sleep(0.5)  # both pooled connections now wait on the lock
+        started = time.monotonic()
+        assert_503(c.get(tasks_url(user)))
+        assert 0.8 < time.monotonic() - started < 5
+        lock.commit()
+        lock.close()
+        for holder in holders:
+            holder.join()
+        assert results == [200, 200]
+        assert c.get(tasks_url(user)).status_code == 200
+
+
+def test_statement_timeout_bounds_a_stuck_query(database: str) -> None:
+    user = new_user_id()
+    with running_server(database, DB_STATEMENT_TIMEOUT_MS="500") as base:
+        task = httpx.post(base + tasks_url(user), json={"title": "stuck"}).json()
+        lock = _lock_task(database, task["id"])
+        started = time.monotonic()
+        assert_503(httpx.patch(base + tasks_url(user, task["id"]), json={"title": "x"}))
+        assert time.monotonic() - started < 3
+        lock.rollback()
+        lock.close()
+        assert httpx.get(base + tasks_url(user, task["id"])).json()["title"] == "stuck"
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits(database: str) -> None:
+    user = new_user_id()
+    with server_process(database) as (base, process):
+        task = httpx.post(base + tasks_url(user), json={"title": "in flight"}).json()
+        lock = _lock_task(database, task["id"])
+        results: list[int] = []
+        url = base + tasks_url(user, task["id"]) + "/complete"
+        in_flight = [
+            threading.Thread(
+                target=lambda: results.append(httpx.patch(url, timeout=30).status_code)
+            )
+            for _ in range(3)
+        ]
+        for thread in in_flight:
+            thread.start()
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(httpx.TransportError):  # no new connections once draining
+            httpx.get(base + "/health", timeout=2)
+        lock.commit()
+        lock.close()
+        for thread in in_flight:
+            thread.join()
+        # uvicorn re-raises the signal once shut down, so the exit status says SIGTERM
+        assert process.wait(timeout=15) in (0, -signal.SIGTERM)
+    assert results == [200, 200, 200]
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        left = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = 'task-api' AND datname = current_database()"
+            )
+        ).scalar_one()
+    engine.dispose()
+    assert left == 0  # the pool was closed
+
+
+@pytest.fixture
+def tls_pg() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres(tls=True)
+    server.start()
+    yield server
+    server.remove()
+
+
+def test_tls_required_server_works_with_sslmode_require(
+    tls_pg: PrivatePostgres,
+) -> None:
+    user = new_user_id()
+    with running_server(tls_pg.url(sslmode="require")) as base:
+        assert (
+            httpx.post(base + tasks_url(user), json={"title": "tls"}).status_code == 201
+        )
+
+
+def test_plain_text_url_against_tls_only_server_fails_with_one_line(
+    tls_pg: PrivatePostgres,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=BACKEND,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(BACKEND),
+            "DATABASE_URL": tls_pg.url(sslmode="disable"),
+            "PORT": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("cannot prepare the database:")
+    assert "Traceback" not in done.stderr
