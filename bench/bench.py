@@ -380,29 +380,31 @@ def main() -> None:
         for name, command in servers.items():
             if name == "reference" and args.skip_reference:
                 continue
-            port = command[-1]
-            server = Server(name, command, {**env, "PORT": port})
-            results["startup_s"][name] = round(server.startup_seconds, 2)
-            try:
-                todo = (
-                    ["ceiling"]
-                    if name == "ceiling"
-                    else [
-                        s
-                        for s in scenarios
-                        if name == "service" or s in REFERENCE_SCENARIOS
-                    ]
-                )
-                for scenario in todo:
-                    for i, conc in enumerate(connections):
+            todo = (
+                ["ceiling"]
+                if name == "ceiling"
+                else [
+                    s
+                    for s in scenarios
+                    if name == "service" or s in REFERENCE_SCENARIOS
+                ]
+            )
+            for scenario in todo:
+                for i, conc in enumerate(connections):
+                    # A fresh server per measurement: one that stalls (the reference
+                    # does, at 64 connections) cannot spoil the runs after it.
+                    server = Server(name, command, {**env, "PORT": command[-1]})
+                    results["startup_s"][name] = round(server.startup_seconds, 2)
+                    try:
                         log(f"{name} {scenario} c={conc}")
                         row = measure(server, scenario, conc, args, 1 + i * 20_000)
-                        results["rows"].append(
-                            {"impl": name, "scenario": scenario, "c": conc, **row}
-                        )
-                        save(results)
-            finally:
-                server.stop()
+                    finally:
+                        server.stop()
+                    row["stalled"] = row["requests"] == 0 or row["timeouts"] > 0
+                    results["rows"].append(
+                        {"impl": name, "scenario": scenario, "c": conc, **row}
+                    )
+                    save(results)
         for scenario in scenarios:
             for conc in connections:
                 tps = pgbench(url, scenario, conc, args.duration, users)
@@ -427,11 +429,20 @@ HEADER = (
     "p99 ms",
     "non-2xx",
     "socket errors",
+    "stalled",
     "RSS MB",
     "server CPU",
     "PG CPU",
     "DB ceiling (pgbench tps)",
 )
+
+
+def _ratio(r: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    if ref is None:
+        return "n/a"
+    if ref.get("stalled") or not ref["rps"]:
+        return "ref stalled"
+    return f"{r['rps'] / ref['rps']:.1f}x"
 
 
 def _cells(r: dict[str, Any], ref: dict[str, Any] | None, pg: Any) -> list[str]:
@@ -440,11 +451,12 @@ def _cells(r: dict[str, Any], ref: dict[str, Any] | None, pg: Any) -> list[str]:
         str(r["c"]),
         f"{r['rps']:,.0f}",
         f"{ref['rps']:,.0f}" if ref else "-",
-        f"{r['rps'] / ref['rps']:.1f}x" if ref else "n/a",
+        _ratio(r, ref),
         f"{r['p50_ms']:.1f}",
         f"{r['p99_ms']:.1f}",
         str(r["non2xx"]),
         str(r.get("socket_errors", "")),
+        "yes" if r.get("stalled") else "no",
         f"{r['rss_mb']:.0f}",
         f"{r['server_cpu']:.0%}",
         f"{r.get('postgres_cpu', 0):.0%}",
