@@ -8,13 +8,13 @@
 
 import sys
 import time
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
 from app.core.migrations import migrate
-from app.schemas import TaskListQuery
+from app.schemas import SortKey, TaskListQuery
 from app.services.task_service import list_statement
 
 HEAVY = "heavy"
@@ -37,21 +37,7 @@ VACUUM ANALYZE task;
 """
 
 SHAPES: list[tuple[str, dict[str, Any]]] = [
-    *[
-        (f"sort={s}", {"sort": s})
-        for s in (
-            "-created_at",
-            "created_at",
-            "-updated_at",
-            "updated_at",
-            "due_at",
-            "-due_at",
-            "priority",
-            "-priority",
-            "title",
-            "-title",
-        )
-    ],
+    *[(f"sort={s}", {"sort": s}) for s in get_args(SortKey)],
     ("completed=false&priority=high", {"completed": "false", "priority": ["high"]}),
     ("tag=work&sort=due_at", {"tag": ["work"], "sort": "due_at"}),
     ("q=abc (search title and description)", {"q": "abc"}),

@@ -55,3 +55,12 @@ def test_patch_records_which_fields_were_given() -> None:
 def test_unknown_field_is_rejected() -> None:
     with pytest.raises(ValidationError, match="extra"):
         TaskPatch.model_validate({"titel": "typo"})
+
+
+def test_service_records_have_exactly_the_documented_fields() -> None:
+    """Responses are built from table rows (fast path); the documented shape is
+    TaskPublic. Any column added to the table must be added to the docs, too."""
+    from app.schemas import TaskPublic
+    from app.services.task_service import TASK
+
+    assert {column.name for column in TASK.c} == set(TaskPublic.model_fields)
