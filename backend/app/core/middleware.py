@@ -18,6 +18,7 @@ from app.core.errors import (
 logger = logging.getLogger("app.request")
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_DRAIN_BYTES = 1024 * 1024
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _JSON_TYPE = re.compile(r"application/(?:[\w.-]+\+)?json", re.IGNORECASE)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -91,6 +92,17 @@ class RequestContextMiddleware:
             )
 
 
+async def _drain(receive: Receive, more: bool) -> None:
+    """Read (and drop) what is left of a refused body, up to a bound: a server that
+    closes with unread data makes the kernel send a reset, and the client may lose
+    the 413 before it reads it."""
+    drained = 0
+    while more and drained < MAX_DRAIN_BYTES:
+        message = await receive()
+        drained += len(message.get("body", b""))
+        more = message.get("more_body", False)
+
+
 class BodyGuardMiddleware:
     """Reads the whole body (at most 64 KiB, whatever Content-Length claims) before
     the app sees it, and rejects non-JSON bodies."""
@@ -120,13 +132,14 @@ class BodyGuardMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > MAX_BODY_BYTES:
+                await _drain(receive, more)
                 await error_response(PayloadTooLarge(), request_id)(
                     scope, receive, send
                 )
                 return
             chunks.append(chunk)
-            more = message.get("more_body", False)
         body = b"".join(chunks)
         content_type = _header(scope, b"content-type")
         media_type = (content_type or "application/json").split(";")[0].strip()

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,6 +10,7 @@ from typing import Any, NoReturn
 from psycopg2 import errors as pg_errors
 from sqlalchemy import (
     ColumnElement,
+    Row,
     Select,
     Table,
     Text,
@@ -28,7 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.core.cursor import CursorCodec
@@ -236,8 +236,7 @@ class TaskService:
             after = self._cursors.decode(query.cursor, binding)
             if not isinstance(after[1], int):
                 raise InvalidCursor()
-        with self._sessions.autocommit() as session:
-            rows = session.execute(list_statement(user_id, query, after)).all()
+        rows = self._read(list_statement(user_id, query, after))
         tasks = [_record(row) for row in rows[: query.limit]]
         next_cursor = None
         if len(rows) > query.limit:
@@ -248,12 +247,10 @@ class TaskService:
 
     def get(self, *, user_id: str, task_id: int) -> TaskRecord:
         """One task of the user, or TaskNotFound."""
-        statement = select(*TASK.c).where(_owned(user_id, task_id))
-        with self._sessions.autocommit() as session:
-            row = session.execute(statement).one_or_none()
-        if row is None:
+        rows = self._read(select(*TASK.c).where(_owned(user_id, task_id)))
+        if not rows:
             raise TaskNotFound()
-        return _record(row)
+        return _record(rows[0])
 
     def create(
         self, *, user_id: str, data: TaskCreate, idempotency_key: str | None = None
@@ -320,6 +317,19 @@ class TaskService:
             if deleted is None:
                 self._raise_missing_or_changed(session, user_id, task_id)
             session.commit()
+
+    def _read(self, statement: Select[Any]) -> Sequence[Row[Any]]:
+        """Run a read. A pooled connection that turns out to be dead (the server
+        dropped it: Neon scaling to zero, a restart) is replaced and the read
+        retried once; writes are never retried (a write may have committed)."""
+        for attempt in (1, 2):
+            try:
+                with self._sessions.autocommit() as session:
+                    return session.execute(statement).all()
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     def _update(
         self,
@@ -414,23 +424,20 @@ class TaskService:
             .where(_owned(user_id, table=IDEMPOTENCY), this_key)
             .values(response=TaskPublic.model_validate(task).model_dump(mode="json"))
         )
-        self._expire_keys(session, user_id)
+        self._expire_keys(session)
         return task
 
     @staticmethod
-    def _expire_keys(session: Session, user_id: str) -> None:
-        """Keys older than 24 h go without a cron: this user's on each keyed create,
-        and now and then a bounded batch of anyone's."""
+    def _expire_keys(session: Session) -> None:
+        """Keys older than 24 h go without a cron: every keyed create deletes up to
+        100 expired keys (anyone's: the one statement not filtered by owner, and it
+        only deletes). When none has expired this is a single probe of the
+        created_at index; SKIP LOCKED keeps concurrent creates from queueing."""
         expired = IDEMPOTENCY.c.created_at < func.now() - IDEMPOTENCY_TTL
-        session.execute(
-            delete(IDEMPOTENCY).where(_owned(user_id, table=IDEMPOTENCY), expired)
+        key = tuple_(IDEMPOTENCY.c.user_id, IDEMPOTENCY.c.key)
+        batch = select(  # owner-filter: exempt
+            IDEMPOTENCY.c.user_id, IDEMPOTENCY.c.key
         )
-        if random.random() < 0.01:  # spreads the work; not security-sensitive
-            # The one cross-user statement: it only deletes expired rows.
-            key = tuple_(IDEMPOTENCY.c.user_id, IDEMPOTENCY.c.key)
-            batch = select(  # owner-filter: exempt
-                IDEMPOTENCY.c.user_id, IDEMPOTENCY.c.key
-            )
-            batch = batch.where(expired).limit(1000)
-            sweep = delete(IDEMPOTENCY)  # owner-filter: exempt
-            session.execute(sweep.where(key.in_(batch)))
+        batch = batch.where(expired).limit(100).with_for_update(skip_locked=True)
+        sweep = delete(IDEMPOTENCY)  # owner-filter: exempt
+        session.execute(sweep.where(key.in_(batch)))

@@ -104,6 +104,21 @@ def test_killed_connections_give_503s_then_recover_and_lose_nothing(
     assert set(acknowledged) <= db_ids(database, user)  # no acknowledged write lost
 
 
+def test_reads_survive_connections_killed_while_idle(database: str) -> None:
+    """A read on a pooled connection the server dropped is retried on a fresh one."""
+    user = new_user_id()
+    with (
+        running_server(database, DB_POOL_SIZE="2") as base,
+        httpx.Client(base_url=base) as c,
+    ):
+        task = c.post(tasks_url(user), json={"title": "read me"}).json()
+        for _ in range(4):  # every pooled connection has been used and is idle
+            assert c.get(tasks_url(user, task["id"])).status_code == 200
+        assert kill_connections(database) >= 1
+        assert c.get(tasks_url(user, task["id"])).status_code == 200
+        assert c.get(tasks_url(user)).status_code == 200
+
+
 @pytest.fixture
 def private_pg() -> Iterator[PrivatePostgres]:
     server = PrivatePostgres()

@@ -14,7 +14,14 @@ from app.api.deps import (
     authorize,
     rate_limit,
 )
-from app.api.http import JSON, dump, if_match_versions, not_modified, task_response
+from app.api.http import (
+    JSON,
+    dump,
+    etag,
+    if_match_versions,
+    not_modified,
+    task_response,
+)
 from app.api.responses import errors
 from app.schemas import (
     TaskCreate,
@@ -110,9 +117,7 @@ def get_task(
     """Get one task (304 when If-None-Match has its current ETag)."""
     task = service.get(user_id=user_id, task_id=task_id)
     if not_modified(if_none_match, task):
-        return Response(
-            status_code=304, headers={"ETag": task_response(task).headers["ETag"]}
-        )
+        return Response(status_code=304, headers={"ETag": etag(task)})
     return task_response(task)
 
 
