@@ -1,6 +1,7 @@
 """The one pooled engine and session factory, and the embedded development database."""
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,18 @@ SessionFactory = sessionmaker[Session]
 def embedded_database_url(data_dir: Path = EMBEDDED_DATA_DIR) -> str:
     """Start (or join) the embedded PostgreSQL under `.data/` and return its URL."""
     try:
-        from pgserver.postgres_server import get_server  # development only
+        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            from pgserver.postgres_server import get_server  # development only
     except ImportError:
         raise ConfigError(
             "configuration error: DATABASE_URL: not set, and the embedded PostgreSQL "
             "(pgserver) is not installed"
         ) from None
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir, cleanup_mode="stop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = get_server(data_dir, cleanup_mode="stop")
     return "postgresql+psycopg2://" + server.get_uri().removeprefix("postgresql://")
 
 
