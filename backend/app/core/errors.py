@@ -17,13 +17,13 @@ from app.schemas import ErrorBody, FieldError
 
 logger = logging.getLogger("app.errors")
 
-RETRY_AFTER_SECONDS = "2"
-
 
 class AppError(Exception):
     status_code = 500
     code = "internal_error"
     message = "Internal server error"
+    # Seconds a client should wait before retrying; sent as Retry-After when set.
+    retry_after: int | None = None
 
     def __init__(
         self,
@@ -37,7 +37,9 @@ class AppError(Exception):
         self.message = message or self.message
         self.detail = detail
         self.fields = fields
-        self.headers = headers
+        self.headers = dict(headers or {})
+        if self.retry_after is not None:
+            self.headers["Retry-After"] = str(self.retry_after)
 
 
 class ValidationFailed(AppError):
@@ -77,9 +79,7 @@ class AuthUnavailable(AppError):
     status_code = 503
     code = "auth_unavailable"
     message = "Token signing keys are unavailable, try again shortly"
-
-    def __init__(self) -> None:
-        super().__init__(headers={"Retry-After": RETRY_AFTER_SECONDS})
+    retry_after = 2
 
 
 class NotFoundError(AppError):
@@ -112,9 +112,7 @@ class IdempotencyKeyInUse(AppError):
     status_code = 409
     code = "idempotency_key_in_use"
     message = "A request with this Idempotency-Key is still in flight"
-
-    def __init__(self) -> None:
-        super().__init__(headers={"Retry-After": "1"})
+    retry_after = 1
 
 
 class IdempotencyKeyReused(AppError):
@@ -129,7 +127,8 @@ class RateLimited(AppError):
     message = "Too many requests, slow down"
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(headers={"Retry-After": str(max(retry_after, 1))})
+        self.retry_after = max(retry_after, 1)
+        super().__init__()
 
 
 class MethodNotAllowed(AppError):
@@ -154,6 +153,7 @@ class DatabaseUnavailable(AppError):
     status_code = 503
     code = "database_unavailable"
     message = "The database is unavailable, try again shortly"
+    retry_after = 2
 
 
 def request_id_of(request: Request) -> str | None:
@@ -171,7 +171,7 @@ def error_response(error: AppError, request_id: str | None) -> JSONResponse:
     return JSONResponse(
         body.model_dump(exclude_none=True),
         status_code=error.status_code,
-        headers=error.headers,
+        headers=error.headers or None,
     )
 
 
@@ -263,8 +263,7 @@ def register_exception_handlers(app: FastAPI) -> None:
         metrics.DB_ERRORS.inc()
         if isinstance(exc, sa_exc.TimeoutError):
             metrics.POOL_TIMEOUTS.inc()
-        error = DatabaseUnavailable(headers={"Retry-After": RETRY_AFTER_SECONDS})
-        return error_response(error, request_id_of(request))
+        return error_response(DatabaseUnavailable(), request_id_of(request))
 
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(RequestValidationError, request_validation)

@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
 
 from app.core import metrics
+from app.core.errors import DatabaseUnavailable
 from app.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -45,7 +46,9 @@ async def health(request: Request) -> JSONResponse:
         code="database_unavailable",
     )
     return JSONResponse(
-        body.model_dump(), status_code=503, headers={"Retry-After": "2"}
+        body.model_dump(),
+        status_code=503,
+        headers={"Retry-After": str(DatabaseUnavailable.retry_after)},
     )
 
 
