@@ -91,10 +91,18 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "BETTER_AUTH_SECRET", "JWT_SECRET", "JWT_JWKS_URL", "JWT_ISSUER", mode="before"
+        "BETTER_AUTH_SECRET",
+        "JWT_SECRET",
+        "JWT_JWKS_URL",
+        "JWT_ISSUER",
+        "CURSOR_SECRET",
+        "RATE_LIMIT",
+        "REDIS_URL",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
+        """`NAME=` (as in .env.example) means unset."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("BETTER_AUTH_SECRET", "JWT_SECRET", "CURSOR_SECRET")
@@ -103,11 +111,6 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes (openssl rand -base64 32)")
         return value
-
-    @field_validator("RATE_LIMIT", "REDIS_URL", mode="before")
-    @classmethod
-    def _blank_is_none(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("RATE_LIMIT")
     @classmethod

@@ -125,3 +125,12 @@ def test_production_requires_a_cursor_secret(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("AUTH_DISABLED", "true")
     with pytest.raises(ConfigError, match="CURSOR_SECRET"):
         load_settings()
+
+
+def test_env_example_as_is_is_a_valid_configuration() -> None:
+    from app.core.db import PROJECT_ROOT
+
+    settings = Settings(_env_file=PROJECT_ROOT / ".env.example")  # type: ignore[call-arg]
+    assert settings.CURSOR_SECRET is None
+    assert settings.rate_limit is None
+    assert settings.auth_enabled is False
