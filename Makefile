@@ -36,7 +36,7 @@ format: install
 
 # Regenerate the committed OpenAPI document (a contract test fails when it drifts).
 openapi: install
-	PYTHONPATH=backend $(PY) -m app.openapi > specs/001-task-api/openapi.json
+	PYTHONPATH=backend $(PY) -m app.api.openapi > specs/001-task-api/openapi.json
 
 # A development token for curl: make token USER=alice (needs BETTER_AUTH_SECRET or JWT_SECRET).
 token: install

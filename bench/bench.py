@@ -91,15 +91,15 @@ def log(message: str) -> None:
 def database_url() -> str:
     url = os.environ.get("BENCH_DATABASE_URL")
     if not url:
-        from app.core.db import embedded_database_url
+        from app.db.engine import embedded_database_url
 
         url = embedded_database_url(ROOT / ".data" / "bench-postgres")
     return make_url(url).set(drivername="postgresql+psycopg2").render_as_string(False)
 
 
 def seed(url: str, users: int, search_tasks: int) -> None:
-    from app.core.db import transactional
-    from app.core.migrations import migrate
+    from app.db.engine import transactional
+    from app.db.migrations import migrate
 
     engine = create_engine(url)
     migrate(engine)

@@ -13,7 +13,7 @@ from typing import Any, get_args
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
-from app.core.migrations import migrate
+from app.db.migrations import migrate
 from app.schemas import SortKey, TaskListQuery
 from app.services.task_service import list_statement
 

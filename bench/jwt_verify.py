@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt import PyJWK
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from app.core.auth import TokenVerifier
-from app.core.config import Settings
+from app.config import Settings
+from app.edge.auth import TokenVerifier
 
 SECRET = "bench-secret-" + "x" * 40
 

@@ -3,9 +3,9 @@
 from alembic import context
 from sqlalchemy import Connection
 
-from app.core.config import get_settings
-from app.core.db import create_db_engine, transactional
-from app.core.migrations import include_object
+from app.config import get_settings
+from app.db.engine import create_db_engine, transactional
+from app.db.migrations import include_object
 from app.models import SQLModel
 
 target_metadata = SQLModel.metadata

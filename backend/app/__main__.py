@@ -7,10 +7,10 @@ import sys
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.core.config import load_settings
-from app.core.db import create_db_engine, database_url
-from app.core.logging import configure_logging
-from app.core.migrations import migrate
+from app.config import load_settings
+from app.db.engine import create_db_engine, database_url
+from app.db.migrations import migrate
+from app.observability.logging import configure_logging
 
 
 def main() -> None:

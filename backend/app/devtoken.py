@@ -6,7 +6,7 @@ import time
 
 import jwt
 
-from app.core.config import load_settings
+from app.config import load_settings
 
 
 def main(argv: list[str]) -> None:

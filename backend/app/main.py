@@ -3,24 +3,23 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 
+from app.api.openapi import openapi_schema
 from app.api.routes import docs, health, tasks
-from app.core.auth import TokenVerifier
-from app.core.config import Settings, get_settings
-from app.core.cursor import CursorCodec
-from app.core.db import create_db_engine, create_sessions
-from app.core.errors import register_exception_handlers
-from app.core.logging import configure_logging
-from app.core.middleware import BodyGuardMiddleware, RequestContextMiddleware
-from app.core.migrations import migrate
-from app.core.ratelimit import MemoryStore, RateLimiter, RedisStore
+from app.config import Settings, get_settings
+from app.db.engine import create_db_engine, create_sessions
+from app.db.migrations import migrate
+from app.edge.auth import TokenVerifier
+from app.edge.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from app.edge.ratelimit import MemoryStore, RateLimiter, RedisStore
+from app.errors import register_exception_handlers
+from app.observability.logging import configure_logging
+from app.services.cursor import CursorCodec
 
 logger = logging.getLogger("app")
 
@@ -34,26 +33,6 @@ EXPOSED_HEADERS = [
 ]
 DESCRIPTION = """A user-scoped todo API. Every error has the body
 `{"error", "code", "detail"?, "fields"?, "request_id"?}`."""
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI documents a 422 we never send: validation errors are 400s."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title,
-            version=app.version,
-            description=app.description,
-            routes=app.routes,
-        )
-        for path in schema["paths"].values():
-            for operation in path.values():
-                default = operation["responses"].get("422", {})
-                if default.get("description") == "Validation Error":
-                    del operation["responses"]["422"]
-        for name in ("HTTPValidationError", "ValidationError"):
-            schema["components"]["schemas"].pop(name, None)
-        app.openapi_schema = schema
-    return app.openapi_schema
 
 
 def _rate_limiter(settings: Settings) -> RateLimiter | None:
@@ -127,5 +106,5 @@ def create_app(
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app

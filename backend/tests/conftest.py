@@ -16,15 +16,15 @@ from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 
 from app.api.deps import get_sessions
-from app.core.config import Settings
-from app.core.db import (
+from app.config import Settings
+from app.db.engine import (
     PROJECT_ROOT,
     SessionFactory,
     Sessions,
     create_db_engine,
     embedded_database_url,
 )
-from app.core.migrations import migrate
+from app.db.migrations import migrate
 from app.main import create_app
 
 

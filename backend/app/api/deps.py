@@ -5,10 +5,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.core.auth import TokenVerifier
-from app.core.db import Sessions
-from app.core.errors import ForbiddenError, UnauthorizedError
-from app.core.ratelimit import RateLimiter
+from app.db.engine import Sessions
+from app.edge.auth import TokenVerifier
+from app.edge.ratelimit import RateLimiter
+from app.errors import ForbiddenError, UnauthorizedError
 from app.schemas import USER_ID_PATTERN, TaskId
 from app.services.task_service import TaskService
 

@@ -31,9 +31,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.core.cursor import CursorCodec
-from app.core.db import Sessions
-from app.core.errors import (
+from app.db.engine import Sessions
+from app.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InvalidCursor,
@@ -49,6 +48,7 @@ from app.schemas import (
     TaskRecord,
     TaskReplace,
 )
+from app.services.cursor import CursorCodec
 
 TASK: Table = Task.__table__  # type: ignore[attr-defined]
 IDEMPOTENCY: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]

@@ -9,8 +9,8 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from app.api.deps import get_sessions
-from app.core.config import Settings
-from app.core.db import SessionFactory, Sessions
+from app.config import Settings
+from app.db.engine import SessionFactory, Sessions
 from app.main import create_app
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.jwt_helpers import SECRET, hs_token

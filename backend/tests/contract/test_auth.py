@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.api.deps import get_sessions
-from app.core.config import Settings
-from app.core.db import SessionFactory, Sessions, create_db_engine
+from app.config import Settings
+from app.db.engine import SessionFactory, Sessions, create_db_engine
 from app.main import create_app
 from tests.factories import new_user_id, tasks_url
 from tests.jwt_helpers import (

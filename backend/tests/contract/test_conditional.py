@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from app.core.db import SessionFactory
+from app.db.engine import SessionFactory
 from tests.factories import create_task, new_user_id, task_payload, tasks_url
 
 UPDATES = [

@@ -8,8 +8,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from app.core.config import Settings
-from app.core.db import create_db_engine
+from app.config import Settings
+from app.db.engine import create_db_engine
 from app.main import create_app
 from tests.factories import create_task, new_user_id, tasks_url
 

@@ -6,8 +6,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.core.db import PROJECT_ROOT
-from app.openapi import document
+from app.api.openapi import document
+from app.db.engine import PROJECT_ROOT
 from tests.factories import new_user_id, tasks_url
 
 SPEC = PROJECT_ROOT / "specs" / "001-task-api" / "openapi.json"

@@ -5,7 +5,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect
 
-from app.core.migrations import alembic_config, include_object, migrate
+from app.db.migrations import alembic_config, include_object, migrate
 from app.models import SQLModel
 from tests.conftest import fresh_database
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.core.config import ConfigError, Settings, load_settings
+from app.config import ConfigError, Settings, load_settings
 
 
 def make(**env: str) -> Settings:
@@ -128,7 +128,7 @@ def test_production_requires_a_cursor_secret(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_env_example_as_is_is_a_valid_configuration() -> None:
-    from app.core.db import PROJECT_ROOT
+    from app.db.engine import PROJECT_ROOT
 
     settings = Settings(_env_file=PROJECT_ROOT / ".env.example")  # type: ignore[call-arg]
     assert settings.CURSOR_SECRET is None

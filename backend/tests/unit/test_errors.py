@@ -1,6 +1,6 @@
 """C3: how validation errors become the error body."""
 
-from app.core.errors import InvalidJSON, ValidationFailed, validation_error
+from app.errors import InvalidJSON, ValidationFailed, validation_error
 
 
 def test_field_paths_are_readable() -> None:

@@ -6,10 +6,10 @@ import time
 import jwt
 import pytest
 
-from app.core import auth
-from app.core.auth import TokenVerifier
-from app.core.config import Settings
-from app.core.errors import UnauthorizedError
+from app.config import Settings
+from app.edge import auth
+from app.edge.auth import TokenVerifier
+from app.errors import UnauthorizedError
 
 SECRET = "unit-secret-" + "s" * 32
 

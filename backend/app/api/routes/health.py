@@ -5,8 +5,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
 
-from app.core import metrics
-from app.core.errors import DatabaseUnavailable
+from app.errors import DatabaseUnavailable
+from app.observability import metrics
 from app.schemas import Health
 
 router = APIRouter(tags=["health"])

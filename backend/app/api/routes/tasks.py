@@ -22,7 +22,7 @@ from app.api.http import (
     not_modified,
     task_response,
 )
-from app.api.responses import errors
+from app.api.openapi import errors
 from app.schemas import (
     TaskCreate,
     TaskListQuery,

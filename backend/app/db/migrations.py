@@ -6,7 +6,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, text
 
-from app.core.db import transactional
+from app.db.engine import transactional
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 # Any constant works; it keeps concurrent starts (several workers) from racing.

@@ -11,7 +11,7 @@ import json
 import secrets
 from typing import Any
 
-from app.core.errors import InvalidCursor
+from app.errors import InvalidCursor
 
 _SIGNATURE_BYTES = 16
 

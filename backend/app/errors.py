@@ -12,7 +12,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.core import metrics
+from app.observability import metrics
 from app.schemas import ErrorBody, FieldError
 
 logger = logging.getLogger("app.errors")

@@ -12,7 +12,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
 
-from app.core.config import ConfigError, Settings
+from app.config import ConfigError, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 EMBEDDED_DATA_DIR = PROJECT_ROOT / ".data" / "postgres"

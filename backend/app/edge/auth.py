@@ -14,8 +14,8 @@ import anyio
 import jwt
 from jwt import PyJWK
 
-from app.core.config import Settings
-from app.core.errors import AuthUnavailable, UnauthorizedError
+from app.config import Settings
+from app.errors import AuthUnavailable, UnauthorizedError
 
 logger = logging.getLogger("app.auth")
 

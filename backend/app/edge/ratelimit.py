@@ -11,7 +11,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-from app.core.errors import RateLimited
+from app.errors import RateLimited
 
 logger = logging.getLogger("app.ratelimit")
 

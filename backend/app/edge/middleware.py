@@ -7,13 +7,13 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core import metrics
-from app.core.errors import (
+from app.errors import (
     AppError,
     PayloadTooLarge,
     UnsupportedMediaType,
     error_response,
 )
+from app.observability import metrics
 
 logger = logging.getLogger("app.request")
 

@@ -1,0 +1,70 @@
+"""Everything the OpenAPI document says beyond what FastAPI derives from the routes:
+the error responses each operation documents, and no 422 (validation errors are
+400s). `python -m app.api.openapi` prints the document committed in specs/."""
+
+import json
+import sys
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.schemas import ErrorBody
+
+_DESCRIPTIONS = {
+    400: "Validation error or malformed JSON",
+    401: "Missing or invalid bearer token (with WWW-Authenticate)",
+    403: "The token's user is not the path's user_id",
+    404: "No such task for this user",
+    409: "A request with this Idempotency-Key is still in flight (with Retry-After)",
+    412: "If-Match does not match the task's current ETag",
+    413: "Body over 64 KiB",
+    415: "Body is not application/json",
+    422: "This Idempotency-Key was used with a different body",
+    429: "Over the rate limit (with Retry-After)",
+    500: "Unexpected error",
+    503: "Database unavailable (with Retry-After)",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses of an /api operation: its own, and those every one has."""
+    return {
+        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        for status in (*statuses, 400, 401, 403, 429, 500, 503)
+    }
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """FastAPI documents a 422 we never send: validation errors are 400s."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        for path in schema["paths"].values():
+            for operation in path.values():
+                default = operation["responses"].get("422", {})
+                if default.get("description") == "Validation Error":
+                    del operation["responses"]["422"]
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def document() -> str:
+    """The document as committed in specs/ (no database is touched)."""
+    from app.config import Settings
+    from app.main import create_app
+
+    settings = Settings(DATABASE_URL="postgresql://localhost/openapi", _env_file=None)
+    return (
+        json.dumps(create_app(settings).openapi(), indent=2, ensure_ascii=False) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.stdout.write(document())
