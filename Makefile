@@ -47,3 +47,4 @@ token: install
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	PYTHONPATH=backend:. $(PY) bench/bench.py $(BENCH_ARGS)
+	PYTHONPATH=backend:. $(PY) bench/drivers.py

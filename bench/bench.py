@@ -91,21 +91,20 @@ def log(message: str) -> None:
 def database_url() -> str:
     url = os.environ.get("BENCH_DATABASE_URL")
     if not url:
-        from app.db.engine import embedded_database_url
+        from app.db.embedded import embedded_database_url
 
         url = embedded_database_url(ROOT / ".data" / "bench-postgres")
     return make_url(url).set(drivername="postgresql+psycopg2").render_as_string(False)
 
 
 def seed(url: str, users: int, search_tasks: int) -> None:
-    from app.db.engine import transactional
     from app.db.migrations import migrate
 
     engine = create_engine(url)
     migrate(engine)
     total = users * PER_USER
     log(f"seeding {total:,} tasks + {search_tasks:,} for the search user...")
-    with transactional(engine).begin() as conn:
+    with engine.begin() as conn:
         conn.execute(text("TRUNCATE task, idempotency_key"))
         conn.exec_driver_sql(REF_TABLE)
         for table, ours in (("task", True), ("ref_task", False)):

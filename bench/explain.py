@@ -4,18 +4,19 @@
 
 --seed (re)creates the data: 9,000 users with 100 tasks each and one user
 ("heavy") with 100,000, migrated to head first. The queries are the service's own
-(`list_statement`), for the heavy user, a page of 100."""
+(`list_query`), for the heavy user, a page of 100."""
 
+import asyncio
 import sys
 import time
 from typing import Any, get_args
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.dialects import postgresql
+import asyncpg
 
-from app.db.migrations import migrate
+from app.db.migrations import migrate, sync_engine
+from app.db.url import parse_database_url
 from app.schemas import SortKey, TaskListQuery
-from app.services.task_service import list_statement
+from app.services.task_service import list_query
 
 HEAVY = "heavy"
 SEED = """
@@ -52,24 +53,51 @@ SHAPES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def explain(connection: Any, title: str, params: dict[str, Any], after: Any) -> None:
+async def explain(
+    connection: Any, title: str, params: dict[str, Any], after: Any
+) -> None:
+    """EXPLAIN the very statement and values the service would run."""
     query = TaskListQuery.model_validate({"limit": 100, **params})
-    compiled = list_statement(HEAVY, query, after).compile(
-        dialect=postgresql.dialect(), compile_kwargs={"render_postcompile": True}
+    statement, values = list_query(query, after)
+    plan = await connection.fetch(
+        "EXPLAIN (ANALYZE, BUFFERS) " + statement.sql,
+        *statement.args({"user_id": HEAVY, **values}),
     )
-    plan = connection.exec_driver_sql(
-        "EXPLAIN (ANALYZE, BUFFERS) " + str(compiled), compiled.params
-    ).scalars()
     print(f"### {title}{' (second page, after a cursor)' if after else ''}\n\n```")
-    print("\n".join(plan))
+    print("\n".join(row[0] for row in plan))
     print("```\n")
 
 
+async def report(url: str) -> None:
+    connection = await asyncpg.connect(parse_database_url(url).dsn)
+    try:
+        total = await connection.fetchval("SELECT count(*) FROM task")
+        mine = await connection.fetchval(
+            "SELECT count(*) FROM task WHERE user_id = $1", HEAVY
+        )
+        print(f"{total:,} tasks; user `{HEAVY}` has {mine:,}.\n")
+        for title, params in SHAPES:
+            await explain(connection, title, params, None)
+        first = await connection.fetchrow(
+            "SELECT created_at, id FROM task WHERE user_id = $1 "
+            "ORDER BY created_at DESC, id DESC OFFSET 99 LIMIT 1",
+            HEAVY,
+        )
+        await explain(connection, "sort=-created_at", {}, (first[0], first[1]))
+        title = await connection.fetchrow(
+            "SELECT title, id FROM task WHERE user_id = $1 "
+            "ORDER BY lower(title), id OFFSET 99 LIMIT 1",
+            HEAVY,
+        )
+        await explain(connection, "sort=title", {"sort": "title"}, (title[0], title[1]))
+    finally:
+        await connection.close()
+
+
 def main() -> None:
-    engine = create_engine(
-        sys.argv[1].replace("postgresql://", "postgresql+psycopg2://", 1)
-    )
+    url = sys.argv[1]
     if "--seed" in sys.argv:
+        engine = sync_engine(url)
         migrate(engine)
         started = time.monotonic()
         with engine.begin() as connection:
@@ -78,33 +106,9 @@ def main() -> None:
             isolation_level="AUTOCOMMIT"
         ) as connection:
             connection.exec_driver_sql("VACUUM ANALYZE task")
+        engine.dispose()
         print(f"seeded in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    with engine.connect() as connection:
-        total = connection.execute(text("SELECT count(*) FROM task")).scalar_one()
-        mine = connection.execute(
-            text("SELECT count(*) FROM task WHERE user_id = :u"), {"u": HEAVY}
-        ).scalar_one()
-        print(f"{total:,} tasks; user `{HEAVY}` has {mine:,}.\n")
-        for title, params in SHAPES:
-            explain(connection, title, params, None)
-        first = connection.execute(
-            text(
-                "SELECT created_at, id FROM task WHERE user_id = :u "
-                "ORDER BY created_at DESC, id DESC OFFSET 99 LIMIT 1"
-            ),
-            {"u": HEAVY},
-        ).one()
-        explain(
-            connection, "sort=-created_at", {}, [first.created_at.isoformat(), first.id]
-        )
-        title = connection.execute(
-            text(
-                "SELECT title, id FROM task WHERE user_id = :u "
-                "ORDER BY lower(title), id OFFSET 99 LIMIT 1"
-            ),
-            {"u": HEAVY},
-        ).one()
-        explain(connection, "sort=title", {"sort": "title"}, [title.title, title.id])
+    asyncio.run(report(url))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ fi
 trap 'kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 # Through a transaction pooler the statement timeout is set on the role, not sent as
-# a startup option (PgBouncer rejects unknown startup parameters).
+# a startup option (PgBouncer rejects unknown startup parameters), and PgBouncer
+# 1.18 (Debian 12) keeps no prepared statements across transactions: asyncpg's
+# statement cache is off.
 export TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/postgres"
 export DB_STATEMENT_TIMEOUT_MS=0
+export DB_STATEMENT_CACHE_SIZE=0
 "$@"

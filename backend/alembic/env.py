@@ -4,8 +4,8 @@ from alembic import context
 from sqlalchemy import Connection
 
 from app.config import get_settings
-from app.db.engine import create_db_engine, transactional
-from app.db.migrations import include_object
+from app.db.embedded import embedded_database_url
+from app.db.migrations import include_object, sync_engine
 from app.models import SQLModel
 
 target_metadata = SQLModel.metadata
@@ -28,8 +28,9 @@ given = context.config.attributes.get("connection")
 if given is not None:
     run_migrations(given)
 else:
-    engine = create_db_engine(get_settings())
-    with transactional(engine).connect() as connection:
+    url = get_settings().DATABASE_URL
+    engine = sync_engine(url.get_secret_value() if url else embedded_database_url())
+    with engine.connect() as connection:
         run_migrations(connection)
         connection.commit()
     engine.dispose()

@@ -2,31 +2,31 @@
 DATABASE_URL is set, apply migrations, then serve with uvicorn."""
 
 import os
+import subprocess
 import sys
 
 import uvicorn
-from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import load_settings
-from app.db.engine import create_db_engine, database_url
-from app.db.migrations import migrate
 from app.observability.logging import configure_logging
 
 
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL)
-    url = database_url(settings)
+    if settings.DATABASE_URL is not None:
+        url = settings.DATABASE_URL.get_secret_value()
+    else:
+        from app.db.embedded import embedded_database_url  # development only
+
+        url = embedded_database_url()
     # Workers inherit the resolved URL, so they join the same (embedded) database.
     os.environ["DATABASE_URL"] = url
-    engine = create_db_engine(settings, url)
-    try:
-        migrate(engine)
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        sys.exit(f"cannot prepare the database: {reason}")
-    finally:
-        engine.dispose()
+    # Migrations run once, in a process of their own: Alembic and psycopg2 never
+    # load into the serving process.
+    migrated = subprocess.run([sys.executable, "-m", "app.db.migrations"], check=False)
+    if migrated.returncode != 0:
+        sys.exit(migrated.returncode)
     uvicorn.run(
         "app.main:create_app",
         factory=True,

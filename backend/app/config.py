@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.db.url import parse_database_url
+
 DEV_CORS_ORIGINS = [
     "http://localhost:3000",
     "http://127.0.0.1:3000",
     "http://localhost:5173",
     "http://127.0.0.1:5173",
 ]
-_DRIVER_PREFIX = "postgresql+psycopg2://"
 RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 RATE_PATTERN = re.compile(
     r"(?P<count>[1-9][0-9]{0,8})\s*/\s*(?P<unit>second|minute|hour|day)s?"
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     # rejects startup options (some PgBouncer setups) needs 0 here and the timeout
     # set on the role instead (ALTER ROLE … SET statement_timeout).
     DB_STATEMENT_TIMEOUT_MS: int = Field(default=15_000, ge=0)
+    # Prepared statements kept per connection (asyncpg). Unset: 0 for a host with
+    # `-pooler` in its name (Neon's PgBouncer), else 100. 0 behind any pooler in
+    # transaction mode that cannot keep them (PgBouncer before 1.21).
+    DB_STATEMENT_CACHE_SIZE: int | None = Field(default=None, ge=0, le=10_000)
 
     # Authentication (CONTRACT C6). Off when no key is set (never in production
     # unless AUTH_DISABLED=true says so explicitly).
@@ -71,15 +76,12 @@ class Settings(BaseSettings):
 
     @field_validator("DATABASE_URL", mode="before")
     @classmethod
-    def _normalise_database_url(cls, value: object) -> object:
-        """Accept `postgres://` and `postgresql://`; always use psycopg2."""
+    def _database_url(cls, value: object) -> object:
+        """Blank is unset; otherwise it must be a URL both drivers can honour."""
         if not isinstance(value, str) or not value.strip():
             return None
-        url = value.strip()
-        for prefix in ("postgres://", "postgresql://", _DRIVER_PREFIX):
-            if url.startswith(prefix):
-                return _DRIVER_PREFIX + url[len(prefix) :]
-        raise ValueError("must start with postgresql:// or postgres://")
+        parse_database_url(value)
+        return value.strip()
 
     @field_validator("CORS_ORIGINS", "JWT_AUDIENCE", mode="before")
     @classmethod
@@ -98,6 +100,7 @@ class Settings(BaseSettings):
         "CURSOR_SECRET",
         "RATE_LIMIT",
         "REDIS_URL",
+        "DB_STATEMENT_CACHE_SIZE",
         mode="before",
     )
     @classmethod

@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -208,15 +207,6 @@ _HTTP_ERRORS: dict[int, type[AppError]] = {
 }
 
 
-def is_database_unavailable(exc: BaseException) -> bool:
-    """Connection-level failures (outage, dropped connection, pool exhausted)."""
-    if isinstance(exc, sa_exc.TimeoutError):
-        return True
-    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or (
-        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
-    )
-
-
 def _allowed_methods(request: Request) -> str:
     """Starlette names the methods of the first route whose path matched; the
     `Allow` header must name those of every route on this path."""
@@ -256,16 +246,6 @@ def register_exception_handlers(app: FastAPI) -> None:
             error.code = phrase.lower().replace(" ", "_").replace("-", "_")
         return error_response(error, request_id_of(request))
 
-    async def database_error(request: Request, exc: Exception) -> JSONResponse:
-        if not is_database_unavailable(exc):
-            raise exc
-        logger.warning("database unavailable: %s", type(exc).__name__)
-        metrics.DB_ERRORS.inc()
-        if isinstance(exc, sa_exc.TimeoutError):
-            metrics.POOL_TIMEOUTS.inc()
-        return error_response(DatabaseUnavailable(), request_id_of(request))
-
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(RequestValidationError, request_validation)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(sa_exc.SQLAlchemyError, database_error)

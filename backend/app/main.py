@@ -4,22 +4,22 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from sqlalchemy import Engine
 
 from app.api.openapi import openapi_schema
 from app.api.routes import docs, health, tasks
 from app.config import Settings, get_settings
-from app.db.engine import create_db_engine, create_sessions
-from app.db.migrations import migrate
+from app.db.gateway import Database
+from app.db.migrations import ensure_schema
+from app.db.url import parse_database_url
 from app.edge.auth import TokenVerifier
 from app.edge.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from app.edge.ratelimit import MemoryStore, RateLimiter, RedisStore
 from app.errors import register_exception_handlers
 from app.observability.logging import configure_logging
 from app.services.cursor import CursorCodec
+from app.services.task_service import TaskService
 
 logger = logging.getLogger("app")
 
@@ -43,27 +43,28 @@ def _rate_limiter(settings: Settings) -> RateLimiter | None:
     return RateLimiter(limit, window, store)
 
 
-def create_app(
-    settings: Settings | None = None, engine: Engine | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.LOG_LEVEL)
-    engine = engine or create_db_engine(settings)
+    if settings.DATABASE_URL is not None:
+        url = settings.DATABASE_URL.get_secret_value()
+    else:
+        from app.db.embedded import embedded_database_url  # development only
+
+        url = embedded_database_url()
+    database = Database(settings, parse_database_url(url))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Each request holds at most one connection, only while its statements run
-        # (sessions open and close inside the service call), so threads can never
-        # deadlock on the pool. Twice as many threads as connections keeps the pool
-        # busy; a thread that finds it exhausted waits DB_POOL_TIMEOUT, then 503.
-        capacity = settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW
-        to_thread.current_default_thread_limiter().total_tokens = 2 * capacity
-        await to_thread.run_sync(migrate, engine)
-        yield
-        engine.dispose()
-        limiter = app.state.rate_limiter
-        if limiter is not None and isinstance(limiter.store, RedisStore):
-            await limiter.store.close()
+        await database.open()
+        try:
+            await ensure_schema(database, url)
+            yield
+        finally:
+            await database.close()
+            limiter = app.state.rate_limiter
+            if limiter is not None:
+                await limiter.store.close()
 
     app = FastAPI(
         title="Task API",
@@ -73,15 +74,15 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.engine = engine
+    app.state.database = database
     cursor_secret = settings.CURSOR_SECRET
-    app.state.cursors = CursorCodec(
+    cursors = CursorCodec(
         cursor_secret.get_secret_value().encode() if cursor_secret else None
     )
+    app.state.tasks = TaskService(database, cursors)
     app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None
     if app.state.verifier is None:
         logger.warning("authentication is OFF: every /api request is accepted")
-    app.state.sessions = create_sessions(engine)
     app.state.rate_limiter = _rate_limiter(settings)
     app.include_router(tasks.router)
     app.include_router(health.router)
@@ -108,3 +109,10 @@ def create_app(
     )
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`uvicorn app.main:app`: the app is built on first access, not on import."""
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

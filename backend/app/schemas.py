@@ -3,7 +3,7 @@
 import re
 import unicodedata
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import (
     AfterValidator,
@@ -231,10 +231,22 @@ class TaskPublic(BaseModel):
     updated_at: UtcDatetime
 
 
-# A task as the service hands it to the HTTP layer: TaskPublic's fields, built
-# straight from a row and serialised with orjson (see api/http.py). TaskPublic stays
-# the documented shape; a unit test keeps the two in step.
-TaskRecord = dict[str, Any]
+class TaskRecord(TypedDict):
+    """A task row as the service hands it to the HTTP layer: TaskPublic's fields,
+    straight from the database and serialised with orjson (see api/http.py).
+    TaskPublic stays the documented shape; a unit test keeps the two in step."""
+
+    user_id: str
+    id: int
+    title: str
+    description: str | None
+    completed: bool
+    completed_at: datetime | None
+    priority: str
+    tags: list[str]
+    due_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
 
 
 class FieldError(BaseModel):

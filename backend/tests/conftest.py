@@ -1,31 +1,26 @@
-"""A real PostgreSQL for every test: one migrated `*_test` database per run, and a
-rolled-back transaction per test that every session (the test's and each request's)
-joins through savepoints."""
+"""A real PostgreSQL for every test: one migrated `*_test` database per run, which
+every test shares. Tests stay apart by owner: each makes its own user ids (every
+query is filtered by owner), so nothing has to be rolled back, and the app under test
+runs its real pool, statements and transactions. The database is dropped at the end."""
 
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import sessionmaker
-from sqlmodel import Session
 
-from app.api.deps import get_sessions
 from app.config import Settings
-from app.db.engine import (
-    PROJECT_ROOT,
-    SessionFactory,
-    Sessions,
-    create_db_engine,
-    embedded_database_url,
-)
-from app.db.migrations import migrate
+from app.db.embedded import PROJECT_ROOT, embedded_database_url
+from app.db.migrations import migrate, sync_engine
 from app.main import create_app
+
+ClientFactory = Callable[..., TestClient]
 
 
 def _server_url() -> URL:
@@ -46,7 +41,8 @@ def fresh_database() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield server.set(database=name).render_as_string(hide_password=False)
+        url = server.set(database=name, drivername="postgresql")
+        yield url.render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -66,44 +62,38 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def engine(settings: Settings, database_url: str) -> Iterator[Engine]:
-    engine = create_db_engine(settings, database_url)
+def engine(database_url: str) -> Iterator[Engine]:
+    """psycopg2, for migrating the run's database and for setting up test data
+    the API cannot make (e.g. an idempotency key 25 hours old)."""
+    engine = sync_engine(database_url)
     migrate(engine)
     yield engine
     engine.dispose()
 
 
 @pytest.fixture
-def connection(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        conn.execution_options(isolation_level="READ COMMITTED")
-        transaction = conn.begin()
-        yield conn
-        transaction.rollback()
+def make_client(settings: Settings, engine: Engine) -> Iterator[ClientFactory]:
+    """Clients of apps built with some settings changed; each app runs its lifespan
+    (pool, schema check) for the test's duration."""
+    with ExitStack() as stack:
+
+        def make(**env: Any) -> TestClient:
+            app = create_app(settings.model_copy(update=env))
+            client = TestClient(app, raise_server_exceptions=False)
+            return stack.enter_context(client)
+
+        yield make
 
 
 @pytest.fixture
-def sessions(connection: Connection) -> SessionFactory:
-    return sessionmaker(
-        bind=connection,
-        class_=Session,
-        expire_on_commit=False,
-        join_transaction_mode="create_savepoint",
-    )
+def app(settings: Settings, engine: Engine) -> FastAPI:
+    return create_app(settings)
 
 
 @pytest.fixture
-def app(settings: Settings, engine: Engine, sessions: SessionFactory) -> FastAPI:
-    app = create_app(settings, engine)
-    app.dependency_overrides[get_sessions] = lambda: Sessions(sessions, sessions)
-    return app
-
-
-@pytest.fixture
-def client(app: FastAPI) -> TestClient:
-    # Not entered as a context manager: the lifespan (migrations, pool disposal)
-    # is the session's business here, and is tested against a real server.
-    return TestClient(app, raise_server_exceptions=False)
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

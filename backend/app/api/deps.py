@@ -5,7 +5,6 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.db.engine import Sessions
 from app.edge.auth import TokenVerifier
 from app.edge.ratelimit import RateLimiter
 from app.errors import ForbiddenError, UnauthorizedError
@@ -13,16 +12,9 @@ from app.schemas import USER_ID_PATTERN, TaskId
 from app.services.task_service import TaskService
 
 
-async def get_sessions(request: Request) -> Sessions:
-    sessions: Sessions = request.app.state.sessions
-    return sessions
-
-
-SessionsDep = Annotated[Sessions, Depends(get_sessions)]
-
-
-async def get_task_service(request: Request, sessions: SessionsDep) -> TaskService:
-    return TaskService(sessions, request.app.state.cursors)
+async def get_task_service(request: Request) -> TaskService:
+    service: TaskService = request.app.state.tasks
+    return service
 
 
 TaskServiceDep = Annotated[TaskService, Depends(get_task_service)]

@@ -1,14 +1,31 @@
-"""Schema changes go through Alembic; start-up applies pending ones under a lock."""
+"""Schema changes go through Alembic, run once before the workers start (`python -m
+app`), on psycopg2. A worker only checks the schema's revision over its own pool, and
+imports Alembic just when that check finds the database behind (a server started
+some other way, e.g. `uvicorn app.main:app` on a fresh database)."""
 
+import logging
+import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, Engine, text
+import anyio
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
-from app.db.engine import transactional
+from app.db.gateway import Database, compile_query
+from app.db.url import parse_database_url
+from app.errors import DatabaseUnavailable
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy import Connection
+
+logger = logging.getLogger("app.db")
 BACKEND_DIR = Path(__file__).resolve().parents[2]
+# The newest migration's revision: what this code expects the database to be at.
+# A test keeps it equal to Alembic's head.
+SCHEMA_REVISION = "0002"
 # Any constant works; it keeps concurrent starts (several workers) from racing.
 _MIGRATION_LOCK_KEY = 7_240_001
 
@@ -25,18 +42,85 @@ def include_object(
     return not (type_ == "index" and name in OPTIONAL_INDEXES)
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: "Connection | None" = None) -> "Config":
+    from alembic.config import Config
+
     config = Config(str(BACKEND_DIR / "alembic.ini"))
     config.set_main_option("script_location", str(BACKEND_DIR / "alembic"))
     config.attributes["connection"] = connection
     return config
 
 
+def sync_engine(url: str) -> Engine:
+    """A psycopg2 engine for migrations and tooling (never the request path)."""
+    return create_engine(
+        parse_database_url(url).sync_url,
+        poolclass=NullPool,
+        connect_args={"connect_timeout": 5, "application_name": "task-api-migrate"},
+    )
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade to head in one transaction, holding a transaction-level
     advisory lock (which also works through PgBouncer's transaction pooling)."""
-    with transactional(engine).begin() as connection:
+    from alembic import command
+
+    with engine.begin() as connection:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
         )
         command.upgrade(alembic_config(connection), "head")
+
+
+def migrate_url(url: str) -> None:
+    engine = sync_engine(url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+
+
+class _Present(TypedDict):
+    present: bool
+
+
+class _Revision(TypedDict):
+    revision: str
+
+
+_HAS_VERSION_TABLE = compile_query(
+    text("SELECT to_regclass('alembic_version') IS NOT NULL AS present"), _Present
+)
+_REVISION = compile_query(
+    text("SELECT version_num AS revision FROM alembic_version"), _Revision
+)
+
+
+async def ensure_schema(database: Database, url: str) -> None:
+    """The database is at SCHEMA_REVISION, or is migrated now (on a thread). A
+    database that is down does not stop the worker: it answers 503 until the
+    database is back (`python -m app` has migrated it before starting workers)."""
+    try:
+        table = await database.fetch_one(_HAS_VERSION_TABLE)
+    except DatabaseUnavailable:
+        logger.warning("database unavailable at start-up: schema not checked")
+        return
+    row = await database.fetch_one(_REVISION) if table and table["present"] else None
+    if row is None or row["revision"] != SCHEMA_REVISION:
+        await anyio.to_thread.run_sync(migrate_url, url)
+
+
+def main() -> None:
+    """`python -m app.db.migrations`: upgrade DATABASE_URL's database to head, or
+    exit with one line saying why not."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        migrate_url(os.environ["DATABASE_URL"])
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        sys.exit(f"cannot prepare the database: {reason}")
+
+
+if __name__ == "__main__":
+    main()

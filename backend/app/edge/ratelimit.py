@@ -7,9 +7,10 @@ turn into an API outage."""
 import logging
 import math
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from redis.asyncio import Redis
+if TYPE_CHECKING:
+    pass
 
 from app.errors import RateLimited
 
@@ -20,6 +21,8 @@ class Store(Protocol):
     async def hit(self, key: str, window: int) -> int:
         """Count one request for `key` in its current window; return the count."""
         ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryStore:
@@ -35,10 +38,15 @@ class MemoryStore:
         self._counts[key] = self._counts.get(key, 0) + 1
         return self._counts[key]
 
+    async def close(self) -> None:
+        pass
+
 
 class RedisStore:
     def __init__(self, url: str) -> None:
-        self._redis = Redis.from_url(
+        from redis.asyncio import Redis  # imported only when REDIS_URL is set
+
+        self._redis: Redis = Redis.from_url(
             url, socket_timeout=0.25, socket_connect_timeout=0.25
         )
 

@@ -7,8 +7,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from sqlalchemy import Engine
-from sqlalchemy.pool import QueuePool
 
 REQUESTS = Counter(
     "http_requests_total",
@@ -22,7 +20,6 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 POOL_IN_USE = Gauge("db_pool_connections_in_use", "Connections checked out")
-POOL_OVERFLOW = Gauge("db_pool_overflow", "Connections open beyond the pool size")
 POOL_TIMEOUTS = Counter(
     "db_pool_timeouts_total", "Requests that waited too long for a connection"
 )
@@ -37,9 +34,6 @@ def observe(method: str, route: str, status: int, seconds: float) -> None:
     LATENCY.labels(method, route).observe(seconds)
 
 
-def render(engine: Engine) -> tuple[bytes, str]:
-    pool = engine.pool
-    if isinstance(pool, QueuePool):
-        POOL_IN_USE.set(pool.checkedout())
-        POOL_OVERFLOW.set(max(pool.overflow(), 0))
+def render(connections_in_use: int) -> tuple[bytes, str]:
+    POOL_IN_USE.set(connections_in_use)
     return generate_latest(), CONTENT_TYPE_LATEST

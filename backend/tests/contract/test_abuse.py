@@ -1,33 +1,13 @@
 """C7 RATE_LIMIT and the security headers every response carries."""
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import Engine
 
-from app.api.deps import get_sessions
 from app.config import Settings
-from app.db.engine import SessionFactory, Sessions
-from app.main import create_app
+from tests.conftest import ClientFactory
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.jwt_helpers import SECRET, hs_token
-
-ClientFactory = Callable[..., TestClient]
-
-
-@pytest.fixture
-def make_client(
-    settings: Settings, engine: Engine, sessions: SessionFactory
-) -> ClientFactory:
-    def make(**env: Any) -> TestClient:
-        app = create_app(settings.model_copy(update=env), engine)
-        app.dependency_overrides[get_sessions] = lambda: Sessions(sessions, sessions)
-        return TestClient(app, raise_server_exceptions=False)
-
-    return make
 
 
 def test_over_the_limit_is_429_with_retry_after(make_client: ClientFactory) -> None:

@@ -3,20 +3,16 @@
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from pydantic import SecretStr
 
-from app.api.deps import get_sessions
-from app.config import Settings
-from app.db.engine import SessionFactory, Sessions, create_db_engine
-from app.main import create_app
+from tests.conftest import ClientFactory
 from tests.factories import new_user_id, tasks_url
 from tests.jwt_helpers import (
     SECRET,
@@ -26,8 +22,6 @@ from tests.jwt_helpers import (
     new_key,
     signed_token,
 )
-
-AppFactory = Callable[..., TestClient]
 
 
 @pytest.fixture(scope="module")
@@ -44,20 +38,7 @@ def jwks(keys: dict[str, SigningKey]) -> Iterator[JwksServer]:
 
 
 @pytest.fixture
-def make_client(
-    settings: Settings, engine: Engine, sessions: SessionFactory
-) -> AppFactory:
-    def make(**env: Any) -> TestClient:
-        configured = settings.model_copy(update=env)
-        app = create_app(configured, engine)
-        app.dependency_overrides[get_sessions] = lambda: Sessions(sessions, sessions)
-        return TestClient(app, raise_server_exceptions=False)
-
-    return make
-
-
-@pytest.fixture
-def client(make_client: AppFactory, jwks: JwksServer) -> TestClient:
+def client(make_client: ClientFactory, jwks: JwksServer) -> TestClient:
     """Both key sources configured, as a Better Auth deployment may have."""
     return make_client(BETTER_AUTH_SECRET=_secret(SECRET), JWT_JWKS_URL=jwks.url)
 
@@ -145,7 +126,7 @@ def test_alg_none_is_401(client: TestClient) -> None:
 
 
 def test_hs_token_signed_with_the_public_key_is_401(
-    make_client: AppFactory, jwks: JwksServer, keys: dict[str, SigningKey]
+    make_client: ClientFactory, jwks: JwksServer, keys: dict[str, SigningKey]
 ) -> None:
     """Algorithm confusion: the RSA public key (PEM) used as an HMAC secret."""
     client = make_client(JWT_JWKS_URL=jwks.url)  # no shared secret configured
@@ -167,7 +148,7 @@ def test_hs_token_signed_with_the_public_key_is_401(
 
 
 def test_rs_token_cannot_use_an_hmac_key_from_the_jwks(
-    make_client: AppFactory, jwks: JwksServer
+    make_client: ClientFactory, jwks: JwksServer
 ) -> None:
     secret = b"s" * 32
     k = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
@@ -191,7 +172,7 @@ def test_expired_token_is_401_and_leeway_is_honoured(client: TestClient) -> None
     assert client.get(tasks_url("u1"), headers=bearer(fresh_enough)).status_code == 200
 
 
-def test_leeway_is_configurable(make_client: AppFactory) -> None:
+def test_leeway_is_configurable(make_client: ClientFactory) -> None:
     client = make_client(BETTER_AUTH_SECRET=_secret(SECRET), JWT_LEEWAY_SECONDS=0)
     token = hs_token("u1", exp=int(time.time()) - 5)
     assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
@@ -230,7 +211,7 @@ def _unchecked_hs_token(sub: Any) -> str:
     return jwt.api_jws.encode(json.dumps(payload).encode(), SECRET, algorithm="HS256")
 
 
-def test_user_claim_name_is_configurable(make_client: AppFactory) -> None:
+def test_user_claim_name_is_configurable(make_client: ClientFactory) -> None:
     client = make_client(BETTER_AUTH_SECRET=_secret(SECRET), JWT_USER_CLAIM="user_id")
     token = hs_token("ignored", user_id="u1")
     assert client.get(tasks_url("u1"), headers=bearer(token)).status_code == 200
@@ -238,7 +219,7 @@ def test_user_claim_name_is_configurable(make_client: AppFactory) -> None:
 
 
 def test_issuer_and_audience_are_checked_when_configured(
-    make_client: AppFactory,
+    make_client: ClientFactory,
 ) -> None:
     client = make_client(
         BETTER_AUTH_SECRET=_secret(SECRET),
@@ -278,19 +259,13 @@ def test_other_users_token_is_403_and_writes_nothing(client: TestClient) -> None
     assert client.get(tasks_url(owner), headers=bearer(hs_token(owner))).json() == []
 
 
-def test_403_happens_before_any_database_work(
-    make_client: AppFactory, settings: Settings
-) -> None:
-    engine = create_db_engine(
-        settings, "postgresql+psycopg2://postgres@127.0.0.1:9/none"
+def test_403_happens_before_any_database_work(make_client: ClientFactory) -> None:
+    client = make_client(
+        JWT_SECRET=_secret(SECRET),
+        DATABASE_URL=SecretStr("postgresql://postgres@127.0.0.1:9/none"),
     )
-    app: FastAPI = create_app(
-        settings.model_copy(update={"JWT_SECRET": _secret(SECRET)}), engine
-    )
-    client = TestClient(app, raise_server_exceptions=False)
     response = client.get(tasks_url("owner"), headers=bearer(hs_token("intruder")))
     assert response.status_code == 403  # not 503: the database was never asked
-    engine.dispose()
 
 
 def test_auth_is_checked_before_path_validation(client: TestClient) -> None:
@@ -328,7 +303,7 @@ def test_rotated_key_is_picked_up_on_an_unknown_kid(
 
 
 def test_unreachable_jwks_gives_503_quickly_not_a_hang(
-    make_client: AppFactory, keys: dict[str, SigningKey]
+    make_client: ClientFactory, keys: dict[str, SigningKey]
 ) -> None:
     client = make_client(JWT_JWKS_URL="http://127.0.0.1:9/jwks")
     started = time.monotonic()

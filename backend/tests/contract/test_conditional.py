@@ -4,9 +4,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
-from app.db.engine import SessionFactory
 from tests.factories import create_task, new_user_id, task_payload, tasks_url
 
 UPDATES = [
@@ -151,18 +150,22 @@ def test_keys_are_per_user(client: TestClient) -> None:
     assert second.json()["user_id"] == bob
 
 
-def test_expired_key_creates_anew(client: TestClient, sessions: SessionFactory) -> None:
-    user = new_user_id()
-    first = idempotent_post(client, user, "old-key")
-    with sessions() as session:
-        session.execute(
+def _age_keys(engine: Engine, user: str) -> None:
+    """Make the user's idempotency keys 25 hours old (past the 24 h retention)."""
+    with engine.begin() as connection:
+        connection.execute(
             text(
                 "UPDATE idempotency_key SET created_at = now() - interval '25 hours' "
                 "WHERE user_id = :u"
             ),
             {"u": user},
         )
-        session.commit()
+
+
+def test_expired_key_creates_anew(client: TestClient, engine: Engine) -> None:
+    user = new_user_id()
+    first = idempotent_post(client, user, "old-key")
+    _age_keys(engine, user)
     again = idempotent_post(client, user, "old-key")
     assert again.status_code == 201
     assert again.json()["id"] != first.json()["id"]
@@ -193,22 +196,14 @@ def test_longest_printable_key_is_accepted(client: TestClient) -> None:
 
 
 def test_expired_keys_of_other_users_are_swept(
-    client: TestClient, sessions: SessionFactory
+    client: TestClient, engine: Engine
 ) -> None:
     idle, active = new_user_id(), new_user_id()
     idempotent_post(client, idle, "forgotten")
-    with sessions() as session:
-        session.execute(
-            text(
-                "UPDATE idempotency_key SET created_at = now() - interval '25 hours' "
-                "WHERE user_id = :u"
-            ),
-            {"u": idle},
-        )
-        session.commit()
+    _age_keys(engine, idle)
     assert idempotent_post(client, active, "fresh").status_code == 201
-    with sessions() as session:
-        left = session.execute(
+    with engine.connect() as connection:
+        left = connection.execute(
             text("SELECT count(*) FROM idempotency_key WHERE user_id = :u"), {"u": idle}
         ).scalar_one()
     assert left == 0

@@ -1,20 +1,17 @@
 """C3: every error, whatever produced it, is the same JSON shape; nothing leaks."""
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from pydantic import SecretStr
 
-from app.config import Settings
-from app.db.engine import create_db_engine
-from app.main import create_app
+from tests.conftest import ClientFactory
 from tests.factories import create_task, new_user_id, tasks_url
 
 ERROR_KEYS = {"error", "code", "detail", "fields", "request_id"}
-DEAD_DATABASE = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere"
+DEAD_DATABASE = "postgresql://postgres@127.0.0.1:9/nowhere"
 
 
 def assert_error(response: object, status: int, code: str) -> dict[str, object]:
@@ -157,23 +154,22 @@ def failing_app(app: FastAPI) -> FastAPI:
 
 
 def test_unexpected_exception_is_500_without_internals(failing_app: FastAPI) -> None:
-    response = TestClient(failing_app, raise_server_exceptions=False).get("/explode")
+    with TestClient(failing_app, raise_server_exceptions=False) as client:
+        response = client.get("/explode")
     assert_error(response, 500, "internal_error")
     for leak in ("SELECT", "passwd", "Traceback", "RuntimeError", ".py"):
         assert leak not in response.text
 
 
 @pytest.fixture
-def dead_database_app(settings: Settings) -> Iterator[FastAPI]:
-    engine: Engine = create_db_engine(settings, DEAD_DATABASE)
-    yield create_app(settings, engine)
-    engine.dispose()
+def dead_database(make_client: ClientFactory) -> TestClient:
+    return make_client(DATABASE_URL=SecretStr(DEAD_DATABASE))
 
 
 def test_database_unreachable_is_503_with_retry_after(
-    dead_database_app: FastAPI,
+    dead_database: TestClient,
 ) -> None:
-    client = TestClient(dead_database_app, raise_server_exceptions=False)
+    client = dead_database
     for response in (
         client.get(tasks_url("u1")),
         client.post(tasks_url("u1"), json={"title": "x"}),
@@ -183,8 +179,8 @@ def test_database_unreachable_is_503_with_retry_after(
         assert "9" not in str(body["error"])  # no host, port or driver message
 
 
-def test_health_reports_disconnected_database(dead_database_app: FastAPI) -> None:
-    response = TestClient(dead_database_app).get("/health")
+def test_health_reports_disconnected_database(dead_database: TestClient) -> None:
+    response = dead_database.get("/health")
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unhealthy"

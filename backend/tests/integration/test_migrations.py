@@ -5,7 +5,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect
 
-from app.db.migrations import alembic_config, include_object, migrate
+from app.db.migrations import SCHEMA_REVISION, alembic_config, include_object, migrate
 from app.models import SQLModel
 from tests.conftest import fresh_database
 
@@ -38,3 +38,12 @@ def test_upgrade_downgrade_upgrade() -> None:
             assert "task" in inspect(engine).get_table_names()
         finally:
             engine.dispose()
+
+
+def test_workers_expect_the_newest_migration() -> None:
+    """A worker checks the schema against SCHEMA_REVISION without loading Alembic;
+    a new migration must move it too."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head == SCHEMA_REVISION

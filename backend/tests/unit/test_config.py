@@ -9,22 +9,6 @@ def make(**env: str) -> Settings:
     return Settings(_env_file=None, **env)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "postgres://u:p@host/db",
-        "postgresql://u:p@host/db",
-        "postgresql+psycopg2://u:p@host/db",
-    ],
-)
-def test_database_url_always_uses_psycopg2(url: str) -> None:
-    settings = make(DATABASE_URL=url)
-    assert settings.DATABASE_URL is not None
-    assert (
-        settings.DATABASE_URL.get_secret_value() == "postgresql+psycopg2://u:p@host/db"
-    )
-
-
 def test_neon_url_keeps_its_tls_parameters() -> None:
     url = "postgresql://u:p@ep-x-pooler.eu-central-1.aws.neon.tech/db?sslmode=require&channel_binding=require"
     settings = make(DATABASE_URL=url)
@@ -128,7 +112,7 @@ def test_production_requires_a_cursor_secret(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_env_example_as_is_is_a_valid_configuration() -> None:
-    from app.db.engine import PROJECT_ROOT
+    from app.db.embedded import PROJECT_ROOT
 
     settings = Settings(_env_file=PROJECT_ROOT / ".env.example")  # type: ignore[call-arg]
     assert settings.CURSOR_SECRET is None

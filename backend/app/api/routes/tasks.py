@@ -70,27 +70,29 @@ _PAGED = {
     response_model=TaskPublic,
     responses={201: _CREATED, **errors(409, 413, 415, 422)},
 )
-def create_task(
+async def create_task(
     user_id: UserIdPath,
     body: TaskCreate,
     service: TaskServiceDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a task (repeat-safe with an Idempotency-Key)."""
-    task = service.create(user_id=user_id, data=body, idempotency_key=idempotency_key)
+    task = await service.create(
+        user_id=user_id, data=body, idempotency_key=idempotency_key
+    )
     location = {"Location": f"/api/{user_id}/tasks/{task['id']}"}
     return task_response(task, status.HTTP_201_CREATED, location)
 
 
 @router.get("", response_model=list[TaskPublic], responses={200: _PAGED, **errors()})
-def list_tasks(
+async def list_tasks(
     request: Request,
     user_id: UserIdPath,
     query: Annotated[TaskListQuery, Query()],
     service: TaskServiceDep,
 ) -> Response:
     """List the user's tasks: filters, sort and keyset pages (newest first)."""
-    page = service.list(user_id=user_id, query=query)
+    page = await service.list(user_id=user_id, query=query)
     headers = {}
     if page.next_cursor is not None:
         next_url = request.url.include_query_params(cursor=page.next_cursor)
@@ -108,14 +110,14 @@ def list_tasks(
         **errors(404),
     },
 )
-def get_task(
+async def get_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     service: TaskServiceDep,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Get one task (304 when If-None-Match has its current ETag)."""
-    task = service.get(user_id=user_id, task_id=task_id)
+    task = await service.get(user_id=user_id, task_id=task_id)
     if not_modified(if_none_match, task):
         return Response(status_code=304, headers={"ETag": etag(task)})
     return task_response(task)
@@ -126,7 +128,7 @@ def get_task(
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
 )
-def replace_task(
+async def replace_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     body: TaskReplace,
@@ -135,7 +137,7 @@ def replace_task(
 ) -> Response:
     """Replace a task's content; omitted optional fields return to their defaults."""
     versions = if_match_versions(if_match, task_id)
-    task = service.replace(
+    task = await service.replace(
         user_id=user_id, task_id=task_id, data=body, if_match=versions
     )
     return task_response(task)
@@ -146,7 +148,7 @@ def replace_task(
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
 )
-def patch_task(
+async def patch_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     body: TaskPatch,
@@ -155,7 +157,9 @@ def patch_task(
 ) -> Response:
     """Change the given fields only; `null` clears a field."""
     versions = if_match_versions(if_match, task_id)
-    task = service.patch(user_id=user_id, task_id=task_id, data=body, if_match=versions)
+    task = await service.patch(
+        user_id=user_id, task_id=task_id, data=body, if_match=versions
+    )
     return task_response(task)
 
 
@@ -164,7 +168,7 @@ def patch_task(
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
 )
-def toggle_task(
+async def toggle_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     service: TaskServiceDep,
@@ -174,14 +178,14 @@ def toggle_task(
     """Toggle `completed`, setting or clearing `completed_at`."""
     versions = if_match_versions(if_match, task_id)
     return task_response(
-        service.toggle(user_id=user_id, task_id=task_id, if_match=versions)
+        await service.toggle(user_id=user_id, task_id=task_id, if_match=versions)
     )
 
 
 @router.delete(
     "/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 412)
 )
-def delete_task(
+async def delete_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     service: TaskServiceDep,
@@ -189,5 +193,5 @@ def delete_task(
 ) -> Response:
     """Delete a task."""
     versions = if_match_versions(if_match, task_id)
-    service.delete(user_id=user_id, task_id=task_id, if_match=versions)
+    await service.delete(user_id=user_id, task_id=task_id, if_match=versions)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

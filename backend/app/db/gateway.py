@@ -1,0 +1,250 @@
+"""The one way the service talks to PostgreSQL: an asyncpg pool, and exactly the
+operations the service needs.
+
+- `fetch` / `fetch_one`: a read. A pooled connection the server dropped (Neon scaling
+  to zero, a restart) is replaced and the read retried once.
+- `write_one`: one statement, atomic by itself: no BEGIN/COMMIT round trips, and
+  never retried (it may have committed before the connection died).
+- `transaction()`: several statements, one commit.
+
+Statements are built with SQLAlchemy Core from the SQLModel tables and compiled once
+per shape (`Query`); rows come back as the TypedDict the query names. Driver errors
+stop here: a connection-level failure is `DatabaseUnavailable` (503), a lock wait
+past `lock_timeout` is `LockTimeout`, so the service never imports the driver."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeAlias, TypeVar, cast
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from app.config import Settings
+from app.db.url import DatabaseURL
+from app.errors import DatabaseUnavailable
+from app.observability import metrics
+
+logger = logging.getLogger("app.db")
+R = TypeVar("R", bound=Mapping[str, Any])
+_DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+# SQLSTATE classes of a server that cannot serve us now: 08 connection exception,
+# 53 insufficient resources (too many connections), 57 operator intervention
+# (shutdown, statement timeout, cannot connect now).
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+class LockTimeout(Exception):
+    """A statement waited longer than the transaction's lock_timeout."""
+
+
+@dataclass(frozen=True)
+class Query(Generic[R]):
+    """A statement compiled for asyncpg: its SQL, its parameters' names in
+    positional order, and the values the statement itself binds."""
+
+    sql: str
+    names: tuple[str, ...]
+    bound: Mapping[str, Any]
+    row: type[R]
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params[n] if n in params else self.bound[n] for n in self.names]
+
+
+def compile_query(statement: ClauseElement, row: type[R]) -> Query[R]:
+    """Compile once; run many times with `bindparam` values."""
+    compiled = cast(SQLCompiler, statement.compile(dialect=_DIALECT))
+    names = tuple(compiled.positiontup or ())
+    return Query(compiled.string, names, compiled.params, row)
+
+
+_Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a protocol left mid-operation
+    OSError,
+)
+
+
+def _closed(connection: _Connection) -> bool:
+    """Closed, or already handed back to the pool (which it is once it closed)."""
+    try:
+        return connection.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
+def _translate(exc: Exception, connection: _Connection | None) -> Exception:
+    """A driver error as the service sees it: LockTimeout, DatabaseUnavailable when
+    the connection or the server failed (rather than the statement), else itself."""
+    if getattr(exc, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+        return LockTimeout()
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if (
+        connection is None  # no connection could be had
+        or _closed(connection)  # it died under us
+        or isinstance(
+            exc,
+            OSError
+            | asyncpg.ConnectionDoesNotExistError
+            | asyncpg.exceptions.InternalClientError,
+        )
+        or sqlstate[:2] in _UNAVAILABLE_CLASSES
+    ):
+        if connection is not None and not _closed(connection):
+            # Half-broken (e.g. the server is shutting it down): never reuse it.
+            connection.terminate()
+        metrics.DB_ERRORS.inc()
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return DatabaseUnavailable()
+    return exc
+
+
+@contextmanager
+def _driver_errors(connection: _Connection | None) -> Iterator[None]:
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        translated = _translate(exc, connection)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+class Transaction:
+    """Statements on one connection inside BEGIN … COMMIT."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+
+    async def fetch_one(self, query: Query[R], **params: Any) -> R | None:
+        record = await self._connection.fetchrow(query.sql, *query.args(params))
+        return None if record is None else cast(R, dict(record))
+
+    async def execute(self, query: Query[Any], **params: Any) -> None:
+        await self._connection.execute(query.sql, *query.args(params))
+
+
+async def _keep(_connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Pool reset: nothing to undo. Statements never change session state (any
+    SET is LOCAL to a transaction), so the reset query round trip is skipped;
+    asyncpg still rolls back a transaction left open."""
+
+
+class Database:
+    def __init__(self, settings: Settings, url: DatabaseURL) -> None:
+        self._settings = settings
+        self._url = url
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        """Create the pool. No connection is opened until one is needed, so a
+        worker starts (and answers /health with 503) while the database is down."""
+        settings = self._settings
+        server_settings = {"application_name": "task-api"}
+        if settings.DB_STATEMENT_TIMEOUT_MS:
+            server_settings["statement_timeout"] = str(settings.DB_STATEMENT_TIMEOUT_MS)
+        connect_args = {"timeout": 5, **self._url.connect_args}
+        self._pool = await asyncpg.create_pool(
+            self._url.dsn,
+            min_size=0,
+            max_size=settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW,
+            max_inactive_connection_lifetime=max(settings.DB_POOL_RECYCLE, 0),
+            statement_cache_size=self._statement_cache_size(),
+            server_settings=server_settings,
+            reset=_keep,
+            **connect_args,
+        )
+
+    def _statement_cache_size(self) -> int:
+        """Named prepared statements save a round trip per statement, but a pooler
+        in transaction mode may run the next statement on another server
+        connection, where the name is unknown: off behind Neon's pooler unless set."""
+        if self._settings.DB_STATEMENT_CACHE_SIZE is not None:
+            return self._settings.DB_STATEMENT_CACHE_SIZE
+        return 0 if "-pooler" in self._url.host else 100
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Database.open() was not called")
+        return self._pool
+
+    async def fetch(self, query: Query[R], **params: Any) -> list[R]:
+        """All rows of a read (retried once on a dropped connection)."""
+        records = await self._read(lambda c: c.fetch(query.sql, *query.args(params)))
+        return [cast(R, dict(record)) for record in records]
+
+    async def fetch_one(self, query: Query[R], **params: Any) -> R | None:
+        """The first row of a read, or None (retried once on a dropped connection)."""
+        record = await self._read(lambda c: c.fetchrow(query.sql, *query.args(params)))
+        return None if record is None else cast(R, dict(record))
+
+    async def write_one(self, query: Query[R], **params: Any) -> R | None:
+        """Run one statement outside any transaction block; its RETURNING row."""
+        async with self._connection() as connection:
+            with _driver_errors(connection):
+                record = await connection.fetchrow(query.sql, *query.args(params))
+        return None if record is None else cast(R, dict(record))
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, lock_timeout_ms: int | None = None
+    ) -> AsyncIterator[Transaction]:
+        """BEGIN … COMMIT around the block (ROLLBACK when it raises)."""
+        async with self._connection() as connection:
+            with _driver_errors(connection):
+                async with connection.transaction():
+                    if lock_timeout_ms is not None:
+                        await connection.execute(
+                            f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"
+                        )
+                    yield Transaction(connection)
+
+    async def ping(self) -> None:
+        """One round trip (health checks); DatabaseUnavailable when it fails."""
+        await self._read(lambda c: c.fetchval("SELECT 1"))
+
+    def connections_in_use(self) -> int:
+        pool = self._pool
+        return 0 if pool is None else pool.get_size() - pool.get_idle_size()
+
+    async def _read(self, run: Callable[[_Connection], Awaitable[Any]]) -> Any:
+        for attempt in (1, 2):
+            async with self._connection() as connection:
+                try:
+                    return await run(connection)
+                except _DRIVER_ERRORS:
+                    if attempt == 2 or not _closed(connection):
+                        with _driver_errors(connection):
+                            raise
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Connection]:
+        """A pooled connection within DB_POOL_TIMEOUT, or DatabaseUnavailable."""
+        try:
+            acquired = await self.pool.acquire(timeout=self._settings.DB_POOL_TIMEOUT)
+        except TimeoutError:
+            metrics.POOL_TIMEOUTS.inc()
+            metrics.DB_ERRORS.inc()
+            raise DatabaseUnavailable(detail="no database connection free") from None
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc, None) from exc
+        try:
+            yield acquired
+        finally:
+            await self.pool.release(acquired)

@@ -1,0 +1,121 @@
+"""The database gateway against a real PostgreSQL: one statement is atomic without
+BEGIN, a transaction commits all or nothing, reads (never writes) survive a dropped
+connection, and a full pool is a 503 after DB_POOL_TIMEOUT."""
+
+from collections.abc import AsyncIterator
+from typing import Any, TypedDict
+
+import asyncpg
+import pytest
+from sqlalchemy import Engine, text
+
+from app.config import Settings
+from app.db.gateway import Database, compile_query
+from app.db.url import parse_database_url
+from app.errors import DatabaseUnavailable
+from tests.factories import new_user_id
+
+pytestmark = pytest.mark.anyio
+
+
+class Count(TypedDict):
+    n: int
+
+
+INSERT = compile_query(
+    text("INSERT INTO task (user_id, title) VALUES (:user_id, 'x') RETURNING id"),
+    dict,
+)
+COUNT = compile_query(
+    text("SELECT count(*) AS n FROM task WHERE user_id = :user_id"), Count
+)
+FAIL = compile_query(text("SELECT 1 / 0 AS n"), Count)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def database(settings: Settings, engine: Engine) -> AsyncIterator[Database]:
+    one = settings.model_copy(update={"DB_POOL_SIZE": 1, "DB_POOL_TIMEOUT": 0.5})
+    url = settings.DATABASE_URL
+    assert url is not None
+    database = Database(one, parse_database_url(url.get_secret_value()))
+    await database.open()
+    yield database
+    await database.close()
+
+
+async def _log_queries(database: Database) -> list[str]:
+    """Every statement the pool's one connection sends from now on."""
+    sent: list[str] = []
+    async with database.pool.acquire() as connection:
+        connection.add_query_logger(lambda logged: sent.append(logged.query))
+    return sent
+
+
+async def test_write_one_sends_no_begin(database: Database) -> None:
+    sent = await _log_queries(database)
+    await database.write_one(INSERT, user_id=new_user_id())
+    assert sent == [INSERT.sql]
+
+
+async def test_transaction_wraps_its_statements(database: Database) -> None:
+    sent = await _log_queries(database)
+    async with database.transaction() as tx:
+        await tx.execute(INSERT, user_id=new_user_id())
+    assert [q.split()[0].upper().rstrip(";") for q in sent] == [
+        "BEGIN",
+        "INSERT",
+        "COMMIT",
+    ]
+
+
+async def test_failing_second_statement_leaves_nothing_behind(
+    database: Database,
+) -> None:
+    user = new_user_id()
+    with pytest.raises(asyncpg.DivisionByZeroError):  # noqa: PT012 - the block is the unit
+        async with database.transaction() as tx:
+            await tx.execute(INSERT, user_id=user)
+            await tx.fetch_one(FAIL)
+    assert await database.fetch_one(COUNT, user_id=user) == {"n": 0}
+
+
+async def _drop_the_connection(database: Database, engine: Engine) -> None:
+    async with database.pool.acquire() as connection:
+        pid = connection.get_server_pid()
+    with engine.begin() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+async def test_read_is_retried_on_a_dropped_connection(
+    database: Database, engine: Engine
+) -> None:
+    user = new_user_id()
+    await database.write_one(INSERT, user_id=user)
+    await _drop_the_connection(database, engine)
+    assert await database.fetch_one(COUNT, user_id=user) == {"n": 1}
+
+
+async def test_write_is_not_retried_on_a_dropped_connection(
+    database: Database, engine: Engine
+) -> None:
+    user = new_user_id()
+    await _drop_the_connection(database, engine)
+    with pytest.raises(DatabaseUnavailable):
+        await database.write_one(INSERT, user_id=user)
+    assert await database.fetch_one(COUNT, user_id=user) == {"n": 0}
+
+
+async def test_full_pool_is_unavailable_after_the_pool_timeout(
+    database: Database,
+) -> None:
+    held: Any = await database.pool.acquire()
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await database.fetch(COUNT, user_id="anyone")
+    finally:
+        await database.pool.release(held)

@@ -1,0 +1,106 @@
+"""DATABASE_URL as users paste it, translated for asyncpg (request path) and
+psycopg2 (Alembic); what neither can honour is refused with one line."""
+
+import ssl
+from urllib.parse import unquote
+
+import pytest
+
+from app.config import ConfigError, Settings, load_settings
+from app.db.gateway import Database
+from app.db.url import parse_database_url
+
+NEON = (
+    "postgresql://alex:pw@ep-cool-1234-pooler.eu-central-1.aws.neon.tech/neondb"
+    "?sslmode=require&channel_binding=require"
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:p@host:5433/db",
+        "postgresql://u:p@host:5433/db",
+        "postgresql+psycopg2://u:p@host:5433/db",
+        "postgresql+asyncpg://u:p@host:5433/db",
+    ],
+)
+def test_every_scheme_users_paste_works(url: str) -> None:
+    parsed = parse_database_url(url)
+    assert parsed.dsn == "postgresql://u:p@host:5433/db"
+    assert parsed.sync_url == "postgresql+psycopg2://u:p@host:5433/db"
+
+
+def test_neon_channel_binding_becomes_a_verified_certificate() -> None:
+    parsed = parse_database_url(NEON)
+    assert "channel_binding" not in parsed.dsn
+    assert "sslmode" not in parsed.dsn  # the verifying context below decides
+    context = parsed.connect_args["ssl"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert parsed.sync_url.endswith("?sslmode=require&channel_binding=require")
+
+
+def test_libpq_parameters_asyncpg_reads_are_passed_on() -> None:
+    url = (
+        "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x"
+    )
+    parsed = parse_database_url(url)
+    assert unquote(parsed.dsn) == url
+    assert parsed.connect_args == {}
+
+
+def test_connect_timeout_becomes_the_drivers_timeout() -> None:
+    parsed = parse_database_url("postgresql://u@h/db?connect_timeout=7")
+    assert parsed.connect_args == {"timeout": 7}
+    assert "connect_timeout" not in parsed.dsn
+
+
+def test_embedded_servers_socket_url_works() -> None:
+    url = "postgresql://postgres:@/postgres?host=/tmp/pg"
+    assert (
+        parse_database_url(url).dsn
+        == "postgresql://postgres:@/postgres?host=%2Ftmp%2Fpg"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://u@h/db", "postgresql://"),
+        ("postgresql://u@h:99999/db", "port"),
+        ("postgresql://u@h/db?gssencmode=require", "'gssencmode'"),
+        ("postgresql://u@h/db?channel_binding=maybe", "channel_binding"),
+        ("postgresql://u@h/db?sslmode=disable&channel_binding=require", "TLS"),
+        ("postgresql://u@h/db?connect_timeout=soon", "connect_timeout"),
+    ],
+)
+def test_what_cannot_be_honoured_is_one_line(
+    url: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert message.startswith("configuration error: DATABASE_URL: ")
+    assert says in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "setting", "size"),
+    [
+        (NEON, "", 0),  # Neon's pooler: no named prepared statements
+        ("postgresql://u@db.internal/app", "", 100),
+        (NEON, "50", 50),  # an explicit setting wins
+    ],
+)
+def test_statement_cache_is_off_behind_neons_pooler_unless_set(
+    url: str, setting: str, size: int
+) -> None:
+    settings = Settings(
+        _env_file=None, DATABASE_URL=url, DB_STATEMENT_CACHE_SIZE=setting
+    )  # type: ignore[call-arg, arg-type]
+    database = Database(settings, parse_database_url(url))
+    assert database._statement_cache_size() == size
