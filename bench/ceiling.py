@@ -1,6 +1,8 @@
 """The framework ceiling: our app, every middleware and the auth dependency, plus one
 route that returns a pre-built 100-task list serialised per request, never touching
-the database. `uvicorn bench.ceiling:create_app --factory`"""
+the database (`uvicorn bench.ceiling:create_app --factory`); and the floor it is held
+against, a bare FastAPI app with the same route and nothing else
+(`uvicorn bench.ceiling:create_bare_app --factory`)."""
 
 from datetime import UTC, datetime
 
@@ -35,7 +37,17 @@ def create_app() -> FastAPI:
     app = create_service()
 
     @app.get("/ceiling/{user_id}/tasks", dependencies=[Depends(authorize)])
-    def ceiling() -> Response:
+    async def ceiling() -> Response:
+        return Response(dump(_RECORDS), media_type=JSON)
+
+    return app
+
+
+def create_bare_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/ceiling/{user_id}/tasks")
+    async def ceiling() -> Response:
         return Response(dump(_RECORDS), media_type=JSON)
 
     return app
