@@ -2,13 +2,20 @@
 DATABASE_URL is set, apply migrations, then serve with uvicorn."""
 
 import os
+import signal
 import subprocess
 import sys
+from types import FrameType
 
 import uvicorn
 
 from app.config import load_settings
+from app.edge.protocol import BoundedHttpToolsProtocol
 from app.observability.logging import configure_logging
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    sys.exit(0)
 
 
 def main() -> None:
@@ -27,6 +34,10 @@ def main() -> None:
     migrated = subprocess.run([sys.executable, "-m", "app.db.migrations"], check=False)
     if migrated.returncode != 0:
         sys.exit(migrated.returncode)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal
+    # again; these handlers make that a clean exit 0, not death by signal.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -37,6 +48,9 @@ def main() -> None:
         server_header=False,
         log_config=None,
         timeout_graceful_shutdown=20,
+        http=BoundedHttpToolsProtocol,
+        timeout_keep_alive=settings.HTTP_KEEPALIVE_TIMEOUT,
+        backlog=settings.HTTP_BACKLOG,
     )
 
 

@@ -68,6 +68,22 @@ class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     WEB_CONCURRENCY: int = Field(default=1, ge=1, le=64)
+    # The HTTP edge, per worker (specs/006-operations). Idle keep-alive connections
+    # are kept longer than a load balancer's idle timeout (60 s on most), so the
+    # balancer, not the service, closes them.
+    HTTP_KEEPALIVE_TIMEOUT: int = Field(default=75, ge=1, le=3600)
+    # A request (head and body) must arrive within this many seconds of its
+    # first byte; a new connection must send one within it.
+    HTTP_REQUEST_TIMEOUT: float = Field(default=10.0, gt=0, le=300)
+    # Open connections per worker; beyond it a new one is answered 503 and closed.
+    HTTP_MAX_CONNECTIONS: int = Field(default=16_384, ge=1, le=1_000_000)
+    # Requests being served at once per worker; beyond it 503 + Retry-After at
+    # once, so an overload queues at most this many (the latency it adds is
+    # bounded) instead of slowing every request down.
+    HTTP_MAX_IN_FLIGHT: int = Field(default=2_048, ge=1, le=1_000_000)
+    # The listen backlog: connections the kernel holds before the worker
+    # accepts them (capped by net.core.somaxconn).
+    HTTP_BACKLOG: int = Field(default=4_096, ge=1, le=65_535)
 
     @field_validator("ENVIRONMENT", "LOG_LEVEL", mode="before")
     @classmethod

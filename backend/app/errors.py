@@ -148,6 +148,25 @@ class UnsupportedMediaType(AppError):
     message = "Request body must be application/json"
 
 
+class RequestTimeout(AppError):
+    status_code = 408
+    code = "request_timeout"
+    message = "The request did not arrive in time"
+
+
+class HeadersTooLarge(AppError):
+    status_code = 431
+    code = "headers_too_large"
+    message = "The request line and headers are too large"
+
+
+class Overloaded(AppError):
+    status_code = 503
+    code = "overloaded"
+    message = "The service is at capacity, try again shortly"
+    retry_after = 1
+
+
 class DatabaseUnavailable(AppError):
     status_code = 503
     code = "database_unavailable"

@@ -14,7 +14,11 @@ from app.db.gateway import Database
 from app.db.migrations import ensure_schema
 from app.db.url import parse_database_url
 from app.edge.auth import TokenVerifier
-from app.edge.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from app.edge.middleware import (
+    BodyGuardMiddleware,
+    LoadShedMiddleware,
+    RequestContextMiddleware,
+)
 from app.edge.ratelimit import MemoryStore, RateLimiter, RedisStore
 from app.errors import register_exception_handlers
 from app.observability.logging import configure_logging
@@ -92,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first: CORS wraps everything, so even a 500 carries its headers.
     app.add_middleware(BodyGuardMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(LoadShedMiddleware, limit=settings.HTTP_MAX_IN_FLIGHT)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -58,7 +58,7 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(ENVIRONMENT="test", DATABASE_URL=database_url, _env_file=None)  # type: ignore[call-arg]
+    return Settings(ENVIRONMENT="test", DATABASE_URL=database_url, _env_file=None)
 
 
 @pytest.fixture(scope="session")

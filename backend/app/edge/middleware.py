@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids and access logs, and the request body guard."""
+"""Pure ASGI middleware: load shedding, request ids and access logs, and the
+request body guard."""
 
 import logging
 import os
@@ -9,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import (
     AppError,
+    Overloaded,
     PayloadTooLarge,
     UnsupportedMediaType,
     error_response,
@@ -34,6 +36,32 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+class LoadShedMiddleware:
+    """At most `limit` requests in the app at once; beyond that, 503 + Retry-After
+    at once. Under overload the service keeps answering at its full rate with a
+    bounded wait, instead of sharing the CPU among an ever-growing crowd of
+    requests that all become slow (and whose clients give up)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            metrics.SHED.inc()
+            await error_response(Overloaded(), None)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class RequestContextMiddleware:

@@ -27,6 +27,7 @@ DB_ERRORS = Counter(
     "db_errors_total", "Requests failed by the database being unavailable"
 )
 RATE_LIMITED = Counter("rate_limited_total", "Requests refused by the rate limiter")
+SHED = Counter("shed_total", "Requests refused because the worker was at capacity")
 
 
 def observe(method: str, route: str, status: int, seconds: float) -> None:

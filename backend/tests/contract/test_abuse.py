@@ -47,7 +47,7 @@ def test_malformed_rate_limit_is_a_config_error(value: str) -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="RATE_LIMIT"):
-        Settings(_env_file=None, RATE_LIMIT=value)  # type: ignore[call-arg]
+        Settings(_env_file=None, RATE_LIMIT=value)
 
 
 def _bearer(user: str) -> dict[str, str]:

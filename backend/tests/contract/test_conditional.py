@@ -183,7 +183,7 @@ def test_bad_idempotency_key_is_400(client: TestClient, key: str) -> None:
     response = client.post(
         tasks_url(user),
         json=task_payload(),
-        headers={"Idempotency-Key": key.encode("utf-8")},  # type: ignore[dict-item]
+        headers={"Idempotency-Key": key.encode("utf-8")},
     )
     assert response.status_code == 400
     assert response.json()["fields"][0]["field"] == "Idempotency-Key"

@@ -22,7 +22,7 @@ def user(client: TestClient) -> str:
 @pytest.fixture
 def mixed(client: TestClient, user: str) -> dict[str, dict[str, Any]]:
     """Five tasks with distinct fields, created in this order."""
-    specs = {
+    specs: dict[str, dict[str, Any]] = {
         "a": {
             "title": "Buy MILK",
             "priority": "high",
@@ -226,7 +226,7 @@ def test_default_limit_is_1000(client: TestClient, user: str) -> None:
 
 def _first_cursor(client: TestClient, user: str, **params: Any) -> str:
     response = client.get(tasks_url(user), params={"limit": 1, **params})
-    return response.headers["x-next-cursor"]
+    return str(response.headers["x-next-cursor"])
 
 
 def test_cursor_of_another_user_is_400(

@@ -1,7 +1,10 @@
 """C1/C2 E2, E3: reading tasks, owner scoping, and path formats."""
 
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 
 from tests.factories import create_task, new_user_id, tasks_url
 
@@ -24,7 +27,10 @@ def test_get_other_users_task_is_indistinguishable_from_missing(
     foreign = client.get(tasks_url(intruder, task["id"]))
     missing = client.get(tasks_url(intruder, MAX_ID))
     assert foreign.status_code == missing.status_code == 404
-    strip = lambda r: {k: v for k, v in r.json().items() if k != "request_id"}  # noqa: E731
+
+    def strip(response: Response) -> dict[str, Any]:
+        return {k: v for k, v in response.json().items() if k != "request_id"}
+
     assert (
         strip(foreign)
         == strip(missing)

@@ -167,7 +167,7 @@ def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(database: str) -
     user = new_user_id()
     env = {"DB_POOL_SIZE": "2", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "1"}
     with (
-        running_server(database, **env) as base,
+        running_server(database, None, **env) as base,
         httpx.Client(base_url=base, timeout=30) as c,
     ):
         task = c.post(tasks_url(user), json={"title": "contended"}).json()
@@ -234,8 +234,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(database: str) -> Non
         lock.close()
         for thread in in_flight:
             thread.join()
-        # uvicorn re-raises the signal once shut down, so the exit status says SIGTERM
-        assert process.wait(timeout=15) in (0, -signal.SIGTERM)
+        assert process.wait(timeout=15) == 0  # a clean shutdown, not death by signal
     assert results == [200, 200, 200]
     engine = create_engine(database)
     with engine.connect() as conn:

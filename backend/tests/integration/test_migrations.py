@@ -4,9 +4,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy.dialects.postgresql.base import PGInspector
+from sqlmodel import SQLModel
 
 from app.db.migrations import SCHEMA_REVISION, alembic_config, include_object, migrate
-from app.models import SQLModel
 from tests.conftest import fresh_database
 
 
@@ -32,6 +33,7 @@ def test_upgrade_downgrade_upgrade() -> None:
             with engine.begin() as connection:
                 command.downgrade(alembic_config(connection), "base")
             inspector = inspect(engine)
+            assert isinstance(inspector, PGInspector)
             assert inspector.get_table_names() == ["alembic_version"]
             assert inspector.get_enums() == []
             migrate(engine)

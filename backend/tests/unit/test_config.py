@@ -27,7 +27,7 @@ def test_cors_origins_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> No
     assert Settings(_env_file=None).cors_origins == [
         "https://a.example",
         "https://b.example",
-    ]  # type: ignore[call-arg]
+    ]
 
 
 def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> None:
@@ -114,7 +114,7 @@ def test_production_requires_a_cursor_secret(monkeypatch: pytest.MonkeyPatch) ->
 def test_env_example_as_is_is_a_valid_configuration() -> None:
     from app.db.embedded import PROJECT_ROOT
 
-    settings = Settings(_env_file=PROJECT_ROOT / ".env.example")  # type: ignore[call-arg]
+    settings = Settings(_env_file=PROJECT_ROOT / ".env.example")
     assert settings.CURSOR_SECRET is None
     assert settings.rate_limit is None
     assert settings.auth_enabled is False

@@ -101,6 +101,6 @@ def test_statement_cache_is_off_behind_neons_pooler_unless_set(
 ) -> None:
     settings = Settings(
         _env_file=None, DATABASE_URL=url, DB_STATEMENT_CACHE_SIZE=setting
-    )  # type: ignore[call-arg, arg-type]
+    )
     database = Database(settings, parse_database_url(url))
     assert database._statement_cache_size() == size

@@ -31,7 +31,7 @@ def test_non_control_unicode_is_fine_in_tags() -> None:
 
 
 def test_due_at_is_normalised_to_utc() -> None:
-    task = TaskCreate(title="t", due_at="2026-06-01T12:00:00-04:00")  # type: ignore[arg-type]
+    task = TaskCreate(title="t", due_at="2026-06-01T12:00:00-04:00")
     assert task.due_at == datetime(2026, 6, 1, 16, 0, tzinfo=UTC)
     assert task.due_at is not None
     assert task.due_at.tzinfo is UTC
@@ -39,7 +39,7 @@ def test_due_at_is_normalised_to_utc() -> None:
 
 def test_due_at_rejects_datetime_without_offset() -> None:
     with pytest.raises(ValidationError, match="offset"):
-        TaskCreate(title="t", due_at="2026-06-01T12:00:00")  # type: ignore[arg-type]
+        TaskCreate(title="t", due_at="2026-06-01T12:00:00")
 
 
 def test_read_only_fields_are_dropped_before_validation() -> None:

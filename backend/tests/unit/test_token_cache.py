@@ -7,7 +7,6 @@ import jwt
 import pytest
 
 from app.config import Settings
-from app.edge import auth
 from app.edge.auth import TokenVerifier
 from app.errors import UnauthorizedError
 
@@ -16,7 +15,7 @@ SECRET = "unit-secret-" + "s" * 32
 
 def verifier() -> TokenVerifier:
     return TokenVerifier(
-        Settings(_env_file=None, JWT_SECRET=SECRET, JWT_LEEWAY_SECONDS=0)  # type: ignore[call-arg]
+        Settings(_env_file=None, JWT_SECRET=SECRET, JWT_LEEWAY_SECONDS=0)
     )
 
 
@@ -37,13 +36,13 @@ def test_repeats_skip_the_signature_check(monkeypatch: pytest.MonkeyPatch) -> No
     def no_crypto(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(auth.jwt, "decode", no_crypto)
+    monkeypatch.setattr(jwt, "decode", no_crypto)
     assert asyncio.run(check.user_id(token)) == "u1"
 
 
 def test_the_cache_is_bounded() -> None:
     check = verifier()
-    check.CACHE_SIZE = 3  # type: ignore[misc]
+    check.CACHE_SIZE = 3
     for i in range(5):
         token = jwt.encode(
             {"sub": f"u{i}", "exp": int(time.time()) + 60}, SECRET, "HS256"

@@ -1,0 +1,155 @@
+"""The HTTP edge of a real server process: request heads are bounded, requests
+that do not arrive in time and idle connections are closed, and a worker holds at
+most HTTP_MAX_CONNECTIONS connections (specs/006-operations)."""
+
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import psutil
+import pytest
+
+from tests.server import server_process
+
+LIMITS = {
+    "HTTP_REQUEST_TIMEOUT": "1",
+    "HTTP_KEEPALIVE_TIMEOUT": "1",
+    "HTTP_MAX_CONNECTIONS": "20",
+}
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, engine: object) -> Iterator[tuple[str, int]]:
+    with server_process(database_url, None, **LIMITS) as (base_url, process):
+        yield base_url, process.pid
+
+
+def _connect(base_url: str) -> socket.socket:
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(response: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in lines)}
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def test_an_oversized_head_is_refused_431_and_costs_no_memory(
+    server: tuple[str, int],
+) -> None:
+    base_url, pid = server
+    worker = psutil.Process(pid)
+    before = worker.memory_info().rss
+    for _ in range(5):
+        with _connect(base_url) as sock:
+            header = b"X-Big: " + b"a" * (8 * 1024 * 1024) + b"\r\n"
+            request = b"GET /health HTTP/1.1\r\nHost: t\r\n" + header + b"\r\n"
+            # The server may close after its 431, before the rest was sent.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request)
+            status, headers, body = _error(_read_all(sock))
+        assert status == 431
+        assert headers["connection"] == "close"
+        assert body["code"] == "headers_too_large"
+    assert worker.memory_info().rss - before < 10 * 1024 * 1024
+    assert httpx.get(base_url + "/health").status_code == 200
+
+
+def test_a_head_trickled_in_pieces_is_cut_off_at_the_cap(
+    server: tuple[str, int],
+) -> None:
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n")
+        refused = False
+        for _ in range(64):  # 64 x 4 KiB = 256 KiB, eight times the cap
+            try:
+                sock.sendall(b"X-Pad: " + b"p" * 4096 + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                refused = True
+                break
+            time.sleep(0.005)
+        response = _read_all(sock)
+    assert refused or response
+    assert _error(response)[0] == 431
+
+
+def test_a_head_that_stops_coming_gets_408_within_the_request_timeout(
+    server: tuple[str, int],
+) -> None:
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n")  # and no blank line
+        status, _, body = _error(_read_all(sock))
+    assert status == 408
+    assert body["code"] == "request_timeout"
+    assert 0.9 < time.monotonic() - started < 4
+
+
+def test_a_connection_that_sends_nothing_is_closed(server: tuple[str, int]) -> None:
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        started = time.monotonic()
+        assert _read_all(sock) == b""
+    assert 0.9 < time.monotonic() - started < 4
+
+
+def test_a_body_that_stops_coming_is_cut_off(server: tuple[str, int]) -> None:
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            b"POST /api/slow/tasks HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        _read_all(sock)
+    assert time.monotonic() - started < 4
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(
+    server: tuple[str, int],
+) -> None:
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        first = sock.recv(65536)
+        started = time.monotonic()
+        assert first.startswith(b"HTTP/1.1 200")
+        assert _read_all(sock) == b""
+    assert 0.9 < time.monotonic() - started < 4
+
+
+def test_connections_beyond_the_cap_get_503_and_the_rest_are_served(
+    server: tuple[str, int],
+) -> None:
+    base_url, _ = server
+    held = [_connect(base_url) for _ in range(20)]
+    try:
+        time.sleep(0.2)
+        with _connect(base_url) as extra:
+            status, headers, body = _error(_read_all(extra))
+        assert status == 503
+        assert headers["retry-after"] == "1"
+        assert body["code"] == "overloaded"
+        held[0].sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    assert httpx.get(base_url + "/health").status_code == 200

@@ -1,0 +1,60 @@
+"""LoadShedMiddleware: at most `limit` requests inside the app; the next gets 503
+`overloaded` + Retry-After at once, and a slot frees when a request ends."""
+
+import json
+
+import anyio
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from app.edge.middleware import LoadShedMiddleware
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+SCOPE: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _call(app: LoadShedMiddleware) -> list[Message]:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(SCOPE, _receive, send)
+    return sent
+
+
+async def test_requests_beyond_the_limit_get_503_until_one_finishes() -> None:
+    release = anyio.Event()
+    entered = 0
+
+    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal entered
+        entered += 1
+        await release.wait()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = LoadShedMiddleware(slow_app, limit=2)
+    async with anyio.create_task_group() as group:
+        group.start_soon(_call, app)
+        group.start_soon(_call, app)
+        await anyio.wait_all_tasks_blocked()
+        start, body = await _call(app)
+        assert start["status"] == 503
+        assert (b"retry-after", b"1") in start["headers"]
+        assert json.loads(body["body"])["code"] == "overloaded"
+        release.set()
+    assert entered == 2
+    assert app.in_flight == 0
+    assert (await _call(app))[0]["status"] == 204
