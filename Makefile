@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-pgbouncer lint format openapi token bench
+.PHONY: install run test test-pgbouncer scale-out lint format openapi token bench
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ test: install
 # The contract suite again, unchanged, through PgBouncer in transaction pooling mode.
 test-pgbouncer: install
 	scripts/with-pgbouncer.sh $(PY) -m pytest backend/tests/contract -q
+
+# Three instances behind HAProxy, with PgBouncer and a shared Redis, until Ctrl-C
+# (specs/006-operations: "Running N instances").
+scale-out: install
+	scripts/scale-out.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
