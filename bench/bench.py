@@ -1,7 +1,7 @@
 """`make bench`: the service against the typical implementation, side by side.
 
     PYTHONPATH=backend:. .venv/bin/python bench/bench.py [--large] [--duration S]
-        [--warmup S] [--connections 16,64] [--workers N] [--scenarios a,b]
+        [--warmup S] [--connections 16,64,256,1000] [--workers N] [--scenarios a,b]
 
 Seeds PostgreSQL (BENCH_DATABASE_URL, else a private one under .data/bench-postgres),
 starts each server as production runs it (uvicorn, auth on with HS256, JSON logs) pinned
@@ -86,6 +86,21 @@ FROM generate_series(1, {rows}) AS g
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def environment(url: str, data: Path, workers: int) -> dict[str, str]:
+    """Production settings, auth on (HS256), JSON logs at info."""
+    os.environ["BENCH_DATA"] = str(data)
+    return {
+        "BENCH_DATA": str(data),
+        "DATABASE_URL": url,
+        "ENVIRONMENT": "production",
+        "BETTER_AUTH_SECRET": SECRET,
+        "CURSOR_SECRET": "c" * 40,
+        "LOG_LEVEL": "info",
+        "PYTHONPATH": f"{ROOT / 'backend'}:{ROOT}",
+        "WEB_CONCURRENCY": str(workers),
+    }
 
 
 def database_url() -> str:
@@ -328,7 +343,7 @@ def main() -> None:
     parser.add_argument("--large", action="store_true")
     parser.add_argument("--duration", type=float, default=8)
     parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--connections", default="16,64")
+    parser.add_argument("--connections", default="16,64,256,1000")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--skip-reference", action="store_true")
@@ -344,17 +359,7 @@ def main() -> None:
     data.parent.mkdir(exist_ok=True)
     write_data(data, users, search_user)
     pin(postgres_processes(), SERVER_CORE)
-    env = {
-        "BENCH_DATA": str(data),
-        "DATABASE_URL": url,
-        "ENVIRONMENT": "production",
-        "BETTER_AUTH_SECRET": SECRET,
-        "CURSOR_SECRET": "c" * 40,
-        "LOG_LEVEL": "info",
-        "PYTHONPATH": f"{ROOT / 'backend'}:{ROOT}",
-        "WEB_CONCURRENCY": str(args.workers),
-    }
-    os.environ["BENCH_DATA"] = str(data)
+    env = environment(url, data, args.workers)
     uvicorn = [
         sys.executable,
         "-m",
@@ -363,25 +368,36 @@ def main() -> None:
         "--workers",
         str(args.workers),
     ]
+    # The service as production runs it; the ceiling with the same HTTP protocol;
+    # the floor, FastAPI's bare async route, on uvicorn's defaults.
     servers = {
-        "service": [*uvicorn, "--factory", "app.main:create_app", "--port", "8101"],
-        "reference": [*uvicorn, "bench.reference.app:app", "--port", "8102"],
-        "ceiling": [
-            *uvicorn,
-            "--factory",
-            "bench.ceiling:create_app",
-            "--port",
+        "service": ("8101", [sys.executable, "-m", "app"]),
+        "reference": ("8102", [*uvicorn, "--port", "8102", "bench.reference.app:app"]),
+        "ceiling": (
             "8103",
-        ],
+            [
+                *uvicorn,
+                "--port",
+                "8103",
+                "--http",
+                "app.edge.protocol:BoundedHttpToolsProtocol",
+                "--factory",
+                "bench.ceiling:create_app",
+            ],
+        ),
+        "bare": (
+            "8104",
+            [*uvicorn, "--port", "8104", "--factory", "bench.ceiling:create_bare_app"],
+        ),
     }
     results: dict[str, Any] = {"args": vars(args), "rows": [], "startup_s": {}}
     try:
-        for name, command in servers.items():
+        for name, (port, command) in servers.items():
             if name == "reference" and args.skip_reference:
                 continue
             todo = (
                 ["ceiling"]
-                if name == "ceiling"
+                if name in ("ceiling", "bare")
                 else [
                     s
                     for s in scenarios
@@ -392,7 +408,7 @@ def main() -> None:
                 for i, conc in enumerate(connections):
                     # A fresh server per measurement: one that stalls (the reference
                     # does, at 64 connections) cannot spoil the runs after it.
-                    server = Server(name, command, {**env, "PORT": command[-1]})
+                    server = Server(name, command, {**env, "PORT": port})
                     results["startup_s"][name] = round(server.startup_seconds, 2)
                     try:
                         log(f"{name} {scenario} c={conc}")
@@ -473,6 +489,14 @@ def report(results: dict[str, Any]) -> str:
             pg = find.get(("pgbench", r["scenario"], r["c"]))
             table.append(tuple(_cells(r, ref, pg)))
     lines = ["| " + " | ".join(row) + " |" for row in table]
+    for c in sorted({r["c"] for r in rows if r["impl"] == "bare"}):
+        full, bare = find.get(("ceiling", "ceiling", c)), find[("bare", "ceiling", c)]
+        if full:
+            lines.append(
+                f"\nframework ceiling @{c}: every feature {full['rps']:,.0f} req/s, "
+                f"bare FastAPI route {bare['rps']:,.0f} req/s "
+                f"({full['rps'] / bare['rps']:.2f}x)"
+            )
     lines.append(f"\nstart-up (spawn to first answer), s: {results['startup_s']}")
     return "\n".join(lines)
 

@@ -77,6 +77,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry would
+        # only check, on every request, for providers nobody configured.
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+        },
     )
     app.state.database = database
     cursor_secret = settings.CURSOR_SECRET

@@ -37,6 +37,13 @@ class _StderrHandler(logging.StreamHandler[Any]):
 
 
 def configure_logging(level: str) -> None:
+    # Per record, skip what no line of ours carries (the logging documentation's
+    # "Optimization" section): the caller's file and line (a stack walk), thread,
+    # process and multiprocessing names. A third of the cost of an access line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

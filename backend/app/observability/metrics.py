@@ -30,9 +30,22 @@ RATE_LIMITED = Counter("rate_limited_total", "Requests refused by the rate limit
 SHED = Counter("shed_total", "Requests refused because the worker was at capacity")
 
 
+# The labelled children, by (method, route, status): `labels()` takes a lock and
+# builds its key on every call, a third of the cost of counting a request.
+_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
 def observe(method: str, route: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(method, route, str(status)).inc()
-    LATENCY.labels(method, route).observe(seconds)
+    key = (method, route, status)
+    children = _children.get(key)
+    if children is None:
+        children = (
+            REQUESTS.labels(method, route, str(status)),
+            LATENCY.labels(method, route),
+        )
+        _children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def render(connections_in_use: int) -> tuple[bytes, str]:
