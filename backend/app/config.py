@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # Signs list cursors; shared by all instances so cursors work across them.
     CURSOR_SECRET: SecretStr | None = None
 
+    # Deleted tasks are reported to delta syncs (E10) for this long; an older
+    # sync token gets 410 and the client syncs from scratch.
+    SYNC_RETENTION_DAYS: int = Field(default=30, ge=1, le=3650)
+
     # e.g. "100/minute": per authenticated user, else per client address.
     RATE_LIMIT: str | None = None
     # Shared rate-limit counters for several processes; in memory when unset.

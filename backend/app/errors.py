@@ -94,11 +94,17 @@ class TaskNotFound(NotFoundError):
 class InvalidCursor(ValidationFailed):
     message = "Invalid cursor"
 
-    def __init__(self) -> None:
-        detail = "cursor is malformed, tampered with, or from another listing"
+    def __init__(self, field: str = "cursor") -> None:
+        detail = f"{field} is malformed, tampered with, or from another listing"
         super().__init__(
-            detail=detail, fields=[FieldError(field="cursor", message=detail)]
+            detail=detail, fields=[FieldError(field=field, message=detail)]
         )
+
+
+class SyncTokenExpired(AppError):
+    status_code = 410
+    code = "sync_token_expired"
+    message = "This sync token is older than deletions are kept: sync from scratch"
 
 
 class PreconditionFailed(AppError):

@@ -3,12 +3,13 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.openapi import openapi_schema
-from app.api.routes import docs, health, tasks
+from app.api.routes import docs, health, sync, tasks
 from app.config import Settings, get_settings
 from app.db.gateway import Database
 from app.db.migrations import ensure_schema
@@ -91,11 +92,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     cursors = CursorCodec(
         cursor_secret.get_secret_value().encode() if cursor_secret else None
     )
-    app.state.tasks = TaskService(database, cursors)
+    retention = timedelta(days=settings.SYNC_RETENTION_DAYS)
+    app.state.tasks = TaskService(database, cursors, retention)
     app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None
     if app.state.verifier is None:
         logger.warning("authentication is OFF: every /api request is accepted")
     app.state.rate_limiter = _rate_limiter(settings)
+    app.include_router(sync.router)  # before tasks: /changes is not a task id
     app.include_router(tasks.router)
     app.include_router(health.router)
     app.include_router(docs.router)

@@ -47,6 +47,15 @@ def _timestamptz(*, nullable: bool, server_default: bool = False) -> Column[date
     )
 
 
+# The transaction that wrote a row (its 64-bit xid as bigint): delta sync (E10)
+# compares it with the snapshots its tokens carry (specs/008-offline-sync).
+CURRENT_XID = text("(pg_current_xact_id())::text::bigint")
+
+
+def _change_xid() -> Column[int]:
+    return Column(BigInteger, nullable=False, server_default=CURRENT_XID)
+
+
 DUE_AT_ASC = text("coalesce(due_at, 'infinity'::timestamp with time zone)")
 DUE_AT_DESC = text("coalesce(due_at, '-infinity'::timestamp with time zone)")
 
@@ -64,6 +73,7 @@ class Task(SQLModel, table=True):
         Index("ix_task_user_id_lower_title_id", "user_id", text("lower(title)"), "id"),
         Index("ix_task_user_id_due_at_asc_id", "user_id", DUE_AT_ASC, "id"),
         Index("ix_task_user_id_due_at_desc_id", "user_id", DUE_AT_DESC, "id"),
+        Index("ix_task_user_id_change_xid_id", "user_id", "change_xid", "id"),
     )
 
     # The key leads with the owner: every lookup is by (user_id, id), and the
@@ -106,6 +116,25 @@ class Task(SQLModel, table=True):
         default=None, sa_column=_timestamptz(nullable=False, server_default=True)
     )
     updated_at: datetime | None = Field(
+        default=None, sa_column=_timestamptz(nullable=False, server_default=True)
+    )
+    # Set on insert (default) and on every update: never part of a response.
+    change_xid: int | None = Field(default=None, sa_column=_change_xid())
+
+
+class TaskTombstone(SQLModel, table=True):
+    """A deleted task, kept SYNC_RETENTION_DAYS so delta sync can report it."""
+
+    __tablename__ = "task_tombstone"
+    __table_args__ = (
+        Index("ix_task_tombstone_user_id_change_xid_id", "user_id", "change_xid", "id"),
+        Index("ix_task_tombstone_deleted_at", "deleted_at"),
+    )
+
+    user_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    change_xid: int | None = Field(default=None, sa_column=_change_xid())
+    deleted_at: datetime | None = Field(
         default=None, sa_column=_timestamptz(nullable=False, server_default=True)
     )
 

@@ -177,6 +177,15 @@ class TaskListQuery(BaseModel):
         }
 
 
+class ChangesQuery(BaseModel):
+    """E10's query options (CONTRACT C9). Unknown parameters are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    since: Annotated[str | None, StringConstraints(max_length=4000)] = None
+    limit: int = Field(default=1000, ge=1, le=1000)
+
+
 # `null` is refused for these (a validator says so); the documented schema agrees.
 Completed = Annotated[StrictBool | None, WithJsonSchema({"type": "boolean"})]
 
@@ -229,6 +238,15 @@ class TaskPublic(BaseModel):
     due_at: UtcDatetime | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+
+class ChangesPublic(BaseModel):
+    """E10: changed tasks (latest version), deleted ids, and where to go on."""
+
+    tasks: list[TaskPublic]
+    deleted: list[int]
+    next: str = Field(description="`since` for the next page, or the next sync")
+    has_more: bool = Field(description="true: more of this sync; follow `next` now")
 
 
 class TaskRecord(TypedDict):

@@ -17,6 +17,7 @@ _DESCRIPTIONS = {
     403: "The token's user is not the path's user_id",
     404: "No such task for this user",
     409: "A request with this Idempotency-Key is still in flight (with Retry-After)",
+    410: "The sync token is older than deletions are kept: sync from scratch",
     412: "If-Match does not match the task's current ETag",
     413: "Body over 64 KiB",
     415: "Body is not application/json",

@@ -1,4 +1,4 @@
-"""Opaque, signed keyset cursors (CONTRACT C4).
+"""Opaque, signed keyset cursors (CONTRACT C4) and sync tokens (C9).
 
 A cursor carries the last row's sort value and id. Its HMAC also covers the user, the
 sort and the filter set it was issued for, so a cursor that is edited, forged, or used
@@ -31,7 +31,10 @@ class CursorCodec:
         token = payload + self._sign(payload, binding)
         return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
 
-    def decode(self, cursor: str, binding: dict[str, Any]) -> list[Any]:
+    def decode(
+        self, cursor: str, binding: dict[str, Any], length: int = 2
+    ) -> list[Any]:
+        """The position `encode` was given (a list of `length` items)."""
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         except ValueError:
@@ -42,6 +45,6 @@ class CursorCodec:
         ):
             raise InvalidCursor()
         position = json.loads(payload)
-        if not (isinstance(position, list) and len(position) == 2):
+        if not (isinstance(position, list) and len(position) == length):
             raise InvalidCursor()
         return position

@@ -6,6 +6,7 @@ binds its values and runs the compiled statement through the database gateway.""
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     DateTime,
+    Interval,
     Select,
     Table,
     Text,
@@ -25,13 +27,18 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    false,
     func,
     literal_column,
+    null,
     select,
+    true,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.types import UserDefinedType
 
 from app.db.gateway import Database, LockTimeout, Query, compile_query
 from app.errors import (
@@ -39,9 +46,10 @@ from app.errors import (
     IdempotencyKeyReused,
     InvalidCursor,
     PreconditionFailed,
+    SyncTokenExpired,
     TaskNotFound,
 )
-from app.models import IdempotencyKey, Priority, Task
+from app.models import CURRENT_XID, IdempotencyKey, Priority, Task, TaskTombstone
 from app.schemas import (
     TaskCreate,
     TaskListQuery,
@@ -53,6 +61,12 @@ from app.schemas import (
 from app.services.cursor import CursorCodec
 
 TASK: Table = Task.__table__  # type: ignore[attr-defined]
+# What a statement returns of a task: TaskRecord's fields (never change_xid).
+COLUMNS = tuple(TASK.c[name] for name in TaskRecord.__annotations__)
+TOMBSTONE: Table = TaskTombstone.__table__  # type: ignore[attr-defined]
+# Tombstones outlive the sync tokens that may need them by a day: a delete whose
+# transaction began (deleted_at) before a token was issued may commit after it.
+TOMBSTONE_GRACE = timedelta(days=1)
 IDEMPOTENCY: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 IDEMPOTENCY_TTL = timedelta(hours=24)
 # How long a create waits for another in-flight request with its Idempotency-Key.
@@ -88,10 +102,77 @@ class _FirstResponse(TypedDict):
 _Written = TypeVar("_Written", TaskRecord, _Id)
 
 
+class _Change(TypedDict):
+    """A row of the changes statement: the snapshot it ran in, then a task
+    (`deleted` false), a tombstone (true, only its ids), or nothing (None)."""
+
+    snapshot: str
+    deleted: bool | None
+    change_xid: int
+    user_id: str
+    id: int
+    title: str
+    description: str | None
+    completed: bool
+    completed_at: datetime | None
+    priority: str
+    tags: list[str]
+    due_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
 @dataclass(frozen=True)
 class Page:
     tasks: list[TaskRecord]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Changes:
+    tasks: list[TaskRecord]
+    deleted: list[int]
+    next: str
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class SyncToken:
+    """Where a client's replica stands. `since` is the snapshot (PostgreSQL's
+    `pg_snapshot` text) of the sync it last finished, taken at `since_at` (Unix
+    seconds); None before its first. While a sync continues over several pages,
+    `upto` is the snapshot its first page ran in (at `upto_at`), and `after` the
+    (change_xid, id) of the last change sent."""
+
+    since_at: int
+    since: str | None = None
+    upto_at: int | None = None
+    upto: str | None = None
+    after: tuple[int, int] | None = None
+
+    def encode(self, codec: CursorCodec, user_id: str) -> str:
+        after = list(self.after) if self.after else None
+        state = [self.since_at, self.since, self.upto_at, self.upto, after]
+        return codec.encode(state, _sync_binding(user_id))
+
+    @classmethod
+    def decode(cls, codec: CursorCodec, user_id: str, token: str) -> "SyncToken":
+        try:
+            state = codec.decode(token, _sync_binding(user_id), length=5)
+        except InvalidCursor:
+            raise InvalidCursor("since") from None
+        since_at, since, upto_at, upto, after = state
+        return cls(since_at, since, upto_at, upto, tuple(after) if after else None)
+
+
+def _sync_binding(user_id: str) -> dict[str, Any]:
+    """A sync token is signed for its user, and is never a list cursor."""
+    return {"user": user_id, "sync": True}
+
+
+def _xmax(snapshot: str) -> int:
+    """`xmin:xmax:xip,...` -> xmax."""
+    return int(snapshot.split(":")[1])
 
 
 def _owned(*, table: Table = TASK, by_id: bool = False) -> ColumnElement[bool]:
@@ -111,11 +192,13 @@ def _version_matches() -> ColumnElement[bool]:
 def _touch() -> dict[str, Any]:
     """`updated_at` strictly increases with every change, even when two concurrent
     transactions see the same clock: the row lock orders them, and the later one
-    moves at least a microsecond past the earlier one's value."""
+    moves at least a microsecond past the earlier one's value. `change_xid`
+    records the writing transaction for delta sync (an insert gets it by default)."""
     return {
         "updated_at": func.greatest(
             func.clock_timestamp(), TASK.c.updated_at + timedelta(microseconds=1)
-        )
+        ),
+        "change_xid": CURRENT_XID,
     }
 
 
@@ -129,7 +212,7 @@ def _completion(completed: bool) -> dict[str, Any]:
     return {"completed": completed, "completed_at": completed_at}
 
 
-GET = compile_query(select(*TASK.c).where(_owned(by_id=True)), TaskRecord)
+GET = compile_query(select(*COLUMNS).where(_owned(by_id=True)), TaskRecord)
 EXISTS = compile_query(select(TASK.c.id).where(_owned(by_id=True)), _Id)
 INSERT = compile_query(
     insert(TASK)
@@ -145,17 +228,49 @@ INSERT = compile_query(
         created_at=func.now(),
         updated_at=func.now(),
     )
-    .returning(*TASK.c),
+    .returning(*COLUMNS),
     TaskRecord,
 )
+
+
+def _sweep_tombstones() -> Any:
+    """Tombstones past retention go without a cron, like idempotency keys: every
+    delete also removes up to 100 expired ones (anyone's: it only deletes)."""
+    expired = TOMBSTONE.c.deleted_at < func.now() - bindparam(
+        "keep_tombstones", type_=Interval
+    )
+    key = tuple_(TOMBSTONE.c.user_id, TOMBSTONE.c.id)
+    batch = select(  # owner-filter: exempt
+        TOMBSTONE.c.user_id, TOMBSTONE.c.id
+    )
+    batch = batch.where(expired).limit(100).with_for_update(skip_locked=True)
+    sweep = delete(TOMBSTONE)  # owner-filter: exempt
+    return sweep.where(key.in_(batch)).cte("swept")
+
+
+def _bury(*conditions: ColumnElement[bool]) -> Any:
+    """Delete the user's tasks that match, leaving a tombstone for each (written
+    by this transaction: delta sync reports it), in one statement; returns the
+    deleted ids."""
+    gone = (
+        delete(TASK)
+        .where(_owned(), *conditions)
+        .returning(TASK.c.user_id, TASK.c.id)
+        .cte("gone")
+    )
+    return (
+        insert(TOMBSTONE)
+        .from_select(["user_id", "id"], gone.select())
+        .add_cte(_sweep_tombstones())
+        .returning(TOMBSTONE.c.id)
+    )
 
 
 @cache
 def _delete_query(conditional: bool) -> Query[_Id]:
     conditions = [_version_matches()] if conditional else []
-    return compile_query(
-        delete(TASK).where(_owned(by_id=True), *conditions).returning(TASK.c.id), _Id
-    )
+    by_id = TASK.c.id == bindparam("task_id")
+    return compile_query(_bury(by_id, *conditions), _Id)
 
 
 def _update(values: dict[str, Any], conditional: bool) -> Query[TaskRecord]:
@@ -164,7 +279,7 @@ def _update(values: dict[str, Any], conditional: bool) -> Query[TaskRecord]:
         update(TASK)
         .where(_owned(by_id=True), *conditions)
         .values(**values, **_touch())
-        .returning(*TASK.c)
+        .returning(*COLUMNS)
     )
     return compile_query(statement, TaskRecord)
 
@@ -241,7 +356,7 @@ def list_statement(sort: str, used: frozenset[str]) -> Select[Any]:
         bound = tuple_(_sort_expression(key, descending, value), bindparam("after_id"))
         conditions.append(position < bound if descending else position > bound)
     return (
-        select(*TASK.c)
+        select(*COLUMNS)
         .where(_owned(), *conditions)
         .order_by(
             order.desc() if descending else order.asc(),
@@ -268,6 +383,83 @@ def list_query(
         params["after_value"], params["after_id"] = after
     params["limit"] = query.limit + 1
     return _compiled_list(query.sort, used), params
+
+
+class _Snapshot(UserDefinedType[str]):
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "pg_snapshot"
+
+
+class _Xid8(UserDefinedType[int]):
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "xid8"
+
+
+def _visible(xid: ColumnElement[int], snapshot: str) -> ColumnElement[bool]:
+    """Whether transaction `xid` had committed when the snapshot bound as
+    `snapshot` was taken."""
+    return func.pg_visible_in_snapshot(
+        xid.cast(Text).cast(_Xid8()),
+        bindparam(snapshot, type_=Text).cast(_Snapshot()),
+        type_=Boolean,
+    )
+
+
+def _changed(table: Table, since: bool, continuing: bool) -> list[ColumnElement[bool]]:
+    """The rows (tasks or tombstones) a sync reports: written by a transaction the
+    client's last snapshot did not see (`since`); when continuing, also one the
+    first page's snapshot (`upto`) saw, past the last (change_xid, id) sent. A row
+    changed again since that first page is left to the next sync."""
+    xid = table.c.change_xid
+    conditions: list[ColumnElement[bool]] = []
+    if since:
+        conditions += [xid >= bindparam("since_xmin"), ~_visible(xid, "since")]
+    if continuing:
+        after = tuple_(bindparam("after_xid"), bindparam("after_id"))
+        conditions += [
+            xid < bindparam("upto_xmax"),
+            _visible(xid, "upto"),
+            tuple_(xid, table.c.id) > after,
+        ]
+    return conditions
+
+
+@cache
+def _changes_query(since: bool, continuing: bool) -> Query[_Change]:
+    """One statement, whatever the answer: the snapshot it runs in, then up to
+    `limit` changes in (change_xid, id) order (tasks and, after a first sync,
+    tombstones), or one row of nulls when nothing changed."""
+    changes: Any = select(TASK.c.change_xid, false().label("deleted"), *COLUMNS).where(
+        _owned(), *_changed(TASK, since, continuing)
+    )
+    if since:
+        ids = ("user_id", "id")
+        blanks = [
+            TOMBSTONE.c[c.name] if c.name in ids else null().cast(c.type).label(c.name)
+            for c in COLUMNS
+        ]
+        gone = select(TOMBSTONE.c.change_xid, true().label("deleted"), *blanks).where(
+            _owned(table=TOMBSTONE), *_changed(TOMBSTONE, since, continuing)
+        )
+        changes = union_all(changes, gone)
+    order: list[ColumnElement[Any]] = [
+        literal_column("change_xid"),
+        literal_column("id"),
+    ]
+    page = changes.order_by(*order).limit(bindparam("limit")).subquery("c")
+    snapshot = select(  # owner-filter: exempt (reads no table)
+        func.pg_current_snapshot().cast(Text).label("snapshot")
+    ).subquery("s")
+    statement = select(  # owner-filter: exempt (both parts are filtered above)
+        snapshot.c.snapshot, *page.c
+    )
+    return compile_query(
+        statement.select_from(snapshot.outerjoin(page, true())), _Change
+    )
 
 
 def _list_params(query: TaskListQuery) -> dict[str, Any]:
@@ -305,6 +497,10 @@ def _position(key: str, position: list[Any]) -> tuple[Any, int]:
     elif not isinstance(value, str | None):
         raise InvalidCursor()
     return value, task_id
+
+
+def _record(row: _Change) -> TaskRecord:
+    return cast(TaskRecord, {name: row[name] for name in TaskRecord.__annotations__})  # type: ignore[literal-required]
 
 
 def _content(data: TaskCreate | TaskPatch, fields: set[str]) -> dict[str, Any]:
@@ -380,9 +576,13 @@ EXPIRE_KEYS = compile_query(_expire_keys_statement(), _NoRows)
 
 
 class TaskService:
-    def __init__(self, database: Database, cursors: CursorCodec) -> None:
+    def __init__(
+        self, database: Database, cursors: CursorCodec, sync_retention: timedelta
+    ) -> None:
         self._db = database
         self._cursors = cursors
+        self._sync_retention = sync_retention
+        self._keep_tombstones = sync_retention + TOMBSTONE_GRACE
 
     async def list(self, *, user_id: str, query: TaskListQuery) -> Page:
         """One page of the user's tasks, filtered and sorted (keyset pagination)."""
@@ -400,6 +600,43 @@ class TaskService:
             position = [_cursor_value(last, key), last["id"]]
             next_cursor = self._cursors.encode(position, binding)
         return Page(tasks, next_cursor)
+
+    async def changes(self, *, user_id: str, since: str | None, limit: int) -> Changes:
+        """E10: the user's tasks changed, and ids deleted, since a sync token
+        (every task without one), `limit` at a time, and the token to go on from."""
+        now = int(time.time())
+        token = SyncToken(now)
+        if since is not None:
+            token = SyncToken.decode(self._cursors, user_id, since)
+        if token.since_at < now - self._sync_retention.total_seconds():
+            raise SyncTokenExpired()
+        params: dict[str, Any] = {"limit": limit + 1}
+        if token.since is not None:
+            params["since"] = token.since
+            params["since_xmin"] = int(token.since.partition(":")[0])
+        if token.upto is not None and token.after is not None:
+            params["upto"], params["upto_xmax"] = token.upto, _xmax(token.upto)
+            params["after_xid"], params["after_id"] = token.after
+        query = _changes_query(token.since is not None, token.upto is not None)
+        rows = await self._db.fetch(query, user_id=user_id, **params)
+        snapshot = rows[0]["snapshot"]
+        if any(_xmax(s) > _xmax(snapshot) for s in (token.since, token.upto) if s):
+            # Taken on another cluster (a logical restore): the ids mean nothing.
+            raise SyncTokenExpired()
+        changed = rows if rows[0]["deleted"] is not None else []
+        page, has_more = changed[:limit], len(changed) > limit
+        upto_at, upto = token.upto_at or now, token.upto or snapshot
+        if has_more:
+            last = (page[-1]["change_xid"], page[-1]["id"])
+            after = SyncToken(token.since_at, token.since, upto_at, upto, last)
+        else:
+            after = SyncToken(upto_at, upto)
+        return Changes(
+            tasks=[_record(row) for row in page if not row["deleted"]],
+            deleted=[row["id"] for row in page if row["deleted"]],
+            next=after.encode(self._cursors, user_id),
+            has_more=has_more,
+        )
 
     async def get(self, *, user_id: str, task_id: int) -> TaskRecord:
         """One task of the user, or TaskNotFound."""
@@ -459,7 +696,8 @@ class TaskService:
     ) -> None:
         """Delete the task, or TaskNotFound / PreconditionFailed."""
         statement = _delete_query(if_match is not None)
-        await self._write(statement, user_id, task_id, if_match, {})
+        keep = {"keep_tombstones": self._keep_tombstones}
+        await self._write(statement, user_id, task_id, if_match, keep)
 
     async def _update(
         self,

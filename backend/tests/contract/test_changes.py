@@ -1,0 +1,252 @@
+"""C9 E10: delta sync. Every change once, at its latest version; deletions as ids;
+pages; signed tokens; expiry (410)."""
+
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy import Engine, text
+
+from app.services.cursor import CursorCodec
+from app.services.task_service import SyncToken
+from tests.conftest import ClientFactory
+from tests.factories import create_task, new_user_id, tasks_url
+from tests.jwt_helpers import SECRET, hs_token
+
+CURSOR_SECRET = "sync-test-secret-" + "c" * 32
+
+
+def changes(
+    client: TestClient, user: str, since: str | None = None, **params: Any
+) -> dict[str, Any]:
+    if since is not None:
+        params["since"] = since
+    response = client.get(tasks_url(user) + "/changes", params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def assert_error(response: Any, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+
+
+def test_first_sync_returns_every_task_and_no_deletions(client: TestClient) -> None:
+    user = new_user_id()
+    created = [create_task(client, user, title=f"t{i}") for i in range(3)]
+    body = changes(client, user)
+    assert sorted(body["tasks"], key=lambda t: t["id"]) == created
+    assert body["deleted"] == []
+    assert body["has_more"] is False
+    assert isinstance(body["next"], str)
+
+
+def test_sync_returns_only_changes_since_the_token(client: TestClient) -> None:
+    user = new_user_id()
+    untouched = create_task(client, user, title="old")
+    changed = create_task(client, user, title="to change")
+    token = changes(client, user)["next"]
+    updated = client.patch(tasks_url(user, changed["id"]), json={"title": "new"})
+    added = create_task(client, user, title="added")
+    body = changes(client, user, token)
+    assert sorted(body["tasks"], key=lambda t: t["id"]) == [updated.json(), added]
+    assert untouched["id"] not in [t["id"] for t in body["tasks"]]
+
+
+def test_nothing_changed_is_an_empty_sync(client: TestClient) -> None:
+    user = new_user_id()
+    create_task(client, user)
+    token = changes(client, user)["next"]
+    body = changes(client, user, token)
+    assert (body["tasks"], body["deleted"], body["has_more"]) == ([], [], False)
+    assert changes(client, user, body["next"])["tasks"] == []
+
+
+def test_a_task_changed_twice_comes_once_at_its_latest_version(
+    client: TestClient,
+) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    token = changes(client, user)["next"]
+    client.patch(tasks_url(user, task["id"]), json={"title": "v2"})
+    latest = client.patch(tasks_url(user, task["id"]), json={"title": "v3"}).json()
+    assert changes(client, user, token)["tasks"] == [latest]
+
+
+def test_every_write_is_a_change(client: TestClient) -> None:
+    """Create, replace, patch and toggle each make the task a change."""
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    writes = [
+        lambda: client.put(url, json={"title": "replaced"}),
+        lambda: client.patch(url, json={"priority": "high"}),
+        lambda: client.patch(url + "/complete"),
+    ]
+    for write in writes:
+        token = changes(client, user)["next"]
+        written = write().json()
+        assert changes(client, user, token)["tasks"] == [written]
+
+
+def test_deleted_tasks_are_reported_as_ids(client: TestClient) -> None:
+    user = new_user_id()
+    kept, gone = create_task(client, user), create_task(client, user)
+    token = changes(client, user)["next"]
+    assert client.delete(tasks_url(user, gone["id"])).status_code == 204
+    body = changes(client, user, token)
+    assert (body["tasks"], body["deleted"]) == ([], [gone["id"]])
+    assert kept["id"] not in body["deleted"]
+
+
+def test_a_task_created_and_deleted_between_syncs_is_only_deleted(
+    client: TestClient,
+) -> None:
+    user = new_user_id()
+    token = changes(client, user)["next"]
+    task = create_task(client, user)
+    client.delete(tasks_url(user, task["id"]))
+    body = changes(client, user, token)
+    assert body["tasks"] == []
+    assert body["deleted"] in ([task["id"]], [])
+
+
+def test_limit_pages_tasks_and_deletions_without_repeats(client: TestClient) -> None:
+    user = new_user_id()
+    tasks = [create_task(client, user, title=f"t{i}") for i in range(5)]
+    token = changes(client, user)["next"]
+    for task in tasks[:3]:
+        client.delete(tasks_url(user, task["id"]))
+    for task in tasks[3:]:
+        client.patch(tasks_url(user, task["id"]), json={"title": "changed"})
+    seen: list[int] = []
+    pages = 0
+    while True:
+        body = changes(client, user, token, limit=2)
+        assert len(body["tasks"]) + len(body["deleted"]) <= 2
+        seen += body["deleted"] + [t["id"] for t in body["tasks"]]
+        token, pages = body["next"], pages + 1
+        if not body["has_more"]:
+            break
+    assert pages == 3
+    assert sorted(seen) == sorted(t["id"] for t in tasks)
+    assert changes(client, user, token)["tasks"] == []
+
+
+def test_a_change_made_while_paging_comes_in_the_next_sync(client: TestClient) -> None:
+    user = new_user_id()
+    first, second = create_task(client, user), create_task(client, user)
+    page = changes(client, user, limit=1)
+    assert page["has_more"] is True
+    sent = page["tasks"][0]
+    other = second if sent["id"] == first["id"] else first
+    changed = client.patch(tasks_url(user, sent["id"]), json={"title": "again"})
+    rest = changes(client, user, page["next"], limit=1)
+    assert rest["tasks"] == [other]
+    assert rest["has_more"] is False
+    assert changes(client, user, rest["next"])["tasks"] == [changed.json()]
+
+
+def test_default_limit_is_1000(client: TestClient, engine: Engine) -> None:
+    user = new_user_id()
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO task (user_id, title) "
+                "SELECT :u, 't' || g FROM generate_series(1, 1001) AS g"
+            ),
+            {"u": user},
+        )
+    first = changes(client, user)
+    assert (len(first["tasks"]), first["has_more"]) == (1000, True)
+    rest = changes(client, user, first["next"])
+    assert (len(rest["tasks"]), rest["has_more"]) == (1, False)
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "x"])
+def test_limit_out_of_range_is_400(client: TestClient, limit: str) -> None:
+    response = client.get(tasks_url(new_user_id()) + "/changes?limit=" + limit)
+    assert_error(response, 400, "validation_error")
+
+
+def test_another_users_changes_never_appear(client: TestClient) -> None:
+    user, other = new_user_id(), new_user_id()
+    create_task(client, other)
+    token = changes(client, user)["next"]
+    create_task(client, other)
+    assert changes(client, user)["tasks"] == []
+    assert changes(client, user, token)["tasks"] == []
+
+
+@pytest.mark.parametrize("mangle", [lambda t: t[:-2], lambda t: "x" + t, str.upper])
+def test_tampered_token_is_400(client: TestClient, mangle: Any) -> None:
+    user = new_user_id()
+    token = changes(client, user)["next"]
+    response = client.get(tasks_url(user) + "/changes", params={"since": mangle(token)})
+    assert_error(response, 400, "validation_error")
+    assert response.json()["fields"][0]["field"] == "since"
+
+
+def test_another_users_token_is_400(client: TestClient) -> None:
+    token = changes(client, new_user_id())["next"]
+    response = client.get(
+        tasks_url(new_user_id()) + "/changes", params={"since": token}
+    )
+    assert_error(response, 400, "validation_error")
+
+
+def test_a_list_cursor_is_not_a_sync_token(client: TestClient) -> None:
+    user = new_user_id()
+    create_task(client, user)
+    create_task(client, user)
+    cursor = client.get(tasks_url(user), params={"limit": 1}).headers["x-next-cursor"]
+    response = client.get(tasks_url(user) + "/changes", params={"since": cursor})
+    assert_error(response, 400, "validation_error")
+
+
+def _client_with_known_secret(make_client: ClientFactory, **env: Any) -> TestClient:
+    return make_client(CURSOR_SECRET=SecretStr(CURSOR_SECRET), **env)
+
+
+def test_token_older_than_retention_is_410(make_client: ClientFactory) -> None:
+    client = _client_with_known_secret(make_client, SYNC_RETENTION_DAYS=7)
+    user = new_user_id()
+    fresh = SyncToken.decode(
+        CursorCodec(CURSOR_SECRET.encode()), user, changes(client, user)["next"]
+    )
+    codec = CursorCodec(CURSOR_SECRET.encode())
+    for age_days, status in ((6.9, 200), (7.1, 410)):
+        since_at = int(time.time() - age_days * 86400)
+        token = SyncToken(since_at, fresh.since).encode(codec, user)
+        response = client.get(tasks_url(user) + "/changes", params={"since": token})
+        assert response.status_code == status, response.text
+    assert response.json()["code"] == "sync_token_expired"
+
+
+def test_token_from_another_database_cluster_is_410(make_client: ClientFactory) -> None:
+    """A snapshot from the future (a token issued before a logical restore into
+    another cluster) cannot be compared with this cluster's transactions."""
+    client = _client_with_known_secret(make_client)
+    user = new_user_id()
+    future = "9000000000000:9000000000000:"
+    token = SyncToken(int(time.time()), future).encode(
+        CursorCodec(CURSOR_SECRET.encode()), user
+    )
+    response = client.get(tasks_url(user) + "/changes", params={"since": token})
+    assert_error(response, 410, "sync_token_expired")
+
+
+def test_changes_needs_the_users_token_when_auth_is_on(
+    make_client: ClientFactory,
+) -> None:
+    client = make_client(BETTER_AUTH_SECRET=SecretStr(SECRET))
+    user = new_user_id()
+    url = tasks_url(user) + "/changes"
+    assert_error(client.get(url), 401, "unauthorized")
+    other = {"Authorization": f"Bearer {hs_token(new_user_id())}"}
+    assert_error(client.get(url, headers=other), 403, "forbidden")
+    own = {"Authorization": f"Bearer {hs_token(user)}"}
+    assert client.get(url, headers=own).status_code == 200

@@ -1,0 +1,191 @@
+"""C9 E10 against a real server: concurrent writers whose transactions commit out
+of order, a syncing reader whose replica must end equal to the table, and the
+tombstones' retention."""
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from tests.factories import create_task, new_user_id, tasks_url
+from tests.server import running_server
+
+
+@pytest.fixture(scope="module")
+def servers(database_url: str, engine: Engine) -> Iterator[list[str]]:
+    """Two server processes on one database, as behind a load balancer."""
+    with (
+        running_server(database_url) as first,
+        running_server(database_url) as second,
+    ):
+        yield [first, second]
+
+
+class Replica:
+    """What an offline-first client keeps: tasks by id, and every version (id,
+    updated_at) it was ever sent, to prove none comes twice."""
+
+    def __init__(self, base_url: str, user: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.url = tasks_url(user) + "/changes"
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.versions: set[tuple[int, str]] = set()
+        self.token: str | None = None
+
+    def sync(self, limit: int = 1000) -> int:
+        """Follow `next` to the end of one sync; the number of changes applied."""
+        applied = 0
+        while True:
+            params: dict[str, Any] = {"limit": limit}
+            if self.token is not None:
+                params["since"] = self.token
+            response = self.http.get(self.url, params=params)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            for task in body["tasks"]:
+                version = (task["id"], task["updated_at"])
+                assert version not in self.versions, f"sent twice: {version}"
+                self.versions.add(version)
+                self.tasks[task["id"]] = task
+            for task_id in body["deleted"]:
+                self.tasks.pop(task_id, None)
+            applied += len(body["tasks"]) + len(body["deleted"])
+            self.token = body["next"]
+            if not body["has_more"]:
+                return applied
+
+
+def table(base_url: str, user: str) -> dict[int, dict[str, Any]]:
+    tasks = httpx.get(base_url + tasks_url(user), timeout=30).json()
+    return {task["id"]: task for task in tasks}
+
+
+def test_a_write_that_commits_after_a_later_one_is_not_missed(
+    servers: list[str], engine: Engine
+) -> None:
+    """The first writer takes its transaction id, then waits on a row lock while
+    a second writer starts later and commits first; a sync runs between the two
+    commits. The first write must come in the next sync."""
+    user = new_user_id()
+    with httpx.Client(base_url=servers[0], timeout=30) as http:
+        slow, fast = create_task(http, user), create_task(http, user)
+    replica = Replica(servers[0], user)
+    replica.sync()
+    with engine.connect() as holder:
+        holder.execute(
+            text("SELECT 1 FROM task WHERE user_id = :u AND id = :id FOR UPDATE"),
+            {"u": user, "id": slow["id"]},
+        )
+        with ThreadPoolExecutor(1) as pool:
+            url = servers[1] + tasks_url(user, slow["id"])
+            blocked = pool.submit(httpx.patch, url, json={"title": "slow"}, timeout=30)
+            _wait_for_lock_wait(engine)
+            httpx.patch(servers[0] + tasks_url(user, fast["id"]), json={"title": "f"})
+            replica.sync()
+            assert replica.tasks[fast["id"]]["title"] == "f"
+            holder.rollback()  # releases the lock: the slow write commits now
+            assert blocked.result().status_code == 200
+    replica.sync()
+    assert replica.tasks == table(servers[0], user)
+
+
+def _wait_for_lock_wait(engine: Engine) -> None:
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'"
+    )
+    deadline = time.monotonic() + 10
+    with engine.connect() as conn:
+        while conn.execute(query).scalar_one() == 0:
+            assert time.monotonic() < deadline, "the write never waited on the lock"
+            time.sleep(0.02)
+
+
+def _write_randomly(base_url: str, user: str, stop: threading.Event, seed: int) -> int:
+    """Creates, replaces, patches, toggles and deletes on a few shared tasks."""
+    rng = random.Random(seed)
+    writes = 0
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        while not stop.is_set():
+            ids = [t["id"] for t in http.get(tasks_url(user)).json()]
+            if len(ids) < 5 or rng.random() < 0.2:
+                http.post(tasks_url(user), json={"title": f"w{seed}"})
+            else:
+                url = tasks_url(user, rng.choice(ids))
+                action = rng.choice(["put", "patch", "toggle", "delete"])
+                if action == "put":
+                    http.put(url, json={"title": f"put {seed}"})
+                elif action == "patch":
+                    http.patch(url, json={"priority": rng.choice(["low", "high"])})
+                elif action == "toggle":
+                    http.patch(url + "/complete")
+                else:
+                    http.delete(url)
+            writes += 1
+    return writes
+
+
+def test_concurrent_writers_and_a_syncing_reader_end_equal(
+    servers: list[str],
+) -> None:
+    user = new_user_id()
+    replica = Replica(servers[0], user)
+    stop = threading.Event()
+    with ThreadPoolExecutor(6) as pool:
+        writers = [
+            pool.submit(_write_randomly, servers[i % 2], user, stop, i)
+            for i in range(6)
+        ]
+        deadline = time.monotonic() + 4
+        syncs = 0
+        while time.monotonic() < deadline:
+            replica.sync(limit=3)  # small pages: syncs continue across commits
+            syncs += 1
+        stop.set()
+        assert sum(w.result() for w in writers) > 50
+    assert syncs > 5
+    replica.sync(limit=3)
+    assert replica.tasks == table(servers[0], user)
+    assert replica.sync() == 0
+
+
+def _age_tombstone(engine: Engine, user: str, age: timedelta) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE task_tombstone SET deleted_at = now() - :age WHERE user_id = :u"
+            ),
+            {"age": age, "u": user},
+        )
+
+
+def _tombstones(engine: Engine, user: str) -> int:
+    with engine.connect() as conn:
+        count = conn.execute(
+            text("SELECT count(*) FROM task_tombstone WHERE user_id = :u"), {"u": user}
+        )
+        return int(count.scalar_one())
+
+
+def test_tombstones_are_kept_past_the_retention_then_swept(
+    client: TestClient, engine: Engine
+) -> None:
+    """Kept SYNC_RETENTION_DAYS (30) plus a day; a later delete sweeps them."""
+    user = new_user_id()
+    client.delete(tasks_url(user, create_task(client, user)["id"]))
+    _age_tombstone(engine, user, timedelta(days=30, hours=23))
+    other = new_user_id()
+    client.delete(tasks_url(other, create_task(client, other)["id"]))
+    assert _tombstones(engine, user) == 1
+    _age_tombstone(engine, user, timedelta(days=31, minutes=1))
+    client.delete(tasks_url(other, create_task(client, other)["id"]))
+    assert _tombstones(engine, user) == 0
+    assert _tombstones(engine, other) == 2
