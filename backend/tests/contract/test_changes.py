@@ -2,8 +2,10 @@
 pages; signed tokens; expiry (410)."""
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -81,7 +83,7 @@ def test_every_write_is_a_change(client: TestClient) -> None:
     user = new_user_id()
     task = create_task(client, user)
     url = tasks_url(user, task["id"])
-    writes = [
+    writes: list[Callable[[], httpx.Response]] = [
         lambda: client.put(url, json={"title": "replaced"}),
         lambda: client.patch(url, json={"priority": "high"}),
         lambda: client.patch(url + "/complete"),
