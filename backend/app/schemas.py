@@ -249,6 +249,12 @@ class ChangesPublic(BaseModel):
     has_more: bool = Field(description="true: more of this sync; follow `next` now")
 
 
+class Cleared(BaseModel):
+    """E12: how many completed tasks were deleted."""
+
+    deleted: int
+
+
 class TaskRecord(TypedDict):
     """A task row as the service hands it to the HTTP layer: TaskPublic's fields,
     straight from the database and serialised with orjson (see api/http.py).

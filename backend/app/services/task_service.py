@@ -266,6 +266,19 @@ def _bury(*conditions: ColumnElement[bool]) -> Any:
     )
 
 
+class _Count(TypedDict):
+    count: int
+
+
+_cleared = _bury(TASK.c.completed).cte("cleared")
+CLEAR_COMPLETED = compile_query(
+    select(func.count().label("count")).select_from(  # owner-filter: exempt (_bury)
+        _cleared
+    ),
+    _Count,
+)
+
+
 @cache
 def _delete_query(conditional: bool) -> Query[_Id]:
     conditions = [_version_matches()] if conditional else []
@@ -698,6 +711,13 @@ class TaskService:
         statement = _delete_query(if_match is not None)
         keep = {"keep_tombstones": self._keep_tombstones}
         await self._write(statement, user_id, task_id, if_match, keep)
+
+    async def clear_completed(self, *, user_id: str) -> int:
+        """E12: delete the user's completed tasks (tombstones included); how many."""
+        keep = {"keep_tombstones": self._keep_tombstones}
+        cleared = await self._db.write_one(CLEAR_COMPLETED, user_id=user_id, **keep)
+        assert cleared is not None  # an aggregate always has its row
+        return cleared["count"]
 
     async def _update(
         self,

@@ -3,7 +3,7 @@
 Registered before the single-task routes, so `/tasks/changes` and `/tasks/batch`
 are never read as a task id."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Response
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from app.api.deps import TaskServiceDep, UserIdPath, authorize, rate_limit
 from app.api.http import JSON
 from app.api.openapi import errors
-from app.schemas import ChangesPublic, ChangesQuery
+from app.schemas import ChangesPublic, ChangesQuery, Cleared
 
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
@@ -37,3 +37,16 @@ async def list_changes(
         "has_more": changes.has_more,
     }
     return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type=JSON)
+
+
+@router.delete("", response_model=Cleared, responses=errors())
+async def clear_completed(
+    user_id: UserIdPath,
+    service: TaskServiceDep,
+    completed: Annotated[  # noqa: ARG001 - a guard: validated, carries nothing
+        Literal["true"],
+        Query(description="Required, and only `true`: never delete everything"),
+    ],
+) -> Cleared:
+    """Delete the user's completed tasks; later syncs report them as deleted."""
+    return Cleared(deleted=await service.clear_completed(user_id=user_id))
