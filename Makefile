@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-pgbouncer scale-out lint format openapi token bench
+.PHONY: install run test test-pgbouncer scale-out scale-out-soak lint format openapi token bench
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test-pgbouncer: install
 # (specs/006-operations: "Running N instances").
 scale-out: install
 	scripts/scale-out.sh
+
+# The soak through that setup: cross-instance checks, then the load through HAProxy
+# with one instance SIGKILLed half-way, and the ledger checked against the database.
+SOAK_ARGS ?= --minutes 3
+scale-out-soak: install
+	scripts/scale-out.sh $(PY) bench/soak.py --scale-out $(SOAK_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,38 +1,65 @@
-"""Soak: two server processes on one database, a mixed workload for a while, every
-connection killed once a minute (Neon scaling to zero), then a ledger check.
+"""Soak: a mixed workload for a while, every database connection killed once a minute
+(Neon scaling to zero), then a ledger check.
 
     PYTHONPATH=backend:. .venv/bin/python bench/soak.py [--minutes 10] [--workers 8]
+    scripts/scale-out.sh .venv/bin/python bench/soak.py --scale-out [--minutes 3]
 
-Uses SOAK_DATABASE_URL (default: the local server's `soak_test` database, recreated).
+Default: two server processes on one database, SOAK_DATABASE_URL (default: the local
+server's `soak_test` database, recreated), the load spread over both.
+
+--scale-out (what `make scale-out-soak` runs): drives the setup scripts/scale-out.sh
+started (its SCALE_OUT_* variables, tokens signed with its BETTER_AUTH_SECRET). First
+the cross-instance checks of backend/tests/cross_instance.py against the instances
+directly, then the load through the load balancer, with one instance SIGKILLed
+half-way: its traffic must move to the others.
+
 Every create carries an Idempotency-Key and is retried until acknowledged, every
 delete is retried until 204/404, so the client's ledger is exact: at the end the
-database must hold exactly the ledger's tasks (nothing lost, nothing phantom). Reports
-5xx inside and outside the fault windows and each process's RSS growth."""
+database must hold exactly the ledger's tasks for this run's users (nothing lost,
+nothing phantom). Reports failures (5xx, or no response) inside and outside the fault
+windows and each process's RSS growth."""
 
 import argparse
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import jwt
 import psutil
 from sqlalchemy import create_engine, make_url, text
 
+from app.config import Settings
+from tests.cross_instance import check_across_instances
+
 ROOT = Path(__file__).resolve().parents[1]
-FAULT_WINDOW = 3.0  # seconds after a kill in which 503s are expected
+# A failed request is put down to a fault when it was in flight at the fault or
+# started within this many seconds after it.
+FAULT_WINDOW = 3.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--workers", type=int, default=8)
-    args = parser.parse_args()
+@dataclass
+class Target:
+    bases: list[str]  # where the load goes
+    database_url: str  # the database itself, for the ledger check and the kills
+    pids: list[int]  # the server processes
+    auth: Callable[[str], dict[str, str]]
+    victim: int | None = None  # the pid SIGKILLed half-way
+
+
+@contextmanager
+def two_servers() -> Iterator[Target]:
     url = os.environ.get(
         "SOAK_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/soak_test"
     )
@@ -70,32 +97,111 @@ def main() -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-    rss_start = [psutil.Process(s.pid).memory_info().rss for s in servers]
+    try:
+        yield Target(bases, url, [s.pid for s in servers], lambda _user: {})
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+@contextmanager
+def scale_out() -> Iterator[Target]:
+    secret = os.environ["BETTER_AUTH_SECRET"]
+    tokens: dict[str, dict[str, str]] = {}
+
+    def auth(user: str) -> dict[str, str]:
+        if user not in tokens:
+            now = int(time.time())
+            claims = {"sub": user, "iat": now, "exp": now + 3600}
+            token = jwt.encode(claims, secret, algorithm="HS256")
+            tokens[user] = {"Authorization": f"Bearer {token}"}
+        return tokens[user]
+
+    pids = [int(pid) for pid in os.environ["SCALE_OUT_PIDS"].split(",")]
+    rate_limit = Settings(_env_file=None).rate_limit
+    assert rate_limit is not None, "scale-out runs with RATE_LIMIT set"
+    started = time.monotonic()
+    check_across_instances(
+        os.environ["SCALE_OUT_INSTANCES"].split(","), auth, rate_limit
+    )
+    print(f"cross-instance checks passed in {time.monotonic() - started:.1f} s")
+    yield Target(
+        [os.environ["SCALE_OUT_URL"]],
+        os.environ["SCALE_OUT_DATABASE_URL"],
+        pids,
+        auth,
+        victim=pids[0],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=8)
+    # Many users per worker keep each user's request rate under RATE_LIMIT.
+    parser.add_argument("--users-per-worker", type=int, default=20)
+    parser.add_argument("--scale-out", action="store_true")
+    args = parser.parse_args()
+    with scale_out() if args.scale_out else two_servers() as target:
+        report = soak(target, args.minutes, args.workers, args.users_per_worker)
+    print(json.dumps(report, indent=2))
+    ok = report["lost"] == report["phantom"] == 0
+    ok = ok and report["failures_outside_fault_windows"] == 0
+    sys.exit(0 if ok else 1)
+
+
+def soak(
+    target: Target, minutes: float, workers: int, users_per_worker: int
+) -> dict[str, object]:
+    run = uuid.uuid4().hex[:6]
+    rss_start = [psutil.Process(pid).memory_info().rss for pid in target.pids]
     ledger: dict[str, set[int]] = {}
     lock = threading.Lock()
-    kills: list[float] = []
-    errors: list[tuple[float, int]] = []
-    counts = {"requests": 0}
+    faults: list[float] = []
+    failures: list[tuple[float, float, str]] = []  # (start, end, what): 5xx, no answer
+    statuses: Counter[str] = Counter()
+    served: dict[str, Counter[str]] = {"before": Counter(), "after": Counter()}
+    victim_killed_at: list[float] = []
     stop = threading.Event()
 
     def request(
-        client: httpx.Client, method: str, path: str, **kw: object
-    ) -> httpx.Response:
-        response = client.request(method, path, **kw)  # type: ignore[arg-type]
+        client: httpx.Client,
+        method: str,
+        path: str,
+        user: str,
+        headers: dict[str, str] | None = None,
+        **kw: object,
+    ) -> httpx.Response | None:
+        """The response, or None when the connection closed without one (an
+        instance died mid-request): a failure, like a 5xx, never acknowledged."""
+        headers = {**target.auth(user), **(headers or {})}
+        start = time.monotonic()
+        try:
+            response = client.request(method, path, headers=headers, **kw)  # type: ignore[arg-type]
+        except httpx.TransportError:
+            response = None
+        now = time.monotonic()
         with lock:
-            counts["requests"] += 1
-            if response.status_code >= 500:
-                errors.append((time.monotonic(), response.status_code))
+            status = "no response" if response is None else str(response.status_code)
+            statuses[status] += 1
+            if response is None or response.status_code >= 500:
+                failures.append((start, now, f"{method} {status}"))
+            if response is not None and "x-served-by" in response.headers:
+                phase = "after" if victim_killed_at else "before"
+                served[phase][response.headers["x-served-by"]] += 1
         return response
 
     def worker(n: int) -> None:
-        user = f"soak-{n}"
-        mine: set[int] = set()
+        users = [f"soak-{run}-{n}-{u}" for u in range(users_per_worker)]
         with lock:
-            ledger[user] = mine
-        clients = [httpx.Client(base_url=b, timeout=30) for b in bases]
+            for user in users:
+                ledger[user] = set()
+        clients = [httpx.Client(base_url=b, timeout=30) for b in target.bases]
         while not stop.is_set():
             client = random.choice(clients)
+            user = random.choice(users)
+            mine = ledger[user]
             roll = random.random()
             base = f"/api/{user}/tasks"
             if roll < 0.4 or not mine:
@@ -105,80 +211,111 @@ def main() -> None:
                         client,
                         "POST",
                         base,
+                        user,
                         json={"title": "soak"},
                         headers={"Idempotency-Key": key},
                     )
-                    if r.status_code == 201:
+                    if r is not None and r.status_code == 201:
                         mine.add(r.json()["id"])
                         break
                     time.sleep(0.2)
             elif roll < 0.5:
                 victim = random.choice(sorted(mine))
                 while True:
-                    r = request(client, "DELETE", f"{base}/{victim}")
-                    if r.status_code in (204, 404):
+                    r = request(client, "DELETE", f"{base}/{victim}", user)
+                    if r is not None and r.status_code in (204, 404):
                         mine.discard(victim)
                         break
                     time.sleep(0.2)
             elif roll < 0.7:
                 request(
-                    client, "PATCH", f"{base}/{random.choice(sorted(mine))}/complete"
+                    client,
+                    "PATCH",
+                    f"{base}/{random.choice(sorted(mine))}/complete",
+                    user,
                 )
             elif roll < 0.9:
-                request(client, "GET", f"{base}/{random.choice(sorted(mine))}")
+                request(client, "GET", f"{base}/{random.choice(sorted(mine))}", user)
             else:
-                request(client, "GET", base, params={"limit": 50})
+                request(client, "GET", base, user, params={"limit": 50})
         for client in clients:
             client.close()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.workers)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    killer = create_engine(url, isolation_level="AUTOCOMMIT")
-    while time.monotonic() - started < args.minutes * 60:
-        time.sleep(min(60, args.minutes * 60 - (time.monotonic() - started)))
-        if time.monotonic() - started >= args.minutes * 60:
+    killer = create_engine(target.database_url, isolation_level="AUTOCOMMIT")
+    end = started + minutes * 60
+    next_kill = started + 60
+    victim_at = started + minutes * 30 if target.victim else end
+    while (now := time.monotonic()) < end:
+        time.sleep(max(0.0, min(next_kill, victim_at, end) - now))
+        now = time.monotonic()
+        if now >= end:
             break
-        with killer.connect() as conn:
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                    "datname = current_database() AND pid <> pg_backend_pid()"
+        if target.victim and now >= victim_at and not victim_killed_at:
+            os.kill(target.victim, signal.SIGKILL)
+            with lock:
+                victim_killed_at.append(now)
+            faults.append(now)
+            victim_at = end
+        if now >= next_kill:
+            faults.append(now)
+            with killer.connect() as conn:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                        "datname = current_database() AND pid <> pg_backend_pid()"
+                    )
                 )
-            )
-        kills.append(time.monotonic())
+            next_kill += 60
     stop.set()
     for thread in threads:
         thread.join()
-    rss_end = [psutil.Process(s.pid).memory_info().rss for s in servers]
-    engine = create_engine(url)
+    alive = [pid for pid in target.pids if pid != target.victim]
+    rss_end = [psutil.Process(pid).memory_info().rss for pid in alive]
+    engine = create_engine(target.database_url)
     with engine.connect() as conn:
         stored: dict[str, set[int]] = {}
-        for row in conn.execute(text("SELECT user_id, id FROM task")):
+        rows = conn.execute(
+            text("SELECT user_id, id FROM task WHERE user_id LIKE :run"),
+            {"run": f"soak-{run}-%"},
+        )
+        for row in rows:
             stored.setdefault(row.user_id, set()).add(row.id)
     lost = sum(len(ids - stored.get(user, set())) for user, ids in ledger.items())
     phantom = sum(len(ids - ledger.get(user, set())) for user, ids in stored.items())
-    in_window = sum(
-        1 for t, _ in errors if any(0 <= t - k <= FAULT_WINDOW for k in kills)
-    )
-    for server in servers:
-        server.terminate()
-        server.wait(timeout=30)
-    report = {
-        "minutes": args.minutes,
-        "requests": counts["requests"],
-        "kills": len(kills),
+    outside = [
+        {
+            "request": what,
+            "started_after_last_fault_s": round(
+                start - max((f for f in faults if f <= start), default=started), 2
+            ),
+            "duration_s": round(end - start, 2),
+        }
+        for start, end, what in failures
+        if not any(start <= f + FAULT_WINDOW and end >= f for f in faults)
+    ]
+    report: dict[str, object] = {
+        "minutes": minutes,
+        "requests": sum(statuses.values()),
+        "statuses": dict(sorted(statuses.items())),
+        "connection_kills": len(faults) - len(victim_killed_at),
         "tasks_in_ledger": sum(len(v) for v in ledger.values()),
         "lost": lost,
         "phantom": phantom,
-        "5xx_in_fault_windows": in_window,
-        "5xx_outside_fault_windows": len(errors) - in_window,
+        "failures_in_fault_windows": len(failures) - len(outside),
+        "failures_outside_fault_windows": len(outside),
+        "failures_outside_detail": outside[:10],
         "rss_mb_start": [round(r / 2**20, 1) for r in rss_start],
         "rss_mb_end": [round(r / 2**20, 1) for r in rss_end],
     }
-    print(json.dumps(report, indent=2))
-    sys.exit(0 if lost == phantom == report["5xx_outside_fault_windows"] == 0 else 1)
+    if victim_killed_at:
+        report["instance_killed_after_s"] = round(victim_killed_at[0] - started, 1)
+        report["served_by_before_kill"] = dict(sorted(served["before"].items()))
+        report["served_by_after_kill"] = dict(sorted(served["after"].items()))
+    return report
 
 
 if __name__ == "__main__":
