@@ -86,8 +86,10 @@ for i in $(seq "$INSTANCES"); do
 done
 
 # A server is out after two failed checks a second apart, or at once when a request
-# cannot connect to it; such a request is retried on another server (never one that
-# reached the instance: it may have written).
+# cannot connect to it. A request that could not connect is sent to another server;
+# so is a GET or HEAD that got no response (e.g. on a kept-alive connection to an
+# instance that just died). Other methods are never retried here (they may have
+# written): their client sees the connection closed and retries.
 cat >"$dir/haproxy.cfg" <<CFG
 global
     maxconn 4000
@@ -97,10 +99,12 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout http-request 5s
-    retries 2
+    retries 3
     option redispatch
+    retry-on conn-failure empty-response
 frontend api
     bind 127.0.0.1:$SCALE_PORT
+    http-request disable-l7-retry if !METH_GET
     default_backend instances
 backend instances
     balance roundrobin
