@@ -185,3 +185,50 @@ class BodyGuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class CanonicalPathMiddleware:
+    """Serves `/api/…/` as `/api/…`. Starlette's answer is a 307 whose Location is an
+    absolute URL built from what the app sees (plain `http://` behind a TLS proxy),
+    sent before authentication; this one has no redirect at all. The scope is changed
+    in place so the access log still finds the route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/api/") and path.endswith("/"):
+                scope["path"] = path.rstrip("/")
+                raw_path = scope.get("raw_path")
+                if isinstance(raw_path, bytes):
+                    scope["raw_path"] = raw_path.rstrip(b"/")
+        await self.app(scope, receive, send)
+
+
+class HeadMiddleware:
+    """HEAD on every GET route (uptime monitors, `curl -I`): the GET's status and
+    headers (ETag, Content-Length, Link…) without its body. Routes stay GET-only, so
+    the OpenAPI document has no second operation per path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, send_headers_only)
+        finally:
+            scope["method"] = "HEAD"  # what the access log and metrics record
