@@ -79,7 +79,7 @@ def test_forwarded_allow_ips_defaults_to_loopback_like_uvicorn() -> None:
 )
 def test_forwarded_allow_ips_accepts_addresses_networks_and_star(value: str) -> None:
     settings = make(FORWARDED_ALLOW_IPS=value)
-    assert settings.FORWARDED_ALLOW_IPS == value.replace(" ", "")
+    assert value.replace(" ", "") == settings.FORWARDED_ALLOW_IPS
 
 
 def test_a_bad_forwarded_allow_ips_fails_in_one_line(
