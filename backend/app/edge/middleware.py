@@ -227,8 +227,11 @@ class HeadMiddleware:
                 message = {"type": "http.response.body", "body": b""}
             await send(message)
 
-        scope["method"] = "GET"
+        # A copy: the server reads the method from its own scope to know that this
+        # response has no body.
+        as_get = {**scope, "method": "GET"}
         try:
-            await self.app(scope, receive, send_headers_only)
+            await self.app(as_get, receive, send_headers_only)
         finally:
-            scope["method"] = "HEAD"  # what the access log and metrics record
+            if "route" in as_get:  # for the access log and metrics
+                scope["route"] = as_get["route"]

@@ -3,6 +3,7 @@ CORS with credentials and the headers browsers send, the trailing-slash path ser
 without a redirect, bodies without Content-Type, HEAD, and an OpenAPI document that
 generates clean clients."""
 
+import logging
 from typing import Any
 
 import pytest
@@ -204,6 +205,24 @@ def test_head_on_a_path_without_get_is_405(client: TestClient) -> None:
     response = client.request("HEAD", tasks_url("u1") + "/1/complete")
     assert response.status_code == 405
     assert "HEAD" not in response.headers["allow"]
+
+
+def test_head_and_slash_requests_are_logged_with_their_route(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = new_user_id()
+    with caplog.at_level(logging.INFO, logger="app.request"):
+        client.head(tasks_url(user, 1))
+        client.get(tasks_url(user) + "/")
+    logged = [
+        (r.method, r.path)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "app.request"
+    ]
+    assert logged == [
+        ("HEAD", "/api/{user_id}/tasks/{id}"),
+        ("GET", "/api/{user_id}/tasks"),
+    ]
 
 
 # --- the OpenAPI document for generated clients ---------------------------------
