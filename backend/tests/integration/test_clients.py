@@ -2,8 +2,8 @@
 /openapi.json of a running server (auth on), @hey-api/openapi-ts generates a
 TypeScript client, which `tsc --noEmit` type-checks strictly with a round trip
 written against it (backend/tests/clients/roundtrip.ts), then Node runs that round
-trip; openapi-python-client generates a Python client, and roundtrip.py runs the same
-journey. The generators are pinned: npm's in backend/tests/clients/package-lock.json,
+trip; openapi-python-client generates a Python client, against which `mypy --strict`
+checks roundtrip.py before it runs the same journey. The generators are pinned: npm's in backend/tests/clients/package-lock.json,
 openapi-python-client in requirements-dev.txt."""
 
 import hashlib
@@ -102,6 +102,14 @@ def test_python_client_round_trips(api: str, tmp_path: Path) -> None:
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     assert "warning" not in generated.lower(), generated
+    # Our use of the client, typed strictly against it (its own code is not ours).
+    config = tmp_path / "mypy.ini"
+    config.write_text("[mypy]\nstrict = True\nfollow_imports = silent\n")
+    _run(
+        [VENV_BIN / "mypy", "--config-file", config, CLIENTS / "roundtrip.py"],
+        tmp_path,
+        MYPYPATH=str(tmp_path),
+    )
     user = new_user_id()
     output = _run(
         [sys.executable, CLIENTS / "roundtrip.py", api, hs_token(user), user],
