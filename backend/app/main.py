@@ -18,8 +18,7 @@ from app.db.url import parse_database_url
 from app.edge.auth import TokenVerifier
 from app.edge.middleware import (
     BodyGuardMiddleware,
-    CanonicalPathMiddleware,
-    HeadMiddleware,
+    CanonicalRequestMiddleware,
     LoadShedMiddleware,
     RequestContextMiddleware,
 )
@@ -95,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "logs": False,
             "operation_spans": False,
         },
-        # `/api/…/` is served as `/api/…` (CanonicalPathMiddleware), never redirected.
+        # `/api/…/` is served as `/api/…` (CanonicalRequestMiddleware), no redirect.
         redirect_slashes=False,
         # A body without Content-Type is read as JSON (specs/001).
         strict_content_type=False,
@@ -119,8 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount(docs.ASSETS_PATH, docs.assets, name="docs-assets")
     register_exception_handlers(app)
     # Added innermost first: CORS wraps everything, so even a 500 carries its headers.
-    app.add_middleware(HeadMiddleware)
-    app.add_middleware(CanonicalPathMiddleware)
+    app.add_middleware(CanonicalRequestMiddleware)
     app.add_middleware(BodyGuardMiddleware)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(LoadShedMiddleware, limit=settings.HTTP_MAX_IN_FLIGHT)

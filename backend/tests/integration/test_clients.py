@@ -3,8 +3,9 @@
 TypeScript client, which `tsc --noEmit` type-checks strictly with a round trip
 written against it (backend/tests/clients/roundtrip.ts), then Node runs that round
 trip; openapi-python-client generates a Python client, against which `mypy --strict`
-checks roundtrip.py before it runs the same journey. The generators are pinned: npm's in backend/tests/clients/package-lock.json,
-openapi-python-client in requirements-dev.txt."""
+checks roundtrip.py before it runs the same journey. The generators are pinned: npm's
+in backend/tests/clients/package-lock.json, openapi-python-client in
+requirements-dev.txt."""
 
 import hashlib
 import json
