@@ -1,6 +1,7 @@
 """`python -m app`: check the configuration, start the embedded database when no
 DATABASE_URL is set, apply migrations, then serve with uvicorn."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +14,9 @@ import uvicorn
 from app.config import Settings, load_settings
 from app.edge.protocol import BoundedHttpToolsProtocol
 from app.observability.logging import configure_logging
+
+
+logger = logging.getLogger("app")
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
@@ -32,6 +36,16 @@ def serve(settings: Settings, url: str) -> None:
     # so the embedded database is stopped on the way out).
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
+    # What this instance may hold open: the figure to size against the database's
+    # connection limit (README, "Sizing connections").
+    per_worker = settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW
+    logger.info(
+        "at most %d database connections: WEB_CONCURRENCY=%d x "
+        "(DB_POOL_SIZE + DB_MAX_OVERFLOW = %d)",
+        settings.WEB_CONCURRENCY * per_worker,
+        settings.WEB_CONCURRENCY,
+        per_worker,
+    )
     uvicorn.run(
         "app.main:create_app",
         factory=True,
