@@ -15,7 +15,6 @@ from app.config import Settings, load_settings
 from app.edge.protocol import BoundedHttpToolsProtocol
 from app.observability.logging import configure_logging
 
-
 logger = logging.getLogger("app")
 
 
