@@ -1,10 +1,11 @@
 """create_app(): routers, middleware, exception handlers, lifespan."""
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
@@ -59,12 +60,13 @@ def _operation_id(route: APIRoute) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.LOG_LEVEL)
+    leave_embedded: Callable[[], None] | None = None
     if settings.DATABASE_URL is not None:
         url = settings.DATABASE_URL.get_secret_value()
     else:
-        from app.db.embedded import embedded_database_url  # development only
+        from app.db.embedded import embedded_database  # development only
 
-        url = embedded_database_url()
+        url, leave_embedded = embedded_database()
     database = Database(settings, parse_database_url(url))
 
     @asynccontextmanager
@@ -78,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limiter = app.state.rate_limiter
             if limiter is not None:
                 await limiter.store.close()
+            if leave_embedded is not None:  # stops it unless others still use it
+                await anyio.to_thread.run_sync(leave_embedded)
 
     app = FastAPI(
         title="Task API",

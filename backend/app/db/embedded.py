@@ -1,22 +1,21 @@
 """The embedded PostgreSQL for development: `make run` (and tests) without a URL.
 
 pgserver keeps, in the data folder, the ids of the processes using the server, and
-the last one to leave stops it (at exit). Two things would keep it running after
-the server stopped: uvicorn re-raises SIGTERM once it has drained, and a process
-killed by a signal runs no exit handlers; and the id of a process that died that way
-stays on the list, so no later process is ever the last. Both are handled here."""
+the last one to leave stops it, by default at exit. That was not enough: uvicorn
+re-raises SIGTERM once it has drained, and a process killed by a signal runs no exit
+handlers; and the id of a process that died that way stayed on the list, so no later
+process was ever the last. So the server leaves explicitly when it stops serving
+(`embedded_postgres()` around `python -m app`, the lifespan for an app built by
+`uvicorn app.main:app` or `fastapi dev`), and dead processes are dropped from the
+list before joining."""
 
-import contextlib
 import json
 import logging
 import os
-import signal
-import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from app.config import ConfigError
@@ -50,10 +49,6 @@ def _forget_dead_processes(data_dir: Path) -> None:
         handles.write_text(json.dumps(alive))
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-    sys.exit(128 + signum)  # exit handlers run: the server is stopped
-
-
 def _start(data_dir: Path) -> Any:
     try:
         with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR
@@ -78,31 +73,38 @@ def _start(data_dir: Path) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = get_server(data_dir, cleanup_mode="stop")
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        with contextlib.suppress(ValueError):  # only the main thread may set it
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logger.info("embedded PostgreSQL in %s", data_dir)
     return server
 
 
-def embedded_database_url(data_dir: Path | None = None) -> str:
-    """Start (or join) the embedded PostgreSQL under `.data/` and return its URL;
-    it stops when the last process using it exits (SIGTERM included)."""
-    server = _start(data_dir or EMBEDDED_DATA_DIR)
-    url: str = server.get_uri()
-    return url
-
-
-@contextmanager
-def embedded_postgres(data_dir: Path | None = None) -> Iterator[str]:
-    """The same, stopped when the block ends, unless another process still uses it."""
+def embedded_database(data_dir: Path | None = None) -> tuple[str, Callable[[], None]]:
+    """Start (or join) the embedded PostgreSQL under `.data/`: its URL, and a function
+    that leaves it, stopping it unless another process still uses it. A process that
+    never calls it leaves at exit."""
     data_dir = (data_dir or EMBEDDED_DATA_DIR).resolve()
     server = _start(data_dir)
-    try:
-        yield server.get_uri()
-    finally:
+
+    def leave() -> None:
         server.cleanup()  # stops it if this process was the last one using it
         if (data_dir / "postmaster.pid").exists():
             logger.info("embedded PostgreSQL left running: another process uses it")
         else:
             logger.info("embedded PostgreSQL stopped")
+
+    url: str = server.get_uri()
+    return url, leave
+
+
+def embedded_database_url(data_dir: Path | None = None) -> str:
+    """Start (or join) the embedded PostgreSQL; this process leaves it at exit."""
+    return embedded_database(data_dir)[0]
+
+
+@contextmanager
+def embedded_postgres(data_dir: Path | None = None) -> Iterator[str]:
+    """The embedded PostgreSQL for the block's duration (unless others still use it)."""
+    url, leave = embedded_database(data_dir)
+    try:
+        yield url
+    finally:
+        leave()

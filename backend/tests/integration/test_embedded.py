@@ -1,7 +1,8 @@
 """`make run` without DATABASE_URL: the embedded PostgreSQL it starts stops with the
 server, on Ctrl-C (SIGINT) and on SIGTERM, even after an earlier run was killed
-outright and left its server (and its process id) behind. Uses its own data folder,
-never the developer's `.data/postgres`."""
+outright and left its server (and its process id) behind; so does the one an app
+served by plain uvicorn starts. Uses its own data folder, never the developer's
+`.data/postgres`."""
 
 import signal
 import subprocess
@@ -17,12 +18,14 @@ import pytest
 
 from tests.server import server_process
 
-# `python -m app`, with the embedded server's folder moved into the test's.
-SERVE = (
+# `python -m app`, and `uvicorn app.main:app`, with the embedded server's folder
+# moved into the test's.
+MOVE = (
     "import pathlib, sys; import app.db.embedded as embedded; "
     "embedded.EMBEDDED_DATA_DIR = pathlib.Path(sys.argv[1]); "
-    "from app.__main__ import main; main()"
 )
+SERVE = MOVE + "from app.__main__ import main; main()"
+UVICORN = MOVE + "import uvicorn; uvicorn.run('app.main:app', port=int(sys.argv[2]))"
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +63,11 @@ def _postmaster_stopped(data_dir: Path, timeout: float = 15) -> bool:
 
 
 def _serve(
-    data_dir: Path,
+    data_dir: Path, script: str = SERVE
 ) -> AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]:
     # DATABASE_URL= (blank) means unset: the embedded server is used.
-    return server_process("", command=[sys.executable, "-c", SERVE, str(data_dir)])
+    command = [sys.executable, "-c", script, str(data_dir), "{port}"]
+    return server_process("", command=command)
 
 
 def _stop_with(process: subprocess.Popen[bytes], signum: int) -> int:
@@ -89,5 +93,16 @@ def test_a_killed_run_leaves_nothing_the_next_run_cannot_stop(data_dir: Path) ->
     assert not _postmaster_stopped(data_dir, timeout=1)  # left behind, as expected
     with _serve(data_dir) as (base_url, process):  # joins the one left running
         assert httpx.get(base_url + "/health").status_code == 200
+        _stop_with(process, signal.SIGTERM)
+    assert _postmaster_stopped(data_dir)
+
+
+def test_embedded_postgres_stops_with_an_app_served_by_plain_uvicorn(
+    data_dir: Path,
+) -> None:
+    with _serve(data_dir, UVICORN) as (base_url, process):
+        assert httpx.get(base_url + "/api/me/tasks").status_code == 200
+        postmaster = _postmaster_pid(data_dir)
+        assert postmaster is not None
         _stop_with(process, signal.SIGTERM)
     assert _postmaster_stopped(data_dir)
