@@ -201,18 +201,21 @@ class RequestTimeout(AppError):
     status_code = 408
     code = "request_timeout"
     message = "The request did not arrive in time"
+    detail = "The request head and body must arrive within HTTP_REQUEST_TIMEOUT s"
 
 
 class HeadersTooLarge(AppError):
     status_code = 431
     code = "headers_too_large"
     message = "The request line and headers are too large"
+    detail = "The request line and headers together are limited to 32 KiB"
 
 
 class Overloaded(AppError):
     status_code = 503
     code = "overloaded"
     message = "The service is at capacity, try again shortly"
+    detail = "Every request slot of this instance is busy; retry after Retry-After s"
     retry_after = 1
 
 

@@ -37,14 +37,15 @@ EXPOSED_HEADERS = [
     "Retry-After",
 ]
 DESCRIPTION = """A user-scoped todo API. Every error has the body
-`{"error", "code", "detail"?, "fields"?, "request_id"?}`."""
+`{"error", "code", "detail", "fields"?, "request_id"?}`."""
 
 
 def _limiters(settings: Settings) -> tuple[RateLimiter | None, RateLimiter | None]:
     """The request limiter and the failed-authentication limiter, on one store."""
+    authenticates = settings.auth_enabled or settings.METRICS_TOKEN is not None
     limits = (
         settings.rate_limit,
-        settings.auth_failure_limit if settings.auth_enabled else None,
+        settings.auth_failure_limit if authenticates else None,
     )
     if limits == (None, None):
         return None, None

@@ -11,6 +11,7 @@ import math
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,7 @@ class JwksCache:
         self._attempted_at = float("-inf")
         self._refresh: asyncio.Task[bool] | None = None
         self._refresh_began = float("-inf")
-        self._download: concurrent.futures.Future[bytes] | None = None
+        self._download: concurrent.futures.Future[Any] | None = None
 
     async def key(self, kid: str | None) -> PyJWK:
         """The key for `kid`; AuthUnavailable (503) or UnauthorizedError (401)."""
@@ -77,7 +78,7 @@ class JwksCache:
             if arrived - self._fetched_at > self.ttl:
                 self._start_refresh(arrived)  # in the background: nobody waits
             return key
-        refresh = self._refresh or self._start_refresh(arrived)
+        refresh = self._start_refresh(arrived)
         if refresh is None:
             raise self._not_yet(arrived)
         began = self._refresh_began
@@ -121,10 +122,10 @@ class JwksCache:
     async def _run_refresh(self) -> bool:
         try:
             self._download = _in_thread(self._fetch)
-            body = await asyncio.wait_for(
+            document = await asyncio.wait_for(
                 asyncio.wrap_future(self._download), self.timeout
             )
-            keys = self._usable_keys(json.loads(body))
+            keys = self._usable_keys(document)
         except Exception as exc:  # any failure: keep the keys we have
             logger.warning(
                 "JWKS fetch from %s failed: %s",
@@ -138,7 +139,8 @@ class JwksCache:
         self._fetched_at = time.monotonic()
         return True
 
-    def _fetch(self) -> bytes:
+    def _fetch(self) -> Any:
+        """The parsed JWKS document (on the fetch thread: no parsing on the loop)."""
         request = urllib.request.Request(
             self.url, headers={"Accept": "application/json"}
         )
@@ -146,7 +148,7 @@ class JwksCache:
             body: bytes = response.read(_MAX_JWKS_BYTES + 1)
         if len(body) > _MAX_JWKS_BYTES:
             raise ValueError(f"JWKS larger than {_MAX_JWKS_BYTES} bytes")
-        return body
+        return json.loads(body)
 
     def _usable_keys(self, document: Any) -> dict[str | None, PyJWK]:
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
@@ -173,10 +175,10 @@ class JwksCache:
         return keys
 
 
-def _in_thread(function: Any) -> "concurrent.futures.Future[bytes]":
+def _in_thread(function: Callable[[], Any]) -> "concurrent.futures.Future[Any]":
     """Run `function` on a daemon thread of its own: a fetch that hangs past its
     timeout is abandoned without blocking a shared pool or the process's exit."""
-    future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def run() -> None:
         if future.set_running_or_notify_cancel():
