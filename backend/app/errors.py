@@ -140,6 +140,7 @@ class SyncTokenExpired(AppError):
     status_code = 410
     code = "sync_token_expired"
     message = "This sync token is older than deletions are kept: sync from scratch"
+    detail = "Drop the local copy and sync again without a token"
 
 
 class PreconditionFailed(AppError):
@@ -168,6 +169,7 @@ class RateLimited(AppError):
     status_code = 429
     code = "rate_limited"
     message = "Too many requests, slow down"
+    detail = "Over the rate limit: retry after Retry-After seconds"
 
     def __init__(self, retry_after: int, detail: str | None = None) -> None:
         self.retry_after = max(retry_after, 1)

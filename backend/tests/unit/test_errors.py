@@ -63,6 +63,8 @@ def test_every_error_has_a_detail_of_its_own() -> None:
     for error in _subclasses(AppError):
         assert error.detail, error
         assert error.detail != error.message, error
+        # Not the 500's "something unexpected failed", inherited by oversight.
+        assert error.status_code == 500 or error.detail != AppError.detail, error
 
 
 def test_errors_answered_before_the_app_carry_detail_too() -> None:
