@@ -3,9 +3,11 @@
 import ipaddress
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.db.url import parse_database_url
@@ -86,8 +88,15 @@ class Settings(BaseSettings):
 
     # e.g. "100/minute": per authenticated user, else per client address.
     RATE_LIMIT: str | None = None
+    # Failed authentications (forged, foreign or malformed tokens) per client address
+    # before its unverified tokens get 429 for the rest of the window; "off" disables.
+    AUTH_FAILURE_LIMIT: str | None = "30/minute"
     # Shared rate-limit counters for several processes; in memory when unset.
     REDIS_URL: str | None = None
+
+    # Bearer token that /metrics requires (32+ bytes). Unset: /metrics is open in
+    # development and test, and absent (404) in production.
+    METRICS_TOKEN: SecretStr | None = None
 
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
@@ -177,6 +186,7 @@ class Settings(BaseSettings):
         "RATE_LIMIT",
         "REDIS_URL",
         "DB_STATEMENT_CACHE_SIZE",
+        "METRICS_TOKEN",
         mode="before",
     )
     @classmethod
@@ -184,14 +194,26 @@ class Settings(BaseSettings):
         """`NAME=` (as in .env.example) means unset."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("BETTER_AUTH_SECRET", "JWT_SECRET", "CURSOR_SECRET")
+    @field_validator("AUTH_FAILURE_LIMIT", mode="before")
+    @classmethod
+    def _off_is_unset(cls, value: object) -> object:
+        """`off` turns the limit off; blank (as in .env.example) keeps the default."""
+        if isinstance(value, str) and not value.strip():
+            raise PydanticUseDefault()
+        if isinstance(value, str) and value.strip().lower() == "off":
+            return None
+        return value
+
+    @field_validator(
+        "BETTER_AUTH_SECRET", "JWT_SECRET", "CURSOR_SECRET", "METRICS_TOKEN"
+    )
     @classmethod
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes (openssl rand -base64 32)")
         return value
 
-    @field_validator("RATE_LIMIT")
+    @field_validator("RATE_LIMIT", "AUTH_FAILURE_LIMIT")
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
         if value is not None and not RATE_PATTERN.fullmatch(value.strip().lower()):
@@ -201,11 +223,12 @@ class Settings(BaseSettings):
     @property
     def rate_limit(self) -> tuple[int, int] | None:
         """(requests, window seconds), or None when off."""
-        if self.RATE_LIMIT is None:
-            return None
-        match = RATE_PATTERN.fullmatch(self.RATE_LIMIT.strip().lower())
-        assert match is not None
-        return int(match["count"]), RATE_WINDOWS[match["unit"]]
+        return _parse_rate(self.RATE_LIMIT)
+
+    @property
+    def auth_failure_limit(self) -> tuple[int, int] | None:
+        """(failed authentications, window seconds) per address, or None when off."""
+        return _parse_rate(self.AUTH_FAILURE_LIMIT)
 
     @field_validator("JWT_JWKS_URL")
     @classmethod
@@ -216,18 +239,40 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_rules(self) -> "Settings":
-        if self.ENVIRONMENT != "production":
-            return self
-        if self.DATABASE_URL is None:
-            raise ValueError("DATABASE_URL is required when ENVIRONMENT=production")
-        if self.CURSOR_SECRET is None:
-            raise ValueError("CURSOR_SECRET is required when ENVIRONMENT=production")
-        if not self.auth_enabled and not self.AUTH_DISABLED:
-            raise ValueError(
-                "BETTER_AUTH_SECRET, JWT_SECRET or JWT_JWKS_URL is required when "
-                "ENVIRONMENT=production (or set AUTH_DISABLED=true)"
-            )
+        problems = self.production_problems()
+        if problems:
+            raise SettingsProblems(problems)
         return self
+
+    def production_problems(self) -> list[tuple[frozenset[str], str]]:
+        """Every setting production needs and lacks: (the variables, the line)."""
+        if self.ENVIRONMENT != "production":
+            return []
+        problems = []
+        if self.DATABASE_URL is None:
+            problems.append(
+                (
+                    frozenset({"DATABASE_URL"}),
+                    "DATABASE_URL is required when ENVIRONMENT=production",
+                )
+            )
+        if self.CURSOR_SECRET is None:
+            problems.append(
+                (
+                    frozenset({"CURSOR_SECRET"}),
+                    "CURSOR_SECRET is required when ENVIRONMENT=production "
+                    "(openssl rand -base64 32)",
+                )
+            )
+        if not self.auth_enabled and not self.AUTH_DISABLED:
+            problems.append(
+                (
+                    frozenset({"BETTER_AUTH_SECRET", "JWT_SECRET", "JWT_JWKS_URL"}),
+                    "BETTER_AUTH_SECRET, JWT_SECRET or JWT_JWKS_URL is required when "
+                    "ENVIRONMENT=production (or set AUTH_DISABLED=true)",
+                )
+            )
+        return problems
 
     @property
     def jwt_secret(self) -> SecretStr | None:
@@ -249,19 +294,64 @@ class Settings(BaseSettings):
         return self.CORS_ALLOW_HEADERS or DEFAULT_CORS_ALLOW_HEADERS
 
 
+def _parse_rate(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    match = RATE_PATTERN.fullmatch(value.strip().lower())
+    assert match is not None  # the validator checked it
+    return int(match["count"]), RATE_WINDOWS[match["unit"]]
+
+
+class SettingsProblems(ValueError):
+    """Several model-level problems at once, each naming its variables."""
+
+    def __init__(self, problems: list[tuple[frozenset[str], str]]) -> None:
+        super().__init__("; ".join(line for _, line in problems))
+        self.problems = problems
+
+
 class ConfigError(SystemExit):
-    """Start-up stops with one line naming the variable, never a traceback."""
+    """Start-up stops with one line per problem, each naming its variable, never a
+    traceback."""
 
 
-def load_settings() -> Settings:
+def _problems(exc: ValidationError) -> list[tuple[frozenset[str], str]]:
+    problems = []
+    for error in exc.errors():
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, SettingsProblems):
+            problems.extend(cause.problems)
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            where = ".".join(str(part) for part in error["loc"])
+            problems.append((frozenset({str(error["loc"][0])}), f"{where}: {message}"))
+        else:
+            problems.append((frozenset(), message))
+    return problems
+
+
+def load_settings(env_file: Path | str | None = ".env") -> Settings:
+    """The settings, or ConfigError listing every problem at once: a malformed value
+    would otherwise hide the rules that need every value (what production lacks),
+    so those are checked again with the malformed ones at their defaults."""
     try:
-        return Settings()
+        return Settings(_env_file=env_file)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")
-        if first["loc"]:  # a model-level rule names its variables in its message
-            message = f"{'.'.join(str(part) for part in first['loc'])}: {message}"
-        raise ConfigError(f"configuration error: {message}") from None
+        problems = _problems(exc)
+    malformed = frozenset().union(*(names for names, _ in problems))
+    defaults = {
+        name: Settings.model_fields[name].get_default(call_default_factory=True)
+        for name in malformed
+        if name in Settings.model_fields
+    }
+    if defaults:
+        try:
+            Settings(_env_file=env_file, **defaults)
+        except ValidationError as exc:
+            problems += [p for p in _problems(exc) if not p[0] & malformed]
+    lines = (f"configuration error: {line}" for _, line in problems)
+    raise ConfigError("\n".join(lines))
 
 
 @lru_cache

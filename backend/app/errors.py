@@ -18,9 +18,13 @@ logger = logging.getLogger("app.errors")
 
 
 class AppError(Exception):
+    """`message` is the short sentence (`error`), `detail` what happened and what to
+    do about it: every error body carries both (frontends show `body.detail`)."""
+
     status_code = 500
     code = "internal_error"
     message = "Internal server error"
+    detail = "Something unexpected failed; the request id finds it in the server log"
     # Seconds a client should wait before retrying; sent as Retry-After when set.
     retry_after: int | None = None
 
@@ -34,7 +38,7 @@ class AppError(Exception):
     ) -> None:
         super().__init__(message or self.message)
         self.message = message or self.message
-        self.detail = detail
+        self.detail = detail or self.detail
         self.fields = fields
         self.headers = dict(headers or {})
         if self.retry_after is not None:
@@ -45,50 +49,81 @@ class ValidationFailed(AppError):
     status_code = 400
     code = "validation_error"
     message = "Request validation failed"
+    detail = "The body, path, query or a header is not valid"
 
 
 class InvalidJSON(AppError):
     status_code = 400
     code = "invalid_json"
     message = "Request body must be a JSON object"
+    detail = 'The body must be one JSON object, e.g. {"title": "Buy milk"}'
 
 
 class UnauthorizedError(AppError):
+    """`reason` names the check that failed (logged; `detail` says it to the client).
+    No credentials at all is `missing`: RFC 6750 then sends no error code."""
+
     status_code = 401
     code = "unauthorized"
     message = "Authentication required"
+    detail = "Send the request with Authorization: Bearer <JWT>"
+    # Failures a genuine token never has (it is signed by a known key, for us), so
+    # they count towards the per-address limit on failed authentications. A missing
+    # token costs nothing to refuse; an expired one was validly signed.
+    _NOT_COUNTED = frozenset({"missing", "expired", "not_yet_valid"})
 
     def __init__(
-        self, message: str | None = None, *, detail: str | None = None
+        self,
+        reason: str = "missing",
+        detail: str | None = None,
+        *,
+        context: dict[str, str] | None = None,
     ) -> None:
-        # RFC 6750: no error code when no credentials were sent at all.
-        challenge = 'Bearer error="invalid_token"' if detail else "Bearer"
-        super().__init__(
-            message, detail=detail, headers={"WWW-Authenticate": challenge}
-        )
+        self.reason = reason
+        self.context = context or {}  # for the log line, never the body
+        if reason == "missing":
+            challenge = "Bearer"
+        else:
+            description = (detail or "").replace("\\", "").replace('"', "'")
+            challenge = (
+                f'Bearer error="invalid_token", error_description="{description}"'
+            )
+        super().__init__(detail=detail, headers={"WWW-Authenticate": challenge})
+
+    @property
+    def counts_as_failure(self) -> bool:
+        return self.reason not in self._NOT_COUNTED
 
 
 class ForbiddenError(AppError):
     status_code = 403
     code = "forbidden"
     message = "This token may not access this user's tasks"
+    detail = "The token's user is not the {user_id} in the path"
 
 
 class AuthUnavailable(AppError):
     status_code = 503
     code = "auth_unavailable"
     message = "Token signing keys are unavailable, try again shortly"
+    detail = "The signing keys could not be fetched from the key server"
     retry_after = 2
+
+    def __init__(self, detail: str | None = None, retry_after: int = 2) -> None:
+        self.retry_after = max(retry_after, 1)
+        super().__init__(detail=detail)
 
 
 class NotFoundError(AppError):
     status_code = 404
     code = "not_found"
     message = "Not found"
+    detail = "No route matches this path"
 
 
 class TaskNotFound(NotFoundError):
     message = "Task not found"
+    detail = "This user has no task with this id"
 
 
 class InvalidCursor(ValidationFailed):
@@ -105,18 +140,21 @@ class SyncTokenExpired(AppError):
     status_code = 410
     code = "sync_token_expired"
     message = "This sync token is older than deletions are kept: sync from scratch"
+    detail = "Drop the local copy and sync again without a token"
 
 
 class PreconditionFailed(AppError):
     status_code = 412
     code = "precondition_failed"
     message = "If-Match does not match the task's current ETag"
+    detail = "The task changed since that ETag: GET it again for the current one"
 
 
 class IdempotencyKeyInUse(AppError):
     status_code = 409
     code = "idempotency_key_in_use"
     message = "A request with this Idempotency-Key is still in flight"
+    detail = "Retry once the first request with this key has finished"
     retry_after = 1
 
 
@@ -124,52 +162,62 @@ class IdempotencyKeyReused(AppError):
     status_code = 422
     code = "idempotency_key_reused"
     message = "This Idempotency-Key was used with a different body"
+    detail = "A different body needs a new Idempotency-Key"
 
 
 class RateLimited(AppError):
     status_code = 429
     code = "rate_limited"
     message = "Too many requests, slow down"
+    detail = "Over the rate limit: retry after Retry-After seconds"
 
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
         self.retry_after = max(retry_after, 1)
-        super().__init__()
+        super().__init__(
+            detail=detail or f"Over the rate limit: retry in {self.retry_after} s"
+        )
 
 
 class MethodNotAllowed(AppError):
     status_code = 405
     code = "method_not_allowed"
     message = "Method not allowed"
+    detail = "This path does not support this method (see the Allow header)"
 
 
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"
     message = "Request body is too large"
+    detail = "Bodies are limited to 64 KiB (65,536 bytes)"
 
 
 class UnsupportedMediaType(AppError):
     status_code = 415
     code = "unsupported_media_type"
     message = "Request body must be application/json"
+    detail = "Send the body as JSON with Content-Type: application/json"
 
 
 class RequestTimeout(AppError):
     status_code = 408
     code = "request_timeout"
     message = "The request did not arrive in time"
+    detail = "The request head and body must arrive within HTTP_REQUEST_TIMEOUT s"
 
 
 class HeadersTooLarge(AppError):
     status_code = 431
     code = "headers_too_large"
     message = "The request line and headers are too large"
+    detail = "The request line and headers together are limited to 32 KiB"
 
 
 class Overloaded(AppError):
     status_code = 503
     code = "overloaded"
     message = "The service is at capacity, try again shortly"
+    detail = "Every request slot of this instance is busy; retry after Retry-After s"
     retry_after = 1
 
 
@@ -177,6 +225,7 @@ class DatabaseUnavailable(AppError):
     status_code = 503
     code = "database_unavailable"
     message = "The database is unavailable, try again shortly"
+    detail = "The database could not be reached; retry after Retry-After seconds"
     retry_after = 2
 
 
@@ -213,7 +262,10 @@ def validation_error(errors: Sequence[Any]) -> AppError:
     fields: list[FieldError] = []
     for err in errors:
         loc = tuple(err.get("loc", ()))
-        if err.get("type") == "json_invalid" or loc == ("body",):
+        if err.get("type") == "json_invalid":
+            at = f" (at character {loc[1]})" if len(loc) > 1 else ""
+            return InvalidJSON(detail=f"The body is not valid JSON{at}")
+        if loc == ("body",):
             return InvalidJSON()
         if err.get("type") == "extra_forbidden":
             message = "Unknown field"
@@ -222,6 +274,20 @@ def validation_error(errors: Sequence[Any]) -> AppError:
         fields.append(FieldError(field=_field_name(loc), message=message))
     detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
     return ValidationFailed(detail=detail, fields=fields)
+
+
+def undecodable_body(exc: BaseException) -> InvalidJSON:
+    """FastAPI answers a body that `json.loads` fails on with anything but a
+    JSONDecodeError (bad UTF-8, nesting past the recursion limit, an integer past
+    Python's 4,300 digits) with a bare 400: it is malformed JSON all the same."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return InvalidJSON(detail="The body is not valid UTF-8")
+    if isinstance(cause, RecursionError):
+        return InvalidJSON(detail="The JSON is nested too deeply")
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return InvalidJSON(detail="A number in the body has too many digits")
+    return InvalidJSON(detail="The body is not valid JSON")
 
 
 _HTTP_ERRORS: dict[int, type[AppError]] = {
@@ -262,15 +328,19 @@ def register_exception_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         headers = dict(exc.headers) if exc.headers else None
+        detail = None
+        if exc.status_code == 400:  # FastAPI: a body json.loads could not decode
+            return error_response(undecodable_body(exc), request_id_of(request))
         if exc.status_code == 405:
             headers = {"Allow": _allowed_methods(request)}
+            detail = f"This path supports {headers['Allow']}"
         if exc.status_code in _HTTP_ERRORS:
-            error = _HTTP_ERRORS[exc.status_code](headers=headers)
+            error = _HTTP_ERRORS[exc.status_code](detail=detail, headers=headers)
         else:  # any other status Starlette raises: keep it, name it plainly
-            phrase = HTTPStatus(exc.status_code).phrase
-            error = AppError(phrase, headers=headers)
+            status = HTTPStatus(exc.status_code)
+            error = AppError(status.phrase, detail=status.description, headers=headers)
             error.status_code = exc.status_code
-            error.code = phrase.lower().replace(" ", "_").replace("-", "_")
+            error.code = status.phrase.lower().replace(" ", "_").replace("-", "_")
         return error_response(error, request_id_of(request))
 
     app.add_exception_handler(AppError, app_error)

@@ -40,15 +40,23 @@ EXPOSED_HEADERS = [
     "Retry-After",
 ]
 DESCRIPTION = """A user-scoped todo API. Every error has the body
-`{"error", "code", "detail"?, "fields"?, "request_id"?}`."""
+`{"error", "code", "detail", "fields"?, "request_id"?}`."""
 
 
-def _rate_limiter(settings: Settings) -> RateLimiter | None:
-    if settings.rate_limit is None:
-        return None
-    limit, window = settings.rate_limit
+def _limiters(settings: Settings) -> tuple[RateLimiter | None, RateLimiter | None]:
+    """The request limiter and the failed-authentication limiter, on one store."""
+    authenticates = settings.auth_enabled or settings.METRICS_TOKEN is not None
+    limits = (
+        settings.rate_limit,
+        settings.auth_failure_limit if authenticates else None,
+    )
+    if limits == (None, None):
+        return None, None
     store = RedisStore(settings.REDIS_URL) if settings.REDIS_URL else MemoryStore()
-    return RateLimiter(limit, window, store)
+    requests, failures = (
+        RateLimiter(*limit, store) if limit is not None else None for limit in limits
+    )
+    return requests, failures
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -77,8 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await database.close()
-            limiter = app.state.rate_limiter
-            if limiter is not None:
+            limiter = app.state.rate_limiter or app.state.auth_failures
+            if limiter is not None:  # both share one store
                 await limiter.store.close()
             if leave_embedded is not None:  # stops it unless others still use it
                 await anyio.to_thread.run_sync(leave_embedded)
@@ -114,7 +122,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None
     if app.state.verifier is None:
         logger.warning("authentication is OFF: every /api request is accepted")
-    app.state.rate_limiter = _rate_limiter(settings)
+    app.state.rate_limiter, app.state.auth_failures = _limiters(settings)
+    token = settings.METRICS_TOKEN
+    app.state.metrics_token = token.get_secret_value() if token else None
+    app.state.metrics_public = settings.ENVIRONMENT != "production"
+    if token is None and not app.state.metrics_public:
+        logger.warning("/metrics is off: set METRICS_TOKEN to scrape it")
     app.include_router(sync.router)  # before tasks: /changes is not a task id
     app.include_router(tasks.router)
     app.include_router(health.router)

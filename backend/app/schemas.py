@@ -39,6 +39,28 @@ def _storable(value: str) -> str:
     return value
 
 
+# Characters that render as nothing: whitespace, format characters (category Cf:
+# zero-width space, word joiner, BOM, bidi marks, tag characters) and the
+# default-ignorable or blank-looking ones that are not Cf (Hangul fillers, variation
+# selectors, the combining grapheme joiner, the braille blank).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+_INVISIBLE = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
+
+
+def _visible(value: str) -> str:
+    """A title of zero-width characters is as empty as one of spaces."""
+    if all(
+        ch in _INVISIBLE or unicodedata.category(ch) in _INVISIBLE_CATEGORIES
+        for ch in value
+    ):
+        raise ValueError("must contain a visible character")
+    return value
+
+
 def _tag(value: str) -> str:
     if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise ValueError("must not contain control characters")
@@ -83,6 +105,7 @@ Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_storable),
+    AfterValidator(_visible),
 ]
 Description = Annotated[
     str, StringConstraints(max_length=1000), AfterValidator(_storable)
@@ -91,6 +114,7 @@ Tag = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
     AfterValidator(_storable),
+    AfterValidator(_visible),
     AfterValidator(_tag),
 ]
 Tags = Annotated[list[Tag], AfterValidator(_unique_tags)]
@@ -283,7 +307,7 @@ class ErrorBody(BaseModel):
 
     error: str
     code: str
-    detail: str | None = None
+    detail: str = Field(description="What failed, and what to do about it")
     fields: list[FieldError] | None = None
     request_id: str | None = None
 
@@ -293,3 +317,4 @@ class Health(BaseModel):
     database: str
     error: str | None = None
     code: str | None = None
+    detail: str | None = None

@@ -1,5 +1,6 @@
 """Keys, a local JWKS server and token minting for the auth tests."""
 
+import contextlib
 import json
 import threading
 import time
@@ -64,22 +65,27 @@ def signed_token(
 
 
 class JwksServer:
-    """Serves {"keys": [...]} on loopback and counts the fetches."""
+    """Serves {"keys": [...]} on loopback, `delay` seconds late, and counts the
+    fetches."""
 
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
+        self.delay = 0.0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.fetches += 1
+                time.sleep(server.delay)
                 body = json.dumps({"keys": server.keys}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                # The client may have stopped waiting (a timeout under test).
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 pass

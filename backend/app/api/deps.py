@@ -1,5 +1,8 @@
-"""Every dependency alias, read as a type."""
+"""Every dependency alias, read as a type, and the authentication dependencies."""
 
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
@@ -7,8 +10,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.edge.auth import TokenVerifier
 from app.edge.ratelimit import RateLimiter
-from app.errors import ForbiddenError, UnauthorizedError
-from app.schemas import USER_ID_PATTERN, TaskId
+from app.errors import (
+    ForbiddenError,
+    NotFoundError,
+    UnauthorizedError,
+    ValidationFailed,
+)
+from app.schemas import USER_ID_PATTERN, FieldError, TaskId
 from app.services.task_service import TaskService
 
 
@@ -51,6 +59,58 @@ _bearer = HTTPBearer(
     auto_error=False,
     description="A JWT from Better Auth (or signed with the shared secret).",
 )
+logger = logging.getLogger("app.auth")
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _bearer_token(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> str:
+    """The one bearer token, or 400 for two Authorization headers (a proxy and the
+    app could each read a different one), or 401 for none."""
+    if len(request.headers.getlist("authorization")) > 1:
+        message = "must be sent once"
+        raise ValidationFailed(
+            detail=f"Authorization: {message}",
+            fields=[FieldError(field="Authorization", message=message)],
+        )
+    if credentials is None:
+        if "authorization" in request.headers:
+            raise UnauthorizedError(
+                "missing", "Authorization must be 'Bearer <JWT>' (no other scheme)"
+            )
+        raise UnauthorizedError()
+    return credentials.credentials
+
+
+async def _authenticated(request: Request, verify: Callable[[], Awaitable[str]]) -> str:
+    """Runs `verify` unless this address has spent its budget of failed
+    authentications (429), logs why a failure failed, and counts it."""
+    guard: RateLimiter | None = request.app.state.auth_failures
+    identity = f"authfail:{client_address(request)}"
+    if guard is not None:
+        await guard.refuse_if_spent(
+            identity, "Too many failed authentications from this address"
+        )
+    try:
+        return await verify()
+    except UnauthorizedError as failure:
+        logger.info(
+            "authentication failed",
+            extra={
+                "reason": failure.reason,
+                "detail": failure.detail,
+                "client": client_address(request),
+                "request_id": getattr(request.state, "request_id", None),
+                **failure.context,
+            },
+        )
+        if guard is not None and failure.counts_as_failure:
+            await guard.record(identity)
+        raise
 
 
 async def authorize(
@@ -62,12 +122,35 @@ async def authorize(
     verifier: TokenVerifier | None = request.app.state.verifier
     if verifier is None:  # auth is off (development, or AUTH_DISABLED=true)
         return
-    if credentials is None:
-        raise UnauthorizedError()
-    user_id = await verifier.user_id(credentials.credentials)
+    token = _bearer_token(request, credentials)
+    # A token verified before skips the failure budget too: it cannot be a guess.
+    user_id = verifier.known(token) or await _authenticated(
+        request, lambda: verifier.user_id(token)
+    )
     if user_id != request.path_params.get("user_id"):
         raise ForbiddenError()
     request.state.user_id = user_id
+
+
+async def authorize_metrics(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """/metrics: with METRICS_TOKEN set, only for that bearer token; unset, open
+    outside production and absent (404) in production."""
+    expected: str | None = request.app.state.metrics_token
+    if expected is None:
+        if request.app.state.metrics_public:
+            return
+        raise NotFoundError()
+    token = _bearer_token(request, credentials)
+
+    async def verify() -> str:
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            raise UnauthorizedError("signature", "This is not the metrics token")
+        return "metrics"
+
+    await _authenticated(request, verify)
 
 
 async def rate_limit(request: Request) -> None:
@@ -76,5 +159,6 @@ async def rate_limit(request: Request) -> None:
     if limiter is None:
         return
     user_id = getattr(request.state, "user_id", None)
-    client = request.client.host if request.client else "unknown"
-    await limiter.check(f"user:{user_id}" if user_id else f"addr:{client}")
+    await limiter.check(
+        f"user:{user_id}" if user_id else f"addr:{client_address(request)}"
+    )

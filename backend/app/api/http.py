@@ -1,5 +1,6 @@
 """HTTP representation of tasks: JSON bytes, ETags and conditional requests (C5)."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -9,6 +10,7 @@ from app.schemas import TaskRecord
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_MICROS = re.compile(r"[0-9]{1,20}")
 JSON = "application/json"
 
 
@@ -29,7 +31,9 @@ def if_match_versions(header: str | None, task_id: int) -> list[datetime] | None
     versions = []
     for tag in _tags(header):
         tag_id, _, micros = tag.removeprefix('"').removesuffix('"').partition(".")
-        if tag.startswith('"') and tag_id == str(task_id) and micros.isdigit():
+        # Ours are ASCII digits that fit a datetime: anything else (a superscript
+        # digit, 5,000 digits past int()'s limit) is another tag, which never matches.
+        if tag.startswith('"') and tag_id == str(task_id) and _MICROS.fullmatch(micros):
             try:
                 versions.append(_EPOCH + int(micros) * _MICROSECOND)
             except OverflowError:

@@ -52,16 +52,30 @@ class DatabaseURL:
     host: str = ""
 
 
+def _check_ports(netloc: str, port_parameter: str | None) -> None:
+    """Every port, in the host list (libpq's `h1:5432,h2:5433`) and in `?port=`, is
+    1-65535: caught here in one line, not by a driver's traceback at connect time."""
+    hosts = netloc.rpartition("@")[2]
+    ports = [
+        host.rpartition(":")[2]
+        for host in hosts.split(",")
+        if ":" in host.rpartition("]")[2]  # [::1]:5432 has a port, [::1] has none
+    ]
+    if port_parameter:
+        ports += port_parameter.split(",")
+    for port in ports:
+        digits = port.isascii() and port.isdigit() and len(port) <= 5
+        if port and not (digits and 1 <= int(port) <= 65535):
+            raise ValueError("the port is not a number from 1 to 65535")
+
+
 def parse_database_url(raw: str) -> DatabaseURL:
     """Translate, or ValueError with one line saying what cannot be honoured."""
     parts = urlsplit(raw.strip())
     if parts.scheme not in SCHEMES:
         raise ValueError("must start with postgresql:// or postgres://")
-    try:
-        parts.port  # noqa: B018 - validates the port (1-65535) as a side effect
-    except ValueError:
-        raise ValueError("the port is not a number from 1 to 65535") from None
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    _check_ports(parts.netloc, query.get("port"))
     connect_args: dict[str, Any] = {}
     if "connect_timeout" in query:
         timeout = query.pop("connect_timeout")

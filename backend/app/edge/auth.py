@@ -1,16 +1,20 @@
 """Bearer JWT verification (CONTRACT C6): HS* with a shared secret, RS256/ES256/EdDSA
 from a JWKS URL (Better Auth's JWT plugin). Pure CPU except a JWKS fetch, which runs
-on a worker thread, is bounded by a timeout and happens at most once per interval."""
+on a thread of its own, single-flight, bounded by a timeout, and never holds up a
+request whose key is already cached."""
 
+import asyncio
+import concurrent.futures
 import json
 import logging
+import math
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import jwt
 from jwt import PyJWK
 
@@ -22,19 +26,37 @@ logger = logging.getLogger("app.auth")
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 JWKS_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
 _KEY_TYPES = frozenset({"RSA", "EC", "OKP"})  # never "oct": no HMAC key from a JWKS
+_MAX_JWKS_BYTES = 1_000_000
+# NumericDate claims beyond year 9999 (or before 1970) are no real token's: refused,
+# and never handed to float() or datetime, which overflow on them.
+_LATEST_TIMESTAMP = 253_402_300_800
 
 
 class JwksCache:
-    """Signing keys by `kid`. An unknown `kid` (or keys older than `ttl`) triggers a
-    refresh, but never more than one per `min_refresh_interval`: a flood of made-up
-    kids is not a flood of fetches. If a refresh fails, known keys keep working."""
+    """Signing keys by `kid`, fetched from the JWKS URL.
+
+    - A request whose key is cached never waits: keys older than `ttl` keep being
+      used while one background refresh replaces them.
+    - An unknown `kid` triggers a refresh at once (key rotation), at most one per
+      `min_refresh_interval`, single-flight: concurrent requests wait for the same
+      fetch. Between refreshes an unknown `kid` is a 503 with Retry-After (the key
+      may have been published since the last fetch), never a 401, which frontends
+      take as "sign the user out". A 401 comes only from a fetch that began after
+      the request arrived and still lacks the key.
+    - The fetch (urllib) runs on a thread of its own and is awaited for at most
+      `timeout`; one that outlives it is abandoned, and no other starts until its
+      thread is done. So a slow key server and a flood of made-up kids cost one
+      thread and at most one fetch per interval, and queue nothing.
+    - A failed fetch keeps the known keys; a key the library cannot load is skipped
+      with a warning and the others keep working.
+    """
 
     def __init__(
         self,
         url: str,
         *,
         ttl: float = 900.0,
-        min_refresh_interval: float = 10.0,
+        min_refresh_interval: float = 2.0,
         timeout: float = 3.0,
     ) -> None:
         self.url = url
@@ -44,55 +66,129 @@ class JwksCache:
         self._keys: dict[str | None, PyJWK] = {}
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
-        self._lock = threading.Lock()
+        self._refresh: asyncio.Task[bool] | None = None
+        self._refresh_began = float("-inf")
+        self._download: concurrent.futures.Future[Any] | None = None
 
-    def cached(self, kid: str | None) -> PyJWK | None:
-        """The key, if known and fresh: no I/O."""
-        if time.monotonic() - self._fetched_at > self.ttl:
-            return None
-        return self._lookup(kid)
+    async def key(self, kid: str | None) -> PyJWK:
+        """The key for `kid`; AuthUnavailable (503) or UnauthorizedError (401)."""
+        arrived = time.monotonic()
+        key = self._lookup(kid)
+        if key is not None:
+            if arrived - self._fetched_at > self.ttl:
+                self._start_refresh(arrived)  # in the background: nobody waits
+            return key
+        refresh = self._start_refresh(arrived)
+        if refresh is None:
+            raise self._not_yet(arrived)
+        began = self._refresh_began
+        fetched = await asyncio.shield(refresh)
+        key = self._lookup(kid)
+        if key is not None:
+            return key
+        if not fetched:
+            raise AuthUnavailable()
+        if began < arrived:  # that fetch may predate the key: ask again shortly
+            raise self._not_yet(time.monotonic())
+        raise UnauthorizedError(
+            "unknown_key", "The token's signing key (kid) is not in the key set"
+        )
 
-    def get(self, kid: str | None) -> PyJWK:
-        """The key, refreshing the set first when allowed (blocking I/O)."""
-        with self._lock:
-            key = self.cached(kid)
-            if (
-                key is None
-                and time.monotonic() - self._attempted_at >= self.min_refresh_interval
-            ):
-                self._refresh()
-            key = self._lookup(kid)
-        if key is None:
-            if not self._keys:
-                raise AuthUnavailable()
-            raise UnauthorizedError(detail="Unknown signing key")
-        return key
+    def _not_yet(self, now: float) -> AuthUnavailable:
+        wait = self.min_refresh_interval - (now - self._attempted_at)
+        return AuthUnavailable(
+            detail="The token's signing key (kid) is not known yet; the key set is "
+            "fetched again shortly",
+            retry_after=math.ceil(max(wait, 1)),
+        )
 
     def _lookup(self, kid: str | None) -> PyJWK | None:
         if kid is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
         return self._keys.get(kid)
 
-    def _refresh(self) -> None:
-        self._attempted_at = time.monotonic()
+    def _start_refresh(self, now: float) -> "asyncio.Task[bool] | None":
+        """Begin a refresh if none is running and one is allowed now."""
+        if self._refresh is not None:
+            return self._refresh
+        if now - self._attempted_at < self.min_refresh_interval:
+            return None
+        if self._download is not None and not self._download.done():
+            return None  # an abandoned fetch still holds its thread
+        self._attempted_at = self._refresh_began = now
+        self._refresh = asyncio.get_running_loop().create_task(self._run_refresh())
+        return self._refresh
+
+    async def _run_refresh(self) -> bool:
         try:
-            request = urllib.request.Request(
-                self.url, headers={"Accept": "application/json"}
+            self._download = _in_thread(self._fetch)
+            document = await asyncio.wait_for(
+                asyncio.wrap_future(self._download), self.timeout
             )
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                document = json.loads(response.read(1_000_000))
-            keys = {
-                jwk.get("kid"): PyJWK(jwk)
-                for jwk in document["keys"]
-                if jwk.get("kty") in _KEY_TYPES and jwk.get("use", "sig") == "sig"
-            }
+            keys = self._usable_keys(document)
         except Exception as exc:  # any failure: keep the keys we have
             logger.warning(
-                "JWKS fetch from %s failed: %s", self.url, type(exc).__name__
+                "JWKS fetch from %s failed: %s",
+                self.url,
+                "timed out" if isinstance(exc, TimeoutError) else repr(exc)[:200],
             )
-            return
+            return False
+        finally:
+            self._refresh = None
         self._keys = keys
         self._fetched_at = time.monotonic()
+        return True
+
+    def _fetch(self) -> Any:
+        """The parsed JWKS document (on the fetch thread: no parsing on the loop)."""
+        request = urllib.request.Request(
+            self.url, headers={"Accept": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            body: bytes = response.read(_MAX_JWKS_BYTES + 1)
+        if len(body) > _MAX_JWKS_BYTES:
+            raise ValueError(f"JWKS larger than {_MAX_JWKS_BYTES} bytes")
+        return json.loads(body)
+
+    def _usable_keys(self, document: Any) -> dict[str | None, PyJWK]:
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise ValueError('not a JWK set: no "keys" list')
+        keys: dict[str | None, PyJWK] = {}
+        for jwk in document["keys"]:
+            if not isinstance(jwk, dict):
+                continue
+            if jwk.get("kty") not in _KEY_TYPES or jwk.get("use", "sig") != "sig":
+                continue  # symmetric or encryption keys are never for us
+            try:
+                key = PyJWK(jwk)
+            except Exception as exc:  # e.g. an X25519 (encryption) key without `use`
+                logger.warning(
+                    "JWKS key %r skipped, it cannot verify signatures: %s",
+                    str(jwk.get("kid"))[:100],
+                    str(exc)[:200],
+                )
+                continue
+            kid = jwk.get("kid")
+            keys[kid if isinstance(kid, str) else None] = key
+        if not keys:  # never trade working keys for an empty set
+            raise ValueError("no usable signing key in the JWK set")
+        return keys
+
+
+def _in_thread(function: Callable[[], Any]) -> "concurrent.futures.Future[Any]":
+    """Run `function` on a daemon thread of its own: a fetch that hangs past its
+    timeout is abandoned without blocking a shared pool or the process's exit."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(function())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="jwks-fetch", daemon=True).start()
+    return future
 
 
 @dataclass(frozen=True)
@@ -122,17 +218,26 @@ class TokenVerifier:
     def jwks(self) -> JwksCache | None:
         return self._jwks
 
-    async def user_id(self, token: str) -> str:
-        """The verified token's user id, or UnauthorizedError."""
+    def known(self, token: str) -> str | None:
+        """The user of a token verified before and still within its validity
+        window: no crypto, no I/O."""
         known = self._verified.get(token)
+        if known is None:
+            return None
+        if known.not_before <= time.time() <= known.expires:
+            return known.user_id
+        del self._verified[token]
+        return None
+
+    async def user_id(self, token: str) -> str:
+        """The verified token's user id, or UnauthorizedError naming what failed."""
+        known = self.known(token)
         if known is not None:
-            if known.not_before <= time.time() <= known.expires:
-                return known.user_id
-            del self._verified[token]
+            return known
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise UnauthorizedError(detail="Malformed token") from None
+            raise UnauthorizedError("malformed", "The token is not a JWT") from None
         algorithm = header.get("alg")
         key: Any
         if algorithm in HMAC_ALGORITHMS and self._secret is not None:
@@ -140,15 +245,17 @@ class TokenVerifier:
         elif algorithm in JWKS_ALGORITHMS and self._jwks is not None:
             kid = header.get("kid")
             if not isinstance(kid, str | None):
-                raise UnauthorizedError(detail="Malformed token")
-            jwk = self._jwks.cached(kid)
-            if jwk is None:
-                jwk = await anyio.to_thread.run_sync(self._jwks.get, kid)
+                raise UnauthorizedError("malformed", "The token's kid is not a string")
+            jwk = await self._jwks.key(kid)
             if jwk.algorithm_name != algorithm:  # the key decides, not the token
-                raise UnauthorizedError(detail="Algorithm does not match the key")
+                raise UnauthorizedError(
+                    "algorithm", "The token's alg is not its signing key's algorithm"
+                )
             key = jwk.key
         else:
-            raise UnauthorizedError(detail="Signing algorithm not accepted")
+            raise UnauthorizedError(
+                "algorithm", "The token's signing algorithm (alg) is not accepted"
+            )
         return self._decode(token, key, algorithm)
 
     def _decode(self, token: str, key: Any, algorithm: str) -> str:
@@ -162,24 +269,73 @@ class TokenVerifier:
                 leeway=self._leeway,
                 options={"require": ["exp"], "verify_aud": self._audience is not None},
             )
-        except jwt.ExpiredSignatureError:
-            raise UnauthorizedError(detail="Token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise UnauthorizedError(detail="Token not yet valid") from None
-        except jwt.PyJWTError:
-            raise UnauthorizedError(detail="Invalid token") from None
+        except jwt.PyJWTError as exc:
+            raise self._failure(token, exc) from None
+        times = {name: _timestamp(claims, name) for name in ("exp", "nbf", "iat")}
         user_id = claims.get(self._user_claim)
         if not isinstance(user_id, str) or not user_id:
-            raise UnauthorizedError(detail=f"Token has no '{self._user_claim}' claim")
-        self._remember(token, user_id, claims)
+            raise UnauthorizedError(
+                "claim", f"The token has no '{self._user_claim}' claim (the user id)"
+            )
+        self._remember(token, user_id, times)
         return user_id
 
-    def _remember(self, token: str, user_id: str, claims: dict[str, Any]) -> None:
+    def _failure(self, token: str, exc: jwt.PyJWTError) -> UnauthorizedError:
+        """The check that failed, for the client (detail) and the log (context)."""
+        if isinstance(exc, jwt.ExpiredSignatureError):
+            return UnauthorizedError("expired", "The token has expired (exp)")
+        if isinstance(exc, jwt.ImmatureSignatureError):
+            return UnauthorizedError(
+                "not_yet_valid", "The token is not valid yet (nbf or iat in the future)"
+            )
+        if isinstance(exc, jwt.InvalidSignatureError):
+            return UnauthorizedError("signature", "The token's signature is not valid")
+        missing = getattr(exc, "claim", None)  # MissingRequiredClaimError
+        if missing == "exp":
+            return UnauthorizedError("claim", "The token has no expiry (exp)")
+        # For issuer and audience the signature has verified (PyJWT checks it first),
+        # so the claims are the issuer's: the log names them, which makes a mismatch
+        # such as localhost against 127.0.0.1 plain to see.
+        if isinstance(exc, jwt.InvalidIssuerError) or missing == "iss":
+            claims = jwt.decode(token, options={"verify_signature": False})
+            return UnauthorizedError(
+                "issuer",
+                "The token's issuer (iss) is not the one configured (JWT_ISSUER)",
+                context={
+                    "token_iss": str(claims.get("iss"))[:200],
+                    "expected_iss": str(self._issuer),
+                },
+            )
+        if isinstance(exc, jwt.InvalidAudienceError) or missing == "aud":
+            claims = jwt.decode(token, options={"verify_signature": False})
+            return UnauthorizedError(
+                "audience",
+                "The token's audience (aud) is not one configured (JWT_AUDIENCE)",
+                context={
+                    "token_aud": str(claims.get("aud"))[:200],
+                    "expected_aud": ", ".join(self._audience or []),
+                },
+            )
+        return UnauthorizedError(
+            "malformed", f"The token is malformed: {str(exc)[:100]}"
+        )
+
+    def _remember(self, token: str, user_id: str, times: dict[str, float]) -> None:
         if len(self._verified) >= self.CACHE_SIZE:
             del self._verified[next(iter(self._verified))]  # the oldest
-        not_before = max(float(claims.get("nbf", 0)), float(claims.get("iat", 0)))
         self._verified[token] = _Verified(
             user_id,
-            expires=float(claims["exp"]) + self._leeway,
-            not_before=not_before - self._leeway,
+            expires=times["exp"] + self._leeway,
+            not_before=max(times["nbf"], times["iat"]) - self._leeway,
         )
+
+
+def _timestamp(claims: dict[str, Any], name: str) -> float:
+    """A NumericDate claim as a float (0 when absent), or UnauthorizedError."""
+    value = claims.get(name, 0)
+    plausible = isinstance(value, int | float) and not isinstance(value, bool)
+    if not plausible or not 0 <= value < _LATEST_TIMESTAMP:
+        raise UnauthorizedError(
+            "malformed", f"The token's {name} is not a plausible time"
+        )
+    return float(value)

@@ -24,7 +24,9 @@ MAX_HEAD_BYTES = 32 * 1024
 
 def canned_response(error: AppError) -> bytes:
     """A complete `Connection: close` HTTP/1.1 response with the error's JSON body."""
-    body = json.dumps({"error": error.message, "code": error.code}).encode()
+    body = json.dumps(
+        {"error": error.message, "code": error.code, "detail": error.detail}
+    ).encode()
     headers = [
         STATUS_LINE[error.status_code],
         b"content-type: application/json\r\n",

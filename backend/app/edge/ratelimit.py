@@ -1,16 +1,15 @@
-"""Fixed-window rate limiting (CONTRACT C7 RATE_LIMIT): per authenticated user, else
-per client address. Counters live in Redis when REDIS_URL is set, so every process
-shares one budget; otherwise in this process's memory. If Redis fails, requests are
-allowed (and a warning is logged at most every 10 s): a limiter outage must never
-turn into an API outage."""
+"""Fixed-window limits: requests (CONTRACT C7 RATE_LIMIT) per authenticated user, else
+per client address, and failed authentications (AUTH_FAILURE_LIMIT) per client
+address. Counters live in Redis when REDIS_URL is set, so every process shares one
+budget; otherwise in this process's memory. If Redis fails, requests are allowed (and
+a warning is logged at most every 10 s): a limiter outage must never turn into an API
+outage."""
 
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    pass
+from collections.abc import Awaitable
+from typing import Protocol
 
 from app.errors import RateLimited
 
@@ -22,21 +21,33 @@ class Store(Protocol):
         """Count one request for `key` in its current window; return the count."""
         ...
 
+    async def count(self, key: str, window: int) -> int:
+        """The count of `key` in its current window, without adding to it."""
+        ...
+
     async def close(self) -> None: ...
 
 
 class MemoryStore:
     def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
-        self._window_start = 0
+        # Per window length: the current window's start and its counts (the request
+        # and the failed-authentication limits may use different lengths).
+        self._windows: dict[int, tuple[int, dict[str, int]]] = {}
+
+    def _counts(self, window: int) -> dict[str, int]:
+        start = int(time.time()) // window * window
+        current = self._windows.get(window)
+        if current is None or current[0] != start:  # a new window: forget the old
+            current = self._windows[window] = (start, {})
+        return current[1]
 
     async def hit(self, key: str, window: int) -> int:
-        start = int(time.time()) // window * window
-        if start != self._window_start:  # a new window: forget the old counts
-            self._counts.clear()
-            self._window_start = start
-        self._counts[key] = self._counts.get(key, 0) + 1
-        return self._counts[key]
+        counts = self._counts(window)
+        counts[key] = counts.get(key, 0) + 1
+        return counts[key]
+
+    async def count(self, key: str, window: int) -> int:
+        return self._counts(window).get(key, 0)
 
     async def close(self) -> None:
         pass
@@ -51,12 +62,20 @@ class RedisStore:
         )
 
     async def hit(self, key: str, window: int) -> int:
-        bucket = f"ratelimit:{key}:{int(time.time()) // window}"
+        bucket = self._bucket(key, window)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.incr(bucket)
             pipe.expire(bucket, window + 1)
             count, _ = await pipe.execute()
         return int(count)
+
+    async def count(self, key: str, window: int) -> int:
+        count = await self._redis.get(self._bucket(key, window))
+        return int(count or 0)
+
+    @staticmethod
+    def _bucket(key: str, window: int) -> str:
+        return f"ratelimit:{key}:{int(time.time()) // window}"
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -71,15 +90,31 @@ class RateLimiter:
 
     async def check(self, identity: str) -> None:
         """RateLimited (429) when `identity` is over its budget for this window."""
+        count = await self._safely(self.store.hit(identity, self.window))
+        if count > self.limit:
+            raise self._refusal()
+
+    async def refuse_if_spent(self, identity: str, detail: str) -> None:
+        """RateLimited (429) when `identity` has used its budget, counting nothing:
+        for budgets spent by failures, which `record` counts."""
+        if await self._safely(self.store.count(identity, self.window)) >= self.limit:
+            raise self._refusal(detail)
+
+    async def record(self, identity: str) -> None:
+        await self._safely(self.store.hit(identity, self.window))
+
+    def _refusal(self, detail: str | None = None) -> RateLimited:
+        retry_after = math.ceil(self.window - time.time() % self.window)
+        return RateLimited(retry_after=retry_after, detail=detail)
+
+    async def _safely(self, counting: Awaitable[int]) -> int:
+        """The store's answer, or 0 (allow) when the store is down."""
         try:
-            count = await self.store.hit(identity, self.window)
+            return await counting
         except Exception as exc:  # the limiter is down: allow, and say so
             if time.monotonic() - self._warned_at > 10:
                 self._warned_at = time.monotonic()
                 logger.warning(
                     "rate limiter unavailable, allowing: %s", type(exc).__name__
                 )
-            return
-        if count > self.limit:
-            retry_after = self.window - time.time() % self.window
-            raise RateLimited(retry_after=math.ceil(retry_after))
+            return 0

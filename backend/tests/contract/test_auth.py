@@ -2,8 +2,10 @@
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jwt
@@ -54,10 +56,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def assert_401(response: Any) -> None:
+def assert_401(response: Any, says: str = "") -> None:
+    """A 401 whose detail names the check that failed (`says`)."""
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"].startswith("Bearer")
-    assert response.json()["code"] == "unauthorized"
+    body = response.json()
+    assert body["code"] == "unauthorized"
+    assert says in body["detail"], body["detail"]
 
 
 @pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
@@ -278,14 +283,22 @@ def test_health_and_docs_need_no_token(client: TestClient, path: str) -> None:
     assert client.get(path).status_code == 200
 
 
-def test_unknown_kid_flood_fetches_the_jwks_at_most_once(
+def test_unknown_kid_flood_costs_one_fetch_and_no_401_until_the_next(
     client: TestClient, jwks: JwksServer
 ) -> None:
+    """The first made-up kid is checked against a fresh fetch (401: the key set has
+    no such key); until the next fetch is allowed, unknown kids are 503 with
+    Retry-After, never a 401 a frontend would take as "sign the user out"."""
     impostor = new_key("ES256")
-    for i in range(30):
+    first = signed_token(impostor, "u1", kid="made-up-0")
+    assert_401(client.get(tasks_url("u1"), headers=bearer(first)), "kid")
+    for i in range(1, 30):
         token = signed_token(impostor, "u1", kid=f"made-up-{i}")
-        assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
-    assert jwks.fetches <= 2
+        response = client.get(tasks_url("u1"), headers=bearer(token))
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "auth_unavailable"
+        assert 1 <= int(response.headers["retry-after"]) <= 2
+    assert jwks.fetches == 1
 
 
 def test_rotated_key_is_picked_up_on_an_unknown_kid(
@@ -297,9 +310,55 @@ def test_rotated_key_is_picked_up_on_an_unknown_kid(
     rotated = new_key("EdDSA")
     jwks.keys = [rotated.jwk()]  # the provider rotates: the old key is gone
     verifier = client.app.state.verifier  # type: ignore[attr-defined]
-    verifier.jwks.min_refresh_interval = 0  # the interval is tested above
+    verifier.jwks.min_refresh_interval = 0  # the interval is tested below
     token = signed_token(rotated, user)
     assert client.get(tasks_url(user), headers=bearer(token)).status_code == 200
+    assert jwks.fetches == 2
+
+
+def test_key_published_just_after_a_fetch_is_503_then_accepted(
+    client: TestClient, jwks: JwksServer, keys: dict[str, SigningKey]
+) -> None:
+    """Key rotation without signing anyone out: a token signed with a key published
+    a moment after the last fetch is told to retry, then accepted."""
+    user = new_user_id()
+    assert client.get(
+        tasks_url(user), headers=bearer(signed_token(keys["RS256"], user))
+    ).is_success
+    verifier = client.app.state.verifier  # type: ignore[attr-defined]
+    verifier.jwks.min_refresh_interval = 0.5
+    rotated = new_key("RS256")
+    jwks.keys = [*jwks.keys, rotated.jwk()]
+    token = signed_token(rotated, user)
+    response = client.get(tasks_url(user), headers=bearer(token))
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "auth_unavailable"
+    time.sleep(int(response.headers["retry-after"]))
+    assert client.get(tasks_url(user), headers=bearer(token)).status_code == 200
+    assert jwks.fetches == 2
+
+
+def test_concurrent_requests_for_a_new_key_share_one_fetch(
+    client: TestClient, jwks: JwksServer, keys: dict[str, SigningKey]
+) -> None:
+    user = new_user_id()
+    assert client.get(
+        tasks_url(user), headers=bearer(signed_token(keys["ES256"], user))
+    ).is_success
+    verifier = client.app.state.verifier  # type: ignore[attr-defined]
+    verifier.jwks.min_refresh_interval = 0
+    rotated = new_key("ES256")
+    jwks.keys = [rotated.jwk()]
+    jwks.delay = 0.3  # every request arrives while the one fetch is in flight
+    tokens = [signed_token(rotated, user, jti=str(i)) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(
+            pool.map(
+                lambda t: client.get(tasks_url(user), headers=bearer(t)).status_code,
+                tokens,
+            )
+        )
+    assert statuses == [200] * 8
     assert jwks.fetches == 2
 
 
@@ -328,3 +387,93 @@ def test_openapi_has_bearer_scheme_and_documents_401_403(client: TestClient) -> 
             for operation in operations.values():
                 assert {"401", "403"} <= set(operation["responses"])
                 assert operation["security"]
+
+
+LOCALHOST = "http://localhost:3000"
+
+
+@pytest.fixture
+def strict_client(make_client: ClientFactory) -> TestClient:
+    """Issuer and audience configured, as for a Better Auth on localhost:3000."""
+    return make_client(
+        BETTER_AUTH_SECRET=_secret(SECRET),
+        JWT_ISSUER=LOCALHOST,
+        JWT_AUDIENCE=[LOCALHOST],
+    )
+
+
+@pytest.mark.parametrize(
+    ("token", "says", "reason"),
+    [
+        (lambda: hs_token("u1", secret="x" * 40), "signature", "signature"),
+        (lambda: hs_token("u1", exp=int(time.time()) - 600), "expired", "expired"),
+        (
+            lambda: hs_token("u1", iss="http://127.0.0.1:3000", aud=LOCALHOST),
+            "issuer",
+            "issuer",
+        ),
+        (lambda: hs_token("u1", aud=LOCALHOST), "issuer", "issuer"),
+        (
+            lambda: hs_token("u1", iss=LOCALHOST, aud="http://127.0.0.1:3000"),
+            "audience",
+            "audience",
+        ),
+        (lambda: "abc", "not a JWT", "malformed"),
+        (lambda: hs_token("u1", iss=LOCALHOST, aud=LOCALHOST)[:-3], "", "signature"),
+    ],
+)
+def test_401_says_which_check_failed_and_logs_it(
+    strict_client: TestClient,
+    caplog: pytest.LogCaptureFixture,
+    token: Any,
+    says: str,
+    reason: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.auth")
+    response = strict_client.get(tasks_url("u1"), headers=bearer(token()))
+    assert_401(response, says)
+    assert says in response.headers["www-authenticate"]
+    [logged] = [r for r in caplog.records if r.getMessage() == "authentication failed"]
+    assert logged.reason == reason  # type: ignore[attr-defined]
+    assert logged.request_id == response.headers["x-request-id"]  # type: ignore[attr-defined]
+
+
+def test_issuer_mismatch_logs_both_issuers(
+    strict_client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.auth")
+    token = hs_token("u1", iss="http://127.0.0.1:3000", aud=LOCALHOST)
+    strict_client.get(tasks_url("u1"), headers=bearer(token))
+    [logged] = [r for r in caplog.records if r.getMessage() == "authentication failed"]
+    assert logged.token_iss == "http://127.0.0.1:3000"  # type: ignore[attr-defined]
+    assert logged.expected_iss == LOCALHOST  # type: ignore[attr-defined]
+
+
+def test_every_auth_error_carries_detail(client: TestClient) -> None:
+    owner = new_user_id()
+    for response in (
+        client.get(tasks_url(owner)),  # no token
+        client.get(tasks_url(owner), headers={"Authorization": "Basic dTpw"}),
+        client.get(tasks_url(owner), headers=bearer(hs_token(new_user_id()))),  # 403
+    ):
+        assert response.status_code in (401, 403)
+        assert response.json()["detail"]
+
+
+def test_two_authorization_headers_are_refused_not_resolved_by_order(
+    client: TestClient,
+) -> None:
+    user = new_user_id()
+    response = client.get(
+        tasks_url(user),
+        headers=[
+            ("Authorization", f"Bearer {hs_token(user)}"),
+            ("Authorization", f"Bearer {hs_token(new_user_id())}"),
+        ],
+    )
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == "validation_error"
+    assert body["fields"] == [
+        {"field": "Authorization", "message": "must be sent once"}
+    ]

@@ -22,6 +22,8 @@ def assert_error(response: object, status: int, code: str) -> dict[str, object]:
     assert body["code"] == code
     assert isinstance(body["error"], str)
     assert body["error"]
+    assert isinstance(body["detail"], str)  # every error: frontends show body.detail
+    assert body["detail"]
     assert body["request_id"] == response.headers["x-request-id"]  # type: ignore[attr-defined]
     return body
 
@@ -29,6 +31,11 @@ def assert_error(response: object, status: int, code: str) -> dict[str, object]:
 def test_unknown_route_is_404_json(client: TestClient) -> None:
     assert_error(client.get("/nope"), 404, "not_found")
     assert_error(client.get("/api/u1/tasks/1/nope"), 404, "not_found")
+
+
+def test_missing_task_is_404_with_detail(client: TestClient) -> None:
+    body = assert_error(client.get(tasks_url(new_user_id(), 1)), 404, "not_found")
+    assert body["detail"] != body["error"]
 
 
 def test_wrong_method_is_405_with_allow(client: TestClient) -> None:

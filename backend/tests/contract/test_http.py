@@ -105,6 +105,7 @@ def test_openapi_documents_400_not_422_and_the_error_schema(client: TestClient) 
     assert set(spec["components"]["schemas"]["ErrorBody"]["required"]) == {
         "error",
         "code",
+        "detail",
     }
     assert (
         "Location"

@@ -1,4 +1,9 @@
-"""C7: settings parsing, and one clear line on a bad setting."""
+"""C7: settings parsing, and one clear line per bad setting, all at once."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +62,7 @@ def test_bad_setting_fails_with_one_line_naming_it(
 ) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as excinfo:
-        load_settings()
+        load_settings(env_file=None)
     message = str(excinfo.value)
     assert name in message
     assert "\n" not in message
@@ -67,7 +72,7 @@ def test_production_requires_database_url(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("ENVIRONMENT", "production")
     with pytest.raises(ConfigError, match="DATABASE_URL"):
-        load_settings()
+        load_settings(env_file=None)
 
 
 def test_production_requires_an_auth_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,10 +80,10 @@ def test_production_requires_an_auth_key(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("DATABASE_URL", "postgresql://h/db")
     monkeypatch.setenv("CURSOR_SECRET", "c" * 32)
     with pytest.raises(ConfigError, match="AUTH_DISABLED=true") as excinfo:
-        load_settings()
+        load_settings(env_file=None)
     assert "\n" not in str(excinfo.value)
     monkeypatch.setenv("AUTH_DISABLED", "true")
-    assert load_settings().auth_enabled is False
+    assert load_settings(env_file=None).auth_enabled is False
 
 
 @pytest.mark.parametrize("name", ["BETTER_AUTH_SECRET", "JWT_SECRET"])
@@ -91,7 +96,7 @@ def test_either_secret_name_enables_auth(name: str) -> None:
 def test_short_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BETTER_AUTH_SECRET", "short")
     with pytest.raises(ConfigError, match="BETTER_AUTH_SECRET"):
-        load_settings()
+        load_settings(env_file=None)
 
 
 def test_secrets_never_appear_in_repr() -> None:
@@ -108,7 +113,7 @@ def test_production_requires_a_cursor_secret(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("DATABASE_URL", "postgresql://h/db")
     monkeypatch.setenv("AUTH_DISABLED", "true")
     with pytest.raises(ConfigError, match="CURSOR_SECRET"):
-        load_settings()
+        load_settings(env_file=None)
 
 
 def test_env_example_as_is_is_a_valid_configuration() -> None:
@@ -118,3 +123,81 @@ def test_env_example_as_is_is_a_valid_configuration() -> None:
     assert settings.CURSOR_SECRET is None
     assert settings.rate_limit is None
     assert settings.auth_enabled is False
+
+
+PRODUCTION_NEEDS = ["DATABASE_URL", "CURSOR_SECRET", "BETTER_AUTH_SECRET"]
+
+
+def test_production_alone_lists_every_missing_setting_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(env_file=None)
+    lines = str(excinfo.value).splitlines()
+    assert len(lines) == len(PRODUCTION_NEEDS)
+    for line, name in zip(lines, PRODUCTION_NEEDS, strict=True):
+        assert line.startswith(f"configuration error: {name}")
+
+
+def test_malformed_values_and_missing_ones_are_reported_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("PORT", "99999")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h:99999/db")
+    monkeypatch.setenv("DB_POOL_SIZE", "lots")
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(env_file=None)
+    lines = str(excinfo.value).splitlines()
+    assert all(line.startswith("configuration error: ") for line in lines)
+    named = [line.removeprefix("configuration error: ") for line in lines]
+    assert sorted(n.split(":")[0].split(" ")[0].rstrip(",") for n in named) == [
+        "BETTER_AUTH_SECRET",
+        "CURSOR_SECRET",
+        "DATABASE_URL",  # once: its port, not "required" as well
+        "DB_POOL_SIZE",
+        "PORT",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "lines"),
+    [
+        ({"ENVIRONMENT": "production"}, 3),
+        ({"DATABASE_URL": "postgresql://u@h:99999/db"}, 1),
+    ],
+)
+def test_python_m_app_prints_one_line_per_problem_and_no_traceback(
+    tmp_path: Path, env: dict[str, str], lines: int
+) -> None:
+    backend = Path(__file__).resolve().parents[2]
+    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
+    nowhere = tmp_path / "no-dotenv"
+    nowhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=nowhere,
+        env={**clean, **env, "PYTHONPATH": str(backend)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    printed = result.stderr.strip().splitlines()
+    assert len(printed) == lines, result.stderr
+    assert all(line.startswith("configuration error: ") for line in printed)
+
+
+def test_auth_failure_limit_defaults_on_and_turns_off() -> None:
+    assert make().auth_failure_limit == (30, 60)
+    assert make(AUTH_FAILURE_LIMIT="").auth_failure_limit == (30, 60)
+    assert make(AUTH_FAILURE_LIMIT="5/second").auth_failure_limit == (5, 1)
+    assert make(AUTH_FAILURE_LIMIT="off").auth_failure_limit is None
+
+
+def test_metrics_token_must_be_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRICS_TOKEN", "short")
+    with pytest.raises(ConfigError, match="METRICS_TOKEN"):
+        load_settings(env_file=None)

@@ -70,6 +70,10 @@ def test_embedded_servers_socket_url_works() -> None:
     [
         ("mysql://u@h/db", "postgresql://"),
         ("postgresql://u@h:99999/db", "port"),
+        ("postgresql://u@h:0/db", "port"),
+        ("postgresql://u@h/db?port=99999", "port"),
+        ("postgresql://u@h1:5432,h2:99999/db", "port"),
+        ("postgresql://u@h:" + "9" * 5000 + "/db", "port"),
         ("postgresql://u@h/db?gssencmode=require", "'gssencmode'"),
         ("postgresql://u@h/db?channel_binding=maybe", "channel_binding"),
         ("postgresql://u@h/db?sslmode=disable&channel_binding=require", "TLS"),
@@ -81,7 +85,7 @@ def test_what_cannot_be_honoured_is_one_line(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", url)
     with pytest.raises(ConfigError) as raised:
-        load_settings()
+        load_settings(env_file=None)
     message = str(raised.value)
     assert message.startswith("configuration error: DATABASE_URL: ")
     assert says in message

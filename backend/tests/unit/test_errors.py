@@ -1,6 +1,17 @@
 """C3: how validation errors become the error body."""
 
-from app.errors import InvalidJSON, ValidationFailed, validation_error
+import json
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.edge.protocol import HEAD_TOO_LARGE, TIMED_OUT, TOO_MANY_CONNECTIONS
+from app.errors import (
+    AppError,
+    InvalidJSON,
+    ValidationFailed,
+    undecodable_body,
+    validation_error,
+)
 
 
 def test_field_paths_are_readable() -> None:
@@ -41,3 +52,36 @@ def test_whole_body_errors_are_invalid_json() -> None:
         validation_error([{"loc": ("body", 0), "msg": "x", "type": "json_invalid"}]),
         InvalidJSON,
     )
+
+
+def _subclasses(cls: type[AppError]) -> set[type[AppError]]:
+    return {cls}.union(*(_subclasses(sub) for sub in cls.__subclasses__()))
+
+
+def test_every_error_has_a_detail_of_its_own() -> None:
+    """Frontends show `body.detail`: every error class says more than its message."""
+    for error in _subclasses(AppError):
+        assert error.detail, error
+        assert error.detail != error.message, error
+        # Not the 500's "something unexpected failed", inherited by oversight.
+        assert error.status_code == 500 or error.detail != AppError.detail, error
+
+
+def test_errors_answered_before_the_app_carry_detail_too() -> None:
+    for response in (HEAD_TOO_LARGE, TIMED_OUT, TOO_MANY_CONNECTIONS):
+        body = json.loads(response.partition(b"\r\n\r\n")[2])
+        assert body["detail"], body
+
+
+def test_fastapis_undecodable_body_400_is_invalid_json_naming_the_cause() -> None:
+    causes = {
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"): "UTF-8",
+        RecursionError(): "nested",
+        ValueError("Exceeds the limit (4300 digits)"): "digits",
+    }
+    for cause, says in causes.items():
+        error = StarletteHTTPException(400)
+        error.__cause__ = cause
+        invalid = undecodable_body(error)
+        assert isinstance(invalid, InvalidJSON)
+        assert says in invalid.detail

@@ -1,9 +1,10 @@
 """Liveness with a real database round trip, answered within 2 s either way."""
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.api.deps import authorize_metrics
 from app.db.gateway import Database
 from app.errors import DatabaseUnavailable
 from app.observability import metrics
@@ -23,17 +24,20 @@ async def health(request: Request) -> JSONResponse:
     """Report whether the service can reach its database."""
     database: Database = request.app.state.database
     error = "database did not answer in time"
+    detail = f"SELECT 1 did not complete within {HEALTH_TIMEOUT_SECONDS} s"
     with anyio.move_on_after(HEALTH_TIMEOUT_SECONDS):
         try:
             await database.ping()
             return JSONResponse({"status": "healthy", "database": "connected"})
         except Exception:  # whatever failed, health answers (503), never a 500
             error = "database unreachable"
+            detail = "No connection to the database, or SELECT 1 failed on it"
     body = Health(
         status="unhealthy",
         database="disconnected",
         error=error,
         code="database_unavailable",
+        detail=detail,
     )
     return JSONResponse(
         body.model_dump(),
@@ -42,7 +46,9 @@ async def health(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get(
+    "/metrics", include_in_schema=False, dependencies=[Depends(authorize_metrics)]
+)
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus exposition: requests, latency, pool and database errors."""
     database: Database = request.app.state.database
