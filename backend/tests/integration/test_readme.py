@@ -36,6 +36,10 @@ EXPECTED = [
     304,  # If-None-Match with it
     200,  # If-Match with it: changed
     412,  # the same, now stale, If-Match
+    200,  # E10 first sync
+    200,  # ... again, for its token
+    200,  # E10 changes since that token
+    200,  # E12 clear completed
 ]
 
 
@@ -47,7 +51,7 @@ def server() -> Iterator[str]:
 
 
 def test_readme_curl_examples_answer_as_documented(server: str) -> None:
-    assert len(BLOCKS) == 2, "the curl section has changed shape"
+    assert len(BLOCKS) == 3, "the curl section has changed shape"
     script = PRELUDE + "\n".join(BLOCKS).replace("http://127.0.0.1:8000", server)
     result = subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False
