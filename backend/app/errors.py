@@ -40,6 +40,16 @@ class AppError(Exception):
         if self.retry_after is not None:
             self.headers["Retry-After"] = str(self.retry_after)
 
+    def body(self, request_id: str | None = None) -> ErrorBody:
+        """The C3 error object."""
+        return ErrorBody(
+            error=self.message,
+            code=self.code,
+            detail=self.detail,
+            fields=self.fields,
+            request_id=request_id,
+        )
+
 
 class ValidationFailed(AppError):
     status_code = 400
@@ -111,6 +121,12 @@ class PreconditionFailed(AppError):
     status_code = 412
     code = "precondition_failed"
     message = "If-Match does not match the task's current ETag"
+
+
+class FailedDependency(AppError):
+    status_code = 424
+    code = "failed_dependency"
+    message = "Not applied: another operation in this atomic batch failed"
 
 
 class IdempotencyKeyInUse(AppError):
@@ -185,15 +201,8 @@ def request_id_of(request: Request) -> str | None:
 
 
 def error_response(error: AppError, request_id: str | None) -> JSONResponse:
-    body = ErrorBody(
-        error=error.message,
-        code=error.code,
-        detail=error.detail,
-        fields=error.fields,
-        request_id=request_id,
-    )
     return JSONResponse(
-        body.model_dump(exclude_none=True),
+        error.body(request_id).model_dump(exclude_none=True),
         status_code=error.status_code,
         headers=error.headers or None,
     )
