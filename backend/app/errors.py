@@ -44,6 +44,16 @@ class AppError(Exception):
         if self.retry_after is not None:
             self.headers["Retry-After"] = str(self.retry_after)
 
+    def body(self, request_id: str | None = None) -> ErrorBody:
+        """The C3 error object."""
+        return ErrorBody(
+            error=self.message,
+            code=self.code,
+            detail=self.detail,
+            fields=self.fields,
+            request_id=request_id,
+        )
+
 
 class ValidationFailed(AppError):
     status_code = 400
@@ -150,6 +160,12 @@ class PreconditionFailed(AppError):
     detail = "The task changed since that ETag: GET it again for the current one"
 
 
+class FailedDependency(AppError):
+    status_code = 424
+    code = "failed_dependency"
+    message = "Not applied: another operation in this atomic batch failed"
+
+
 class IdempotencyKeyInUse(AppError):
     status_code = 409
     code = "idempotency_key_in_use"
@@ -234,15 +250,8 @@ def request_id_of(request: Request) -> str | None:
 
 
 def error_response(error: AppError, request_id: str | None) -> JSONResponse:
-    body = ErrorBody(
-        error=error.message,
-        code=error.code,
-        detail=error.detail,
-        fields=error.fields,
-        request_id=request_id,
-    )
     return JSONResponse(
-        body.model_dump(exclude_none=True),
+        error.body(request_id).model_dump(exclude_none=True),
         status_code=error.status_code,
         headers=error.headers or None,
     )

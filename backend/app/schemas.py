@@ -273,6 +273,74 @@ class ChangesPublic(BaseModel):
     has_more: bool = Field(description="true: more of this sync; follow `next` now")
 
 
+Ref = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+BatchOp = Literal["create", "replace", "patch", "toggle", "delete"]
+
+
+class BatchOperation(BaseModel):
+    """One operation of an E11 batch: the twin of a single request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: BatchOp
+    ref: Ref | None = Field(default=None, description="The client's name for it")
+    id: TaskId | None = Field(default=None, description="The task (all but create)")
+    target: Ref | None = Field(
+        default=None, description="Or: the task an earlier create (by its ref) made"
+    )
+    if_match: Annotated[str | None, StringConstraints(max_length=1000)] = Field(
+        default=None, description="As the If-Match header (with `id` only)"
+    )
+    body: Any = Field(
+        default=None, description="The single request's body (create, replace, patch)"
+    )
+
+    @model_validator(mode="after")
+    def _names_its_task(self) -> "BatchOperation":
+        if self.op == "create":
+            if self.id is not None or self.target is not None:
+                raise ValueError("create takes neither id nor target")
+            if self.if_match is not None:
+                raise ValueError("create takes no if_match")
+        elif (self.id is None) == (self.target is None):
+            raise ValueError(f"{self.op} needs exactly one of id and target")
+        if self.target is not None and self.if_match is not None:
+            raise ValueError(
+                "if_match needs an id: a task made in this batch has no ETag"
+            )
+        if self.op == "delete" and self.body is not None:
+            raise ValueError("delete takes no body")
+        return self
+
+
+class BatchRequest(BaseModel):
+    """E11: 1-100 operations, applied in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    atomic: StrictBool = Field(default=False, description="All or nothing")
+    operations: list[BatchOperation] = Field(min_length=1, max_length=100)
+
+    @field_validator("operations")
+    @classmethod
+    def _refs(cls, operations: list[BatchOperation]) -> list[BatchOperation]:
+        """Refs are unique; a target is the ref of an earlier create."""
+        refs: set[str] = set()
+        created: set[str] = set()
+        for index, operation in enumerate(operations):
+            if operation.target is not None and operation.target not in created:
+                raise ValueError(
+                    f"operations[{index}].target: no earlier create has this ref"
+                )
+            if operation.ref is not None:
+                if operation.ref in refs:
+                    raise ValueError(f"operations[{index}].ref: used twice")
+                refs.add(operation.ref)
+                if operation.op == "create":
+                    created.add(operation.ref)
+        return operations
+
+
 class Cleared(BaseModel):
     """E12: how many completed tasks were deleted."""
 
@@ -318,3 +386,15 @@ class Health(BaseModel):
     error: str | None = None
     code: str | None = None
     detail: str | None = None
+
+
+class BatchResult(BaseModel):
+    ref: str | None = None
+    status: int = Field(description="The status the single request would have had")
+    task: TaskPublic | None = None
+    etag: str | None = None
+    error: ErrorBody | None = None
+
+
+class BatchResults(BaseModel):
+    results: list[BatchResult]

@@ -5,12 +5,14 @@ operations the service needs.
   to zero, a restart) is replaced and the read retried once.
 - `write_one`: one statement, atomic by itself: no BEGIN/COMMIT round trips, and
   never retried (it may have committed before the connection died).
-- `transaction()`: several statements, one commit.
+- `transaction()`: several statements, one commit (`savepoint()` inside it undoes a
+  block that raises, and keeps the rest).
 
 Statements are built with SQLAlchemy Core from the SQLModel tables and compiled once
 per shape (`Query`); rows come back as the TypedDict the query names. Driver errors
 stop here: a connection-level failure is `DatabaseUnavailable` (503), a lock wait
-past `lock_timeout` is `LockTimeout`, so the service never imports the driver."""
+past `lock_timeout` is `LockTimeout`, a deadlock between two transactions `Deadlock`,
+so the service never imports the driver."""
 
 from __future__ import annotations
 
@@ -39,10 +41,15 @@ _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyp
 # (shutdown, statement timeout, cannot connect now).
 _UNAVAILABLE_CLASSES = ("08", "53", "57")
 _LOCK_NOT_AVAILABLE = "55P03"
+_DEADLOCK_DETECTED = "40P01"
 
 
 class LockTimeout(Exception):
     """A statement waited longer than the transaction's lock_timeout."""
+
+
+class Deadlock(Exception):
+    """PostgreSQL rolled this transaction back to break a lock cycle."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +91,13 @@ def _closed(connection: _Connection) -> bool:
 
 
 def _translate(exc: Exception, connection: _Connection | None) -> Exception:
-    """A driver error as the service sees it: LockTimeout, DatabaseUnavailable when
-    the connection or the server failed (rather than the statement), else itself."""
+    """A driver error as the service sees it: LockTimeout, Deadlock,
+    DatabaseUnavailable when the connection or the server failed (rather than the
+    statement), else itself."""
     if getattr(exc, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
         return LockTimeout()
+    if getattr(exc, "sqlstate", None) == _DEADLOCK_DETECTED:
+        return Deadlock()
     sqlstate = getattr(exc, "sqlstate", None) or ""
     if (
         connection is None  # no connection could be had
@@ -130,8 +140,19 @@ class Transaction:
         record = await self._connection.fetchrow(query.sql, *query.args(params))
         return None if record is None else cast(R, dict(record))
 
+    async def write_one(self, query: Query[R], **params: Any) -> R | None:
+        """A write inside the transaction: its RETURNING row (as `fetch_one`)."""
+        return await self.fetch_one(query, **params)
+
     async def execute(self, query: Query[Any], **params: Any) -> None:
         await self._connection.execute(query.sql, *query.args(params))
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A block whose statements are undone when it raises (ROLLBACK TO
+        SAVEPOINT); the transaction's other statements are kept."""
+        async with self._connection.transaction():
+            yield
 
 
 async def _keep(_connection: asyncpg.Connection[asyncpg.Record]) -> None:

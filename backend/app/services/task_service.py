@@ -4,16 +4,18 @@ Statements are built from the SQLModel tables with `bindparam` placeholders and
 compiled once per shape (which fields, which filters, which sort); each request only
 binds its values and runs the compiled statement through the database gateway."""
 
+import copy
 import hashlib
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any, NoReturn, TypedDict, TypeVar, cast
+from typing import Any, NoReturn, Required, TypedDict, TypeVar, cast
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import (
     Boolean,
     ColumnElement,
@@ -40,23 +42,36 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.types import UserDefinedType
 
-from app.db.gateway import Database, LockTimeout, Query, compile_query
+from app.db.gateway import (
+    Database,
+    Deadlock,
+    LockTimeout,
+    Query,
+    Transaction,
+    compile_query,
+)
 from app.errors import (
+    AppError,
+    DatabaseUnavailable,
+    FailedDependency,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InvalidCursor,
     PreconditionFailed,
     SyncTokenExpired,
     TaskNotFound,
+    validation_error,
 )
 from app.models import CURRENT_XID, IdempotencyKey, Priority, Task, TaskTombstone
 from app.schemas import (
+    BatchOp,
     TaskCreate,
     TaskListQuery,
     TaskPatch,
     TaskPublic,
     TaskRecord,
     TaskReplace,
+    ToggleBody,
 )
 from app.services.cursor import CursorCodec
 
@@ -71,6 +86,8 @@ IDEMPOTENCY: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 IDEMPOTENCY_TTL = timedelta(hours=24)
 # How long a create waits for another in-flight request with its Idempotency-Key.
 IDEMPOTENCY_WAIT_MS = 5000
+# Runs of a batch that PostgreSQL rolled back to break a deadlock, before a 503.
+BATCH_ATTEMPTS = 3
 
 # Defaults an omitted (PUT) or nulled (PATCH) field returns to.
 _DEFAULTS: dict[str, Any] = {
@@ -100,6 +117,50 @@ class _FirstResponse(TypedDict):
 
 
 _Written = TypeVar("_Written", TaskRecord, _Id)
+_Answer = TypeVar("_Answer")
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+class BatchOutcome(TypedDict, total=False):
+    """One operation's result: a task, or a C3 error object."""
+
+    ref: str
+    status: Required[int]
+    task: TaskRecord
+    error: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """One operation of a batch, as validated by the API: `if_match` holds the
+    versions its ETags accept, `body` the raw JSON its single request would send."""
+
+    op: BatchOp
+    ref: str | None = None
+    task_id: int | None = None
+    target: str | None = None
+    if_match: list[datetime] | None = None
+    body: Any = None
+
+
+# (`list` inside TaskService is its method.)
+Outcomes = list[BatchOutcome]
+
+
+class _Named(TypedDict):
+    """The arguments naming a step's task, as its single request's method takes."""
+
+    user_id: str
+    task_id: int
+    if_match: list[datetime] | None
+
+
+class _Abort(Exception):
+    """An atomic batch stops at its first failure."""
+
+    def __init__(self, index: int, outcome: BatchOutcome) -> None:
+        self.index = index
+        self.outcome = outcome
 
 
 class _Change(TypedDict):
@@ -525,15 +586,60 @@ def _content(data: TaskCreate | TaskPatch, fields: set[str]) -> dict[str, Any]:
     return values
 
 
-def _request_hash(data: TaskCreate) -> str:
-    """Two bodies are "the same" when they would create the same task."""
-    values = {
-        **_content(data, set(_DEFAULTS)),
-        "title": data.title,
-        "completed": bool(data.completed),
-    }
+def _digest(values: object) -> str:
     canonical = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _request_hash(data: TaskCreate) -> str:
+    """Two bodies are "the same" when they would create the same task."""
+    return _digest(
+        {
+            **_content(data, set(_DEFAULTS)),
+            "title": data.title,
+            "completed": bool(data.completed),
+        }
+    )
+
+
+def _task_from_json(value: Any) -> TaskRecord:
+    """A task read back from a stored response (datetimes parsed)."""
+    return cast(TaskRecord, TaskPublic.model_validate(value).model_dump())
+
+
+def _outcomes_from_json(stored: str) -> Outcomes:
+    outcomes = cast(Outcomes, orjson.loads(stored))
+    for outcome in outcomes:
+        if "task" in outcome:
+            outcome["task"] = _task_from_json(outcome["task"])
+    return outcomes
+
+
+def _parse(model: type[_Body], body: Any) -> _Body:
+    """A batch operation's body, validated as its single request's body is: the
+    same 400 (`invalid_json` or `validation_error` naming the field)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        raise validation_error(errors) from None
+
+
+def _outcome(
+    step: BatchStep, status: int, task: TaskRecord | None = None
+) -> BatchOutcome:
+    outcome: BatchOutcome = {"status": status}
+    if step.ref is not None:
+        outcome["ref"] = step.ref
+    if task is not None:
+        outcome["task"] = task
+    return outcome
+
+
+def _failed(step: BatchStep, error: AppError) -> BatchOutcome:
+    outcome = _outcome(step, error.status_code)
+    outcome["error"] = error.body().model_dump(exclude_none=True)
+    return outcome
 
 
 _this_key = IDEMPOTENCY.c.key == bindparam("key")
@@ -593,6 +699,8 @@ class TaskService:
         self, database: Database, cursors: CursorCodec, sync_retention: timedelta
     ) -> None:
         self._db = database
+        # Where writes run: the pool (one statement each), or a batch's transaction.
+        self._run: Database | Transaction = database
         self._cursors = cursors
         self._sync_retention = sync_retention
         self._keep_tombstones = sync_retention + TOMBSTONE_GRACE
@@ -665,13 +773,14 @@ class TaskService:
         same body returns the first response and creates nothing."""
         values = self._insert_values(user_id, data)
         if idempotency_key is None:
-            task = await self._db.write_one(INSERT, **values)
-            assert task is not None  # INSERT … RETURNING always returns its row
-            return task
-        try:
-            return await self._insert_once(user_id, values, idempotency_key, data)
-        except LockTimeout:
-            raise IdempotencyKeyInUse() from None
+            return await self._insert(values)
+        return await self._once(
+            user_id,
+            idempotency_key,
+            _request_hash(data),
+            lambda tx: self._within(tx)._insert(values),
+            lambda stored: _task_from_json(orjson.loads(stored)),
+        )
 
     async def replace(
         self,
@@ -715,9 +824,93 @@ class TaskService:
     async def clear_completed(self, *, user_id: str) -> int:
         """E12: delete the user's completed tasks (tombstones included); how many."""
         keep = {"keep_tombstones": self._keep_tombstones}
-        cleared = await self._db.write_one(CLEAR_COMPLETED, user_id=user_id, **keep)
+        cleared = await self._run.write_one(CLEAR_COMPLETED, user_id=user_id, **keep)
         assert cleared is not None  # an aggregate always has its row
         return cleared["count"]
+
+    async def batch(
+        self,
+        *,
+        user_id: str,
+        steps: Sequence[BatchStep],
+        atomic: bool,
+        idempotency_key: str | None = None,
+    ) -> Outcomes:
+        """E11: each step as its single request, in order, in one transaction.
+        Atomic: all or nothing; otherwise one step's failure stops no other."""
+
+        async def run(tx: Transaction) -> Outcomes:
+            return await self._within(tx)._apply_all(tx, user_id, steps, atomic)
+
+        request = {"atomic": atomic, "operations": [asdict(s) for s in steps]}
+        # Two batches may lock the same tasks in opposite orders; PostgreSQL then
+        # rolls one back whole, and it is run again.
+        for _attempt in range(BATCH_ATTEMPTS):
+            try:
+                if idempotency_key is None:
+                    async with self._db.transaction() as tx:
+                        return await run(tx)
+                return await self._once(
+                    user_id, idempotency_key, _digest(request), run, _outcomes_from_json
+                )
+            except Deadlock:
+                continue
+        raise DatabaseUnavailable(detail="concurrent batches kept deadlocking")
+
+    async def _apply_all(
+        self, tx: Transaction, user_id: str, steps: Sequence[BatchStep], atomic: bool
+    ) -> Outcomes:
+        created: dict[str, int] = {}  # ref -> id of the task its create made
+        if not atomic:
+            return [await self._apply(user_id, step, created) for step in steps]
+        outcomes: Outcomes = []
+        try:
+            async with tx.savepoint():
+                for index, step in enumerate(steps):
+                    outcome = await self._apply(user_id, step, created)
+                    if "error" in outcome:
+                        raise _Abort(index, outcome)  # undoes the savepoint
+                    outcomes.append(outcome)
+        except _Abort as abort:
+            return [
+                abort.outcome if i == abort.index else _failed(s, FailedDependency())
+                for i, s in enumerate(steps)
+            ]
+        return outcomes
+
+    async def _apply(
+        self, user_id: str, step: BatchStep, created: dict[str, int]
+    ) -> BatchOutcome:
+        """One step; an error becomes its outcome. The failures a step can have
+        (400, 404, 412) write nothing, so the transaction goes on."""
+        try:
+            if step.op == "create":
+                task = await self.create(
+                    user_id=user_id, data=_parse(TaskCreate, step.body)
+                )
+                if step.ref is not None:
+                    created[step.ref] = task["id"]
+                return _outcome(step, 201, task)
+            task_id = step.task_id
+            if step.target is not None:
+                if step.target not in created:
+                    raise FailedDependency("Not applied: the create it targets failed")
+                task_id = created[step.target]
+            assert task_id is not None  # BatchOperation: id or target
+            named = _Named(user_id=user_id, task_id=task_id, if_match=step.if_match)
+            if step.op == "replace":
+                data = _parse(TaskReplace, step.body)
+                return _outcome(step, 200, await self.replace(**named, data=data))
+            if step.op == "patch":
+                patch = _parse(TaskPatch, step.body)
+                return _outcome(step, 200, await self.patch(**named, data=patch))
+            if step.op == "toggle":
+                _parse(ToggleBody, {} if step.body is None else step.body)
+                return _outcome(step, 200, await self.toggle(**named))
+            await self.delete(**named)
+            return _outcome(step, 204)
+        except AppError as error:
+            return _failed(step, error)
 
     async def _update(
         self,
@@ -745,7 +938,7 @@ class TaskService:
         versions: dict[str, Any] = {}
         if if_match is not None:
             versions["versions"] = list(if_match)
-        row = await self._db.write_one(
+        row = await self._run.write_one(
             statement, user_id=user_id, task_id=task_id, **versions, **values
         )
         if row is None:
@@ -753,7 +946,7 @@ class TaskService:
         return row
 
     async def _raise_missing_or_changed(self, user_id: str, task_id: int) -> NoReturn:
-        if await self._db.fetch_one(EXISTS, user_id=user_id, task_id=task_id) is None:
+        if await self._run.fetch_one(EXISTS, user_id=user_id, task_id=task_id) is None:
             raise TaskNotFound()
         raise PreconditionFailed()
 
@@ -766,28 +959,49 @@ class TaskService:
             "completed": bool(data.completed),
         }
 
-    async def _insert_once(
-        self, user_id: str, values: dict[str, Any], key: str, data: TaskCreate
-    ) -> TaskRecord:
-        """Claim (user, key) by inserting its row; a concurrent request with the same
-        key waits on that row until this transaction ends, then replays its answer.
-        An expired key (older than 24 h) is claimed afresh."""
-        request_hash = _request_hash(data)
-        owner = {"user_id": user_id, "key": key}
-        async with self._db.transaction(lock_timeout_ms=IDEMPOTENCY_WAIT_MS) as tx:
-            claimed = await tx.fetch_one(CLAIM_KEY, **owner, request_hash=request_hash)
-            if claimed is None:
-                first = await tx.fetch_one(FIRST_RESPONSE, **owner)
-                # The claim conflicted with this row, committed with its response.
-                assert first is not None
-                assert first["response"] is not None
-                if first["request_hash"] != request_hash:
-                    raise IdempotencyKeyReused()
-                replay = TaskPublic.model_validate_json(first["response"])
-                return cast(TaskRecord, replay.model_dump())
-            task = await tx.fetch_one(INSERT, **values)
-            assert task is not None
-            response = orjson.dumps(task, option=orjson.OPT_UTC_Z).decode()
-            await tx.execute(STORE_RESPONSE, **owner, response=response)
-            await tx.execute(EXPIRE_KEYS)
+    async def _insert(self, values: dict[str, Any]) -> TaskRecord:
+        task = await self._run.write_one(INSERT, **values)
+        assert task is not None  # INSERT … RETURNING always returns its row
         return task
+
+    def _within(self, tx: Transaction) -> "TaskService":
+        """This service with its writes inside `tx`: a batch's operations run
+        through the very methods their single requests use."""
+        view = copy.copy(self)
+        view._run = tx
+        return view
+
+    async def _once(
+        self,
+        user_id: str,
+        key: str,
+        request_hash: str,
+        run: Callable[[Transaction], Awaitable[_Answer]],
+        replay: Callable[[str], _Answer],
+    ) -> _Answer:
+        """Idempotency-Key (E1, E11): claim (user, key) by inserting its row, `run`
+        and store the answer in the same transaction. A concurrent request with the
+        same key waits on that row until this transaction ends (409 after
+        IDEMPOTENCY_WAIT_MS), then `replay`s the stored answer; another body under
+        the key is a 422. An expired key (older than 24 h) is claimed afresh."""
+        owner = {"user_id": user_id, "key": key}
+        try:
+            async with self._db.transaction(lock_timeout_ms=IDEMPOTENCY_WAIT_MS) as tx:
+                claimed = await tx.fetch_one(
+                    CLAIM_KEY, **owner, request_hash=request_hash
+                )
+                if claimed is None:
+                    first = await tx.fetch_one(FIRST_RESPONSE, **owner)
+                    # The claim conflicted with this row, committed with its answer.
+                    assert first is not None
+                    assert first["response"] is not None
+                    if first["request_hash"] != request_hash:
+                        raise IdempotencyKeyReused()
+                    return replay(first["response"])
+                answer = await run(tx)
+                response = orjson.dumps(answer, option=orjson.OPT_UTC_Z).decode()
+                await tx.execute(STORE_RESPONSE, **owner, response=response)
+                await tx.execute(EXPIRE_KEYS)
+        except LockTimeout:
+            raise IdempotencyKeyInUse() from None
+        return answer

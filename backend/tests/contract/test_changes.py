@@ -241,14 +241,26 @@ def test_token_from_another_database_cluster_is_410(make_client: ClientFactory) 
     assert_error(response, 410, "sync_token_expired")
 
 
-def test_changes_needs_the_users_token_when_auth_is_on(
-    make_client: ClientFactory,
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [
+        ("GET", "/changes", None),
+        ("POST", "/batch", {"operations": [{"op": "create", "body": {"title": "x"}}]}),
+        ("DELETE", "?completed=true", None),
+    ],
+)
+def test_offline_routes_need_the_users_token_when_auth_is_on(
+    make_client: ClientFactory, method: str, suffix: str, body: Any
 ) -> None:
+    """E10-E12 are owner-scoped like the rest: 401 without a token, 403 with
+    another user's, and then nothing is written."""
     client = make_client(BETTER_AUTH_SECRET=SecretStr(SECRET))
     user = new_user_id()
-    url = tasks_url(user) + "/changes"
-    assert_error(client.get(url), 401, "unauthorized")
+    url = tasks_url(user) + suffix
+    assert_error(client.request(method, url, json=body), 401, "unauthorized")
     other = {"Authorization": f"Bearer {hs_token(new_user_id())}"}
-    assert_error(client.get(url, headers=other), 403, "forbidden")
+    assert_error(
+        client.request(method, url, json=body, headers=other), 403, "forbidden"
+    )
     own = {"Authorization": f"Bearer {hs_token(user)}"}
-    assert client.get(url, headers=own).status_code == 200
+    assert client.request(method, url, json=body, headers=own).status_code == 200

@@ -39,6 +39,7 @@ EXPECTED = [
     200,  # E10 first sync
     200,  # ... again, for its token
     200,  # E10 changes since that token
+    200,  # E11 batch
     200,  # E12 clear completed
 ]
 
@@ -59,5 +60,6 @@ def test_readme_curl_examples_answer_as_documented(server: str) -> None:
     assert result.returncode == 0, result.stderr
     statuses = [int(line) for line in result.stderr.split() if line.isdigit()]
     assert statuses == EXPECTED, result.stdout
+    assert result.stdout.rstrip().endswith('{"deleted":1}'), result.stdout
     tasks = httpx.get(f"{server}/api/alice/tasks").json()
     assert [(t["id"], t["title"]) for t in tasks] == [(2, "Pay the rent")]

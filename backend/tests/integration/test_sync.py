@@ -110,25 +110,40 @@ def _wait_for_lock_wait(engine: Engine) -> None:
 
 
 def _write_randomly(base_url: str, user: str, stop: threading.Event, seed: int) -> int:
-    """Creates, replaces, patches, toggles and deletes on a few shared tasks."""
+    """Creates, replaces, patches, toggles, deletes and batches of them (atomic
+    or not) on a few shared tasks."""
     rng = random.Random(seed)
     writes = 0
     with httpx.Client(base_url=base_url, timeout=30) as http:
         while not stop.is_set():
             ids = [t["id"] for t in http.get(tasks_url(user)).json()]
             if len(ids) < 5 or rng.random() < 0.2:
-                http.post(tasks_url(user), json={"title": f"w{seed}"})
+                response = http.post(tasks_url(user), json={"title": f"w{seed}"})
             else:
                 url = tasks_url(user, rng.choice(ids))
-                action = rng.choice(["put", "patch", "toggle", "delete"])
-                if action == "put":
-                    http.put(url, json={"title": f"put {seed}"})
+                action = rng.choice(["put", "patch", "toggle", "delete", "batch"])
+                if action == "batch":  # a longer transaction, often committing last
+                    operations = [
+                        {"op": "create", "ref": "n", "body": {"title": f"b{seed}"}},
+                        {"op": "toggle", "target": "n"},
+                        *({"op": "patch", "id": i, "body": {}} for i in ids[:3]),
+                        {"op": "delete", "id": rng.choice(ids)},
+                    ]
+                    response = http.post(
+                        tasks_url(user) + "/batch",
+                        json={"operations": operations, "atomic": rng.random() < 0.5},
+                    )
+                elif action == "put":
+                    response = http.put(url, json={"title": f"put {seed}"})
                 elif action == "patch":
-                    http.patch(url, json={"priority": rng.choice(["low", "high"])})
+                    response = http.patch(
+                        url, json={"priority": rng.choice(["low", "high"])}
+                    )
                 elif action == "toggle":
-                    http.patch(url + "/complete")
+                    response = http.patch(url + "/complete")
                 else:
-                    http.delete(url)
+                    response = http.delete(url)
+            assert response.status_code < 500, response.text
             writes += 1
     return writes
 

@@ -8,10 +8,17 @@ from typing import Annotated, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Response
 
-from app.api.deps import TaskServiceDep, UserIdPath, authorize, rate_limit
-from app.api.http import JSON
+from app.api.deps import (
+    IdempotencyKeyHeader,
+    TaskServiceDep,
+    UserIdPath,
+    authorize,
+    rate_limit,
+)
+from app.api.http import JSON, etag, if_match_versions
 from app.api.openapi import errors
-from app.schemas import ChangesPublic, ChangesQuery, Cleared
+from app.schemas import BatchRequest, BatchResults, ChangesPublic, ChangesQuery, Cleared
+from app.services.task_service import BatchStep
 
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
@@ -37,6 +44,42 @@ async def list_changes(
         "has_more": changes.has_more,
     }
     return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type=JSON)
+
+
+@router.post(
+    "/batch", response_model=BatchResults, responses=errors(409, 413, 415, 422)
+)
+async def batch_tasks(
+    user_id: UserIdPath,
+    body: BatchRequest,
+    service: TaskServiceDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Up to 100 operations in order, each as its single request; `atomic`: all
+    or none (then 200 with the failing operation's error, the others 424)."""
+    steps = [
+        BatchStep(
+            op.op,
+            op.ref,
+            op.id,
+            op.target,
+            None if op.id is None else if_match_versions(op.if_match, op.id),
+            op.body,
+        )
+        for op in body.operations
+    ]
+    outcomes = await service.batch(
+        user_id=user_id,
+        steps=steps,
+        atomic=body.atomic,
+        idempotency_key=idempotency_key,
+    )
+    results = [
+        {**outcome, "etag": etag(outcome["task"])} if "task" in outcome else outcome
+        for outcome in outcomes
+    ]
+    body_bytes = orjson.dumps({"results": results}, option=orjson.OPT_UTC_Z)
+    return Response(body_bytes, media_type=JSON)
 
 
 @router.delete("", response_model=Cleared, responses=errors())

@@ -1,0 +1,375 @@
+"""C9 E11: batches — each operation as its single request, per-operation results,
+client refs, if_match, atomic all-or-nothing, Idempotency-Key on the whole batch."""
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from app.services import task_service
+from tests.factories import create_task, new_user_id, tasks_url
+
+
+def batch_url(user: str) -> str:
+    return tasks_url(user) + "/batch"
+
+
+def run_batch(
+    client: TestClient, user: str, operations: list[dict[str, Any]], **options: Any
+) -> list[dict[str, Any]]:
+    response = client.post(batch_url(user), json={"operations": operations, **options})
+    assert response.status_code == 200, response.text
+    results: list[dict[str, Any]] = response.json()["results"]
+    assert len(results) == len(operations)
+    return results
+
+
+def titles(client: TestClient, user: str) -> list[str]:
+    return sorted(t["title"] for t in client.get(tasks_url(user)).json())
+
+
+def creates(count: int) -> list[dict[str, Any]]:
+    return [{"op": "create", "body": {"title": f"t{i:03}"}} for i in range(count)]
+
+
+def test_each_operation_has_its_single_requests_status(client: TestClient) -> None:
+    user = new_user_id()
+    a, b, c, d = (create_task(client, user, title=t) for t in "abcd")
+    results = run_batch(
+        client,
+        user,
+        [
+            {"op": "create", "ref": "new", "body": {"title": "e"}},
+            {"op": "replace", "id": a["id"], "body": {"title": "A"}},
+            {"op": "patch", "id": b["id"], "body": {"priority": "high"}},
+            {"op": "toggle", "id": c["id"]},
+            {"op": "delete", "id": d["id"]},
+        ],
+    )
+    assert [r["status"] for r in results] == [201, 200, 200, 200, 204]
+    assert results[0]["ref"] == "new"
+    assert results[0]["task"]["title"] == "e"
+    assert results[1]["task"]["title"] == "A"
+    assert results[2]["task"]["priority"] == "high"
+    assert results[3]["task"]["completed"] is True
+    assert "task" not in results[4]
+    assert titles(client, user) == ["A", "b", "c", "e"]
+
+
+def test_results_carry_the_tasks_etag(client: TestClient) -> None:
+    user = new_user_id()
+    result = run_batch(client, user, creates(1))[0]
+    response = client.get(tasks_url(user, result["task"]["id"]))
+    assert result["etag"] == response.headers["etag"]
+    assert result["task"] == response.json()
+
+
+def test_target_names_a_task_created_earlier_in_the_batch(client: TestClient) -> None:
+    user = new_user_id()
+    results = run_batch(
+        client,
+        user,
+        [
+            {"op": "create", "ref": "x", "body": {"title": "draft"}},
+            {"op": "patch", "target": "x", "body": {"title": "final"}},
+            {"op": "toggle", "target": "x"},
+        ],
+    )
+    assert results[1]["task"]["id"] == results[0]["task"]["id"]
+    assert results[2]["task"]["title"] == "final"
+    assert results[2]["task"]["completed"] is True
+
+
+def test_if_match_per_operation(client: TestClient) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    current = client.get(tasks_url(user, task["id"])).headers["etag"]
+    client_stale = f'"{task["id"]}.1"'
+    results = run_batch(
+        client,
+        user,
+        [
+            {"op": "patch", "id": task["id"], "if_match": client_stale, "body": {}},
+            {"op": "patch", "id": task["id"], "if_match": current, "body": {}},
+        ],
+    )
+    assert results[0]["status"] == 412
+    assert results[0]["error"]["code"] == "precondition_failed"
+    assert results[1]["status"] == 200
+
+
+def test_an_invalid_body_fails_only_its_operation(client: TestClient) -> None:
+    user = new_user_id()
+    results = run_batch(
+        client,
+        user,
+        [
+            {"op": "create", "body": {"title": ""}},
+            {"op": "create", "body": ["not", "an", "object"]},
+            {"op": "create", "body": {"title": "ok", "colour": "red"}},
+            {"op": "create", "body": {"title": "fine"}},
+        ],
+    )
+    assert [r["status"] for r in results] == [400, 400, 400, 201]
+    assert results[0]["error"]["code"] == "validation_error"
+    assert results[0]["error"]["fields"][0]["field"] == "title"
+    assert results[1]["error"]["code"] == "invalid_json"
+    assert results[2]["error"]["fields"][0] == {
+        "field": "colour",
+        "message": "Unknown field",
+    }
+    assert titles(client, user) == ["fine"]
+
+
+def test_another_users_or_a_missing_task_is_404(client: TestClient) -> None:
+    user, other = new_user_id(), new_user_id()
+    theirs = create_task(client, other)
+    results = run_batch(
+        client,
+        user,
+        [
+            {"op": "delete", "id": theirs["id"]},
+            {"op": "toggle", "id": 2**63 - 1},
+        ],
+    )
+    assert [(r["status"], r["error"]["code"]) for r in results] == [
+        (404, "not_found"),
+        (404, "not_found"),
+    ]
+    assert client.get(tasks_url(other, theirs["id"])).status_code == 200
+
+
+def test_non_atomic_failure_at_57_keeps_the_56_before_it(client: TestClient) -> None:
+    user = new_user_id()
+    operations = [*creates(56), {"op": "delete", "id": 2**63 - 1}]
+    results = run_batch(client, user, operations)
+    assert [r["status"] for r in results] == [201] * 56 + [404]
+    assert titles(client, user) == [f"t{i:03}" for i in range(56)]
+
+
+def test_atomic_failure_at_57_leaves_nothing_behind(client: TestClient) -> None:
+    user = new_user_id()
+    kept = create_task(client, user, title="kept")
+    operations = [
+        {"op": "patch", "id": kept["id"], "body": {"title": "changed"}},
+        *creates(55),
+        {"op": "delete", "id": 2**63 - 1},
+    ]
+    results = run_batch(client, user, operations, atomic=True)
+    assert results[56]["status"] == 404
+    assert results[56]["error"]["code"] == "not_found"
+    for result in results[:56]:
+        assert result["status"] == 424
+        assert result["error"]["code"] == "failed_dependency"
+        assert "task" not in result
+    assert client.get(tasks_url(user)).json() == [kept]
+
+
+def test_atomic_stops_at_the_first_failure(client: TestClient) -> None:
+    user = new_user_id()
+    results = run_batch(
+        client,
+        user,
+        [*creates(1), {"op": "create", "body": {}}, {"op": "toggle", "id": 1}],
+        atomic=True,
+    )
+    assert [r["status"] for r in results] == [424, 400, 424]
+    assert titles(client, user) == []
+
+
+def test_atomic_success_applies_everything(client: TestClient) -> None:
+    user = new_user_id()
+    results = run_batch(
+        client,
+        user,
+        [
+            {"op": "create", "ref": "a", "body": {"title": "a"}},
+            {"op": "delete", "target": "a"},
+        ],
+        atomic=True,
+    )
+    assert [r["status"] for r in results] == [201, 204]
+    assert titles(client, user) == []
+
+
+def test_non_atomic_target_of_a_failed_create_is_424(client: TestClient) -> None:
+    user = new_user_id()
+    results = run_batch(
+        client,
+        user,
+        [
+            {"op": "create", "ref": "bad", "body": {"title": " "}},
+            {"op": "patch", "target": "bad", "body": {"title": "x"}},
+            {"op": "create", "body": {"title": "other"}},
+        ],
+    )
+    assert [r["status"] for r in results] == [400, 424, 201]
+    assert results[1]["error"]["code"] == "failed_dependency"
+
+
+def test_batch_changes_come_in_the_next_sync(client: TestClient) -> None:
+    user = new_user_id()
+    gone = create_task(client, user)
+    token = client.get(tasks_url(user) + "/changes").json()["next"]
+    results = run_batch(client, user, [*creates(2), {"op": "delete", "id": gone["id"]}])
+    body = client.get(tasks_url(user) + "/changes", params={"since": token}).json()
+    assert sorted(t["id"] for t in body["tasks"]) == sorted(
+        r["task"]["id"] for r in results[:2]
+    )
+    assert body["deleted"] == [gone["id"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"operations": []}, "operations"),
+        ({"operations": creates(101)}, "operations"),
+        ({}, "operations"),
+        ({"operations": [{"op": "archive", "id": 1}]}, "operations[0].op"),
+        ({"operations": [{"op": "patch", "body": {}}]}, "operations[0]"),
+        ({"operations": [{"op": "toggle", "id": 1, "target": "a"}]}, "operations[0]"),
+        ({"operations": [{"op": "create", "id": 1, "body": {}}]}, "operations[0]"),
+        ({"operations": [{"op": "toggle", "target": "nowhere"}]}, "operations"),
+        ({"operations": [{"op": "delete", "id": 1, "body": {}}]}, "operations[0]"),
+        ({"operations": [{"op": "toggle", "id": 0}]}, "operations[0].id"),
+        ({"operations": creates(1), "atomic": "yes"}, "atomic"),
+        ({"operations": creates(1), "extra": 1}, "extra"),
+        ({"operations": [{"op": "create", "colour": 1}]}, "operations[0].colour"),
+    ],
+)
+def test_a_malformed_batch_is_400_and_applies_nothing(
+    client: TestClient, body: dict[str, Any], field: str
+) -> None:
+    user = new_user_id()
+    response = client.post(batch_url(user), json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "validation_error"
+    assert field in [f["field"] for f in response.json()["fields"]]
+    assert titles(client, user) == []
+
+
+def test_refs_are_unique_and_targets_name_earlier_creates(client: TestClient) -> None:
+    user = new_user_id()
+    twice = [
+        {"op": "create", "ref": "a", "body": {"title": "1"}},
+        {"op": "create", "ref": "a", "body": {"title": "2"}},
+    ]
+    later = [
+        {"op": "toggle", "target": "a"},
+        {"op": "create", "ref": "a", "body": {"title": "1"}},
+    ]
+    for operations in (twice, later):
+        response = client.post(batch_url(user), json={"operations": operations})
+        assert response.status_code == 400, response.text
+
+
+def test_if_match_with_a_target_is_400(client: TestClient) -> None:
+    operations = [
+        {"op": "create", "ref": "a", "body": {"title": "1"}},
+        {"op": "toggle", "target": "a", "if_match": "*"},
+    ]
+    response = client.post(batch_url(new_user_id()), json={"operations": operations})
+    assert response.status_code == 400
+
+
+def test_a_body_that_is_not_an_object_is_400_invalid_json(client: TestClient) -> None:
+    response = client.post(batch_url(new_user_id()), json=[{"op": "create"}])
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_json"
+
+
+def test_a_batch_over_64_kib_is_413(client: TestClient) -> None:
+    operations = [{"op": "create", "body": {"title": "x" * 200}}] * 100
+    padding = {"op": "create", "body": {"title": "x", "description": "d" * 1000}}
+    body = {"operations": operations[:40] + [padding] * 60}
+    response = client.post(batch_url(new_user_id()), json=body)
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+
+
+def test_a_batch_that_is_not_json_is_415(client: TestClient) -> None:
+    response = client.post(
+        batch_url(new_user_id()),
+        content=b"op=create",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported_media_type"
+
+
+def keyed(
+    client: TestClient, user: str, key: str, operations: list[dict[str, Any]], **kw: Any
+) -> Any:
+    return client.post(
+        batch_url(user),
+        json={"operations": operations, **kw},
+        headers={"Idempotency-Key": key},
+    )
+
+
+def test_idempotent_repeat_replays_the_whole_response(client: TestClient) -> None:
+    user = new_user_id()
+    first = keyed(client, user, "k1", creates(3))
+    again = keyed(client, user, "k1", creates(3))
+    assert again.status_code == first.status_code == 200
+    assert again.json() == first.json()
+    assert len(titles(client, user)) == 3
+
+
+def test_idempotent_repeat_of_a_failed_atomic_batch_is_replayed(
+    client: TestClient, engine: Engine
+) -> None:
+    user = new_user_id()
+    operations = [*creates(1), {"op": "toggle", "id": 2**63 - 1}]
+    first = keyed(client, user, "k2", operations, atomic=True)
+    assert [r["status"] for r in first.json()["results"]] == [424, 404]
+    again = keyed(client, user, "k2", operations, atomic=True)
+    assert again.json() == first.json()
+    assert titles(client, user) == []
+    with engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT response FROM idempotency_key WHERE user_id = :u"),
+            {"u": user},
+        ).scalar_one()
+    assert [r["status"] for r in stored] == [424, 404]
+
+
+def test_same_key_different_batch_is_422(client: TestClient) -> None:
+    user = new_user_id()
+    keyed(client, user, "k3", creates(1))
+    response = keyed(client, user, "k3", creates(2))
+    assert response.status_code == 422
+    assert response.json()["code"] == "idempotency_key_reused"
+    create = client.post(
+        tasks_url(user), json={"title": "t000"}, headers={"Idempotency-Key": "k3"}
+    )
+    assert create.status_code == 422
+    assert len(titles(client, user)) == 1
+
+
+def test_a_key_still_in_flight_is_409(
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another request holds the key (its claim not yet committed)."""
+    monkeypatch.setattr(task_service, "IDEMPOTENCY_WAIT_MS", 200)
+    user = new_user_id()
+    with engine.connect() as holder:
+        holder.execute(
+            text(
+                "INSERT INTO idempotency_key (user_id, key, request_hash) "
+                "VALUES (:u, 'busy', 'x')"
+            ),
+            {"u": user},
+        )
+        response = keyed(client, user, "busy", creates(1))
+        holder.rollback()
+    assert response.status_code == 409
+    assert response.json()["code"] == "idempotency_key_in_use"
+    assert int(response.headers["retry-after"]) >= 1
+    assert titles(client, user) == []
+
+
+def test_bad_idempotency_key_is_400(client: TestClient) -> None:
+    response = keyed(client, new_user_id(), "", creates(1))
+    assert response.status_code == 400
