@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from fastapi import Depends, FastAPI, Response
 
-from app.api.deps import authorize
+from app.api.deps import admit
 from app.api.http import JSON, dump
 from app.main import create_app as create_service
 from app.schemas import TaskPublic
@@ -36,7 +36,7 @@ _RECORDS = [task.model_dump() for task in _TASKS]
 def create_app() -> FastAPI:
     app = create_service()
 
-    @app.get("/ceiling/{user_id}/tasks", dependencies=[Depends(authorize)])
+    @app.get("/ceiling/{user_id}/tasks", dependencies=[Depends(admit)])
     async def ceiling() -> Response:
         return Response(dump(_RECORDS), media_type=JSON)
 

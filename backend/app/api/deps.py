@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from app.edge.auth import TokenVerifier
 from app.edge.ratelimit import RateLimiter
@@ -55,10 +55,8 @@ IdempotencyKeyHeader = Annotated[
     ),
 ]
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="A JWT from Better Auth (or signed with the shared secret).",
-)
+# Better Auth's JWTs are under 1 KiB; a token is refused unparsed beyond this.
+MAX_TOKEN_LENGTH = 8 * 1024
 logger = logging.getLogger("app.auth")
 
 
@@ -66,24 +64,29 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _bearer_token(
-    request: Request, credentials: HTTPAuthorizationCredentials | None
-) -> str:
-    """The one bearer token, or 400 for two Authorization headers (a proxy and the
-    app could each read a different one), or 401 for none."""
-    if len(request.headers.getlist("authorization")) > 1:
+def _bearer_token(request: Request) -> str:
+    """The one bearer token: 400 for two Authorization headers (a proxy and the
+    app could each read a different one); 401 for none, another scheme, or a token
+    longer than any JWT we issue (MAX_TOKEN_LENGTH) before it is parsed."""
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
         message = "must be sent once"
         raise ValidationFailed(
             detail=f"Authorization: {message}",
             fields=[FieldError(field="Authorization", message=message)],
         )
-    if credentials is None:
-        if "authorization" in request.headers:
-            raise UnauthorizedError(
-                "missing", "Authorization must be 'Bearer <JWT>' (no other scheme)"
-            )
+    if not values:
         raise UnauthorizedError()
-    return credentials.credentials
+    scheme, token = get_authorization_scheme_param(values[0])
+    if scheme.lower() != "bearer" or not token:
+        raise UnauthorizedError(
+            "missing", "Authorization must be 'Bearer <JWT>' (no other scheme)"
+        )
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise UnauthorizedError(
+            "malformed", f"The token is longer than {MAX_TOKEN_LENGTH} characters"
+        )
+    return token
 
 
 async def _authenticated(request: Request, verify: Callable[[], Awaitable[str]]) -> str:
@@ -113,16 +116,13 @@ async def _authenticated(request: Request, verify: Callable[[], Awaitable[str]])
         raise
 
 
-async def authorize(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+async def authorize(request: Request) -> None:
     """Every /api request: a valid token whose user is the path's {user_id}.
     Runs before the path is validated and before any database work."""
     verifier: TokenVerifier | None = request.app.state.verifier
     if verifier is None:  # auth is off (development, or AUTH_DISABLED=true)
         return
-    token = _bearer_token(request, credentials)
+    token = _bearer_token(request)
     # A token verified before skips the failure budget too: it cannot be a guess.
     user_id = verifier.known(token) or await _authenticated(
         request, lambda: verifier.user_id(token)
@@ -132,10 +132,7 @@ async def authorize(
     request.state.user_id = user_id
 
 
-async def authorize_metrics(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+async def authorize_metrics(request: Request) -> None:
     """/metrics: with METRICS_TOKEN set, only for that bearer token; unset, open
     outside production and absent (404) in production."""
     expected: str | None = request.app.state.metrics_token
@@ -143,7 +140,7 @@ async def authorize_metrics(
         if request.app.state.metrics_public:
             return
         raise NotFoundError()
-    token = _bearer_token(request, credentials)
+    token = _bearer_token(request)
 
     async def verify() -> str:
         if not hmac.compare_digest(token.encode(), expected.encode()):
@@ -162,3 +159,11 @@ async def rate_limit(request: Request) -> None:
     await limiter.check(
         f"user:{user_id}" if user_id else f"addr:{client_address(request)}"
     )
+
+
+async def admit(request: Request) -> None:
+    """The one dependency of every /api route: authentication, then the rate
+    limit. One dependency, not three: FastAPI's resolution of each costs more per
+    request than the check it runs (specs/005-performance)."""
+    await authorize(request)
+    await rate_limit(request)

@@ -36,8 +36,18 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+# Authentication is one plain dependency (`deps.admit`), not FastAPI's HTTPBearer
+# (whose resolution costs per request), so the scheme is declared here.
+BEARER = {
+    "type": "http",
+    "description": "A JWT from Better Auth (or signed with the shared secret).",
+    "scheme": "bearer",
+}
+
+
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI documents a 422 we never send: validation errors are 400s."""
+    """FastAPI documents a 422 we never send: validation errors are 400s. Every
+    /api operation needs a bearer token."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -45,13 +55,16 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
             description=app.description,
             routes=app.routes,
         )
-        for path in schema["paths"].values():
+        for url, path in schema["paths"].items():
             for operation in path.values():
                 default = operation["responses"].get("422", {})
                 if default.get("description") == "Validation Error":
                     del operation["responses"]["422"]
+                if url.startswith("/api/"):
+                    operation["security"] = [{"HTTPBearer": []}]
         for name in ("HTTPValidationError", "ValidationError"):
             schema["components"]["schemas"].pop(name, None)
+        schema["components"]["securitySchemes"] = {"HTTPBearer": BEARER}
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -12,8 +12,7 @@ from app.api.deps import (
     IdempotencyKeyHeader,
     TaskServiceDep,
     UserIdPath,
-    authorize,
-    rate_limit,
+    admit,
 )
 from app.api.http import JSON, etag, if_match_versions
 from app.api.openapi import errors
@@ -23,7 +22,7 @@ from app.services.task_service import BatchStep
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
     tags=["sync"],
-    dependencies=[Depends(authorize), Depends(rate_limit)],
+    dependencies=[Depends(admit)],
 )
 
 

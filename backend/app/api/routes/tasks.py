@@ -11,8 +11,7 @@ from app.api.deps import (
     TaskIdPath,
     TaskServiceDep,
     UserIdPath,
-    authorize,
-    rate_limit,
+    admit,
 )
 from app.api.http import (
     JSON,
@@ -39,7 +38,7 @@ NO_FIELDS = ToggleBody()
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
     tags=["tasks"],
-    dependencies=[Depends(authorize), Depends(rate_limit)],
+    dependencies=[Depends(admit)],
 )
 
 _ETAG = {
