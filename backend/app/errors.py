@@ -164,6 +164,10 @@ class FailedDependency(AppError):
     status_code = 424
     code = "failed_dependency"
     message = "Not applied: another operation in this atomic batch failed"
+    detail = (
+        "Nothing in this atomic batch was written; fix the failing operation and "
+        "send the batch again"
+    )
 
 
 class IdempotencyKeyInUse(AppError):

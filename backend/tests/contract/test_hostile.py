@@ -83,6 +83,17 @@ def test_validly_signed_token_with_absurd_times_is_401(
     assert response.json()["code"] == "unauthorized"
 
 
+def test_a_token_over_8_kib_is_refused_unparsed(authed: TestClient) -> None:
+    """A validly signed token padded past the cap: refused for its size alone."""
+    token = hs_token("u1", padding="p" * 8192)
+    assert len(token) > 8 * 1024
+    response = authed.get(tasks_url("u1"), headers=bearer(token))
+    assert response.status_code == 401, response.text
+    assert "longer than" in response.json()["detail"]
+    normal = authed.get(tasks_url("u1"), headers=bearer(hs_token("u1")))
+    assert normal.status_code == 200
+
+
 UNDECODABLE = {
     "invalid UTF-8": b'{"title": "caf\xe9"}',
     "60k-deep arrays": b"[" * 60_000,
