@@ -60,10 +60,12 @@ token: install
 
 # The benchmark suite: bench/bench.py (BENCH_ARGS="--large --duration 20" etc.),
 # the driver comparison, then many users, open connections and overload
-# (bench/capacity.py, CAPACITY_ARGS="--quick"). Uses BENCH_DATABASE_URL when set,
+# (bench/capacity.py, CAPACITY_ARGS="--quick"), then delta sync and batches
+# (bench/sync.py, SYNC_ARGS="--duration 5"). Uses BENCH_DATABASE_URL when set,
 # else a private PostgreSQL under .data/.
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	PYTHONPATH=backend:. $(PY) bench/bench.py $(BENCH_ARGS)
 	PYTHONPATH=backend:. $(PY) bench/drivers.py
 	ulimit -n 65536 2>/dev/null || true; PYTHONPATH=backend:. $(PY) bench/capacity.py $(CAPACITY_ARGS)
+	PYTHONPATH=backend:. $(PY) bench/sync.py $(SYNC_ARGS)

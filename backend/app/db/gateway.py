@@ -17,7 +17,14 @@ so the service never imports the driver."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar, cast
@@ -143,6 +150,17 @@ class Transaction:
     async def write_one(self, query: Query[R], **params: Any) -> R | None:
         """A write inside the transaction: its RETURNING row (as `fetch_one`)."""
         return await self.fetch_one(query, **params)
+
+    async def write_many(
+        self, query: Query[R], values: Sequence[Mapping[str, Any]]
+    ) -> list[R]:
+        """The statement once per set of values, pipelined in one round trip;
+        every RETURNING row, in the order of `values`."""
+        if not values:
+            return []
+        args = [query.args(params) for params in values]
+        records = await self._connection.fetchmany(query.sql, args)
+        return [cast(R, dict(record)) for record in records]
 
     async def execute(self, query: Query[Any], **params: Any) -> None:
         await self._connection.execute(query.sql, *query.args(params))

@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -574,7 +575,11 @@ def _position(key: str, position: list[Any]) -> tuple[Any, int]:
 
 
 def _record(row: _Change) -> TaskRecord:
-    return cast(TaskRecord, {name: row[name] for name in TaskRecord.__annotations__})  # type: ignore[literal-required]
+    """The task in a change row: the row itself, less the sync columns (cheaper
+    than a copy, at 1,000 rows a page)."""
+    task = cast(dict[str, Any], row)
+    del task["snapshot"], task["deleted"], task["change_xid"]
+    return cast(TaskRecord, task)
 
 
 def _content(data: TaskCreate | TaskPatch, fields: set[str]) -> dict[str, Any]:
@@ -623,6 +628,17 @@ def _parse(model: type[_Body], body: Any) -> _Body:
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         raise validation_error(errors) from None
+
+
+def _runs(steps: Sequence[BatchStep]) -> list[list[BatchStep]]:
+    """The steps in order, consecutive creates together, every other step alone."""
+    runs: list[list[BatchStep]] = []
+    for step in steps:
+        if step.op == "create" and runs and runs[-1][0].op == "create":
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return runs
 
 
 def _outcome(
@@ -752,12 +768,15 @@ class TaskService:
             after = SyncToken(token.since_at, token.since, upto_at, upto, last)
         else:
             after = SyncToken(upto_at, upto)
-        return Changes(
-            tasks=[_record(row) for row in page if not row["deleted"]],
-            deleted=[row["id"] for row in page if row["deleted"]],
-            next=after.encode(self._cursors, user_id),
-            has_more=has_more,
-        )
+        tasks: list[TaskRecord] = []
+        deleted: list[int] = []
+        for row in page:
+            if row["deleted"]:
+                deleted.append(row["id"])
+            else:
+                tasks.append(_record(row))
+        next_token = after.encode(self._cursors, user_id)
+        return Changes(tasks, deleted, next_token, has_more)
 
     async def get(self, *, user_id: str, task_id: int) -> TaskRecord:
         """One task of the user, or TaskNotFound."""
@@ -860,17 +879,21 @@ class TaskService:
     async def _apply_all(
         self, tx: Transaction, user_id: str, steps: Sequence[BatchStep], atomic: bool
     ) -> Outcomes:
+        """The steps in order; atomic ones inside a savepoint, up to the first
+        failure, which undoes them all."""
         created: dict[str, int] = {}  # ref -> id of the task its create made
-        if not atomic:
-            return [await self._apply(user_id, step, created) for step in steps]
         outcomes: Outcomes = []
         try:
-            async with tx.savepoint():
-                for index, step in enumerate(steps):
-                    outcome = await self._apply(user_id, step, created)
-                    if "error" in outcome:
-                        raise _Abort(index, outcome)  # undoes the savepoint
-                    outcomes.append(outcome)
+            async with tx.savepoint() if atomic else nullcontext():
+                for run in _runs(steps):
+                    if run[0].op == "create":
+                        done = await self._create_all(tx, user_id, run, created)
+                    else:
+                        done = [await self._apply(user_id, run[0], created)]
+                    for outcome in done:
+                        if atomic and "error" in outcome:
+                            raise _Abort(len(outcomes), outcome)  # undoes the savepoint
+                        outcomes.append(outcome)
         except _Abort as abort:
             return [
                 abort.outcome if i == abort.index else _failed(s, FailedDependency())
@@ -878,19 +901,46 @@ class TaskService:
             ]
         return outcomes
 
+    async def _create_all(
+        self,
+        tx: Transaction,
+        user_id: str,
+        steps: Sequence[BatchStep],
+        created: dict[str, int],
+    ) -> Outcomes:
+        """Consecutive creates: each body validated as E1's, the valid ones
+        inserted by E1's statement pipelined in one round trip (ids follow the
+        steps' order), which is what makes a batch of creates cheap."""
+        bodies: list[TaskCreate | AppError] = []
+        for step in steps:
+            try:
+                bodies.append(_parse(TaskCreate, step.body))
+            except AppError as error:
+                bodies.append(error)
+        values = [
+            self._insert_values(user_id, body)
+            for body in bodies
+            if isinstance(body, TaskCreate)
+        ]
+        tasks = iter(await tx.write_many(INSERT, values))
+        outcomes: Outcomes = []
+        for step, body in zip(steps, bodies, strict=True):
+            if isinstance(body, AppError):
+                outcomes.append(_failed(step, body))
+                continue
+            task = next(tasks)
+            if step.ref is not None:
+                created[step.ref] = task["id"]
+            outcomes.append(_outcome(step, 201, task))
+        return outcomes
+
     async def _apply(
         self, user_id: str, step: BatchStep, created: dict[str, int]
     ) -> BatchOutcome:
-        """One step; an error becomes its outcome. The failures a step can have
-        (400, 404, 412) write nothing, so the transaction goes on."""
+        """One step on an existing task, through its single request's method; an
+        error becomes its outcome. The failures a step can have (400, 404, 412,
+        424) write nothing, so the transaction goes on."""
         try:
-            if step.op == "create":
-                task = await self.create(
-                    user_id=user_id, data=_parse(TaskCreate, step.body)
-                )
-                if step.ref is not None:
-                    created[step.ref] = task["id"]
-                return _outcome(step, 201, task)
             task_id = step.task_id
             if step.target is not None:
                 if step.target not in created:

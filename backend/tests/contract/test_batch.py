@@ -145,6 +145,9 @@ def test_non_atomic_failure_at_57_keeps_the_56_before_it(client: TestClient) -> 
     operations = [*creates(56), {"op": "delete", "id": 2**63 - 1}]
     results = run_batch(client, user, operations)
     assert [r["status"] for r in results] == [201] * 56 + [404]
+    assert [r["task"]["title"] for r in results[:56]] == [f"t{i:03}" for i in range(56)]
+    ids = [r["task"]["id"] for r in results[:56]]
+    assert ids == sorted(ids)  # created in the order given
     assert titles(client, user) == [f"t{i:03}" for i in range(56)]
 
 
@@ -171,10 +174,15 @@ def test_atomic_stops_at_the_first_failure(client: TestClient) -> None:
     results = run_batch(
         client,
         user,
-        [*creates(1), {"op": "create", "body": {}}, {"op": "toggle", "id": 1}],
+        [
+            *creates(1),
+            {"op": "create", "body": {}},
+            *creates(1),
+            {"op": "toggle", "id": 2**63 - 1},
+        ],
         atomic=True,
     )
-    assert [r["status"] for r in results] == [424, 400, 424]
+    assert [r["status"] for r in results] == [424, 400, 424, 424]
     assert titles(client, user) == []
 
 

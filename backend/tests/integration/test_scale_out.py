@@ -96,7 +96,9 @@ def test_scale_out_script_moves_a_killed_instances_traffic_and_stops_cleanly(
                 time.sleep(0.2)
             served = [client.get("/health").headers["x-served-by"] for _ in range(6)]
             assert sorted(served) == ["app1", "app1", "app2", "app2", "app3", "app3"]
-            os.kill(_listening_pid(lb + 1), signal.SIGKILL)
+            app1 = _listening_pid(lb + 1)
+            assert app1 in {p.pid for p in psutil.Process(script.pid).children()}
+            os.kill(app1, signal.SIGKILL)
             after = [client.get("/health") for _ in range(20)]
             assert [r.status_code for r in after] == [200] * 20
             assert {r.headers["x-served-by"] for r in after} == {"app2", "app3"}
