@@ -68,4 +68,4 @@ bench: install
 	PYTHONPATH=backend:. $(PY) bench/bench.py $(BENCH_ARGS)
 	PYTHONPATH=backend:. $(PY) bench/drivers.py
 	ulimit -n 65536 2>/dev/null || true; PYTHONPATH=backend:. $(PY) bench/capacity.py $(CAPACITY_ARGS)
-	PYTHONPATH=backend:. $(PY) bench/sync.py $(SYNC_ARGS)
+	PYTHONPATH=backend:. $(PY) -m bench.sync $(SYNC_ARGS)

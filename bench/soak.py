@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -275,7 +274,9 @@ def soak(
         if now >= end:
             break
         if target.victim and now >= victim_at and not victim_killed_at:
-            os.kill(target.victim, signal.SIGKILL)
+            victim = psutil.Process(target.victim)  # with its workers, if any
+            for process in [*victim.children(recursive=True), victim]:
+                process.kill()
             with lock:
                 victim_killed_at.append(now)
             faults.append(now)

@@ -1,6 +1,6 @@
 """`make bench` (offline-first part): delta sync and batches, against their targets.
 
-    PYTHONPATH=backend:. .venv/bin/python bench/sync.py [--duration S] [--rounds N]
+    PYTHONPATH=backend:. .venv/bin/python -m bench.sync [--duration S] [--rounds N]
 
 One service worker started as production starts it (`python -m app`: auth on, JSON
 logs) pinned to core 0 with PostgreSQL (BENCH_DATABASE_URL, else the private one

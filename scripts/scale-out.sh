@@ -31,10 +31,9 @@ export WEB_CONCURRENCY=${WEB_CONCURRENCY:-1}
 export DB_POOL_SIZE=${DB_POOL_SIZE:-10}
 
 need haproxy haproxy
-"$PYTHON" - <<PY || { echo "Redis at $REDIS_URL does not answer" >&2; exit 1; }
-import redis
-redis.Redis.from_url("$REDIS_URL", socket_timeout=2).ping()
-PY
+need psql postgresql-client
+"$PYTHON" -c 'import sys, redis; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()' \
+  "$REDIS_URL" 2>/dev/null || { echo "Redis at $REDIS_URL does not answer" >&2; exit 1; }
 
 dir=$(mktemp -d)
 pids=()
