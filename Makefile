@@ -17,6 +17,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: install
 	PYTHONPATH=backend $(PY) -m app
 
+# Also needs Node.js 20.19+ with npm (the generated-client check); Debian's chromium
+# is installed with apt when missing (the browser tests).
 test: install
 	scripts/install-chromium.sh
 	$(PY) -m pytest
@@ -50,8 +52,11 @@ openapi: install
 	PYTHONPATH=backend $(PY) -m app.api.openapi > specs/001-task-api/openapi.json
 
 # A development token for curl: make token USER=alice (needs BETTER_AUTH_SECRET or JWT_SECRET).
+# USER must be given here: the one in the environment is your login name, not a user id.
 token: install
-	@PYTHONPATH=backend $(PY) -m app.devtoken $(USER)
+	@if [ "$(origin USER)" != "command line" ]; then \
+	  echo "usage: make token USER=<user id>   (the token's sub, e.g. USER=alice)" >&2; exit 2; fi
+	@PYTHONPATH=backend $(PY) -m app.devtoken "$(USER)"
 
 # The benchmark suite: bench/bench.py (BENCH_ARGS="--large --duration 20" etc.),
 # the driver comparison, then many users, open connections and overload

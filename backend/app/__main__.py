@@ -1,32 +1,28 @@
 """`python -m app`: check the configuration, start the embedded database when no
 DATABASE_URL is set, apply migrations, then serve with uvicorn."""
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+from contextlib import ExitStack
 from types import FrameType
 
 import uvicorn
 
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.edge.protocol import BoundedHttpToolsProtocol
 from app.observability.logging import configure_logging
+
+logger = logging.getLogger("app")
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     sys.exit(0)
 
 
-def main() -> None:
-    settings = load_settings()
-    configure_logging(settings.LOG_LEVEL)
-    if settings.DATABASE_URL is not None:
-        url = settings.DATABASE_URL.get_secret_value()
-    else:
-        from app.db.embedded import embedded_database_url  # development only
-
-        url = embedded_database_url()
+def serve(settings: Settings, url: str) -> None:
     # Workers inherit the resolved URL, so they join the same (embedded) database.
     os.environ["DATABASE_URL"] = url
     # Migrations run once, in a process of their own: Alembic and psycopg2 never
@@ -35,15 +31,29 @@ def main() -> None:
     if migrated.returncode != 0:
         sys.exit(migrated.returncode)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal
-    # again; these handlers make that a clean exit 0, not death by signal.
+    # again; these handlers make that a clean exit 0, not death by signal (and
+    # so the embedded database is stopped on the way out).
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
+    # What this instance may hold open: the figure to size against the database's
+    # connection limit (README, "Sizing connections").
+    per_worker = settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW
+    logger.info(
+        "at most %d database connections: WEB_CONCURRENCY=%d x "
+        "(DB_POOL_SIZE + DB_MAX_OVERFLOW = %d)",
+        settings.WEB_CONCURRENCY * per_worker,
+        settings.WEB_CONCURRENCY,
+        per_worker,
+    )
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=settings.HOST,
         port=settings.PORT,
         workers=settings.WEB_CONCURRENCY,
+        # X-Forwarded-For/-Proto are believed from these peers only.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
         access_log=False,
         server_header=False,
         log_config=None,
@@ -52,6 +62,20 @@ def main() -> None:
         timeout_keep_alive=settings.HTTP_KEEPALIVE_TIMEOUT,
         backlog=settings.HTTP_BACKLOG,
     )
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL)
+    with ExitStack() as stack:
+        if settings.DATABASE_URL is not None:
+            url = settings.DATABASE_URL.get_secret_value()
+        else:
+            from app.db.embedded import embedded_postgres  # development only
+
+            # Stopped when the server stops (Ctrl-C or SIGTERM).
+            url = stack.enter_context(embedded_postgres())
+        serve(settings, url)
 
 
 if __name__ == "__main__":

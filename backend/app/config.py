@@ -1,5 +1,6 @@
 """Settings: one class, read from the environment (and `.env`) once."""
 
+import ipaddress
 import re
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -15,6 +16,20 @@ DEV_CORS_ORIGINS = [
     "http://localhost:5173",
     "http://127.0.0.1:5173",
 ]
+# Request headers a cross-origin browser call may carry (CORS_ALLOW_HEADERS unset):
+# ours, and those fetch wrappers and HTTP clients add on their own.
+DEFAULT_CORS_ALLOW_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "If-None-Match",
+    "Idempotency-Key",
+    "X-Request-ID",
+    "Cache-Control",
+    "Pragma",
+    "X-Requested-With",
+]
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 RATE_PATTERN = re.compile(
     r"(?P<count>[1-9][0-9]{0,8})\s*/\s*(?P<unit>second|minute|hour|day)s?"
@@ -30,6 +45,11 @@ class Settings(BaseSettings):
     ENVIRONMENT: Literal["development", "test", "production"] = "development"
     LOG_LEVEL: Literal["debug", "info", "warning", "error", "critical"] = "info"
     CORS_ORIGINS: Annotated[list[str] | None, NoDecode] = None
+    # Cookies and other credentials on cross-origin calls; only with explicit origins.
+    CORS_ALLOW_CREDENTIALS: bool = False
+    CORS_ALLOW_HEADERS: Annotated[list[str] | None, NoDecode] = None
+    # Peers whose X-Forwarded-For/-Proto uvicorn believes (the TLS proxy's address).
+    FORWARDED_ALLOW_IPS: str = "127.0.0.1,::1"
 
     # Sized for Neon's pooled endpoint: a small pool per process, connections
     # checked before use and recycled before Neon's idle timeouts close them.
@@ -103,7 +123,9 @@ class Settings(BaseSettings):
         parse_database_url(value)
         return value.strip()
 
-    @field_validator("CORS_ORIGINS", "JWT_AUDIENCE", mode="before")
+    @field_validator(
+        "CORS_ORIGINS", "CORS_ALLOW_HEADERS", "JWT_AUDIENCE", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -111,6 +133,40 @@ class Settings(BaseSettings):
                 v.strip().rstrip("/") for v in value.split(",") if v.strip()
             ] or None
         return value
+
+    @field_validator("CORS_ALLOW_HEADERS")
+    @classmethod
+    def _header_names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or []:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a header name")
+        return value
+
+    @field_validator("FORWARDED_ALLOW_IPS")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        """`*`, or comma-separated addresses and networks, as uvicorn reads them."""
+        if not value.strip():
+            return "127.0.0.1,::1"
+        for item in (part.strip() for part in value.split(",")):
+            if item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{item!r} is not an IP address or network (or *)"
+                    ) from None
+        return value.replace(" ", "")
+
+    @model_validator(mode="after")
+    def _credentials_need_origins(self) -> "Settings":
+        """Browsers refuse `*` with credentials; echoing any origin instead would let
+        every site call the API as the signed-in user."""
+        if self.CORS_ALLOW_CREDENTIALS and "*" in self.cors_origins:
+            raise ValueError(
+                "CORS_ALLOW_CREDENTIALS=true needs explicit CORS_ORIGINS, not *"
+            )
+        return self
 
     @field_validator(
         "BETTER_AUTH_SECRET",
@@ -187,6 +243,10 @@ class Settings(BaseSettings):
         if self.CORS_ORIGINS is not None:
             return self.CORS_ORIGINS
         return [] if self.ENVIRONMENT == "production" else DEV_CORS_ORIGINS
+
+    @property
+    def cors_allow_headers(self) -> list[str]:
+        return self.CORS_ALLOW_HEADERS or DEFAULT_CORS_ALLOW_HEADERS
 
 
 class ConfigError(SystemExit):

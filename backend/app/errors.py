@@ -252,6 +252,8 @@ def _allowed_methods(request: Request) -> str:
             for route in request.app.router.routes
         )
     ]
+    if "GET" in allowed:  # HEAD is served wherever GET is (edge/middleware.py)
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
     return ", ".join(allowed)
 
 

@@ -1,12 +1,14 @@
 """create_app(): routers, middleware, exception handlers, lifespan."""
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
 from app.api.openapi import openapi_schema
 from app.api.routes import docs, health, sync, tasks
@@ -17,6 +19,7 @@ from app.db.url import parse_database_url
 from app.edge.auth import TokenVerifier
 from app.edge.middleware import (
     BodyGuardMiddleware,
+    CanonicalRequestMiddleware,
     LoadShedMiddleware,
     RequestContextMiddleware,
 )
@@ -48,15 +51,22 @@ def _rate_limiter(settings: Settings) -> RateLimiter | None:
     return RateLimiter(limit, window, store)
 
 
+def _operation_id(route: APIRoute) -> str:
+    """operationId = the handler's name (`list_tasks`): generated clients get
+    `listTasks()` / `list_tasks.sync()`, not `list_tasks_api__user_id__tasks_get`."""
+    return route.name
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.LOG_LEVEL)
+    leave_embedded: Callable[[], None] | None = None
     if settings.DATABASE_URL is not None:
         url = settings.DATABASE_URL.get_secret_value()
     else:
-        from app.db.embedded import embedded_database_url  # development only
+        from app.db.embedded import embedded_database  # development only
 
-        url = embedded_database_url()
+        url, leave_embedded = embedded_database()
     database = Database(settings, parse_database_url(url))
 
     @asynccontextmanager
@@ -70,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limiter = app.state.rate_limiter
             if limiter is not None:
                 await limiter.store.close()
+            if leave_embedded is not None:  # stops it unless others still use it
+                await anyio.to_thread.run_sync(leave_embedded)
 
     app = FastAPI(
         title="Task API",
@@ -86,6 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "logs": False,
             "operation_spans": False,
         },
+        # `/api/…/` is served as `/api/…` (CanonicalRequestMiddleware), no redirect.
+        redirect_slashes=False,
+        # A body without Content-Type is read as JSON (specs/001).
+        strict_content_type=False,
+        generate_unique_id_function=_operation_id,
     )
     app.state.database = database
     cursor_secret = settings.CURSOR_SECRET
@@ -105,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount(docs.ASSETS_PATH, docs.assets, name="docs-assets")
     register_exception_handlers(app)
     # Added innermost first: CORS wraps everything, so even a 500 carries its headers.
+    app.add_middleware(CanonicalRequestMiddleware)
     app.add_middleware(BodyGuardMiddleware)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(LoadShedMiddleware, limit=settings.HTTP_MAX_IN_FLIGHT)
@@ -112,14 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=[
-            "Authorization",
-            "Content-Type",
-            "If-Match",
-            "If-None-Match",
-            "Idempotency-Key",
-            "X-Request-ID",
-        ],
+        allow_headers=settings.cors_allow_headers,
+        allow_credentials=settings.CORS_ALLOW_CREDENTIALS,
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
@@ -128,7 +140,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def __getattr__(name: str) -> FastAPI:
-    """`uvicorn app.main:app`: the app is built on first access, not on import."""
+    """`uvicorn app.main:app`, `fastapi run`: the app is built on first access, not
+    on import (tests and `python -m app` import this module to build their own)."""
     if name == "app":
-        return create_app()
+        app = create_app()
+        globals()["app"] = app  # one app however often it is looked up
+        return app
     raise AttributeError(name)
+
+
+def __dir__() -> list[str]:
+    """fastapi-cli finds the app by listing the module's names."""
+    return sorted({*globals(), "app"})

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -36,9 +36,13 @@ def running_server(
 
 @contextmanager
 def server_process(
-    database_url: str, port: int | None = None, **env: str
+    database_url: str,
+    port: int | None = None,
+    command: Sequence[str] = (sys.executable, "-m", "app"),
+    **env: str,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Like running_server, and also yields the process (signals, exit codes)."""
+    """Like running_server, and also yields the process (signals, exit codes).
+    `command` starts the server another way; `{port}` in it is replaced."""
     port = port or free_port()
     environment = {
         **os.environ,
@@ -53,7 +57,7 @@ def server_process(
     # Output goes to a file, not a pipe: a full pipe would block the server.
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app"],
+            [part.replace("{port}", str(port)) for part in command],
             cwd=BACKEND,
             env=environment,
             stdout=log,

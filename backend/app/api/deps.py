@@ -26,7 +26,10 @@ UserIdPath = Annotated[
         examples=["user_2f9a"],
     ),
 ]
-TaskIdPath = Annotated[TaskId, Path(description="The task's id", examples=[1])]
+# `{id}` in the URL and the document, as the contract names it; `task_id` in Python.
+TaskIdPath = Annotated[
+    TaskId, Path(alias="id", description="The task's id", examples=[1])
+]
 IfMatch = Annotated[
     str | None,
     Header(alias="If-Match", description="Only act if the task's ETag is one of these"),

@@ -1,5 +1,5 @@
-"""Pure ASGI middleware: load shedding, request ids and access logs, and the
-request body guard."""
+"""Pure ASGI middleware: load shedding, request ids and access logs, the request
+body guard, and canonical requests (trailing slash, HEAD)."""
 
 import logging
 import os
@@ -185,3 +185,49 @@ class BodyGuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class CanonicalRequestMiddleware:
+    """Two things FastAPI's routes don't do, in one layer (one call per request):
+
+    - `/api/…/` is served as `/api/…`. Starlette's answer is a 307 whose Location is
+      an absolute URL built from what the app sees (plain `http://` behind a TLS
+      proxy), sent before authentication; here there is no redirect at all.
+    - HEAD on every GET route (uptime monitors, `curl -I`): the GET's status and
+      headers (ETag, Content-Length, Link…) without its body. Routes stay GET-only,
+      so the OpenAPI document has no second operation per path.
+
+    The path is changed in place so the access log still finds the route; HEAD runs
+    on a copy, because the server reads the method from its own scope to know that
+    the response has no body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.endswith("/") and path.startswith("/api/"):
+            scope["path"] = path.rstrip("/")
+            raw_path = scope.get("raw_path")
+            if isinstance(raw_path, bytes):
+                scope["raw_path"] = raw_path.rstrip(b"/")
+        if scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, send_headers_only)
+        finally:
+            if "route" in as_get:  # for the access log and metrics
+                scope["route"] = as_get["route"]

@@ -36,6 +36,7 @@ def test_wrong_method_is_405_with_allow(client: TestClient) -> None:
     assert_error(response, 405, "method_not_allowed")
     assert set(response.headers["allow"].replace(" ", "").split(",")) == {
         "GET",
+        "HEAD",
         "PUT",
         "PATCH",
         "DELETE",

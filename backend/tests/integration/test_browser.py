@@ -1,6 +1,8 @@
 """In a real browser (headless Chromium): a page on one loopback origin calls the API
 on another with a bearer token and a JSON body (preflight included); a page from an
-origin not in CORS_ORIGINS is blocked; Swagger UI renders with every request kept local.
+origin not in CORS_ORIGINS is blocked; a credentialed fetch carrying the headers fetch
+wrappers add (Cache-Control, X-Requested-With) works with CORS_ALLOW_CREDENTIALS and
+is blocked without it; Swagger UI renders with every request kept local.
 """
 
 import threading
@@ -36,6 +38,28 @@ FETCH = """async ([api, token]) => {
 }"""
 
 
+# What a frontend with cookie sessions (Better Auth) and a fetch wrapper sends: cookies
+# included, a bearer token, cache-busting headers; the trailing slash some routers add.
+CREDENTIALED_FETCH = """async ([api, token]) => {
+  const headers = {"Authorization": "Bearer " + token,
+                   "Cache-Control": "no-cache",
+                   "X-Requested-With": "XMLHttpRequest"};
+  try {
+    const created = await fetch(api + "/", {
+      method: "POST", credentials: "include",
+      headers: {...headers, "Content-Type": "application/json"},
+      body: JSON.stringify({title: "with credentials"}),
+    });
+    const listed = await fetch(api + "/", {credentials: "include", headers});
+    return {created: created.status, listed: listed.status,
+            titles: (await listed.json()).map((t) => t.title),
+            redirected: listed.redirected};
+  } catch (error) {
+    return {blocked: String(error)};
+  }
+}"""
+
+
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
@@ -64,6 +88,20 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
 @pytest.fixture(scope="module")
 def api(database_url: str, engine: object, pages: tuple[str, str]) -> Iterator[str]:
     allowed, _ = pages
+    env = {
+        "CORS_ORIGINS": allowed,
+        "CORS_ALLOW_CREDENTIALS": "true",
+        "BETTER_AUTH_SECRET": SECRET,
+    }
+    with running_server(database_url, port=free_port(), **env) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def api_without_credentials(
+    database_url: str, engine: object, pages: tuple[str, str]
+) -> Iterator[str]:
+    allowed, _ = pages
     env = {"CORS_ORIGINS": allowed, "BETTER_AUTH_SECRET": SECRET}
     with running_server(database_url, port=free_port(), **env) as base_url:
         yield base_url
@@ -88,11 +126,13 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def _fetch_from(browser: Browser, origin: str, api_url: str, token: str) -> Any:
+def _fetch_from(
+    browser: Browser, origin: str, api_url: str, token: str, script: str = FETCH
+) -> Any:
     page = browser.new_page()
     try:
         page.goto(origin + "/index.html")
-        return page.evaluate(FETCH, [api_url, token])
+        return page.evaluate(script, [api_url, token])
     finally:
         page.close()
 
@@ -119,6 +159,31 @@ def test_disallowed_origin_is_blocked_and_nothing_is_written(
         api + tasks_url(user), headers={"Authorization": f"Bearer {hs_token(user)}"}
     )
     assert listed.json() == []  # the preflight failed, so the POST was never sent
+
+
+def test_credentialed_fetch_with_cache_control_works_from_an_allowed_origin(
+    browser: Browser, api: str, pages: tuple[str, str]
+) -> None:
+    user = new_user_id()
+    url = api + tasks_url(user)
+    result = _fetch_from(browser, pages[0], url, hs_token(user), CREDENTIALED_FETCH)
+    assert result == {
+        "created": 201,
+        "listed": 200,
+        "titles": ["with credentials"],
+        "redirected": False,
+    }
+
+
+def test_credentialed_fetch_is_blocked_when_credentials_are_not_allowed(
+    browser: Browser, api_without_credentials: str, pages: tuple[str, str]
+) -> None:
+    user = new_user_id()
+    url = api_without_credentials + tasks_url(user)
+    result = _fetch_from(browser, pages[0], url, hs_token(user), CREDENTIALED_FETCH)
+    assert "blocked" in result, result
+    listed = httpx.get(url, headers={"Authorization": f"Bearer {hs_token(user)}"})
+    assert listed.json() == []
 
 
 def test_swagger_ui_renders_offline_with_an_authorize_button(

@@ -32,6 +32,10 @@ from app.schemas import (
     ToggleBody,
 )
 
+# E6's body is optional; a default instance rather than None keeps the document's
+# schema a plain object (generated clients then send `{}` or nothing, never `null`).
+NO_FIELDS = ToggleBody()
+
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
     tags=["tasks"],
@@ -102,7 +106,7 @@ async def list_tasks(
 
 
 @router.get(
-    "/{task_id}",
+    "/{id}",
     response_model=TaskPublic,
     responses={
         200: {"headers": _ETAG},
@@ -124,7 +128,7 @@ async def get_task(
 
 
 @router.put(
-    "/{task_id}",
+    "/{id}",
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
 )
@@ -144,7 +148,7 @@ async def replace_task(
 
 
 @router.patch(
-    "/{task_id}",
+    "/{id}",
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
 )
@@ -164,7 +168,7 @@ async def patch_task(
 
 
 @router.patch(
-    "/{task_id}/complete",
+    "/{id}/complete",
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
 )
@@ -172,7 +176,7 @@ async def toggle_task(
     user_id: UserIdPath,
     task_id: TaskIdPath,
     service: TaskServiceDep,
-    body: ToggleBody | None = None,  # noqa: ARG001 - validated, carries nothing
+    body: ToggleBody = NO_FIELDS,  # noqa: ARG001 - validated, carries nothing
     if_match: IfMatch = None,
 ) -> Response:
     """Toggle `completed`, setting or clearing `completed_at`."""
@@ -183,7 +187,7 @@ async def toggle_task(
 
 
 @router.delete(
-    "/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 412)
+    "/{id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 412)
 )
 async def delete_task(
     user_id: UserIdPath,

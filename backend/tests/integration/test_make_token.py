@@ -1,0 +1,39 @@
+"""`make token` mints a development token for the user named on the command line,
+and refuses without one (the environment's USER is the login name, not a user id)."""
+
+import os
+import subprocess
+import sys
+
+import jwt
+
+from app.db.embedded import PROJECT_ROOT
+from tests.jwt_helpers import SECRET
+
+
+def _make_token(*args: str) -> subprocess.CompletedProcess[str]:
+    # `-o install`: the suite already runs in an installed environment.
+    env = {**os.environ, "BETTER_AUTH_SECRET": SECRET, "USER": "root"}
+    return subprocess.run(
+        ["make", "-s", "-o", "install", "token", f"PY={sys.executable}", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_make_token_signs_for_the_user_given() -> None:
+    result = _make_token("USER=alice")
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+
+
+def test_make_token_without_user_is_refused_not_signed_for_the_login() -> None:
+    result = _make_token()
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert "usage: make token USER=" in result.stderr
