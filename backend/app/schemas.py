@@ -206,7 +206,7 @@ class ChangesQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    since: Annotated[str | None, StringConstraints(max_length=4000)] = None
+    since: Annotated[str | None, StringConstraints(max_length=16_000)] = None
     limit: int = Field(default=1000, ge=1, le=1000)
 
 

@@ -192,6 +192,14 @@ def test_tampered_token_is_400(client: TestClient, mangle: Any) -> None:
     assert response.json()["fields"][0]["field"] == "since"
 
 
+def test_overlong_token_is_400(client: TestClient) -> None:
+    response = client.get(
+        tasks_url(new_user_id()) + "/changes", params={"since": "a" * 16_001}
+    )
+    assert_error(response, 400, "validation_error")
+    assert response.json()["fields"][0]["field"] == "since"
+
+
 def test_another_users_token_is_400(client: TestClient) -> None:
     token = changes(client, new_user_id())["next"]
     response = client.get(
