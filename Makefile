@@ -67,5 +67,5 @@ bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	PYTHONPATH=backend:. $(PY) bench/bench.py $(BENCH_ARGS)
 	PYTHONPATH=backend:. $(PY) bench/drivers.py
-	ulimit -n 65536 2>/dev/null || true; PYTHONPATH=backend:. $(PY) bench/capacity.py $(CAPACITY_ARGS)
+	ulimit -n 65536 2>/dev/null || true; PYTHONPATH=backend:. $(PY) -m bench.capacity $(CAPACITY_ARGS)
 	PYTHONPATH=backend:. $(PY) -m bench.sync $(SYNC_ARGS)

@@ -312,12 +312,15 @@ def pgbench(
 
 
 def measure(
-    server: Server, scenario: str, connections: int, args: Any, start: int
+    server: Server, scenario: str, connections: int, args: Any, ids: range
 ) -> dict[str, Any]:
-    wrk(server.url, scenario, connections, args.warmup, start)
+    """`ids`: the task ids this run may delete, the first fifth for the warm-up."""
+    wrk(server.url, scenario, connections, args.warmup, ids.start)
     pg_before = cpu_seconds(postgres_processes())
     mine_before = cpu_seconds(server.processes())
-    result = wrk(server.url, scenario, connections, args.duration, start + 50_000)
+    result = wrk(
+        server.url, scenario, connections, args.duration, ids.start + len(ids) // 5
+    )
     seconds = result["seconds"]
     mine = cpu_used(mine_before, cpu_seconds(server.processes()))
     result["server_cpu"] = mine / seconds
@@ -391,6 +394,10 @@ def main() -> None:
         ),
     }
     results: dict[str, Any] = {"args": vars(args), "rows": [], "startup_s": {}}
+    # The delete scenario's ids: the seeded tasks split between the connection
+    # levels, so no run deletes what another already has.
+    share = users * PER_USER // len(connections)
+    ids = [range(1 + i * share, 1 + (i + 1) * share) for i in range(len(connections))]
     try:
         for name, (port, command) in servers.items():
             if name == "reference" and args.skip_reference:
@@ -412,7 +419,7 @@ def main() -> None:
                     results["startup_s"][name] = round(server.startup_seconds, 2)
                     try:
                         log(f"{name} {scenario} c={conc}")
-                        row = measure(server, scenario, conc, args, 1 + i * 20_000)
+                        row = measure(server, scenario, conc, args, ids[i])
                     finally:
                         server.stop()
                     row["stalled"] = row["requests"] == 0 or row["timeouts"] > 0

@@ -1,10 +1,13 @@
 """The database gateway against a real PostgreSQL: one statement is atomic without
 BEGIN, a transaction commits all or nothing, reads (never writes) survive a dropped
-connection, and a full pool is a 503 after DB_POOL_TIMEOUT."""
+connection, a full pool is a 503 after DB_POOL_TIMEOUT, and waiters for a connection
+are served in arrival order."""
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
+import anyio
 import asyncpg
 import pytest
 from sqlalchemy import Engine, text
@@ -119,3 +122,36 @@ async def test_full_pool_is_unavailable_after_the_pool_timeout(
             await database.fetch(COUNT, user_id="anyone")
     finally:
         await database.pool.release(held)
+
+
+async def test_waiters_for_a_connection_are_served_in_arrival_order(
+    settings: Settings, engine: Engine
+) -> None:
+    """400 requests in a closed loop on a pool of 10 for 2 s: with waiters served
+    in arrival order, the slowest 1% wait about as long as the typical request
+    (each waits its turn behind ~390 others). asyncpg's own queue lets newcomers
+    take a freed connection before the waiter it woke, and that waiter goes to the
+    back of the line: its p99 was 8-9 times its median here."""
+    ten = settings.model_copy(update={"DB_POOL_SIZE": 10})
+    url = settings.DATABASE_URL
+    assert url is not None
+    database = Database(ten, parse_database_url(url.get_secret_value()))
+    await database.open()
+    waits: list[float] = []
+    stop = time.monotonic() + 2
+
+    async def client() -> None:
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            await database.ping()
+            waits.append(time.monotonic() - started)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(400):
+                group.start_soon(client)
+    finally:
+        await database.close()
+    waits.sort()
+    median, p99 = waits[len(waits) // 2], waits[int(len(waits) * 0.99)]
+    assert p99 < 4 * median, f"median {median * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
