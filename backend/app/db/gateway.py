@@ -286,22 +286,31 @@ class Database:
     async def _connection(self) -> AsyncIterator[_Connection]:
         """A pooled connection within DB_POOL_TIMEOUT (waiters served in arrival
         order), or DatabaseUnavailable."""
+        waited_turn = False
         try:
+            # One deadline for both waits; with a turn, asyncpg's pool has a free or
+            # creatable connection (it waits only for one borrowed around the
+            # gateway, as tests do).
             async with asyncio.timeout(self._settings.DB_POOL_TIMEOUT):
                 await self._turns.acquire()
-        except TimeoutError:
-            metrics.POOL_TIMEOUTS.inc()
-            metrics.DB_ERRORS.inc()
-            raise DatabaseUnavailable(detail="no database connection free") from None
-        try:
-            try:
-                # A turn guarantees a free or creatable connection: no wait here.
+                waited_turn = True
                 acquired = await self.pool.acquire()
-            except _DRIVER_ERRORS as exc:
+        except BaseException as exc:
+            if waited_turn:
+                self._turns.release()
+            if isinstance(exc, TimeoutError):
+                metrics.POOL_TIMEOUTS.inc()
+                metrics.DB_ERRORS.inc()
+                raise DatabaseUnavailable(
+                    detail="no database connection free"
+                ) from None
+            if isinstance(exc, _DRIVER_ERRORS):
                 raise _translate(exc, None) from exc
-            try:
-                yield acquired
-            finally:
-                await self.pool.release(acquired)
+            raise
+        try:
+            yield acquired
         finally:
-            self._turns.release()
+            try:
+                await self.pool.release(acquired)
+            finally:
+                self._turns.release()
