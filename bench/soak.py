@@ -342,6 +342,11 @@ def soak(
     return report
 
 
+# The hostile load comes from another loopback address than the users, as an
+# attacker would: the limit on failed authentications is per client address.
+ATTACKER = "127.0.0.2"
+
+
 class Hostile:
     """Unauthenticated abuse beside the soak, each kind on its own thread: request
     heads of 256 KiB (10/s), 200 clients trickling a header line every 5 s, 1,000
@@ -369,7 +374,9 @@ class Hostile:
 
     def _connect(self) -> socket.socket:
         host, port = random.choice(self.hosts)
-        return socket.create_connection((host, int(port)), timeout=15)
+        return socket.create_connection(
+            (host, int(port)), timeout=15, source_address=(ATTACKER, 0)
+        )
 
     def _big_heads(self) -> None:
         head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 262_144
@@ -428,7 +435,8 @@ class Hostile:
         forged = jwt.encode({"sub": "victim", "exp": 2**31}, "not-the-secret" * 3)
         headers = {"Authorization": f"Bearer {forged}"}
         bases = ["http://{}:{}".format(*h) for h in self.hosts]
-        with httpx.Client(timeout=15) as client:
+        transport = httpx.HTTPTransport(local_address=ATTACKER)
+        with httpx.Client(timeout=15, transport=transport) as client:
             while not self.stop_event.wait(0.02):
                 url = random.choice(bases) + "/api/victim/tasks"
                 try:
