@@ -164,24 +164,13 @@ class _Abort(Exception):
         self.outcome = outcome
 
 
-class _Change(TypedDict):
-    """A row of the changes statement: the snapshot it ran in, then a task
-    (`deleted` false), a tombstone (true, only its ids), or nothing (None)."""
+class _Change(TaskRecord):
+    """A row of the changes statement: a task (`deleted` false), a tombstone
+    (true, only its ids), or nothing (None), with the snapshot it ran in."""
 
     snapshot: str
     deleted: bool | None
     change_xid: int
-    user_id: str
-    id: int
-    title: str
-    description: str | None
-    completed: bool
-    completed_at: datetime | None
-    priority: str
-    tags: list[str]
-    due_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
 
 
 @dataclass(frozen=True)
