@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-pgbouncer scale-out scale-out-soak lint format openapi token bench
+.PHONY: install run test test-pgbouncer scale-out scale-out-soak lint format openapi token bench soak
 
 install: $(STAMP)
 
@@ -61,11 +61,20 @@ token: install
 # The benchmark suite: bench/bench.py (BENCH_ARGS="--large --duration 20" etc.),
 # the driver comparison, then many users, open connections and overload
 # (bench/capacity.py, CAPACITY_ARGS="--quick"), then delta sync and batches
-# (bench/sync.py, SYNC_ARGS="--duration 5"). Uses BENCH_DATABASE_URL when set,
-# else a private PostgreSQL under .data/.
+# (bench/sync.py, SYNC_ARGS="--duration 5"), then the soak without and with a hostile
+# load (make soak). Uses BENCH_DATABASE_URL when set, else a private PostgreSQL
+# under .data/.
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	PYTHONPATH=backend:. $(PY) bench/bench.py $(BENCH_ARGS)
 	PYTHONPATH=backend:. $(PY) bench/drivers.py
 	ulimit -n 65536 2>/dev/null || true; PYTHONPATH=backend:. $(PY) -m bench.capacity $(CAPACITY_ARGS)
 	PYTHONPATH=backend:. $(PY) -m bench.sync $(SYNC_ARGS)
+	$(MAKE) soak
+
+# The soak (two servers, connections killed every minute, ledger checked), then the
+# same beside a hostile load, to compare p99 and RSS (specs/006-operations).
+SOAK_MINUTES ?= 2
+soak: install
+	PYTHONPATH=backend:. $(PY) bench/soak.py --minutes $(SOAK_MINUTES)
+	PYTHONPATH=backend:. $(PY) bench/soak.py --minutes $(SOAK_MINUTES) --hostile
