@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -238,9 +239,16 @@ class Server:
         self.log.close()
 
 
-def wrk(
-    url: str, scenario: str, connections: int, seconds: float, start: int
+def run_wrk(
+    url: str,
+    connections: int,
+    seconds: float,
+    script: Path | str,
+    *script_args: str,
+    headers: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """One wrk run on the load core: the JSON its script's `done()` prints after
+    `WRKJSON`, plus `rps`."""
     command = [
         "taskset",
         "-c",
@@ -251,13 +259,12 @@ def wrk(
         f"-d{max(1, round(seconds))}s",
         "--timeout",
         "10s",
+        *(arg for header in headers for arg in ("-H", header)),
         "-s",
-        str(ROOT / "bench" / "load.lua"),
+        str(script),
         url,
         "--",
-        scenario,
-        "42",
-        str(start),
+        *script_args,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     match = re.search(r"WRKJSON (\{.*\})", done.stdout)
@@ -266,6 +273,13 @@ def wrk(
     result: dict[str, Any] = json.loads(match.group(1))
     result["rps"] = result["requests"] / result["seconds"]
     return result
+
+
+def wrk(
+    url: str, scenario: str, connections: int, seconds: float, start: int
+) -> dict[str, Any]:
+    script = ROOT / "bench" / "load.lua"
+    return run_wrk(url, connections, seconds, script, scenario, "42", str(start))
 
 
 def pgbench(

@@ -16,15 +16,12 @@ errors, the fewest responses in any one second, and the worker's peak RSS.
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
 from bench.bench import (
-    LOAD_CORE,
     ROOT,
     Server,
     database_url,
@@ -32,6 +29,7 @@ from bench.bench import (
     log,
     pin,
     postgres_processes,
+    run_wrk,
     save,
     seed,
     write_data,
@@ -62,36 +60,17 @@ class PeakRss:
 def users_run(
     server: Server, users: int, think_ms: float, seconds: float
 ) -> dict[str, Any]:
-    command = [
-        "taskset",
-        "-c",
-        LOAD_CORE,
-        "wrk",
-        "-t1",
-        f"-c{users}",
-        f"-d{round(seconds)}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(ROOT / "bench" / "users.lua"),
-        server.url,
-        "--",
-        str(think_ms),
-        "42",
-    ]
+    script = ROOT / "bench" / "users.lua"
     rss = PeakRss(server)
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    peak = rss.stop()
-    match = re.search(r"WRKJSON (\{.*\})", done.stdout)
-    if match is None:
-        raise RuntimeError(f"wrk failed: {done.stdout} {done.stderr}")
-    result: dict[str, Any] = json.loads(match.group(1))
+    try:
+        result = run_wrk(server.url, users, seconds, script, str(think_ms), "42")
+    finally:
+        peak = rss.stop()
     per_second = result.pop("per_second")[1:-1]  # drop the partial first and last
     result.update(
         users=users,
         think_ms=think_ms,
         offered_rps=round(users / (think_ms / 1000), 1) if think_ms else None,
-        rps=result["requests"] / result["seconds"],
         ok_rps=(result["requests"] - result["non2xx"]) / result["seconds"],
         min_per_second=min(per_second, default=0),
         peak_rss_mb=round(peak, 1),

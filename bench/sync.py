@@ -17,9 +17,7 @@ under .data/bench-postgres); wrk on core 1.
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,6 @@ import httpx
 import jwt
 
 from bench.bench import (
-    LOAD_CORE,
     ROOT,
     SECRET,
     Server,
@@ -40,6 +37,7 @@ from bench.bench import (
     log,
     pin,
     postgres_processes,
+    run_wrk,
 )
 
 PORT = "8121"
@@ -61,28 +59,9 @@ def wrk(url: str, token: str, connections: int, seconds: float) -> dict[str, Any
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(REPORT)
         script.flush()
-        command = [
-            "taskset",
-            "-c",
-            LOAD_CORE,
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{max(1, round(seconds))}s",
-            "--timeout",
-            "10s",
-            "-H",
-            f"Authorization: Bearer {token}",
-            "-s",
-            script.name,
-            url,
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-    match = re.search(r"WRKJSON (\{.*\})", done.stdout)
-    if match is None:
-        raise RuntimeError(f"wrk failed: {done.stdout} {done.stderr}")
-    result: dict[str, Any] = json.loads(match.group(1))
-    result["rps"] = round(result["requests"] / result["seconds"])
+        headers = [f"Authorization: Bearer {token}"]
+        result = run_wrk(url, connections, seconds, script.name, headers=headers)
+    result["rps"] = round(result["rps"])
     return result
 
 

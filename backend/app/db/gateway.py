@@ -26,7 +26,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
@@ -286,31 +286,22 @@ class Database:
     async def _connection(self) -> AsyncIterator[_Connection]:
         """A pooled connection within DB_POOL_TIMEOUT (waiters served in arrival
         order), or DatabaseUnavailable."""
-        waited_turn = False
-        try:
-            # One deadline for both waits; with a turn, asyncpg's pool has a free or
-            # creatable connection (it waits only for one borrowed around the
-            # gateway, as tests do).
-            async with asyncio.timeout(self._settings.DB_POOL_TIMEOUT):
-                await self._turns.acquire()
-                waited_turn = True
-                acquired = await self.pool.acquire()
-        except BaseException as exc:
-            if waited_turn:
-                self._turns.release()
-            if isinstance(exc, TimeoutError):
+        async with AsyncExitStack() as held:
+            try:
+                # One deadline for both waits; with a turn, asyncpg's pool has a
+                # free or creatable connection (it waits only for one borrowed
+                # around the gateway, as tests do).
+                async with asyncio.timeout(self._settings.DB_POOL_TIMEOUT):
+                    await self._turns.acquire()
+                    held.callback(self._turns.release)
+                    acquired = await self.pool.acquire()
+            except TimeoutError:
                 metrics.POOL_TIMEOUTS.inc()
                 metrics.DB_ERRORS.inc()
                 raise DatabaseUnavailable(
                     detail="no database connection free"
                 ) from None
-            if isinstance(exc, _DRIVER_ERRORS):
+            except _DRIVER_ERRORS as exc:
                 raise _translate(exc, None) from exc
-            raise
-        try:
+            held.push_async_callback(self.pool.release, acquired)
             yield acquired
-        finally:
-            try:
-                await self.pool.release(acquired)
-            finally:
-                self._turns.release()

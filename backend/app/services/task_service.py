@@ -708,7 +708,8 @@ class TaskService:
         self._run: Database | Transaction = database
         self._cursors = cursors
         self._sync_retention = sync_retention
-        self._keep_tombstones = sync_retention + TOMBSTONE_GRACE
+        # Bound by every statement that deletes (it sweeps expired tombstones).
+        self._sweep = {"keep_tombstones": sync_retention + TOMBSTONE_GRACE}
 
     async def list(self, *, user_id: str, query: TaskListQuery) -> Page:
         """One page of the user's tasks, filtered and sorted (keyset pagination)."""
@@ -826,13 +827,13 @@ class TaskService:
     ) -> None:
         """Delete the task, or TaskNotFound / PreconditionFailed."""
         statement = _delete_query(if_match is not None)
-        keep = {"keep_tombstones": self._keep_tombstones}
-        await self._write(statement, user_id, task_id, if_match, keep)
+        await self._write(statement, user_id, task_id, if_match, self._sweep)
 
     async def clear_completed(self, *, user_id: str) -> int:
         """E12: delete the user's completed tasks (tombstones included); how many."""
-        keep = {"keep_tombstones": self._keep_tombstones}
-        cleared = await self._run.write_one(CLEAR_COMPLETED, user_id=user_id, **keep)
+        cleared = await self._run.write_one(
+            CLEAR_COMPLETED, user_id=user_id, **self._sweep
+        )
         assert cleared is not None  # an aggregate always has its row
         return cleared["count"]
 
