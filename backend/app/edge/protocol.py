@@ -62,6 +62,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.request_timeout = settings.HTTP_REQUEST_TIMEOUT
         self.reading_head = True
         self.head_bytes = 0
+        self.heads_read = 0
         self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -78,11 +79,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.deadline is None and not self.transport.is_closing():
             self._arm_deadline()  # the first byte of the next request
-        was_reading_head = self.reading_head
+        was_reading_head, heads_read = self.reading_head, self.heads_read
         super().data_received(data)
         if self.transport.is_closing():
             return
-        if was_reading_head and self.reading_head:
+        # Only a read that neither ended a head nor began one after a body counts
+        # (a whole request with its body may come in one read).
+        if was_reading_head and self.reading_head and self.heads_read == heads_read:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
                 self._refuse(HEAD_TOO_LARGE)
@@ -90,6 +93,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.reading_head = False
         self.head_bytes = 0
+        self.heads_read += 1
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -97,6 +97,24 @@ def test_a_head_trickled_in_pieces_is_cut_off_at_the_cap(
     assert _error(response)[0] == 431
 
 
+def test_a_whole_request_with_a_large_body_in_one_write_is_not_a_large_head(
+    server: tuple[str, int],
+) -> None:
+    """Head and a 48 KiB body sent at once, likely read at once: only the head counts
+    towards the 32 KiB cap (the body's own cap is 64 KiB)."""
+    base_url, _ = server
+    body = b'{"title": "' + b"x" * (48 * 1024) + b'"}'
+    head = (
+        b"POST /api/big/tasks HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with _connect(base_url) as sock:
+        sock.sendall(head + body)
+        status, _, answer = _error(_read_all(sock))
+    assert status == 400, answer
+    assert answer["code"] == "validation_error"
+
+
 def test_a_head_that_stops_coming_gets_408_within_the_request_timeout(
     server: tuple[str, int],
 ) -> None:
