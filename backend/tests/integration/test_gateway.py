@@ -3,7 +3,6 @@ BEGIN, a transaction commits all or nothing, reads (never writes) survive a drop
 connection, a full pool is a 503 after DB_POOL_TIMEOUT, and waiters for a connection
 are served in arrival order."""
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
@@ -127,24 +126,26 @@ async def test_full_pool_is_unavailable_after_the_pool_timeout(
 async def test_waiters_for_a_connection_are_served_in_arrival_order(
     settings: Settings, engine: Engine
 ) -> None:
-    """400 requests in a closed loop on a pool of 10 for 2 s: with waiters served
-    in arrival order, the slowest 1% wait about as long as the typical request
-    (each waits its turn behind ~390 others). asyncpg's own queue lets newcomers
-    take a freed connection before the waiter it woke, and that waiter goes to the
-    back of the line: its p99 was 8-9 times its median here."""
+    """400 clients in a closed loop on a pool of 10, 4,000 requests: each is
+    numbered when it asks for a connection. Served in arrival order, a request
+    finishes at most about a pool's worth of numbers behind the newest finished one.
+    asyncpg's own queue lets newcomers take a freed connection before the waiter it
+    woke, and that waiter goes to the back of the line: hundreds behind here.
+    (Order, not time, so a slow machine cannot fail it.)"""
     ten = settings.model_copy(update={"DB_POOL_SIZE": 10})
     url = settings.DATABASE_URL
     assert url is not None
     database = Database(ten, parse_database_url(url.get_secret_value()))
     await database.open()
-    waits: list[float] = []
-    stop = time.monotonic() + 2
+    asked = 0
+    finished: list[int] = []  # arrival numbers, in the order the requests finished
 
     async def client() -> None:
-        while time.monotonic() < stop:
-            started = time.monotonic()
+        nonlocal asked
+        while asked < 4000:
+            number, asked = asked, asked + 1
             await database.ping()
-            waits.append(time.monotonic() - started)
+            finished.append(number)
 
     try:
         async with anyio.create_task_group() as group:
@@ -152,6 +153,8 @@ async def test_waiters_for_a_connection_are_served_in_arrival_order(
                 group.start_soon(client)
     finally:
         await database.close()
-    waits.sort()
-    median, p99 = waits[len(waits) // 2], waits[int(len(waits) * 0.99)]
-    assert p99 < 4 * median, f"median {median * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+    newest, behind = 0, 0
+    for number in finished:
+        newest = max(newest, number)
+        behind = max(behind, newest - number)
+    assert behind < 50, f"a request finished {behind} arrivals late"
