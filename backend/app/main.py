@@ -1,8 +1,9 @@
 """create_app(): routers, middleware, exception handlers, lifespan."""
 
+import gc
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 
 import anyio
@@ -59,6 +60,28 @@ def _limiters(settings: Settings) -> tuple[RateLimiter | None, RateLimiter | Non
     return requests, failures
 
 
+# Young objects collected every 10,000 net allocations instead of 700: most of a
+# request's garbage is freed by reference counting anyway (specs/005-performance).
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+@contextmanager
+def _startup_heap_frozen() -> Iterator[None]:
+    """What is loaded by the time the app serves (modules, routes, schemas, the
+    pool: ~120,000 objects) lives as long as the worker: hidden from the cycle
+    collector while serving, so a full collection walks the few thousand objects
+    made since instead of pausing every request in flight for 30-40 ms."""
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
+    try:
+        yield
+    finally:  # collectable again (a process that builds several apps, as tests do)
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def _operation_id(route: APIRoute) -> str:
     """operationId = the handler's name (`list_tasks`): generated clients get
     `listTasks()` / `list_tasks.sync()`, not `list_tasks_api__user_id__tasks_get`."""
@@ -82,7 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await database.open()
         try:
             await ensure_schema(database, url)
-            yield
+            with _startup_heap_frozen():
+                yield
         finally:
             await database.close()
             limiter = app.state.rate_limiter or app.state.auth_failures
