@@ -1,5 +1,5 @@
-"""The one way the service talks to PostgreSQL: an asyncpg pool, and exactly the
-operations the service needs.
+"""The one way the service talks to PostgreSQL: a pool of asyncpg connections
+(`pool.py`), and exactly the operations the service needs.
 
 - `fetch` / `fetch_one`: a read. A pooled connection the server dropped (Neon scaling
   to zero, a restart) is replaced and the read retried once.
@@ -26,17 +26,17 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from app.config import Settings
+from app.db.pool import Connection, Pool
 from app.db.url import DatabaseURL
 from app.errors import DatabaseUnavailable
 from app.observability import metrics
@@ -81,7 +81,6 @@ def compile_query(statement: ClauseElement, row: type[R]) -> Query[R]:
     return Query(compiled.string, names, compiled.params, row)
 
 
-_Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 _DRIVER_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -90,7 +89,7 @@ _DRIVER_ERRORS = (
 )
 
 
-def _closed(connection: _Connection) -> bool:
+def _closed(connection: Connection) -> bool:
     """Closed, or already handed back to the pool (which it is once it closed)."""
     try:
         return connection.is_closed()
@@ -98,7 +97,7 @@ def _closed(connection: _Connection) -> bool:
         return True
 
 
-def _translate(exc: Exception, connection: _Connection | None) -> Exception:
+def _translate(exc: Exception, connection: Connection | None) -> Exception:
     """A driver error as the service sees it: LockTimeout, Deadlock,
     DatabaseUnavailable when the connection or the server failed (rather than the
     statement), else itself."""
@@ -128,7 +127,7 @@ def _translate(exc: Exception, connection: _Connection | None) -> Exception:
 
 
 @contextmanager
-def _driver_errors(connection: _Connection | None) -> Iterator[None]:
+def _driver_errors(connection: Connection | None) -> Iterator[None]:
     try:
         yield
     except _DRIVER_ERRORS as exc:
@@ -141,7 +140,7 @@ def _driver_errors(connection: _Connection | None) -> Iterator[None]:
 class Transaction:
     """Statements on one connection inside BEGIN … COMMIT."""
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
     async def fetch_one(self, query: Query[R], **params: Any) -> R | None:
@@ -174,26 +173,11 @@ class Transaction:
             yield
 
 
-async def _keep(_connection: asyncpg.Connection[asyncpg.Record]) -> None:
-    """Pool reset: nothing to undo. Statements never change session state (any
-    SET is LOCAL to a transaction), so the reset query round trip is skipped;
-    asyncpg still rolls back a transaction left open."""
-
-
 class Database:
     def __init__(self, settings: Settings, url: DatabaseURL) -> None:
         self._settings = settings
         self._url = url
-        self._pool: asyncpg.Pool | None = None
-        # Turns at the pool, first come first served. asyncpg's pool queue is not:
-        # a connection handed back wakes the longest waiter, but a request that
-        # arrives before that waiter runs takes the connection first, and the
-        # waiter goes to the back of the line. Under load a few requests waited
-        # seconds while the median waited milliseconds; a fair semaphore with as
-        # many turns as connections hands each freed turn to the next in line.
-        self._turns = asyncio.Semaphore(
-            settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW
-        )
+        self._pool: Pool | None = None
 
     async def open(self) -> None:
         """Create the pool. No connection is opened until one is needed, so a
@@ -203,15 +187,22 @@ class Database:
         if settings.DB_STATEMENT_TIMEOUT_MS:
             server_settings["statement_timeout"] = str(settings.DB_STATEMENT_TIMEOUT_MS)
         connect_args = {"timeout": 5, **self._url.connect_args}
-        self._pool = await asyncpg.create_pool(
-            self._url.dsn,
-            min_size=0,
-            max_size=settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW,
-            max_inactive_connection_lifetime=max(settings.DB_POOL_RECYCLE, 0),
-            statement_cache_size=self._statement_cache_size(),
-            server_settings=server_settings,
-            reset=_keep,
-            **connect_args,
+        statement_cache_size = self._statement_cache_size()
+
+        def connect() -> Awaitable[Connection]:
+            return asyncpg.connect(
+                self._url.dsn,
+                statement_cache_size=statement_cache_size,
+                server_settings=server_settings,
+                **connect_args,
+            )
+
+        self._pool = Pool(
+            connect,
+            size=settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW,
+            idle_lifetime=settings.DB_POOL_RECYCLE
+            if settings.DB_POOL_RECYCLE > 0
+            else None,
         )
 
     def _statement_cache_size(self) -> int:
@@ -227,7 +218,7 @@ class Database:
             await self._pool.close()
 
     @property
-    def pool(self) -> asyncpg.Pool:
+    def pool(self) -> Pool:
         if self._pool is None:
             raise RuntimeError("Database.open() was not called")
         return self._pool
@@ -268,10 +259,9 @@ class Database:
         await self._read(lambda c: c.fetchval("SELECT 1"))
 
     def connections_in_use(self) -> int:
-        pool = self._pool
-        return 0 if pool is None else pool.get_size() - pool.get_idle_size()
+        return 0 if self._pool is None else self._pool.in_use
 
-    async def _read(self, run: Callable[[_Connection], Awaitable[Any]]) -> Any:
+    async def _read(self, run: Callable[[Connection], Awaitable[Any]]) -> Any:
         for attempt in (1, 2):
             async with self._connection() as connection:
                 try:
@@ -283,25 +273,27 @@ class Database:
         raise AssertionError("unreachable")
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_Connection]:
+    async def _connection(self) -> AsyncIterator[Connection]:
         """A pooled connection within DB_POOL_TIMEOUT (waiters served in arrival
         order), or DatabaseUnavailable."""
-        async with AsyncExitStack() as held:
-            try:
-                # One deadline for both waits; with a turn, asyncpg's pool has a
-                # free or creatable connection (it waits only for one borrowed
-                # around the gateway, as tests do).
-                async with asyncio.timeout(self._settings.DB_POOL_TIMEOUT):
-                    await self._turns.acquire()
-                    held.callback(self._turns.release)
-                    acquired = await self.pool.acquire()
-            except TimeoutError:
-                metrics.POOL_TIMEOUTS.inc()
-                metrics.DB_ERRORS.inc()
-                raise DatabaseUnavailable(
-                    detail="no database connection free"
-                ) from None
-            except _DRIVER_ERRORS as exc:
-                raise _translate(exc, None) from exc
-            held.push_async_callback(self.pool.release, acquired)
-            yield acquired
+        pool = self.pool
+        try:
+            async with asyncio.timeout(self._settings.DB_POOL_TIMEOUT):
+                connection = await pool.acquire()
+        except TimeoutError:
+            metrics.POOL_TIMEOUTS.inc()
+            metrics.DB_ERRORS.inc()
+            raise DatabaseUnavailable(detail="no database connection free") from None
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc, None) from exc
+        reusable = False  # cancelled or timed out mid-statement: still talking
+        try:
+            yield connection
+            reusable = True
+        except TimeoutError:
+            raise
+        except Exception:
+            reusable = True  # an error reported in full: the connection is idle again
+            raise
+        finally:
+            pool.release(connection, reusable=reusable)

@@ -1,10 +1,11 @@
 """The database gateway against a real PostgreSQL: one statement is atomic without
 BEGIN, a transaction commits all or nothing, reads (never writes) survive a dropped
-connection, a full pool is a 503 after DB_POOL_TIMEOUT, and waiters for a connection
-are served in arrival order."""
+connection, a connection abandoned mid-statement or idle past DB_POOL_RECYCLE is
+closed, a full pool is a 503 after DB_POOL_TIMEOUT, and waiters for a connection are
+served in arrival order."""
 
 from collections.abc import AsyncIterator
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import anyio
 import asyncpg
@@ -32,6 +33,8 @@ COUNT = compile_query(
     text("SELECT count(*) AS n FROM task WHERE user_id = :user_id"), Count
 )
 FAIL = compile_query(text("SELECT 1 / 0 AS n"), Count)
+SLEEP = compile_query(text("SELECT count(pg_sleep(5)) AS n"), Count)
+STILL_CONNECTED = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
 
 
 @pytest.fixture
@@ -53,14 +56,16 @@ async def database(settings: Settings, engine: Engine) -> AsyncIterator[Database
 async def _log_queries(database: Database) -> list[str]:
     """Every statement the pool's one connection sends from now on."""
     sent: list[str] = []
-    async with database.pool.acquire() as connection:
-        connection.add_query_logger(lambda logged: sent.append(logged.query))
+    connection = await database.pool.acquire()
+    connection.add_query_logger(lambda logged: sent.append(logged.query))
+    database.pool.release(connection)
     return sent
 
 
 async def test_write_one_sends_no_begin(database: Database) -> None:
     sent = await _log_queries(database)
     await database.write_one(INSERT, user_id=new_user_id())
+    await anyio.sleep(0)  # query loggers are called soon after, not during
     assert sent == [INSERT.sql]
 
 
@@ -68,6 +73,7 @@ async def test_transaction_wraps_its_statements(database: Database) -> None:
     sent = await _log_queries(database)
     async with database.transaction() as tx:
         await tx.execute(INSERT, user_id=new_user_id())
+    await anyio.sleep(0)
     assert [q.split()[0].upper().rstrip(";") for q in sent] == [
         "BEGIN",
         "INSERT",
@@ -86,11 +92,53 @@ async def test_failing_second_statement_leaves_nothing_behind(
     assert await database.fetch_one(COUNT, user_id=user) == {"n": 0}
 
 
+async def _server_pid(database: Database) -> int:
+    """The server process of the connection the pool hands out next."""
+    connection = await database.pool.acquire()
+    pid = connection.get_server_pid()
+    database.pool.release(connection)
+    return pid
+
+
 async def _drop_the_connection(database: Database, engine: Engine) -> None:
-    async with database.pool.acquire() as connection:
-        pid = connection.get_server_pid()
+    pid = await _server_pid(database)
     with engine.begin() as admin:
         admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+async def test_a_statement_abandoned_mid_way_leaves_no_busy_connection(
+    database: Database,
+) -> None:
+    """A cancelled request's connection may still be waiting for the server: it
+    is closed, and the next request gets a fresh one that works."""
+    pid = await _server_pid(database)
+    with anyio.move_on_after(0.2):
+        await database.fetch_one(SLEEP)
+    assert await database.fetch_one(COUNT, user_id="anyone") == {"n": 0}
+    assert await _server_pid(database) != pid
+
+
+async def test_idle_connections_are_closed_after_db_pool_recycle(
+    settings: Settings, engine: Engine
+) -> None:
+    url = settings.DATABASE_URL
+    assert url is not None
+    recycled = settings.model_copy(update={"DB_POOL_RECYCLE": 1})
+    database = Database(recycled, parse_database_url(url.get_secret_value()))
+    await database.open()
+    try:
+        pid = await _server_pid(database)
+        alive = 1
+        with anyio.move_on_after(5):
+            while alive:
+                await anyio.sleep(0.25)
+                with engine.connect() as admin:
+                    alive = admin.execute(STILL_CONNECTED, {"pid": pid}).scalar_one()
+        assert alive == 0
+        assert database.connections_in_use() == 0
+        assert await database.fetch_one(COUNT, user_id="anyone") == {"n": 0}
+    finally:
+        await database.close()
 
 
 async def test_read_is_retried_on_a_dropped_connection(
@@ -115,12 +163,12 @@ async def test_write_is_not_retried_on_a_dropped_connection(
 async def test_full_pool_is_unavailable_after_the_pool_timeout(
     database: Database,
 ) -> None:
-    held: Any = await database.pool.acquire()
+    held = await database.pool.acquire()
     try:
         with pytest.raises(DatabaseUnavailable):
             await database.fetch(COUNT, user_id="anyone")
     finally:
-        await database.pool.release(held)
+        database.pool.release(held)
 
 
 async def test_waiters_for_a_connection_are_served_in_arrival_order(
