@@ -1,6 +1,6 @@
 """The same statements through three async data layers, side by side in one run:
 
-- `gateway`: the service's own (asyncpg pool, statements compiled once per shape);
+- `gateway`: the service's own (its pool, statements compiled once per shape);
 - `sqlalchemy`: SQLAlchemy 2's async engine on asyncpg (`AsyncConnection.execute`);
 - `psycopg3`: psycopg 3's AsyncConnection (server-side prepared, dict rows);
 - `asyncpg, no pool`: the gateway's compiled statements on a bare asyncpg connection

@@ -18,7 +18,7 @@ import psutil
 from tests.cross_instance import check_across_instances
 from tests.jwt_helpers import SECRET, hs_token
 from tests.pg import PrivatePostgres
-from tests.server import BACKEND, free_port, running_server
+from tests.server import BACKEND, free_port_run, running_server
 
 ROOT = BACKEND.parent
 
@@ -69,7 +69,8 @@ def test_scale_out_script_moves_a_killed_instances_traffic_and_stops_cleanly(
     traffic on the others, then SIGTERM stops everything with exit 0."""
     postgres = PrivatePostgres()
     postgres.start()
-    lb, pooler = free_port(), free_port()
+    lb = free_port_run(5)
+    pooler = lb + 4
     ports = [lb, *(lb + i for i in (1, 2, 3)), pooler]
     environment = {
         **os.environ,
