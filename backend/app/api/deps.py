@@ -1,13 +1,15 @@
-"""Every dependency alias, read as a type, and the authentication dependencies."""
+"""What routes take from a request: the parameter aliases, read as types, the task
+service, headers, and the authentication dependencies."""
 
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Header, Path, Request
 from fastapi.security.utils import get_authorization_scheme_param
 
+from app.api.openapi import optional_header
 from app.edge.auth import TokenVerifier
 from app.edge.ratelimit import RateLimiter
 from app.errors import (
@@ -20,12 +22,20 @@ from app.schemas import USER_ID_PATTERN, FieldError, TaskId
 from app.services.task_service import TaskService
 
 
-async def get_task_service(request: Request) -> TaskService:
+def task_service(request: Request) -> TaskService:
+    """The app's task service. Read by the routes, not declared as a dependency:
+    FastAPI resolves each dependency on every request (specs/005-performance)."""
     service: TaskService = request.app.state.tasks
     return service
 
 
-TaskServiceDep = Annotated[TaskService, Depends(get_task_service)]
+def header(request: Request, name: str) -> str | None:
+    """A header's values as one comma-separated list (how HTTP combines a header
+    sent several times); None when it was not sent."""
+    values = request.headers.getlist(name)
+    return ", ".join(values) if values else None
+
+
 UserIdPath = Annotated[
     str,
     Path(
@@ -38,14 +48,10 @@ UserIdPath = Annotated[
 TaskIdPath = Annotated[
     TaskId, Path(alias="id", description="The task's id", examples=[1])
 ]
-IfMatch = Annotated[
-    str | None,
-    Header(alias="If-Match", description="Only act if the task's ETag is one of these"),
-]
-IfNoneMatch = Annotated[
-    str | None,
-    Header(alias="If-None-Match", description="304 if the task's ETag is one of these"),
-]
+IF_MATCH = optional_header("If-Match", "Only act if the task's ETag is one of these")
+IF_NONE_MATCH = optional_header(
+    "If-None-Match", "304 if the task's ETag is one of these"
+)
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(

@@ -1,6 +1,7 @@
 """Everything the OpenAPI document says beyond what FastAPI derives from the routes:
-the error responses each operation documents, and no 422 (validation errors are
-400s). `python -m app.api.openapi` prints the document committed in specs/."""
+the error responses each operation documents, the optional headers routes read
+themselves, the bearer scheme, and no 422 (validation errors are 400s).
+`python -m app.api.openapi` prints the document committed in specs/."""
 
 import json
 import sys
@@ -33,6 +34,20 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
         for status in (*statuses, 400, 401, 403, 429, 500, 503)
+    }
+
+
+def optional_header(name: str, description: str) -> dict[str, Any]:
+    """An optional request header, documented as FastAPI documents a declared
+    `Header()`: for routes that read it from the request themselves, because each
+    declared parameter costs every request of the route (specs/005-performance)."""
+    schema = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "schema": {**schema, "description": description, "title": name},
+        "description": description,
     }
 
 

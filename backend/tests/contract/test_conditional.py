@@ -207,3 +207,22 @@ def test_expired_keys_of_other_users_are_swept(
             text("SELECT count(*) FROM idempotency_key WHERE user_id = :u"), {"u": idle}
         ).scalar_one()
     assert left == 0
+
+
+def test_a_precondition_header_sent_twice_is_read_as_one_list(
+    client: TestClient,
+) -> None:
+    """RFC 9110: a header repeated is the comma-joined list of its values, so the
+    current ETag in either line counts (each line alone would be read otherwise)."""
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    etag = client.get(url).headers["etag"]
+    for current_first in (True, False):
+        lines = [etag, '"other"'] if current_first else ['"other"', etag]
+        repeated = [("If-None-Match", line) for line in lines]
+        assert client.get(url, headers=repeated).status_code == 304
+        repeated = [("If-Match", line) for line in lines]
+        response = client.patch(url, json={"title": "both"}, headers=repeated)
+        assert response.status_code == 200
+        etag = response.headers["etag"]

@@ -6,14 +6,9 @@ are never read as a task id."""
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.api.deps import (
-    IdempotencyKeyHeader,
-    TaskServiceDep,
-    UserIdPath,
-    admit,
-)
+from app.api.deps import IdempotencyKeyHeader, UserIdPath, admit, task_service
 from app.api.http import JSON, etag, if_match_versions
 from app.api.openapi import errors
 from app.schemas import BatchRequest, BatchResults, ChangesPublic, ChangesQuery, Cleared
@@ -28,12 +23,12 @@ router = APIRouter(
 
 @router.get("/changes", response_model=ChangesPublic, responses=errors(410))
 async def list_changes(
+    request: Request,
     user_id: UserIdPath,
     query: Annotated[ChangesQuery, Query()],
-    service: TaskServiceDep,
 ) -> Response:
     """Tasks changed and ids deleted since a sync token (`since`); all without one."""
-    changes = await service.changes(
+    changes = await task_service(request).changes(
         user_id=user_id, since=query.since, limit=query.limit
     )
     body = {
@@ -49,9 +44,9 @@ async def list_changes(
     "/batch", response_model=BatchResults, responses=errors(409, 413, 415, 422)
 )
 async def batch_tasks(
+    request: Request,
     user_id: UserIdPath,
     body: BatchRequest,
-    service: TaskServiceDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Up to 100 operations in order, each as its single request; `atomic`: all
@@ -67,7 +62,7 @@ async def batch_tasks(
         )
         for op in body.operations
     ]
-    outcomes = await service.batch(
+    outcomes = await task_service(request).batch(
         user_id=user_id,
         steps=steps,
         atomic=body.atomic,
@@ -83,12 +78,13 @@ async def batch_tasks(
 
 @router.delete("", response_model=Cleared, responses=errors())
 async def clear_completed(
+    request: Request,
     user_id: UserIdPath,
-    service: TaskServiceDep,
     completed: Annotated[  # noqa: ARG001 - a guard: validated, carries nothing
         Literal["true"],
         Query(description="Required, and only `true`: never delete everything"),
     ],
 ) -> Cleared:
     """Delete the user's completed tasks; later syncs report them as deleted."""
-    return Cleared(deleted=await service.clear_completed(user_id=user_id))
+    deleted = await task_service(request).clear_completed(user_id=user_id)
+    return Cleared(deleted=deleted)

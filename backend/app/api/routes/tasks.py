@@ -5,13 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from app.api.deps import (
+    IF_MATCH,
+    IF_NONE_MATCH,
     IdempotencyKeyHeader,
-    IfMatch,
-    IfNoneMatch,
     TaskIdPath,
-    TaskServiceDep,
     UserIdPath,
     admit,
+    header,
+    task_service,
 )
 from app.api.http import (
     JSON,
@@ -74,13 +75,13 @@ _PAGED = {
     responses={201: _CREATED, **errors(409, 413, 415, 422)},
 )
 async def create_task(
+    request: Request,
     user_id: UserIdPath,
     body: TaskCreate,
-    service: TaskServiceDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a task (repeat-safe with an Idempotency-Key)."""
-    task = await service.create(
+    task = await task_service(request).create(
         user_id=user_id, data=body, idempotency_key=idempotency_key
     )
     location = {"Location": f"/api/{user_id}/tasks/{task['id']}"}
@@ -92,10 +93,9 @@ async def list_tasks(
     request: Request,
     user_id: UserIdPath,
     query: Annotated[TaskListQuery, Query()],
-    service: TaskServiceDep,
 ) -> Response:
     """List the user's tasks: filters, sort and keyset pages (newest first)."""
-    page = await service.list(user_id=user_id, query=query)
+    page = await task_service(request).list(user_id=user_id, query=query)
     headers = {}
     if page.next_cursor is not None:
         next_url = request.url.include_query_params(cursor=page.next_cursor)
@@ -112,16 +112,14 @@ async def list_tasks(
         304: {"description": "Not modified"},
         **errors(404),
     },
+    openapi_extra={"parameters": [IF_NONE_MATCH]},
 )
 async def get_task(
-    user_id: UserIdPath,
-    task_id: TaskIdPath,
-    service: TaskServiceDep,
-    if_none_match: IfNoneMatch = None,
+    request: Request, user_id: UserIdPath, task_id: TaskIdPath
 ) -> Response:
     """Get one task (304 when If-None-Match has its current ETag)."""
-    task = await service.get(user_id=user_id, task_id=task_id)
-    if not_modified(if_none_match, task):
+    task = await task_service(request).get(user_id=user_id, task_id=task_id)
+    if not_modified(header(request, "if-none-match"), task):
         return Response(status_code=304, headers={"ETag": etag(task)})
     return task_response(task)
 
@@ -130,17 +128,17 @@ async def get_task(
     "/{id}",
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
+    openapi_extra={"parameters": [IF_MATCH]},
 )
 async def replace_task(
+    request: Request,
     user_id: UserIdPath,
     task_id: TaskIdPath,
     body: TaskReplace,
-    service: TaskServiceDep,
-    if_match: IfMatch = None,
 ) -> Response:
     """Replace a task's content; omitted optional fields return to their defaults."""
-    versions = if_match_versions(if_match, task_id)
-    task = await service.replace(
+    versions = if_match_versions(header(request, "if-match"), task_id)
+    task = await task_service(request).replace(
         user_id=user_id, task_id=task_id, data=body, if_match=versions
     )
     return task_response(task)
@@ -150,17 +148,17 @@ async def replace_task(
     "/{id}",
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
+    openapi_extra={"parameters": [IF_MATCH]},
 )
 async def patch_task(
+    request: Request,
     user_id: UserIdPath,
     task_id: TaskIdPath,
     body: TaskPatch,
-    service: TaskServiceDep,
-    if_match: IfMatch = None,
 ) -> Response:
     """Change the given fields only; `null` clears a field."""
-    versions = if_match_versions(if_match, task_id)
-    task = await service.patch(
+    versions = if_match_versions(header(request, "if-match"), task_id)
+    task = await task_service(request).patch(
         user_id=user_id, task_id=task_id, data=body, if_match=versions
     )
     return task_response(task)
@@ -170,31 +168,34 @@ async def patch_task(
     "/{id}/complete",
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
+    openapi_extra={"parameters": [IF_MATCH]},
 )
 async def toggle_task(
+    request: Request,
     user_id: UserIdPath,
     task_id: TaskIdPath,
-    service: TaskServiceDep,
     body: ToggleBody = NO_FIELDS,  # noqa: ARG001 - validated, carries nothing
-    if_match: IfMatch = None,
 ) -> Response:
     """Toggle `completed`, setting or clearing `completed_at`."""
-    versions = if_match_versions(if_match, task_id)
-    return task_response(
-        await service.toggle(user_id=user_id, task_id=task_id, if_match=versions)
+    versions = if_match_versions(header(request, "if-match"), task_id)
+    task = await task_service(request).toggle(
+        user_id=user_id, task_id=task_id, if_match=versions
     )
+    return task_response(task)
 
 
 @router.delete(
-    "/{id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 412)
+    "/{id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(404, 412),
+    openapi_extra={"parameters": [IF_MATCH]},
 )
 async def delete_task(
-    user_id: UserIdPath,
-    task_id: TaskIdPath,
-    service: TaskServiceDep,
-    if_match: IfMatch = None,
+    request: Request, user_id: UserIdPath, task_id: TaskIdPath
 ) -> Response:
     """Delete a task."""
-    versions = if_match_versions(if_match, task_id)
-    await service.delete(user_id=user_id, task_id=task_id, if_match=versions)
+    versions = if_match_versions(header(request, "if-match"), task_id)
+    await task_service(request).delete(
+        user_id=user_id, task_id=task_id, if_match=versions
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
