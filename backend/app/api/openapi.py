@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from app.schemas import ErrorBody
 
@@ -27,6 +28,12 @@ _DESCRIPTIONS = {
     500: "Unexpected error",
     503: "Database unavailable (with Retry-After)",
 }
+
+
+def operation_id(route: APIRoute) -> str:
+    """operationId = the handler's name (`list_tasks`): generated clients get
+    `listTasks()` / `list_tasks.sync()`, not `list_tasks_api__user_id__tasks_get`."""
+    return route.name
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

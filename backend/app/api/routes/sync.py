@@ -6,19 +6,16 @@ are never read as a task id."""
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Query, Request, Response
 
-from app.api.deps import IdempotencyKeyHeader, UserIdPath, admit, task_service
+from app.api.deps import IdempotencyKeyHeader, UserIdPath, task_service
 from app.api.http import JSON, etag, if_match_versions
 from app.api.openapi import errors
+from app.api.routes import api_router
 from app.schemas import BatchRequest, BatchResults, ChangesPublic, ChangesQuery, Cleared
 from app.services.task_service import BatchStep
 
-router = APIRouter(
-    prefix="/api/{user_id}/tasks",
-    tags=["sync"],
-    dependencies=[Depends(admit)],
-)
+router = api_router("sync")
 
 
 @router.get("/changes", response_model=ChangesPublic, responses=errors(410))

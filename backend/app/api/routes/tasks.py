@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import Query, Request, Response, status
 
 from app.api.deps import (
     IF_MATCH,
@@ -10,7 +10,6 @@ from app.api.deps import (
     IdempotencyKeyHeader,
     TaskIdPath,
     UserIdPath,
-    admit,
     header,
     task_service,
 )
@@ -23,6 +22,7 @@ from app.api.http import (
     task_response,
 )
 from app.api.openapi import errors
+from app.api.routes import api_router
 from app.schemas import (
     TaskCreate,
     TaskListQuery,
@@ -36,11 +36,7 @@ from app.schemas import (
 # schema a plain object (generated clients then send `{}` or nothing, never `null`).
 NO_FIELDS = ToggleBody()
 
-router = APIRouter(
-    prefix="/api/{user_id}/tasks",
-    tags=["tasks"],
-    dependencies=[Depends(admit)],
-)
+router = api_router("tasks")
 
 _ETAG = {
     "ETag": {"description": "The task's current version", "schema": {"type": "string"}}
