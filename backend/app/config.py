@@ -101,12 +101,13 @@ class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     WEB_CONCURRENCY: int = Field(default=1, ge=1, le=64)
-    # The HTTP edge, per worker (specs/006-operations). Idle keep-alive connections
-    # are kept longer than a load balancer's idle timeout (60 s on most), so the
-    # balancer, not the service, closes them.
+    # The HTTP edge, per worker (specs/006-operations). Idle connections (kept alive
+    # between requests, or new and not sending yet) are kept longer than a load
+    # balancer's idle timeout (60 s on most), so the balancer, not the service,
+    # closes them.
     HTTP_KEEPALIVE_TIMEOUT: int = Field(default=75, ge=1, le=3600)
     # A request (head and body) must arrive within this many seconds of its
-    # first byte; a new connection must send one within it.
+    # first byte.
     HTTP_REQUEST_TIMEOUT: float = Field(default=10.0, gt=0, le=300)
     # Open connections per worker; beyond it a new one is answered 503 and closed.
     HTTP_MAX_CONNECTIONS: int = Field(default=16_384, ge=1, le=1_000_000)

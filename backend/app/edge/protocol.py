@@ -44,10 +44,12 @@ TOO_MANY_CONNECTIONS = canned_response(Overloaded())
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """A request must arrive whole within `HTTP_REQUEST_TIMEOUT` seconds of its
-    first byte (or of the connection opening), with a head of at most
-    MAX_HEAD_BYTES; a connection beyond `HTTP_MAX_CONNECTIONS` is answered 503
-    and closed. Idle keep-alive connections are closed by uvicorn's own
-    `timeout_keep_alive`."""
+    first byte, with a head of at most MAX_HEAD_BYTES; a connection beyond
+    `HTTP_MAX_CONNECTIONS` is answered 503 and closed. A connection with no request
+    under way is idle, whether it has served one or not yet sent a byte (a
+    browser's preconnect, a client pool's spare): uvicorn's `timeout_keep_alive`
+    closes it. A silent new connection holds no more than an idle kept-alive one,
+    which any client can have by sending one small request."""
 
     def __init__(
         self,
@@ -70,7 +72,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.connections) > self.max_connections:
             self._refuse(TOO_MANY_CONNECTIONS)
             return
-        self._arm_deadline()
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_deadline()
