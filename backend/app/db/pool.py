@@ -82,8 +82,9 @@ class Pool:
     def _reuse(self) -> Connection | None:
         while self._idle:
             connection, _ = self._idle.pop()
-            if not connection.is_closed():  # the server may have closed it
+            if not connection.is_closed():
                 return connection
+            connection.terminate()  # closed by the server while idle: clean up
         return None
 
     def _schedule_sweep(self) -> None:
