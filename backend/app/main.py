@@ -62,6 +62,7 @@ def _limiters(settings: Settings) -> tuple[RateLimiter | None, RateLimiter | Non
 # Young objects collected every 10,000 net allocations instead of 700: most of a
 # request's garbage is freed by reference counting anyway (specs/005-performance).
 YOUNG_COLLECTION_THRESHOLD = 10_000
+_PYTHON_THRESHOLDS = gc.get_threshold()
 
 
 @contextmanager
@@ -70,14 +71,13 @@ def _startup_heap_frozen() -> Iterator[None]:
     pool: ~120,000 objects) lives as long as the worker: hidden from the cycle
     collector while serving, so a full collection walks the few thousand objects
     made since instead of pausing every request in flight for 30-40 ms."""
-    thresholds = gc.get_threshold()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *_PYTHON_THRESHOLDS[1:])
     try:
         yield
     finally:  # collectable again (a process that builds several apps, as tests do)
-        gc.set_threshold(*thresholds)
+        gc.set_threshold(*_PYTHON_THRESHOLDS)
         gc.unfreeze()
 
 

@@ -89,14 +89,6 @@ _DRIVER_ERRORS = (
 )
 
 
-def _closed(connection: Connection) -> bool:
-    """Closed, or already handed back to the pool (which it is once it closed)."""
-    try:
-        return connection.is_closed()
-    except asyncpg.InterfaceError:
-        return True
-
-
 def _translate(exc: Exception, connection: Connection | None) -> Exception:
     """A driver error as the service sees it: LockTimeout, Deadlock,
     DatabaseUnavailable when the connection or the server failed (rather than the
@@ -108,7 +100,7 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
     sqlstate = getattr(exc, "sqlstate", None) or ""
     if (
         connection is None  # no connection could be had
-        or _closed(connection)  # it died under us
+        or connection.is_closed()  # it died under us
         or isinstance(
             exc,
             OSError
@@ -117,7 +109,7 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         )
         or sqlstate[:2] in _UNAVAILABLE_CLASSES
     ):
-        if connection is not None and not _closed(connection):
+        if connection is not None and not connection.is_closed():
             # Half-broken (e.g. the server is shutting it down): never reuse it.
             connection.terminate()
         metrics.DB_ERRORS.inc()
@@ -267,7 +259,7 @@ class Database:
                 try:
                     return await run(connection)
                 except _DRIVER_ERRORS:
-                    if attempt == 2 or not _closed(connection):
+                    if attempt == 2 or not connection.is_closed():
                         with _driver_errors(connection):
                             raise
         raise AssertionError("unreachable")

@@ -33,7 +33,7 @@ class Pool:
         idle_lifetime: float | None,
     ) -> None:
         self._connect = connect
-        self._turns = asyncio.Semaphore(size)
+        self._turns = asyncio.BoundedSemaphore(size)
         # (connection, when it was released), oldest first.
         self._idle: deque[tuple[Connection, float]] = deque()
         self._idle_lifetime = idle_lifetime
@@ -56,18 +56,21 @@ class Pool:
 
     def release(self, connection: Connection, *, reusable: bool = True) -> None:
         """Back on the stack, unless it must not be used again: closed, left in a
-        transaction, or interrupted mid-operation (`reusable=False`), then closed."""
+        transaction, or interrupted mid-operation (`reusable=False`)."""
         self.in_use -= 1
-        if (
-            reusable
-            and not self._closed
-            and not connection.is_closed()
-            and not connection.is_in_transaction()
-        ):
+        if connection.is_closed():
+            connection.terminate()  # frees what asyncpg still holds for it
+        elif reusable and not self._closed and not connection.is_in_transaction():
             self._idle.append((connection, time.monotonic()))
             self._schedule_sweep()
         else:
-            connection.terminate()
+            # Perhaps mid-statement: a polite close first sends the cancel asyncpg
+            # has queued (terminate would drop it, and the statement would run on
+            # in the server). Its turn is held until the connection is gone, so
+            # the server never has more than `size` of ours.
+            closing = self._close_later(connection)
+            closing.add_done_callback(lambda _: self._turns.release())
+            return
         self._turns.release()
 
     async def close(self) -> None:
@@ -103,11 +106,12 @@ class Pool:
             self._close_later(self._idle.popleft()[0])
         self._schedule_sweep()
 
-    def _close_later(self, connection: Connection) -> None:
+    def _close_later(self, connection: Connection) -> asyncio.Task[None]:
         """A polite close (the server is told), in the background."""
         task = asyncio.ensure_future(connection.close(timeout=5))
         self._closing.add(task)
         task.add_done_callback(self._closed_one)
+        return task
 
     def _closed_one(self, task: asyncio.Task[None]) -> None:
         self._closing.discard(task)

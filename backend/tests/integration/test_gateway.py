@@ -1,8 +1,8 @@
 """The database gateway against a real PostgreSQL: one statement is atomic without
 BEGIN, a transaction commits all or nothing, reads (never writes) survive a dropped
-connection, a connection abandoned mid-statement or idle past DB_POOL_RECYCLE is
-closed, a full pool is a 503 after DB_POOL_TIMEOUT, and waiters for a connection are
-served in arrival order."""
+connection, a connection abandoned mid-statement (its statement cancelled on the
+server) or idle past DB_POOL_RECYCLE is closed, a full pool is a 503 after
+DB_POOL_TIMEOUT, and waiters for a connection are served in arrival order."""
 
 from collections.abc import AsyncIterator
 from typing import TypedDict
@@ -116,6 +116,23 @@ async def test_a_statement_abandoned_mid_way_leaves_no_busy_connection(
         await database.fetch_one(SLEEP)
     assert await database.fetch_one(COUNT, user_id="anyone") == {"n": 0}
     assert await _server_pid(database) != pid
+
+
+async def test_a_statement_abandoned_mid_way_stops_on_the_server(
+    database: Database, engine: Engine
+) -> None:
+    """Its connection is closed politely, after asyncpg's cancel request: the
+    statement does not run on (holding a server connection, and its locks)."""
+    pid = await _server_pid(database)
+    with anyio.move_on_after(0.2):
+        await database.fetch_one(SLEEP)
+    alive = 1
+    with anyio.move_on_after(2):  # the statement would run 5 s
+        while alive:
+            await anyio.sleep(0.1)
+            with engine.connect() as admin:
+                alive = admin.execute(STILL_CONNECTED, {"pid": pid}).scalar_one()
+    assert alive == 0
 
 
 async def test_idle_connections_are_closed_after_db_pool_recycle(

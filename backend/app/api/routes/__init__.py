@@ -1,5 +1,8 @@
 """The routers. The /api ones (`api_router`) join the app's own route list rather
-than being included (`app.main`), so each carries what an include would add."""
+than being included (`app.main`), so each carries what an include would add: the
+app's `strict_content_type` and operationIds are set here too, and
+`app.dependency_overrides` does not reach these routes (no test uses it: tests run
+the real dependencies)."""
 
 from fastapi import APIRouter, Depends
 
