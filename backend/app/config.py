@@ -111,10 +111,14 @@ class Settings(BaseSettings):
     HTTP_REQUEST_TIMEOUT: float = Field(default=10.0, gt=0, le=300)
     # Open connections per worker; beyond it a new one is answered 503 and closed.
     HTTP_MAX_CONNECTIONS: int = Field(default=16_384, ge=1, le=1_000_000)
-    # Requests being served at once per worker; beyond it 503 + Retry-After at
-    # once, so an overload queues at most this many (the latency it adds is
-    # bounded) instead of slowing every request down.
+    # Requests in a worker at once, running or waiting to run; beyond it 503 +
+    # Retry-After at once, so an overload queues at most this many (the latency it
+    # adds is bounded) instead of slowing every request down.
     HTTP_MAX_IN_FLIGHT: int = Field(default=2_048, ge=1, le=1_000_000)
+    # Of those, requests running in the app at once; the rest wait, parsed but not
+    # started (a few KB each instead of ~24 KB), and start in arrival order. Enough
+    # to keep the database pool busy while others parse and render.
+    HTTP_MAX_ACTIVE: int = Field(default=64, ge=1, le=1_000_000)
     # The listen backlog: connections the kernel holds before the worker
     # accepts them (capped by net.core.somaxconn).
     HTTP_BACKLOG: int = Field(default=4_096, ge=1, le=65_535)

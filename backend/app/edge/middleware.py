@@ -38,11 +38,17 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# Set in a request's scope state by the HTTP protocol's admission (`protocol.py`)
+# when the worker already holds HTTP_MAX_IN_FLIGHT requests, running or waiting.
+SHED = "shed"
+
+
 class LoadShedMiddleware:
-    """At most `limit` requests in the app at once; beyond that, 503 + Retry-After
-    at once. Under overload the service keeps answering at its full rate with a
-    bounded wait, instead of sharing the CPU among an ever-growing crowd of
-    requests that all become slow (and whose clients give up)."""
+    """At most `limit` requests in the app at once, and none the HTTP protocol
+    marked `SHED`; beyond that, 503 + Retry-After at once. Under overload the
+    service keeps answering at its full rate with a bounded wait, instead of
+    sharing the CPU among an ever-growing crowd of requests that all become slow
+    (and whose clients give up)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -53,7 +59,7 @@ class LoadShedMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
+        if self.in_flight >= self.limit or scope.get("state", {}).get(SHED):
             metrics.SHED.inc()
             await error_response(Overloaded(), None)(scope, receive, send)
             return

@@ -9,13 +9,23 @@ small, fixed answer (specs/006-operations)."""
 
 import asyncio
 import json
+from collections import deque
+from functools import cache
 from typing import Any
 
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable
+from uvicorn._types import Scope as UvicornScope
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from app.config import get_settings
+from app.edge.middleware import MAX_BODY_BYTES, SHED
 from app.errors import AppError, HeadersTooLarge, Overloaded, RequestTimeout
 
 # Request line and headers together; browsers send 1-4 KiB, a large JWT ~2 KiB.
@@ -42,6 +52,76 @@ TIMED_OUT = canned_response(RequestTimeout())
 TOO_MANY_CONNECTIONS = canned_response(Overloaded())
 
 
+class Admission:
+    """The worker's requests: at most `active` running in the app at once; the next
+    ones wait, parsed but not started (no task, no coroutine frames: a few KB each
+    instead of ~24 KB), and start in arrival order as running ones finish. One whose
+    client hung up while it waited is never started. Past `in_flight` running and
+    waiting, a request starts at once marked to be shed (`SHED`), so the app answers
+    it 503 `overloaded` as it answers any (CORS headers, request id)."""
+
+    def __init__(self, active: int, in_flight: int) -> None:
+        self.active = active
+        self.in_flight = in_flight
+        self.running = 0
+        self.waiting: deque[
+            tuple[BoundedHttpToolsProtocol, RequestResponseCycle, ASGI3Application]
+        ] = deque()
+
+    def submit(
+        self,
+        protocol: "BoundedHttpToolsProtocol",
+        cycle: RequestResponseCycle,
+        app: ASGI3Application,
+    ) -> None:
+        if self.running < self.active:
+            self._start(protocol, cycle, app)
+        elif self.running + len(self.waiting) < self.in_flight:
+            self.waiting.append((protocol, cycle, app))
+        else:
+            cycle.scope["state"][SHED] = True
+            protocol.start(cycle, app)
+
+    def _start(
+        self,
+        protocol: "BoundedHttpToolsProtocol",
+        cycle: RequestResponseCycle,
+        app: ASGI3Application,
+    ) -> None:
+        self.running += 1
+
+        async def then_next(
+            scope: UvicornScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+        ) -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                self._finished()
+
+        protocol.start(cycle, then_next)
+
+    def _finished(self) -> None:
+        self.running -= 1
+        while self.waiting and self.running < self.active:
+            protocol, cycle, app = self.waiting.popleft()
+            if not cycle.disconnected:
+                self._start(protocol, cycle, app)
+
+
+@cache
+def _worker_admission() -> Admission:
+    """One per worker process (uvicorn runs one server in each)."""
+    settings = get_settings()
+    return Admission(settings.HTTP_MAX_ACTIVE, settings.HTTP_MAX_IN_FLIGHT)
+
+
+def _declared_too_large(cycle: RequestResponseCycle) -> bool:
+    for name, value in cycle.scope["headers"]:
+        if name == b"content-length":
+            return value.isdigit() and int(value) > MAX_BODY_BYTES
+    return False
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """A request must arrive whole within `HTTP_REQUEST_TIMEOUT` seconds of its
     first byte, with a head of at most MAX_HEAD_BYTES; a connection beyond
@@ -66,6 +146,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.heads_read = 0
         self.deadline: asyncio.TimerHandle | None = None
+        self.admission = _worker_admission()
+        # A request whose head is read and whose body is still coming.
+        self.unread: tuple[RequestResponseCycle, ASGI3Application] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -107,6 +190,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.reading_head = True
         self._disarm_deadline()
         super().on_message_complete()
+        self._submit_unread()
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        if self.unread is not None and len(self.unread[0].body) > HIGH_WATER_LIMIT:
+            self._submit_unread()  # uvicorn stops reading: the app must (a 413)
+
+    def _start_asgi_task(
+        self, cycle: RequestResponseCycle, app: ASGI3Application
+    ) -> None:
+        """uvicorn starts a request's task here, once its head is read. The
+        worker's admission takes it once its body is read too: a client that
+        trickles a body must not hold one of the running places meanwhile. Unless
+        the client waits for `100 Continue` (which the app's first read sends), or
+        declares a body the app refuses unread (413)."""
+        if cycle.more_body and not (
+            cycle.waiting_for_100_continue or _declared_too_large(cycle)
+        ):
+            self.unread = (cycle, app)
+        else:
+            self.admission.submit(self, cycle, app)
+
+    def _submit_unread(self) -> None:
+        if self.unread is not None:
+            cycle, app = self.unread
+            self.unread = None
+            self.admission.submit(self, cycle, app)
+
+    def start(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        super()._start_asgi_task(cycle, app)
 
     def _arm_deadline(self) -> None:
         self.deadline = self.loop.call_later(self.request_timeout, self._timed_out)

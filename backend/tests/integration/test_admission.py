@@ -1,0 +1,141 @@
+"""Admission in the HTTP protocol, on a real server process: past HTTP_MAX_ACTIVE
+running requests the next ones wait, parsed but not started; past HTTP_MAX_IN_FLIGHT
+running and waiting, 503 `overloaded` at once; a waiting request whose client hung
+up is never run (specs/006-operations)."""
+
+import http.client
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.factories import new_user_id
+from tests.server import running_server
+
+
+@pytest.fixture(scope="module")
+def base_url(database_url: str, engine: Engine) -> Iterator[str]:
+    with running_server(
+        database_url, HTTP_MAX_ACTIVE="1", HTTP_MAX_IN_FLIGHT="3"
+    ) as base_url:
+        yield base_url
+
+
+def _send(base_url: str, request: bytes) -> socket.socket:
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(request)
+    return sock
+
+
+def _response(sock: socket.socket) -> tuple[int, bytes]:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, response.read()
+
+
+def _answered_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except TimeoutError:
+        return False
+    finally:
+        sock.settimeout(5)
+
+
+@contextmanager
+def _one_request_running(base_url: str, engine: Engine) -> Iterator[socket.socket]:
+    """The one running request: a toggle waiting on a row lock the test holds,
+    released when the block ends. Yields its socket."""
+    user = new_user_id()
+    task = httpx.post(f"{base_url}/api/{user}/tasks", json={"title": "held"}).json()
+    with engine.connect() as admin, admin.begin():
+        admin.execute(
+            text("SELECT 1 FROM task WHERE user_id = :u AND id = :i FOR UPDATE"),
+            {"u": user, "i": task["id"]},
+        )
+        running = _send(
+            base_url,
+            f"PATCH /api/{user}/tasks/{task['id']}/complete HTTP/1.1\r\n"
+            "Host: t\r\nContent-Length: 0\r\n\r\n".encode(),
+        )
+        time.sleep(0.3)  # it has started, and waits for the lock
+        try:
+            yield running
+        finally:
+            admin.rollback()
+    assert _response(running)[0] == 200
+    running.close()
+
+
+HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def test_requests_past_the_active_limit_wait_then_run_and_past_in_flight_get_503(
+    base_url: str, engine: Engine
+) -> None:
+    with _one_request_running(base_url, engine):
+        waiting = [_send(base_url, HEALTH) for _ in range(2)]
+        assert not any(_answered_within(sock, 0.3) for sock in waiting)
+        with _send(base_url, HEALTH) as refused:
+            status, body = _response(refused)
+        assert status == 503
+        assert json.loads(body)["code"] == "overloaded"
+    for sock in waiting:
+        assert _response(sock)[0] == 200
+        sock.close()
+
+
+def test_a_waiting_request_whose_client_hung_up_is_never_run(
+    base_url: str, engine: Engine
+) -> None:
+    user, title = new_user_id(), f"abandoned {uuid.uuid4().hex}"
+    body = json.dumps({"title": title}).encode()
+    with _one_request_running(base_url, engine):
+        head = (
+            f"POST /api/{user}/tasks HTTP/1.1\r\nHost: t\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        abandoned = _send(base_url, head.encode() + body)
+        time.sleep(0.2)
+        abandoned.close()
+        time.sleep(0.2)
+    time.sleep(0.3)
+    assert httpx.get(f"{base_url}/api/{user}/tasks").json() == []
+
+
+def test_a_client_trickling_a_body_holds_no_running_place(base_url: str) -> None:
+    """Admitted once its body is read: with one running place, a POST whose body
+    stalls does not make the next request wait for the request deadline."""
+    with _send(
+        base_url,
+        b"POST /api/someone/tasks HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    ):
+        time.sleep(0.2)
+        with _send(base_url, HEALTH) as next_request:
+            assert _answered_within(next_request, 2)
+            assert _response(next_request)[0] == 200
+
+
+def test_a_client_waiting_for_100_continue_gets_it(base_url: str) -> None:
+    """curl sends `Expect: 100-continue` with larger bodies and waits: such a
+    request is admitted with its head, so the app's first read can answer."""
+    body = json.dumps({"title": "continued"}).encode()
+    head = (
+        f"POST /api/{new_user_id()}/tasks HTTP/1.1\r\nHost: t\r\n"
+        "Content-Type: application/json\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with _send(base_url, head.encode()) as sock:
+        sock.settimeout(2)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        assert _response(sock)[0] == 201
