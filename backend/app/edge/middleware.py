@@ -38,6 +38,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def declares_too_large_a_body(scope: Scope) -> bool:
+    """A Content-Length over MAX_BODY_BYTES: refused (413) without reading it."""
+    declared = _header(scope, b"content-length")
+    return (
+        declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES
+    )
+
+
 # Set in a request's scope state by the HTTP protocol's admission (`protocol.py`)
 # when the worker already holds HTTP_MAX_IN_FLIGHT requests, running or waiting.
 SHED = "shed"
@@ -149,12 +157,7 @@ class BodyGuardMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = scope.get("state", {}).get("request_id")
-        declared = _header(scope, b"content-length")
-        if (
-            declared is not None
-            and declared.isdigit()
-            and int(declared) > MAX_BODY_BYTES
-        ):
+        if declares_too_large_a_body(scope):
             await error_response(PayloadTooLarge(), request_id)(scope, receive, send)
             return
         chunks: list[bytes] = []

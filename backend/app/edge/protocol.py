@@ -11,8 +11,9 @@ import asyncio
 import json
 from collections import deque
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
+from starlette.types import Scope
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable
 from uvicorn._types import Scope as UvicornScope
 from uvicorn.config import Config
@@ -25,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.server import ServerState
 
 from app.config import get_settings
-from app.edge.middleware import MAX_BODY_BYTES, SHED
+from app.edge.middleware import SHED, declares_too_large_a_body
 from app.errors import AppError, HeadersTooLarge, Overloaded, RequestTimeout
 
 # Request line and headers together; browsers send 1-4 KiB, a large JWT ~2 KiB.
@@ -115,13 +116,6 @@ def _worker_admission() -> Admission:
     return Admission(settings.HTTP_MAX_ACTIVE, settings.HTTP_MAX_IN_FLIGHT)
 
 
-def _declared_too_large(cycle: RequestResponseCycle) -> bool:
-    for name, value in cycle.scope["headers"]:
-        if name == b"content-length":
-            return value.isdigit() and int(value) > MAX_BODY_BYTES
-    return False
-
-
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """A request must arrive whole within `HTTP_REQUEST_TIMEOUT` seconds of its
     first byte, with a head of at most MAX_HEAD_BYTES; a connection beyond
@@ -206,7 +200,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         the client waits for `100 Continue` (which the app's first read sends), or
         declares a body the app refuses unread (413)."""
         if cycle.more_body and not (
-            cycle.waiting_for_100_continue or _declared_too_large(cycle)
+            cycle.waiting_for_100_continue
+            or declares_too_large_a_body(cast(Scope, cycle.scope))
         ):
             self.unread = (cycle, app)
         else:
