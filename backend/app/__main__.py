@@ -59,6 +59,7 @@ def serve(settings: Settings, url: str) -> None:
         log_config=None,
         timeout_graceful_shutdown=20,
         http=BoundedHttpToolsProtocol,
+        ws="none",  # no WebSocket routes: the worker never loads a WebSocket library
         timeout_keep_alive=settings.HTTP_KEEPALIVE_TIMEOUT,
         backlog=settings.HTTP_BACKLOG,
     )
