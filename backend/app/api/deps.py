@@ -1,13 +1,16 @@
 """What routes take from a request: the parameter aliases, read as types, the task
-service, headers, and the authentication dependencies."""
+service, headers, query models, and the authentication dependencies."""
 
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from functools import cache
+from typing import Annotated, TypeVar, get_origin
 
 from fastapi import Header, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import BaseModel, ValidationError
 
 from app.api.openapi import optional_header
 from app.edge.auth import TokenVerifier
@@ -34,6 +37,38 @@ def header(request: Request, name: str) -> str | None:
     sent several times); None when it was not sent."""
     values = request.headers.getlist(name)
     return ", ".join(values) if values else None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@cache
+def _list_parameters(model: type[BaseModel]) -> frozenset[str]:
+    """The model's fields that take every value of a repeated parameter."""
+    return frozenset(
+        name
+        for name, field in model.model_fields.items()
+        if get_origin(field.annotation) is list
+    )
+
+
+def query(request: Request, model: type[M]) -> M:
+    """The query string as `model`, validated as FastAPI validates a declared
+    `Annotated[model, Query()]` (the same 400 when it does not fit): read here
+    because FastAPI re-inspects the model's annotations on every request
+    (specs/005-performance). Document it with `openapi.query_parameters`."""
+    params = request.query_params
+    lists = _list_parameters(model)
+    values = {
+        name: params.getlist(name) if name in lists else params[name] for name in params
+    }
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError(
+            [{**error, "loc": ("query", *error["loc"])} for error in errors]
+        ) from None
 
 
 UserIdPath = Annotated[

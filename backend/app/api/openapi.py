@@ -1,7 +1,7 @@
 """Everything the OpenAPI document says beyond what FastAPI derives from the routes:
-the error responses each operation documents, the optional headers routes read
-themselves, the bearer scheme, and no 422 (validation errors are 400s).
-`python -m app.api.openapi` prints the document committed in specs/."""
+the error responses each operation documents, the optional headers and the query
+parameters routes read themselves, the bearer scheme, and no 422 (validation errors
+are 400s). `python -m app.api.openapi` prints the document committed in specs/."""
 
 import json
 import sys
@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
 from app.schemas import ErrorBody
 
@@ -56,6 +58,37 @@ def optional_header(name: str, description: str) -> dict[str, Any]:
         "schema": {**schema, "description": description, "title": name},
         "description": description,
     }
+
+
+class _AsFastAPIWrites(GenerateJsonSchema):
+    """Keys in the order pydantic makes them, as in FastAPI's own schemas."""
+
+    def sort(
+        self,
+        value: JsonSchemaValue,
+        parent_key: str | None = None,  # noqa: ARG002 - the overridden signature
+    ) -> JsonSchemaValue:
+        return value
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A query model's fields as query parameters, documented as FastAPI documents
+    a declared `Annotated[Model, Query()]`: for routes that read their query string
+    themselves (`deps.query`)."""
+    schema = model.model_json_schema(
+        ref_template="#/components/schemas/{model}", schema_generator=_AsFastAPIWrites
+    )
+    required = schema.get("required", [])
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": field,
+            **({"description": field["description"]} if "description" in field else {}),
+        }
+        for name, field in schema["properties"].items()
+    ]
 
 
 # Authentication is one plain dependency (`deps.admit`), not FastAPI's HTTPBearer

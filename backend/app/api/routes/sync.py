@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 import orjson
 from fastapi import Query, Request, Response
 
-from app.api.deps import IdempotencyKeyHeader, UserIdPath, task_service
+from app.api.deps import IdempotencyKeyHeader, UserIdPath, query, task_service
 from app.api.http import JSON, etag, if_match_versions
-from app.api.openapi import errors
+from app.api.openapi import errors, query_parameters
 from app.api.routes import api_router
 from app.schemas import BatchRequest, BatchResults, ChangesPublic, ChangesQuery, Cleared
 from app.services.task_service import BatchStep
@@ -18,15 +18,17 @@ from app.services.task_service import BatchStep
 router = api_router("sync")
 
 
-@router.get("/changes", response_model=ChangesPublic, responses=errors(410))
-async def list_changes(
-    request: Request,
-    user_id: UserIdPath,
-    query: Annotated[ChangesQuery, Query()],
-) -> Response:
+@router.get(
+    "/changes",
+    response_model=ChangesPublic,
+    responses=errors(410),
+    openapi_extra={"parameters": query_parameters(ChangesQuery)},
+)
+async def list_changes(request: Request, user_id: UserIdPath) -> Response:
     """Tasks changed and ids deleted since a sync token (`since`); all without one."""
+    options = query(request, ChangesQuery)
     changes = await task_service(request).changes(
-        user_id=user_id, since=query.since, limit=query.limit
+        user_id=user_id, since=options.since, limit=options.limit
     )
     body = {
         "tasks": changes.tasks,

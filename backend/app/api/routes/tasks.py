@@ -1,8 +1,6 @@
 """Thin handlers: declare inputs, call one service method, return its representation."""
 
-from typing import Annotated
-
-from fastapi import Query, Request, Response, status
+from fastapi import Request, Response, status
 
 from app.api.deps import (
     IF_MATCH,
@@ -11,6 +9,7 @@ from app.api.deps import (
     TaskIdPath,
     UserIdPath,
     header,
+    query,
     task_service,
 )
 from app.api.http import (
@@ -21,7 +20,7 @@ from app.api.http import (
     not_modified,
     task_response,
 )
-from app.api.openapi import errors
+from app.api.openapi import errors, query_parameters
 from app.api.routes import api_router
 from app.schemas import (
     TaskCreate,
@@ -84,14 +83,16 @@ async def create_task(
     return task_response(task, status.HTTP_201_CREATED, location)
 
 
-@router.get("", response_model=list[TaskPublic], responses={200: _PAGED, **errors()})
-async def list_tasks(
-    request: Request,
-    user_id: UserIdPath,
-    query: Annotated[TaskListQuery, Query()],
-) -> Response:
+@router.get(
+    "",
+    response_model=list[TaskPublic],
+    responses={200: _PAGED, **errors()},
+    openapi_extra={"parameters": query_parameters(TaskListQuery)},
+)
+async def list_tasks(request: Request, user_id: UserIdPath) -> Response:
     """List the user's tasks: filters, sort and keyset pages (newest first)."""
-    page = await task_service(request).list(user_id=user_id, query=query)
+    options = query(request, TaskListQuery)
+    page = await task_service(request).list(user_id=user_id, query=options)
     headers = {}
     if page.next_cursor is not None:
         next_url = request.url.include_query_params(cursor=page.next_cursor)
