@@ -146,8 +146,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if token is None and not app.state.metrics_public:
         logger.warning("/metrics is off: set METRICS_TOKEN to scrape it")
     # The API's routes join the app's own list, sync first (/changes is not a task
-    # id). Each already carries its prefix, tags and `admit`; included as routers,
-    # FastAPI would match them twice per request (~10% of a GET, specs/005).
+    # id). Each already carries its prefix, tags and `admit` (`AdmittedRoute`);
+    # included as routers, FastAPI would match them twice per request (~10% of a
+    # GET, specs/005).
     for router in (sync.router, tasks.router):
         app.router.routes.extend(router.routes)
     app.include_router(health.router)

@@ -203,8 +203,8 @@ async def rate_limit(request: Request) -> None:
 
 
 async def admit(request: Request) -> None:
-    """The one dependency of every /api route: authentication, then the rate
-    limit. One dependency, not three: FastAPI's resolution of each costs more per
-    request than the check it runs (specs/005-performance)."""
+    """What every /api route runs first (`routes.AdmittedRoute`): authentication,
+    then the rate limit. Not FastAPI dependencies: FastAPI's resolution of each
+    costs more per request than the check it runs (specs/005-performance)."""
     await authorize(request)
     await rate_limit(request)

@@ -91,8 +91,9 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     ]
 
 
-# Authentication is one plain dependency (`deps.admit`), not FastAPI's HTTPBearer
-# (whose resolution costs per request), so the scheme is declared here.
+# Authentication is `deps.admit`, run by each /api route itself (`AdmittedRoute`),
+# not FastAPI's HTTPBearer (whose resolution costs per request): the scheme is
+# declared here.
 BEARER = {
     "type": "http",
     "description": "A JWT from Better Auth (or signed with the shared secret).",
