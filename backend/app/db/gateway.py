@@ -269,10 +269,13 @@ class Database:
         """A pooled connection within DB_POOL_TIMEOUT (waiters served in arrival
         order), or DatabaseUnavailable."""
         pool = self.pool
+        waiting = asyncio.timeout(self._settings.DB_POOL_TIMEOUT)
         try:
-            async with asyncio.timeout(self._settings.DB_POOL_TIMEOUT):
+            async with waiting:
                 connection = await pool.acquire()
-        except TimeoutError:
+        except TimeoutError as exc:
+            if not waiting.expired():  # the connect's own timeout: no answer
+                raise _translate(exc, None) from exc
             metrics.POOL_TIMEOUTS.inc()
             metrics.DB_ERRORS.inc()
             raise DatabaseUnavailable(detail="no database connection free") from None

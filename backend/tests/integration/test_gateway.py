@@ -2,8 +2,10 @@
 BEGIN, a transaction commits all or nothing, reads (never writes) survive a dropped
 connection, a connection abandoned mid-statement (its statement cancelled on the
 server) or idle past DB_POOL_RECYCLE is closed, a full pool is a 503 after
-DB_POOL_TIMEOUT, and waiters for a connection are served in arrival order."""
+DB_POOL_TIMEOUT (and a connect that times out is not taken for one), and waiters
+for a connection are served in arrival order."""
 
+import socket
 from collections.abc import AsyncIterator
 from typing import TypedDict
 
@@ -186,6 +188,24 @@ async def test_full_pool_is_unavailable_after_the_pool_timeout(
             await database.fetch(COUNT, user_id="anyone")
     finally:
         database.pool.release(held)
+
+
+async def test_a_connect_that_times_out_is_not_a_full_pool(settings: Settings) -> None:
+    """A server that accepts and never answers: the connect's own timeout means
+    the database is unavailable, not that the pool had no connection free (which
+    would tell an operator to grow the pool)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        url = f"postgresql://postgres@127.0.0.1:{port}/x?connect_timeout=1"
+        patient = settings.model_copy(update={"DB_POOL_TIMEOUT": 10})
+        database = Database(patient, parse_database_url(url))
+        await database.open()
+        try:
+            with pytest.raises(DatabaseUnavailable) as raised:
+                await database.fetch(COUNT, user_id="anyone")
+        finally:
+            await database.close()
+    assert raised.value.detail == DatabaseUnavailable.detail
 
 
 async def test_waiters_for_a_connection_are_served_in_arrival_order(
