@@ -136,7 +136,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         settings = get_settings()
         self.max_connections = settings.HTTP_MAX_CONNECTIONS
         self.request_timeout = settings.HTTP_REQUEST_TIMEOUT
-        self.reading_head = True
+        self.reading_head = True  # not in a body: between requests, or in a head
+        self.head_begun = False  # a request line has begun and its head not ended
         self.head_bytes = 0
         self.heads_read = 0
         self.deadline: asyncio.TimerHandle | None = None
@@ -174,8 +175,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self.head_bytes > MAX_HEAD_BYTES:
                 self._refuse(HEAD_TOO_LARGE)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_begun = True
+        if self.deadline is None:  # begun in the read that ended the last request
+            self._arm_deadline()
+
     def on_headers_complete(self) -> None:
         self.reading_head = False
+        self.head_begun = False
         self.head_bytes = 0
         self.heads_read += 1
         super().on_headers_complete()
@@ -230,7 +238,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.deadline = None
         if self.transport.is_closing():
             return
-        if self.reading_head and self.head_bytes:
+        if self.reading_head and (self.head_bytes or self.head_begun):
             self._refuse(TIMED_OUT)
         else:
             self.transport.close()

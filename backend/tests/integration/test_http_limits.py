@@ -129,6 +129,24 @@ def test_a_head_that_stops_coming_gets_408_within_the_request_timeout(
     assert 0.9 < time.monotonic() - started < 4
 
 
+def test_a_pipelined_head_that_stops_coming_gets_408_too(
+    server: tuple[str, int],
+) -> None:
+    """A second request begun in the very read that ends the first has a deadline
+    of its own (from its first byte), not just the keep-alive timeout."""
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /health HTTP/1.1\r\nHo"
+        )
+        response = _read_all(sock)
+    first, _, second = response.partition(b"HTTP/1.1 408")
+    assert first.startswith(b"HTTP/1.1 200")
+    assert second, response
+    assert time.monotonic() - started < 2.5  # the keep-alive timeout is 3 s
+
+
 def test_a_new_connection_that_sends_nothing_is_idle_until_the_keep_alive_timeout(
     server: tuple[str, int],
 ) -> None:
