@@ -119,7 +119,9 @@ def _worker_admission() -> Admission:
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """A request must arrive whole within `HTTP_REQUEST_TIMEOUT` seconds of its
     first byte, with a head of at most MAX_HEAD_BYTES; a connection beyond
-    `HTTP_MAX_CONNECTIONS` is answered 503 and closed. A connection with no request
+    `HTTP_MAX_CONNECTIONS` is answered 503 and closed; one whose client takes
+    nothing of a response for `HTTP_REQUEST_TIMEOUT` seconds is dropped (its
+    request would wait to write forever). A connection with no request
     under way is idle, whether it has served one or not yet sent a byte (a
     browser's preconnect, a client pool's spare): uvicorn's `timeout_keep_alive`
     closes it. A silent new connection holds no more than an idle kept-alive one,
@@ -141,6 +143,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.heads_read = 0
         self.deadline: asyncio.TimerHandle | None = None
+        # Armed while the client does not take what is written (writing paused).
+        self.stalled: asyncio.TimerHandle | None = None
         self.admission = _worker_admission()
         # A request whose head is read and whose body is still coming.
         self.unread: tuple[RequestResponseCycle, ASGI3Application] | None = None
@@ -156,6 +160,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_deadline()
+        self._resumed()
         # uvicorn cancels it only on a clean close; a reset one would keep this
         # protocol alive until the timer fired.
         self._unset_keepalive_if_required()
@@ -223,6 +228,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def start(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         super()._start_asgi_task(cycle, app)
+
+    def pause_writing(self) -> None:
+        """The client is not taking the response: unless it takes some within
+        `request_timeout`, the connection is dropped, so the request (waiting to
+        write) ends and frees its running place rather than holding it forever."""
+        super().pause_writing()
+        if self.stalled is None:
+            self.stalled = self.loop.call_later(
+                self.request_timeout, self.transport.abort
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._resumed()
+
+    def _resumed(self) -> None:
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
 
     def _arm_deadline(self) -> None:
         self.deadline = self.loop.call_later(self.request_timeout, self._timed_out)

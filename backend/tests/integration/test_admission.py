@@ -1,7 +1,8 @@
 """Admission in the HTTP protocol, on a real server process: past HTTP_MAX_ACTIVE
 running requests the next ones wait, parsed but not started; past HTTP_MAX_IN_FLIGHT
 running and waiting, 503 `overloaded` at once; a waiting request whose client hung
-up is never run (specs/006-operations)."""
+up is never run, and one whose client stops reading its response does not keep its
+running place (specs/006-operations)."""
 
 import http.client
 import json
@@ -22,7 +23,10 @@ from tests.server import running_server
 @pytest.fixture(scope="module")
 def base_url(database_url: str, engine: Engine) -> Iterator[str]:
     with running_server(
-        database_url, HTTP_MAX_ACTIVE="1", HTTP_MAX_IN_FLIGHT="3"
+        database_url,
+        HTTP_MAX_ACTIVE="1",
+        HTTP_MAX_IN_FLIGHT="3",
+        HTTP_REQUEST_TIMEOUT="2",
     ) as base_url:
         yield base_url
 
@@ -139,3 +143,22 @@ def test_a_client_waiting_for_100_continue_gets_it(base_url: str) -> None:
         assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(body)
         assert _response(sock)[0] == 201
+
+
+def test_a_client_that_stops_reading_its_responses_frees_its_running_place(
+    base_url: str,
+) -> None:
+    """Large responses it never reads fill the socket: once writing has made no
+    progress for HTTP_REQUEST_TIMEOUT (2 s here), the connection is dropped and
+    the next request runs (it waited forever before)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect((host, int(port)))
+    large = b"GET /docs/assets/swagger-ui-bundle.js.map HTTP/1.1\r\nHost: t\r\n\r\n"
+    with stuck:
+        stuck.sendall(large * 8)  # ~15 MB of responses, never read
+        time.sleep(0.5)
+        with _send(base_url, HEALTH) as next_request:
+            assert _answered_within(next_request, 5)
+            assert _response(next_request)[0] == 200
