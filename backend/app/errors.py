@@ -219,6 +219,13 @@ class UnsupportedMediaType(AppError):
     detail = "Send the body as JSON with Content-Type: application/json"
 
 
+class MalformedRequest(AppError):
+    status_code = 400
+    code = "bad_request"
+    message = "The request is not valid HTTP/1.1"
+    detail = "Its request line, headers or body framing could not be parsed"
+
+
 class RequestTimeout(AppError):
     status_code = 408
     code = "request_timeout"

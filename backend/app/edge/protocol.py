@@ -1,5 +1,7 @@
 """uvicorn's httptools protocol with the limits it lacks: a bounded request head,
-a deadline for reading a request, and a cap on open connections per worker.
+a deadline for reading a request and for a client to take its response, a bound on
+pipelined requests, a cap on open connections per worker, admission of requests
+into the app, and JSON for a request that is not HTTP.
 
 uvicorn alone reads a request head of any size (a 64 MiB header is parsed and
 kept), waits forever for a head that trickles in or never comes, and accepts
@@ -27,10 +29,19 @@ from uvicorn.server import ServerState
 
 from app.config import get_settings
 from app.edge.middleware import SHED, declares_too_large_a_body
-from app.errors import AppError, HeadersTooLarge, Overloaded, RequestTimeout
+from app.errors import (
+    AppError,
+    HeadersTooLarge,
+    MalformedRequest,
+    Overloaded,
+    RequestTimeout,
+)
 
 # Request line and headers together; browsers send 1-4 KiB, a large JWT ~2 KiB.
 MAX_HEAD_BYTES = 32 * 1024
+# Requests a connection may queue behind the one in progress (pipelining clients
+# send a handful; browsers none).
+MAX_PIPELINED = 16
 
 
 def canned_response(error: AppError) -> bytes:
@@ -51,6 +62,11 @@ def canned_response(error: AppError) -> bytes:
 HEAD_TOO_LARGE = canned_response(HeadersTooLarge())
 TIMED_OUT = canned_response(RequestTimeout())
 TOO_MANY_CONNECTIONS = canned_response(Overloaded())
+MALFORMED = canned_response(MalformedRequest())
+
+
+class _PipelineFull(Exception):
+    """Raised in a parser callback: stops parsing the read it came in."""
 
 
 class Admission:
@@ -138,6 +154,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         settings = get_settings()
         self.max_connections = settings.HTTP_MAX_CONNECTIONS
         self.request_timeout = settings.HTTP_REQUEST_TIMEOUT
+        self.pipeline_full = False  # MAX_PIPELINED queued: reads no more requests
         self.reading_head = True  # not in a body: between requests, or in a head
         self.head_begun = False  # a request line has begun and its head not ended
         self.head_bytes = 0
@@ -167,11 +184,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.pipeline_full:
+            return
         if self.deadline is None and not self.transport.is_closing():
             self._arm_deadline()  # the first byte of the next request
         was_reading_head, heads_read = self.reading_head, self.heads_read
         super().data_received(data)
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.pipeline_full:
             return
         # Only a read that neither ended a head nor began one after a body counts
         # (a whole request with its body may come in one read).
@@ -187,6 +206,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_deadline()
 
     def on_headers_complete(self) -> None:
+        """uvicorn parses every request of a read and queues those behind the one
+        in progress, and reads again whenever a response completes: a client
+        pipelining small requests without reading the answers made a worker queue
+        millions (GBs). Past MAX_PIPELINED queued, the connection reads nothing
+        more and is closed once the queued ones are answered; a client retries
+        the rest, as it must when a server closes a pipelined connection."""
+        if self.pipeline_full or (
+            len(self.pipeline) >= MAX_PIPELINED and not self.cycle.response_complete
+        ):
+            self.pipeline_full = True
+            self._disarm_deadline()
+            self.flow.pause_reading()
+            raise _PipelineFull
         self.reading_head = False
         self.head_begun = False
         self.head_bytes = 0
@@ -198,6 +230,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_deadline()
         super().on_message_complete()
         self._submit_unread()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.pipeline_full and not self.transport.is_closing():
+            if self.pipeline or not self.cycle.response_complete:
+                self.flow.pause_reading()  # uvicorn resumed it
+            else:
+                self.transport.close()  # the last queued request is answered
+
+    def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's text
+        """The parser failed: the JSON error every error has (uvicorn's is plain
+        text), unless the parse was stopped on purpose (`_PipelineFull`)."""
+        if not self.pipeline_full:
+            self._refuse(MALFORMED)
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)

@@ -147,6 +147,35 @@ def test_a_pipelined_head_that_stops_coming_gets_408_too(
     assert time.monotonic() - started < 2.5  # the keep-alive timeout is 3 s
 
 
+def test_a_connection_queues_at_most_16_pipelined_requests(
+    server: tuple[str, int],
+) -> None:
+    """1,000 requests in one write: the one in progress and 16 queued behind it
+    are answered, the rest are not read, and the connection is closed (before,
+    each was queued: a client that never read made the worker grow by GBs)."""
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n" * 1000)
+        with contextlib.suppress(ConnectionResetError):
+            response = _read_all(sock)
+    assert 17 <= response.count(b"HTTP/1.1 ") < 100
+    assert response.count(b"HTTP/1.1 ") == response.count(b"HTTP/1.1 200 ")
+    assert time.monotonic() - started < 2.5  # closed, not left to the keep-alive
+
+
+def test_a_request_that_is_not_http_gets_a_json_400(server: tuple[str, int]) -> None:
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.sendall(
+            b"GET /health HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        )
+        status, headers, body = _error(_read_all(sock))
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert body["code"] == "bad_request"
+
+
 def test_a_new_connection_that_sends_nothing_is_idle_until_the_keep_alive_timeout(
     server: tuple[str, int],
 ) -> None:
