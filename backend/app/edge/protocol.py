@@ -73,9 +73,11 @@ class Admission:
     """The worker's requests: at most `active` running in the app at once; the next
     ones wait, parsed but not started (no task, no coroutine frames: a few KB each
     instead of ~24 KB), and start in arrival order as running ones finish. One whose
-    client hung up while it waited is never started. Past `in_flight` running and
-    waiting, a request starts at once marked to be shed (`SHED`), so the app answers
-    it 503 `overloaded` as it answers any (CORS headers, request id)."""
+    client hung up while it waited is withdrawn (never started, no longer counted).
+    Past `in_flight` running and waiting, a request starts at once marked to be shed
+    (`SHED`), so the app answers it 503 `overloaded` as it answers any (CORS headers,
+    request id). When the server cancels what runs (its graceful shutdown timed
+    out), nothing more starts: the waiting get 503 and are closed."""
 
     def __init__(self, active: int, in_flight: int) -> None:
         self.active = active
@@ -113,16 +115,25 @@ class Admission:
             try:
                 await app(scope, receive, send)
             finally:
-                self._finished()
+                task = asyncio.current_task()
+                self._finished(stopping=task is not None and task.cancelling() > 0)
 
         protocol.start(cycle, then_next)
 
-    def _finished(self) -> None:
+    def withdraw(self, cycle: RequestResponseCycle) -> None:
+        """Its client hung up: if it is waiting, it leaves the queue."""
+        for entry in self.waiting:
+            if entry[1] is cycle:
+                self.waiting.remove(entry)
+                return
+
+    def _finished(self, *, stopping: bool) -> None:
         self.running -= 1
+        if stopping:
+            while self.waiting:
+                self.waiting.popleft()[0].refuse(TOO_MANY_CONNECTIONS)
         while self.waiting and self.running < self.active:
-            protocol, cycle, app = self.waiting.popleft()
-            if not cycle.disconnected:
-                self._start(protocol, cycle, app)
+            self._start(*self.waiting.popleft())
 
 
 @cache
@@ -169,7 +180,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            self._refuse(TOO_MANY_CONNECTIONS)
+            self.refuse(TOO_MANY_CONNECTIONS)
             return
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
@@ -177,6 +188,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_deadline()
+        if self.admission.waiting and self.cycle is not None:
+            self.admission.withdraw(self.cycle)
         self._resumed()
         # uvicorn cancels it only on a clean close; a reset one would keep this
         # protocol alive until the timer fired.
@@ -197,7 +210,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if was_reading_head and self.reading_head and self.heads_read == heads_read:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
-                self._refuse(HEAD_TOO_LARGE)
+                self.refuse(HEAD_TOO_LARGE)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -243,7 +256,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The parser failed: the JSON error every error has (uvicorn's is plain
         text), unless the parse was stopped on purpose (`_PipelineFull`)."""
         if not self.pipeline_full:
-            self._refuse(MALFORMED)
+            self.refuse(MALFORMED)
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
@@ -309,11 +322,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.reading_head and (self.head_bytes or self.head_begun):
-            self._refuse(TIMED_OUT)
+            self.refuse(TIMED_OUT)
         else:
             self.transport.close()
 
-    def _refuse(self, response: bytes) -> None:
+    def refuse(self, response: bytes) -> None:
+        """A canned error response, and the connection closed."""
         self._disarm_deadline()
         self.transport.write(response)
         self.transport.close()

@@ -1,8 +1,8 @@
 """Admission in the HTTP protocol, on a real server process: past HTTP_MAX_ACTIVE
 running requests the next ones wait, parsed but not started; past HTTP_MAX_IN_FLIGHT
 running and waiting, 503 `overloaded` at once; a waiting request whose client hung
-up is never run, and one whose client stops reading its response does not keep its
-running place (specs/006-operations)."""
+up is never run nor counted, and one whose client stops reading its response does
+not keep its running place (specs/006-operations)."""
 
 import http.client
 import json
@@ -162,3 +162,19 @@ def test_a_client_that_stops_reading_its_responses_frees_its_running_place(
         with _send(base_url, HEALTH) as next_request:
             assert _answered_within(next_request, 5)
             assert _response(next_request)[0] == 200
+
+
+def test_waiting_requests_whose_clients_hung_up_no_longer_count(
+    base_url: str, engine: Engine
+) -> None:
+    """With one running and room for two more: two clients that left while
+    waiting free their places, so the next request waits and is served (it was
+    refused 503 overloaded before)."""
+    with _one_request_running(base_url, engine):
+        for _ in range(2):
+            _send(base_url, HEALTH).close()
+        time.sleep(0.2)
+        live = _send(base_url, HEALTH)
+        assert not _answered_within(live, 0.3)  # waiting, not refused
+    assert _response(live)[0] == 200
+    live.close()

@@ -1,0 +1,61 @@
+"""The worker's admission of requests when the server cancels what runs (its
+graceful shutdown timed out): the requests still waiting are refused, never
+started on an app that is shutting down (specs/006-operations)."""
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from app.edge.protocol import TOO_MANY_CONNECTIONS, Admission, BoundedHttpToolsProtocol
+
+
+class Connection:
+    """What admission uses of a protocol: start a request, or refuse it."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.refused: bytes | None = None
+
+    def start(self, _cycle: Any, app: Any) -> None:
+        self.task = asyncio.ensure_future(app({}, None, None))
+
+    def refuse(self, response: bytes) -> None:
+        self.refused = response
+
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _request() -> Any:
+    return SimpleNamespace(scope={"state": {}})
+
+
+async def test_requests_waiting_when_the_running_ones_are_cancelled_are_refused() -> (
+    None
+):
+    admission = Admission(active=1, in_flight=10)
+    started: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        started.append("app")
+        await asyncio.sleep(60)
+
+    running, waiting = Connection(), Connection()
+    for connection in (running, waiting):
+        admission.submit(cast(BoundedHttpToolsProtocol, connection), _request(), app)
+    await asyncio.sleep(0)
+    assert running.task is not None
+    running.task.cancel()  # as uvicorn does past its graceful shutdown timeout
+    with pytest.raises(asyncio.CancelledError):
+        await running.task
+    assert started == ["app"]
+    assert waiting.task is None
+    assert waiting.refused == TOO_MANY_CONNECTIONS
+    assert not admission.waiting
