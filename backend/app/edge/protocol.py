@@ -28,12 +28,18 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.server import ServerState
 
 from app.config import get_settings
-from app.edge.middleware import SHED, declares_too_large_a_body
+from app.edge.middleware import (
+    MAX_BODY_BYTES,
+    MAX_DRAIN_BYTES,
+    SHED,
+    declares_too_large_a_body,
+)
 from app.errors import (
     AppError,
     HeadersTooLarge,
     MalformedRequest,
     Overloaded,
+    PayloadTooLarge,
     RequestTimeout,
 )
 
@@ -47,7 +53,8 @@ MAX_PIPELINED = 16
 def canned_response(error: AppError) -> bytes:
     """A complete `Connection: close` HTTP/1.1 response with the error's JSON body."""
     body = json.dumps(
-        {"error": error.message, "code": error.code, "detail": error.detail}
+        {"error": error.message, "code": error.code, "detail": error.detail},
+        separators=(",", ":"),  # compact, as the app's own
     ).encode()
     headers = [
         STATUS_LINE[error.status_code],
@@ -63,9 +70,14 @@ HEAD_TOO_LARGE = canned_response(HeadersTooLarge())
 TIMED_OUT = canned_response(RequestTimeout())
 TOO_MANY_CONNECTIONS = canned_response(Overloaded())
 MALFORMED = canned_response(MalformedRequest())
+BODY_TOO_LARGE = canned_response(PayloadTooLarge())
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A body the app may take is whole before uvicorn stops reading (at this many
+# bytes): so every request the app gets is admitted with its body read.
+assert MAX_BODY_BYTES <= HIGH_WATER_LIMIT
 
 
-class _PipelineFull(Exception):
+class _StopReading(Exception):
     """Raised in a parser callback: stops parsing the read it came in."""
 
 
@@ -176,6 +188,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.admission = _worker_admission()
         # A request whose head is read and whose body is still coming.
         self.unread: tuple[RequestResponseCycle, ASGI3Application] | None = None
+        # Bytes read and dropped of a body refused (413) before the app had it.
+        self.discarded: int | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -225,13 +239,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         millions (GBs). Past MAX_PIPELINED queued, the connection reads nothing
         more and is closed once the queued ones are answered; a client retries
         the rest, as it must when a server closes a pipelined connection."""
-        if self.pipeline_full or (
-            len(self.pipeline) >= MAX_PIPELINED and not self.cycle.response_complete
-        ):
+        if self.transport.is_closing():
+            raise _StopReading  # e.g. after a refused body: start nothing more
+        if len(self.pipeline) >= MAX_PIPELINED and not self.cycle.response_complete:
             self.pipeline_full = True
             self._disarm_deadline()
             self.flow.pause_reading()
-            raise _PipelineFull
+            raise _StopReading
         self.reading_head = False
         self.head_begun = False
         self.head_bytes = 0
@@ -241,6 +255,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self.reading_head = True
         self._disarm_deadline()
+        if self.discarded is not None:  # the refused body is read: now close
+            self.transport.close()
+            return
         super().on_message_complete()
         self._submit_unread()
 
@@ -254,27 +271,41 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's text
         """The parser failed: the JSON error every error has (uvicorn's is plain
-        text), unless the parse was stopped on purpose (`_PipelineFull`)."""
-        if not self.pipeline_full:
+        text), unless the parse was stopped on purpose (`_StopReading`)."""
+        if not (self.pipeline_full or self.transport.is_closing()):
             self.refuse(MALFORMED)
 
     def on_body(self, body: bytes) -> None:
+        """A body that grows past MAX_BODY_BYTES before its request is admitted
+        (a chunked one: a declared length is refused with the head, by the app)
+        is refused here, 413 and `Connection: close`, and what follows of it is
+        read and dropped, up to MAX_DRAIN_BYTES (closing on unread data would
+        reset the connection, and the client could lose the 413): no running
+        place is held while a client sends a body that will not be used."""
+        if self.discarded is not None:
+            self.discarded += len(body)
+            if self.discarded > MAX_DRAIN_BYTES:
+                self.transport.close()
+            return
         super().on_body(body)
-        if self.unread is not None and len(self.unread[0].body) > HIGH_WATER_LIMIT:
-            self._submit_unread()  # uvicorn stops reading: the app must (a 413)
+        if self.unread is not None and len(self.unread[0].body) > MAX_BODY_BYTES:
+            self.unread = None
+            self.discarded = 0
+            self.transport.write(BODY_TOO_LARGE)
 
     def _start_asgi_task(
         self, cycle: RequestResponseCycle, app: ASGI3Application
     ) -> None:
         """uvicorn starts a request's task here, once its head is read. The
         worker's admission takes it once its body is read too: a client that
-        trickles a body must not hold one of the running places meanwhile. Unless
-        the client waits for `100 Continue` (which the app's first read sends), or
-        declares a body the app refuses unread (413)."""
-        if cycle.more_body and not (
-            cycle.waiting_for_100_continue
-            or declares_too_large_a_body(cast(Scope, cycle.scope))
-        ):
+        trickles a body must not hold one of the running places meanwhile. One
+        waiting for `100 Continue` is told to go on here, and admitted likewise;
+        only a declared body over the cap is admitted with its head (the app
+        refuses it unread, 413, with the headers every response carries)."""
+        if cycle.more_body and not declares_too_large_a_body(cast(Scope, cycle.scope)):
+            if cycle.waiting_for_100_continue:  # its body comes once it is told to
+                cycle.waiting_for_100_continue = False
+                self.transport.write(CONTINUE)
             self.unread = (cycle, app)
         else:
             self.admission.submit(self, cycle, app)

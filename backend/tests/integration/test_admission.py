@@ -178,3 +178,43 @@ def test_waiting_requests_whose_clients_hung_up_no_longer_count(
         assert not _answered_within(live, 0.3)  # waiting, not refused
     assert _response(live)[0] == 200
     live.close()
+
+
+def test_a_client_that_never_sends_the_body_it_announced_holds_no_running_place(
+    base_url: str,
+) -> None:
+    """`Expect: 100-continue`, then nothing: told to go on, it is admitted once
+    its body is read, like any other (it held the one running place until the
+    request deadline before)."""
+    with _send(
+        base_url,
+        b"POST /api/someone/tasks HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 20\r\n\r\n",
+    ) as silent:
+        silent.settimeout(2)
+        assert silent.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        with _send(base_url, HEALTH) as next_request:
+            assert _answered_within(next_request, 1)
+            assert _response(next_request)[0] == 200
+
+
+def test_a_chunked_body_past_the_cap_is_refused_without_a_running_place(
+    base_url: str,
+) -> None:
+    """70,000 bytes in one chunk, then the client stalls: 413 at once from the
+    protocol, and the next request does not wait for the stalled one."""
+    chunk = b"x" * 70_000
+    with _send(
+        base_url,
+        b"POST /api/someone/tasks HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % len(chunk)
+        + chunk
+        + b"\r\n",
+    ) as stalled:
+        status, body = _response(stalled)
+        assert status == 413
+        assert json.loads(body)["code"] == "payload_too_large"
+        with _send(base_url, HEALTH) as next_request:
+            assert _answered_within(next_request, 1)
+            assert _response(next_request)[0] == 200
