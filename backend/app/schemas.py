@@ -74,6 +74,15 @@ def _unique_tags(tags: list[str]) -> list[str]:
     return unique
 
 
+# asyncpg sends datetime.min and datetime.max as -infinity and infinity, which come
+# back without an offset: every datetime taken lies strictly between them.
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_OUT_OF_RANGE = (
+    "must be after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z"
+)
+
+
 def _aware_datetime(value: object) -> datetime:
     """An ISO 8601 string with an explicit offset; the server never guesses."""
     if isinstance(value, datetime) and value.tzinfo is not None:
@@ -88,9 +97,12 @@ def _aware_datetime(value: object) -> datetime:
     else:
         raise ValueError("must be an ISO 8601 datetime string with a UTC offset")
     try:
-        return parsed.astimezone(UTC)
+        utc = parsed.astimezone(UTC)
     except OverflowError:
-        raise ValueError("is out of range") from None
+        raise ValueError(_OUT_OF_RANGE) from None
+    if not _EARLIEST < utc < _LATEST:
+        raise ValueError(_OUT_OF_RANGE)
+    return utc
 
 
 def _task_id(value: object) -> object:

@@ -176,12 +176,34 @@ def test_create_rejects_due_at_without_offset(
 
 
 @pytest.mark.parametrize(
-    "due_at", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00"]
+    "due_at",
+    [
+        "0001-01-01T00:00:00+05:00",
+        "9999-12-31T23:00:00-05:00",
+        # The range's ends: PostgreSQL would store them as -infinity / infinity.
+        "0001-01-01T00:00:00Z",
+        "0001-01-01T01:00:00+01:00",
+        "9999-12-31T23:59:59.999999Z",
+    ],
 )
-def test_create_rejects_due_at_outside_utc_range(
+def test_create_rejects_due_at_outside_its_range(
     client: TestClient, due_at: str
 ) -> None:
-    assert_validation_error(post(client, task_payload(due_at=due_at)), "due_at")
+    user = new_user_id()
+    assert_validation_error(post(client, task_payload(due_at=due_at), user), "due_at")
+    assert client.get(tasks_url(user)).json() == []
+
+
+@pytest.mark.parametrize(
+    "due_at", ["0001-01-01T00:00:00.000001Z", "9999-12-31T23:59:59.999998Z"]
+)
+def test_create_keeps_due_at_just_inside_its_range(
+    client: TestClient, due_at: str
+) -> None:
+    user = new_user_id()
+    task = create_task(client, user, due_at=due_at)
+    assert task["due_at"] == due_at
+    assert client.get(tasks_url(user, task["id"])).json()["due_at"] == due_at
 
 
 def test_create_completed_sets_completed_at(client: TestClient) -> None:

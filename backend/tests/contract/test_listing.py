@@ -163,6 +163,8 @@ def test_sort_updated_at_follows_changes(
         ("q", "x" * 201),
         ("due_before", "2026-12-01"),
         ("due_after", "2026-12-01T00:00:00"),
+        ("due_after", "0001-01-01T00:00:00Z"),
+        ("due_before", "9999-12-31T23:59:59.999999Z"),
         ("sort", "id"),
         ("sort", "+title"),
         ("limit", "0"),
