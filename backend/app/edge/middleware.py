@@ -78,9 +78,15 @@ class LoadShedMiddleware:
             self.in_flight -= 1
 
 
+# nginx's "client closed request": the client hung up before any response started.
+CLIENT_CLOSED_REQUEST = 499
+
+
 class RequestContextMiddleware:
     """Gives every response an X-Request-ID, logs one line per request, and turns
-    anything unexpected into a C3 500 body (never a stack trace)."""
+    anything unexpected into a C3 500 body (never a stack trace). The line and the
+    metrics carry the response's status, or 499 when the app learnt that the client
+    hung up (`http.disconnect`) before any response started: nothing was sent."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -97,6 +103,13 @@ class RequestContextMiddleware:
         status = 500
         response_started = False
 
+        async def receive_noting_hang_up() -> Message:
+            nonlocal status
+            message = await receive()
+            if message["type"] == "http.disconnect" and not response_started:
+                status = CLIENT_CLOSED_REQUEST
+            return message
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
@@ -111,7 +124,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_noting_hang_up, send_with_id)
         except Exception:
             logger.exception("unhandled error", extra={"request_id": request_id})
             if not response_started:

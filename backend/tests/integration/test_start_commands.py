@@ -1,8 +1,12 @@
 """FastAPI's usual start commands serve the app too, from `backend/`:
 `uvicorn app.main:app`, `fastapi run` and `fastapi dev` (which find `app/main.py` and
-its `app` by themselves). `make run` (`python -m app`) stays the documented way."""
+its `app` by themselves). `make run` (`python -m app`) stays the documented way.
+Without its protocol, the app reads request bodies as they come."""
 
+import re
+import socket
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -38,3 +42,35 @@ def test_start_command_serves_the_api(
             assert got.json()["title"] == name
             assert "x-request-id" in got.headers  # our middleware, so our app
         assert process.poll() is None
+
+
+def _unrouted_posts(base_url: str) -> dict[str, float]:
+    """http_requests_total of POSTs that ended before routing, by status."""
+    pattern = (
+        r'http_requests_total\{method="POST",route="<unmatched>",status="(\d+)"\} (\S+)'
+    )
+    metrics = httpx.get(base_url + "/metrics").text
+    return {status: float(count) for status, count in re.findall(pattern, metrics)}
+
+
+def test_a_client_hanging_up_mid_body_is_counted_499_not_500(
+    database_url: str, engine: object
+) -> None:
+    """The app was reading the body when the client closed: no response was sent,
+    and none is counted as a 500. (`python -m app` starts a request only once its
+    body is read, and withdraws it when its client hangs up before.)"""
+    with server_process(database_url, command=COMMANDS["uvicorn"]) as (server, _):
+        before = _unrouted_posts(server)
+        head = (
+            f"POST {tasks_url(new_user_id())} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        )
+        host, port = server.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(head.encode() + b'{"title": ')
+            time.sleep(0.2)  # the app is reading the body
+        deadline = time.monotonic() + 5
+        while (after := _unrouted_posts(server)) == before:
+            assert time.monotonic() < deadline, "the request was not counted"
+            time.sleep(0.05)
+        assert after == {**before, "499": before.get("499", 0) + 1}

@@ -1,0 +1,77 @@
+"""RequestContextMiddleware's access log line and request metrics: the status a
+request ended with. A client that hung up before any response started was sent
+nothing: 499 (nginx's "client closed request"), not the 500 of a request that
+failed; an unhandled exception is still a 500."""
+
+import logging
+
+import pytest
+from prometheus_client import REGISTRY
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.edge.middleware import RequestContextMiddleware
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+SCOPE: Scope = {"type": "http", "method": "POST", "path": "/api/u/tasks", "headers": []}
+
+
+async def _hung_up() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def _ignore(message: Message) -> None:
+    pass
+
+
+async def reads_a_hang_up(scope: Scope, receive: Receive, send: Send) -> None:
+    """As BodyGuardMiddleware does when the body stops with a disconnect."""
+    await receive()
+
+
+async def fails_after_a_hang_up(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    raise RuntimeError("a bug, whatever the client did")
+
+
+async def fails(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("a bug")
+
+
+async def answers_then_reads_a_hang_up(
+    scope: Scope, receive: Receive, send: Send
+) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+    await receive()
+
+
+def _counted(status: int) -> float:
+    labels = {"method": "POST", "route": "<unmatched>", "status": str(status)}
+    return REGISTRY.get_sample_value("http_requests_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("app", "status"),
+    [
+        (reads_a_hang_up, 499),
+        (fails_after_a_hang_up, 500),
+        (fails, 500),
+        (answers_then_reads_a_hang_up, 204),
+    ],
+)
+async def test_a_request_is_logged_and_counted_with_the_status_it_ended_with(
+    app: ASGIApp, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    counted = _counted(status)
+    with caplog.at_level(logging.INFO, logger="app.request"):
+        await RequestContextMiddleware(app)(dict(SCOPE), _hung_up, _ignore)
+    [logged] = [r for r in caplog.records if r.getMessage() == "request"]
+    assert logged.status == status  # type: ignore[attr-defined]
+    assert _counted(status) == counted + 1
