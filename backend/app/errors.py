@@ -212,6 +212,19 @@ class PayloadTooLarge(AppError):
     detail = "Bodies are limited to 64 KiB (65,536 bytes)"
 
 
+class CorsNotAllowed(AppError):
+    status_code = 400
+    code = "cors_not_allowed"
+    message = "Cross-origin request not allowed"
+    detail = "Not allowed by the API's CORS settings: origin, method or headers"
+
+    def __init__(self, refused: str, headers: dict[str, str]) -> None:
+        super().__init__(
+            detail=f"Not allowed by the API's CORS settings: {refused}",
+            headers=headers,
+        )
+
+
 class UnsupportedMediaType(AppError):
     status_code = 415
     code = "unsupported_media_type"

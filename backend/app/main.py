@@ -8,7 +8,6 @@ from datetime import timedelta
 
 import anyio
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.openapi import openapi_schema, operation_id
 from app.api.routes import docs, health, sync, tasks
@@ -20,6 +19,7 @@ from app.edge.auth import TokenVerifier
 from app.edge.middleware import (
     BodyGuardMiddleware,
     CanonicalRequestMiddleware,
+    JsonCORSMiddleware,
     LoadShedMiddleware,
     RequestContextMiddleware,
 )
@@ -161,7 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(LoadShedMiddleware, limit=settings.HTTP_MAX_IN_FLIGHT)
     app.add_middleware(
-        CORSMiddleware,
+        JsonCORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=settings.cors_allow_headers,

@@ -1,15 +1,19 @@
-"""Pure ASGI middleware: load shedding, request ids and access logs, the request
-body guard, and canonical requests (trailing slash, HEAD)."""
+"""Pure ASGI middleware: CORS refusals in JSON, load shedding, request ids and
+access logs, the request body guard, and canonical requests (trailing slash, HEAD)."""
 
 import logging
 import os
 import re
 import time
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import (
     AppError,
+    CorsNotAllowed,
     Overloaded,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -44,6 +48,24 @@ def declares_too_large_a_body(scope: Scope) -> bool:
     return (
         declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES
     )
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the C3 error shape
+    (400 `cors_not_allowed`) instead of its text/plain `Disallowed CORS origin,
+    method`; the refusal keeps the preflight's CORS headers."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if not name.startswith("content-")
+        }
+        return error_response(CorsNotAllowed(refused, headers), None)
 
 
 # Set in a request's scope state by the HTTP protocol's admission (`protocol.py`)

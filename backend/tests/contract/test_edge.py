@@ -49,6 +49,37 @@ def test_preflight_with_an_unlisted_header_is_refused(client: TestClient) -> Non
     assert _preflight(client, "x-something-else").status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("origin", "method", "headers", "refused"),
+    [
+        ("https://evil.example", "POST", "authorization", {"origin"}),
+        (FRONTEND, "TRACE", "authorization", {"method"}),
+        (FRONTEND, "POST", "authorization, x-something-else", {"headers"}),
+        ("https://evil.example", "TRACE", "x-other", {"origin", "method", "headers"}),
+    ],
+)
+def test_refused_preflight_is_a_json_error_naming_what_was_refused(
+    client: TestClient, origin: str, method: str, headers: str, refused: set[str]
+) -> None:
+    response = client.options(
+        tasks_url("u1"),
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": headers,
+        },
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert "access-control-allow-methods" in response.headers  # as Starlette's
+    body = response.json()
+    assert set(body) <= {"error", "code", "detail"}
+    assert body["code"] == "cors_not_allowed"
+    assert body["error"]
+    named = {kind for kind in ("origin", "method", "headers") if kind in body["detail"]}
+    assert named == refused
+
+
 def test_allowed_headers_are_configurable(make_client: ClientFactory) -> None:
     client = make_client(CORS_ALLOW_HEADERS=["Authorization", "X-Custom"])
     assert _preflight(client, "x-custom").status_code == 200
