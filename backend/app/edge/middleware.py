@@ -50,10 +50,45 @@ def declares_too_large_a_body(scope: Scope) -> bool:
     )
 
 
+def request_id(scope: Scope) -> str:
+    """The request's id: the incoming X-Request-ID when it is 1-128 of
+    `A-Z a-z 0-9 . _ -`, else a new one; kept in the scope's state."""
+    state = scope.setdefault("state", {})
+    if "request_id" not in state:
+        incoming = _header(scope, b"x-request-id")
+        valid = incoming is not None and _REQUEST_ID.fullmatch(incoming)
+        state["request_id"] = incoming if valid and incoming else os.urandom(16).hex()
+    identifier: str = state["request_id"]
+    return identifier
+
+
+def _identified(response: Response, identifier: str) -> Response:
+    """The headers every response carries, on one answered before
+    RequestContextMiddleware (which adds them to all the others)."""
+    response.headers["x-request-id"] = identifier
+    for name, value in _SECURITY_HEADERS:
+        response.headers[name.decode()] = value.decode()
+    return response
+
+
 class JsonCORSMiddleware(CORSMiddleware):
     """Starlette's CORS, with a refused preflight answered in the C3 error shape
     (400 `cors_not_allowed`) instead of its text/plain `Disallowed CORS origin,
-    method`; the refusal keeps the preflight's CORS headers."""
+    method`; the refusal keeps the preflight's CORS headers. Preflights are
+    answered here, outside the request-context layer: they get their request id
+    and access-log line here."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            headers = Headers(scope=scope)
+            if "origin" in headers and "access-control-request-method" in headers:
+                started = time.perf_counter()
+                identifier = request_id(scope)
+                response = _identified(self.preflight_response(headers), identifier)
+                await response(scope, receive, send)
+                _access_line(scope, response.status_code, started, identifier)
+                return
+        await super().__call__(scope, receive, send)
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
@@ -90,8 +125,11 @@ class LoadShedMiddleware:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit or scope.get("state", {}).get(SHED):
+            # Counted, not logged: a line each would add work when there is most.
             metrics.SHED.inc()
-            await error_response(Overloaded(), None)(scope, receive, send)
+            identifier = request_id(scope)
+            response = error_response(Overloaded(), identifier)
+            await _identified(response, identifier)(scope, receive, send)
             return
         self.in_flight += 1
         try:
@@ -117,10 +155,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
-        valid = incoming is not None and _REQUEST_ID.fullmatch(incoming)
-        request_id = incoming if valid and incoming else os.urandom(16).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
+        identifier = request_id(scope)
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -138,7 +173,7 @@ class RequestContextMiddleware:
                 response_started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-request-id", identifier.encode()))
                 headers.extend(_SECURITY_HEADERS)
                 if scope["path"].startswith("/api/"):
                     headers.append((b"cache-control", b"no-store"))
@@ -148,25 +183,30 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive_noting_hang_up, send_with_id)
         except Exception:
-            logger.exception("unhandled error", extra={"request_id": request_id})
+            logger.exception("unhandled error", extra={"request_id": identifier})
             if not response_started:
-                await error_response(AppError(), request_id)(
+                await error_response(AppError(), identifier)(
                     scope, receive, send_with_id
                 )
         finally:
-            route = getattr(scope.get("route"), "path", "<unmatched>")
-            seconds = time.perf_counter() - started
-            metrics.observe(scope["method"], route, status, seconds)
-            logger.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": route,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 2),
-                    "request_id": request_id,
-                },
-            )
+            _access_line(scope, status, started, identifier)
+
+
+def _access_line(scope: Scope, status: int, started: float, identifier: str) -> None:
+    """The request's metrics and its one access-log line."""
+    route = getattr(scope.get("route"), "path", "<unmatched>")
+    seconds = time.perf_counter() - started
+    metrics.observe(scope["method"], route, status, seconds)
+    logger.info(
+        "request",
+        extra={
+            "method": scope["method"],
+            "path": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+            "request_id": identifier,
+        },
+    )
 
 
 async def _drain(receive: Receive, more: bool) -> None:

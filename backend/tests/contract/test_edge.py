@@ -1,4 +1,4 @@
-"""The HTTP edge as frontends, proxies and generated clients meet it (specs/008):
+"""The HTTP edge as frontends, proxies and generated clients meet it (specs/009):
 CORS with credentials and the headers browsers send, the trailing-slash path served
 without a redirect, bodies without Content-Type, HEAD, and an OpenAPI document that
 generates clean clients."""
@@ -47,6 +47,25 @@ def test_preflight_accepts_headers_browsers_and_clients_send(
 
 def test_preflight_with_an_unlisted_header_is_refused(client: TestClient) -> None:
     assert _preflight(client, "x-something-else").status_code == 400
+
+
+@pytest.mark.parametrize("headers", ["authorization", "x-something-else"])
+def test_preflights_carry_a_request_id_like_every_response(
+    client: TestClient, headers: str
+) -> None:
+    """Accepted (200) or refused (400): answered by the CORS layer, outside the
+    one that gives other responses theirs."""
+    response = client.options(
+        tasks_url("u1"),
+        headers={
+            "Origin": FRONTEND,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": headers,
+            "X-Request-ID": "preflight-1",
+        },
+    )
+    assert response.headers["x-request-id"] == "preflight-1"
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 @pytest.mark.parametrize(

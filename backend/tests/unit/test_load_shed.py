@@ -53,7 +53,9 @@ async def test_requests_beyond_the_limit_get_503_until_one_finishes() -> None:
         start, body = await _call(app)
         assert start["status"] == 503
         assert (b"retry-after", b"1") in start["headers"]
-        assert json.loads(body["body"])["code"] == "overloaded"
+        error = json.loads(body["body"])
+        assert error["code"] == "overloaded"
+        assert (b"x-request-id", error["request_id"].encode()) in start["headers"]
         release.set()
     assert entered == 2
     assert app.in_flight == 0
