@@ -177,10 +177,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         settings = get_settings()
         self.max_connections = settings.HTTP_MAX_CONNECTIONS
         self.request_timeout = settings.HTTP_REQUEST_TIMEOUT
-        self.pipeline_full = False  # MAX_PIPELINED queued: reads no more requests
+        self.stopped = False  # reads no more: closes once what it has is answered
         self.reading_head = True  # not in a body: between requests, or in a head
         self.head_begun = False  # a request line has begun and its head not ended
-        self.head_bytes = 0
+        self.head_bytes = 0  # of the reads that fell wholly within the current head
+        self.head_size = 0  # of its request line and headers, as parsed
         self.heads_read = 0
         self.deadline: asyncio.TimerHandle | None = None
         # Armed while the client does not take what is written (writing paused).
@@ -211,24 +212,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.pipeline_full:
+        if self.stopped:
             return
         if self.deadline is None and not self.transport.is_closing():
             self._arm_deadline()  # the first byte of the next request
         was_reading_head, heads_read = self.reading_head, self.heads_read
         super().data_received(data)
-        if self.transport.is_closing() or self.pipeline_full:
+        if self.transport.is_closing() or self.stopped:
             return
         # Only a read that neither ended a head nor began one after a body counts
         # (a whole request with its body may come in one read).
         if was_reading_head and self.reading_head and self.heads_read == heads_read:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
-                self.refuse(HEAD_TOO_LARGE)
+                self._head_too_large()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.head_begun = True
+        self.head_size = 0
         if self.deadline is None:  # begun in the read that ended the last request
             self._arm_deadline()
 
@@ -242,15 +244,52 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             raise _StopReading  # e.g. after a refused body: start nothing more
         if len(self.pipeline) >= MAX_PIPELINED and not self.cycle.response_complete:
-            self.pipeline_full = True
-            self._disarm_deadline()
-            self.flow.pause_reading()
+            self._stop_reading()
             raise _StopReading
         self.reading_head = False
         self.head_begun = False
         self.head_bytes = 0
         self.heads_read += 1
         super().on_headers_complete()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_grows(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_grows(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def _head_grows(self, size: int) -> None:
+        """The head as parsed, for one that began in the read that ended the
+        request before it (which `data_received` cannot count)."""
+        self.head_size += size
+        if self.head_size > MAX_HEAD_BYTES:
+            self._head_too_large()
+            raise _StopReading
+
+    def _head_too_large(self) -> None:
+        """431 at once; but with requests of this connection still unanswered,
+        those are answered first (in order), then it is closed without one."""
+        if self.cycle is None or self.cycle.response_complete:
+            self.refuse(HEAD_TOO_LARGE)
+        else:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        self.stopped = True
+        self._disarm_deadline()
+        self.flow.pause_reading()
+
+    def _linger(self) -> None:
+        """Closes without a reset, which could destroy the responses just sent
+        before the client reads them: end of stream after them, then what the
+        client still sends is read and dropped (`data_received`, stopped) until
+        it closes, or for `request_timeout` at most."""
+        self._unset_keepalive_if_required()
+        self.transport.write_eof()
+        self.flow.resume_reading()
+        self.deadline = self.loop.call_later(self.request_timeout, self.transport.close)
 
     def on_message_complete(self) -> None:
         self.reading_head = True
@@ -263,16 +302,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.pipeline_full and not self.transport.is_closing():
+        if self.stopped and not self.transport.is_closing():
             if self.pipeline or not self.cycle.response_complete:
                 self.flow.pause_reading()  # uvicorn resumed it
             else:
-                self.transport.close()  # the last queued request is answered
+                self._linger()  # the last queued request is answered
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's text
         """The parser failed: the JSON error every error has (uvicorn's is plain
         text), unless the parse was stopped on purpose (`_StopReading`)."""
-        if not (self.pipeline_full or self.transport.is_closing()):
+        if not (self.stopped or self.transport.is_closing()):
             self.refuse(MALFORMED)
 
     def on_body(self, body: bytes) -> None:
