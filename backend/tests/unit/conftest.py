@@ -24,3 +24,9 @@ def developers_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for name in Settings.model_fields:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The async unit tests (`pytest.mark.anyio`) run on asyncio, as the app does."""
+    return "asyncio"

@@ -28,11 +28,6 @@ class Connection:
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _request() -> Any:
     return SimpleNamespace(scope={"state": {}})
 

@@ -12,11 +12,6 @@ from app.edge.middleware import LoadShedMiddleware
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 SCOPE: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
 
 

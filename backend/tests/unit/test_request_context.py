@@ -14,11 +14,6 @@ from app.edge.middleware import RequestContextMiddleware
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 SCOPE: Scope = {"type": "http", "method": "POST", "path": "/api/u/tasks", "headers": []}
 
 
