@@ -55,10 +55,13 @@ def server_process(
     database_url: str,
     port: int | None = None,
     command: Sequence[str] = (sys.executable, "-m", "app"),
+    log: str | None = None,
     **env: str,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Like running_server, and also yields the process (signals, exit codes).
-    `command` starts the server another way; `{port}` in it is replaced."""
+    `command` starts the server another way; `{port}` in it is replaced. Its
+    output is appended to the file at `log` if given (appended: a test reading
+    it moves no offset the server writes at)."""
     port = port or free_port()
     environment = {
         **os.environ,
@@ -71,16 +74,16 @@ def server_process(
     }
     base_url = f"http://127.0.0.1:{port}"
     # Output goes to a file, not a pipe: a full pipe would block the server.
-    with tempfile.TemporaryFile() as log:
+    with tempfile.TemporaryFile() if log is None else open(log, "a+b") as output:
         process = subprocess.Popen(
             [part.replace("{port}", str(port)) for part in command],
             cwd=BACKEND,
             env=environment,
-            stdout=log,
+            stdout=output,
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_until_up(base_url, process, log)
+            _wait_until_up(base_url, process, output)
             yield base_url, process
         finally:
             if process.poll() is None:
@@ -90,6 +93,18 @@ def server_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def logs_no_traceback(log: Path) -> Iterator[None]:
+    """Asserts that the server writing to `log` logs no exception while the
+    block runs: whatever a client does, no request produces a stack trace."""
+    size = log.stat().st_size
+    yield
+    time.sleep(0.1)  # what it logs as the block ends
+    with log.open("rb") as output:
+        output.seek(size)
+        assert b"Traceback" not in output.read()
 
 
 def _wait_until_up(

@@ -84,8 +84,9 @@ class _StopReading(Exception):
 class Admission:
     """The worker's requests: at most `active` running in the app at once; the next
     ones wait, parsed but not started (no task, no coroutine frames: a few KB each
-    instead of ~24 KB), and start in arrival order as running ones finish. One whose
-    client hung up while it waited is withdrawn (never started, no longer counted).
+    instead of ~24 KB), and start in arrival order as running ones finish. A
+    connection has at most one waiting (the next starts only once it is answered);
+    one whose client hung up withdraws it (never started, no longer counted).
     Past `in_flight` running and waiting, a request starts at once marked to be shed
     (`SHED`), so the app answers it 503 `overloaded` as it answers any (CORS headers,
     request id). When the server cancels what runs (its graceful shutdown timed
@@ -132,10 +133,10 @@ class Admission:
 
         protocol.start(cycle, then_next)
 
-    def withdraw(self, cycle: RequestResponseCycle) -> None:
-        """Its client hung up: if it is waiting, it leaves the queue."""
+    def withdraw(self, protocol: "BoundedHttpToolsProtocol") -> None:
+        """Its client hung up: the request it has waiting leaves the queue."""
         for entry in self.waiting:
-            if entry[1] is cycle:
+            if entry[0] is protocol:
                 self.waiting.remove(entry)
                 return
 
@@ -143,7 +144,7 @@ class Admission:
         self.running -= 1
         if stopping:
             while self.waiting:
-                self.waiting.popleft()[0].refuse(TOO_MANY_CONNECTIONS)
+                self.waiting.popleft()[0].close_with(TOO_MANY_CONNECTIONS)
         while self.waiting and self.running < self.active:
             self._start(*self.waiting.popleft())
 
@@ -191,11 +192,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.unread: tuple[RequestResponseCycle, ASGI3Application] | None = None
         # Bytes read and dropped of a body refused (413) before the app had it.
         self.discarded: int | None = None
+        # The last request handed to admission, and the last started in the app:
+        # the same one unless it waits. Either is this connection's oldest request
+        # unanswered, if any (uvicorn's `cycle` is the last one parsed).
+        self.admitted: RequestResponseCycle | None = None
+        self.started: RequestResponseCycle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            self.refuse(TOO_MANY_CONNECTIONS)
+            self.close_with(TOO_MANY_CONNECTIONS)
             return
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
@@ -203,8 +209,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_deadline()
-        if self.admission.waiting and self.cycle is not None:
-            self.admission.withdraw(self.cycle)
+        if self._waits():
+            self.admission.withdraw(self)
+        if self.admitted is not None and not self.admitted.response_complete:
+            # uvicorn tells the last request parsed, not this one if it pipelined
+            self.admitted.disconnected = True
+            self.admitted.message_event.set()
         self._resumed()
         # uvicorn cancels it only on a clean close; a reset one would keep this
         # protocol alive until the timer fired.
@@ -225,7 +235,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if was_reading_head and self.reading_head and self.heads_read == heads_read:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
-                self._head_too_large()
+                self.refuse(HEAD_TOO_LARGE)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -251,6 +261,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.heads_read += 1
         super().on_headers_complete()
+        if self._waits():
+            # uvicorn stops reading while a request is queued behind the one in
+            # progress; while that one waits, reading goes on so that a client
+            # hanging up is seen and its request withdrawn (MAX_PIPELINED bounds it)
+            self.flow.resume_reading()
 
     def on_url(self, url: bytes) -> None:
         self._head_grows(len(url))
@@ -265,27 +280,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         request before it (which `data_received` cannot count)."""
         self.head_size += size
         if self.head_size > MAX_HEAD_BYTES:
-            self._head_too_large()
+            self.refuse(HEAD_TOO_LARGE)
             raise _StopReading
 
-    def _head_too_large(self) -> None:
-        """431 at once; but with requests of this connection still unanswered,
-        those are answered first (in order), then it is closed without one."""
-        if self.cycle is None or self.cycle.response_complete:
-            self.refuse(HEAD_TOO_LARGE)
-        else:
-            self._stop_reading()
-
     def _stop_reading(self) -> None:
+        """Reads no more; closes once the requests read whole are answered (a
+        queued one whose body is not whole is dropped: it never will be)."""
         self.stopped = True
         self._disarm_deadline()
         self.flow.pause_reading()
+        if self.pipeline and self.pipeline[0][0].more_body:
+            self.pipeline.popleft()
 
     def _linger(self) -> None:
         """Closes without a reset, which could destroy the responses just sent
         before the client reads them: end of stream after them, then what the
         client still sends is read and dropped (`data_received`, stopped) until
         it closes, or for `request_timeout` at most."""
+        self.stopped = True
         self._unset_keepalive_if_required()
         self.transport.write_eof()
         self.flow.resume_reading()
@@ -295,15 +307,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.reading_head = True
         self._disarm_deadline()
         if self.discarded is not None:  # the refused body is read: now close
-            self.transport.close()
-            return
+            self._linger()
+            raise _StopReading  # what follows in this read is not a request
         super().on_message_complete()
         self._submit_unread()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.stopped and not self.transport.is_closing():
-            if self.pipeline or not self.cycle.response_complete:
+            if self._unanswered():
                 self.flow.pause_reading()  # uvicorn resumed it
             else:
                 self._linger()  # the last queued request is answered
@@ -328,9 +340,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_body(body)
         if self.unread is not None and len(self.unread[0].body) > MAX_BODY_BYTES:
+            self.unread[0].body = bytearray()
             self.unread = None
             self.discarded = 0
             self.transport.write(BODY_TOO_LARGE)
+            self.flow.resume_reading()  # uvicorn stops at HIGH_WATER_LIMIT
 
     def _start_asgi_task(
         self, cycle: RequestResponseCycle, app: ASGI3Application
@@ -347,16 +361,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.write(CONTINUE)
             self.unread = (cycle, app)
         else:
-            self.admission.submit(self, cycle, app)
+            self._admit(cycle, app)
 
     def _submit_unread(self) -> None:
         if self.unread is not None:
             cycle, app = self.unread
             self.unread = None
-            self.admission.submit(self, cycle, app)
+            self._admit(cycle, app)
+
+    def _admit(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self.admitted = cycle
+        self.admission.submit(self, cycle, app)
 
     def start(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self.started = cycle
         super()._start_asgi_task(cycle, app)
+
+    def _waits(self) -> bool:
+        """A request of this connection waits for admission."""
+        return self.admitted is not self.started
+
+    def _unanswered(self) -> bool:
+        """A request of this connection read whole is not answered yet."""
+        return self.admitted is not None and not self.admitted.response_complete
 
     def pause_writing(self) -> None:
         """The client is not taking the response: unless it takes some within
@@ -387,17 +414,32 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _timed_out(self) -> None:
         """A head that never completed gets a 408; a body that stopped coming is
-        cut off (the app, already running, sees the client disconnect)."""
+        cut off (the app, already running, sees the client disconnect). Not while
+        requests are queued behind the one in progress: uvicorn reads nothing
+        then, so the time is not the client's."""
         self.deadline = None
         if self.transport.is_closing():
             return
-        if self.reading_head and (self.head_bytes or self.head_begun):
+        if self.pipeline:
+            self._arm_deadline()
+        elif self.reading_head and (self.head_bytes or self.head_begun):
             self.refuse(TIMED_OUT)
         else:
             self.transport.close()
 
     def refuse(self, response: bytes) -> None:
-        """A canned error response, and the connection closed."""
+        """A canned error response to the request being read, and the connection
+        closed; but with requests read before it still unanswered, it would
+        overtake their responses: those are answered first, in order, and then
+        the connection is closed without it."""
+        if self._unanswered():
+            self._stop_reading()
+        else:
+            self.close_with(response)
+
+    def close_with(self, response: bytes) -> None:
+        """A canned response, and the connection closed."""
         self._disarm_deadline()
-        self.transport.write(response)
-        self.transport.close()
+        if not self.transport.is_closing():  # uvloop raises on writing to a closed one
+            self.transport.write(response)
+            self.transport.close()

@@ -11,24 +11,37 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import Engine, text
 
 from tests.factories import new_user_id
-from tests.server import running_server
+from tests.server import logs_no_traceback, server_process
 
 
 @pytest.fixture(scope="module")
-def base_url(database_url: str, engine: Engine) -> Iterator[str]:
-    with running_server(
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("admission") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def base_url(database_url: str, engine: Engine, server_log: Path) -> Iterator[str]:
+    with server_process(
         database_url,
+        log=str(server_log),
         HTTP_MAX_ACTIVE="1",
         HTTP_MAX_IN_FLIGHT="3",
         HTTP_REQUEST_TIMEOUT="2",
-    ) as base_url:
+    ) as (base_url, _):
         yield base_url
+
+
+@pytest.fixture(autouse=True)
+def no_stack_traces(base_url: str, server_log: Path) -> Iterator[None]:
+    with logs_no_traceback(server_log):
+        yield
 
 
 def _send(base_url: str, request: bytes) -> socket.socket:
@@ -55,9 +68,9 @@ def _answered_within(sock: socket.socket, seconds: float) -> bool:
 
 
 @contextmanager
-def _one_request_running(base_url: str, engine: Engine) -> Iterator[socket.socket]:
-    """The one running request: a toggle waiting on a row lock the test holds,
-    released when the block ends. Yields its socket."""
+def _slow_request(base_url: str, engine: Engine) -> Iterator[bytes]:
+    """Yields a toggle that, once sent, runs until the block ends: it waits on a
+    row lock the test holds."""
     user = new_user_id()
     task = httpx.post(f"{base_url}/api/{user}/tasks", json={"title": "held"}).json()
     with engine.connect() as admin, admin.begin():
@@ -65,18 +78,32 @@ def _one_request_running(base_url: str, engine: Engine) -> Iterator[socket.socke
             text("SELECT 1 FROM task WHERE user_id = :u AND id = :i FOR UPDATE"),
             {"u": user, "i": task["id"]},
         )
-        running = _send(
-            base_url,
-            f"PATCH /api/{user}/tasks/{task['id']}/complete HTTP/1.1\r\n"
-            "Host: t\r\nContent-Length: 0\r\n\r\n".encode(),
-        )
-        time.sleep(0.3)  # it has started, and waits for the lock
         try:
-            yield running
+            yield (
+                f"PATCH /api/{user}/tasks/{task['id']}/complete HTTP/1.1\r\n"
+                "Host: t\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
         finally:
             admin.rollback()
+
+
+@contextmanager
+def _one_request_running(base_url: str, engine: Engine) -> Iterator[socket.socket]:
+    """The one running request, until the block ends. Yields its socket."""
+    with _slow_request(base_url, engine) as slow:
+        running = _send(base_url, slow)
+        time.sleep(0.3)  # it has started, and waits for the lock
+        yield running
     assert _response(running)[0] == 200
     running.close()
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -164,15 +191,17 @@ def test_a_client_that_stops_reading_its_responses_frees_its_running_place(
             assert _response(next_request)[0] == 200
 
 
+@pytest.mark.parametrize("sent", [HEALTH, HEALTH * 2], ids=["one", "pipelined"])
 def test_waiting_requests_whose_clients_hung_up_no_longer_count(
-    base_url: str, engine: Engine
+    base_url: str, engine: Engine, sent: bytes
 ) -> None:
     """With one running and room for two more: two clients that left while
     waiting free their places, so the next request waits and is served (it was
-    refused 503 overloaded before)."""
+    refused 503 overloaded before). Pipelining clients too: uvicorn reads nothing
+    while a request is queued, so their hang-up went unseen."""
     with _one_request_running(base_url, engine):
         for _ in range(2):
-            _send(base_url, HEALTH).close()
+            _send(base_url, sent).close()
         time.sleep(0.2)
         live = _send(base_url, HEALTH)
         assert not _answered_within(live, 0.3)  # waiting, not refused
@@ -218,3 +247,75 @@ def test_a_chunked_body_past_the_cap_is_refused_without_a_running_place(
         with _send(base_url, HEALTH) as next_request:
             assert _answered_within(next_request, 1)
             assert _response(next_request)[0] == 200
+
+
+def test_a_chunked_body_past_the_cap_is_read_to_its_end_after_the_413(
+    base_url: str,
+) -> None:
+    """The rest of a refused body is read and dropped (up to 1 MiB), then the
+    connection ends cleanly: the client, still sending, is not reset and reads
+    its 413 (reading had stopped at uvicorn's 64 KiB mark, and the request
+    deadline reset the connection)."""
+    chunks = b"".join(b"%x\r\n%s\r\n" % (50_000, b"x" * 50_000) for _ in range(16))
+    with _send(
+        base_url,
+        b"POST /api/someone/tasks HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunks
+        + b"0\r\n\r\n",
+    ) as sock:
+        response = _read_all(sock)
+    assert response.startswith(b"HTTP/1.1 413 ")
+    assert response.count(b"HTTP/1.1 ") == 1
+
+
+def test_a_request_queued_behind_a_slow_one_is_read_when_its_turn_comes(
+    base_url: str, engine: Engine
+) -> None:
+    """A POST with `Expect: 100-continue` pipelined behind a request that runs
+    past HTTP_REQUEST_TIMEOUT (2 s here): it is told to go on when its turn
+    comes, and its time in the queue is not counted against it (the deadline
+    closed the connection under the slow request)."""
+    body = json.dumps({"title": "queued"}).encode()
+    post = (
+        f"POST /api/{new_user_id()}/tasks HTTP/1.1\r\nHost: t\r\n"
+        "Content-Type: application/json\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with _slow_request(base_url, engine) as slow:
+        sock = _send(base_url, slow + post)
+        time.sleep(2.5)
+    with sock:
+        response = b""
+        while not response.endswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, response
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(body)
+        status, created = _response(sock)
+    assert status == 201
+    assert json.loads(created)["title"] == "queued"
+
+
+@pytest.mark.parametrize(
+    "trailing",
+    [
+        b"GET /health HTTP/1.1\r\nHo",  # stops coming: 408 at the deadline
+        b"POST /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["stalled head", "malformed body"],
+)
+def test_an_error_behind_an_unanswered_request_does_not_overtake_it(
+    base_url: str, engine: Engine, trailing: bytes
+) -> None:
+    """A request that fails behind a slow one: its error (408, 400) would be read
+    as the slow one's response. The slow one is answered, then the connection is
+    closed without the error (it was written first)."""
+    with _slow_request(base_url, engine) as slow:
+        sock = _send(base_url, slow + trailing)
+        time.sleep(2.5)
+    with sock:
+        response = _read_all(sock)
+    assert response.startswith(b"HTTP/1.1 200 ")
+    assert response.count(b"HTTP/1.1 ") == 1

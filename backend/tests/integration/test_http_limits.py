@@ -9,12 +9,13 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.server import server_process
+from tests.server import logs_no_traceback, server_process
 
 LIMITS = {
     "HTTP_REQUEST_TIMEOUT": "1",
@@ -24,9 +25,25 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def server(database_url: str, engine: object) -> Iterator[tuple[str, int]]:
-    with server_process(database_url, None, **LIMITS) as (base_url, process):
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("limits") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(
+    database_url: str, engine: object, server_log: Path
+) -> Iterator[tuple[str, int]]:
+    with server_process(database_url, None, log=str(server_log), **LIMITS) as (
+        base_url,
+        process,
+    ):
         yield base_url, process.pid
+
+
+@pytest.fixture(autouse=True)
+def no_stack_traces(server: tuple[str, int], server_log: Path) -> Iterator[None]:
+    with logs_no_traceback(server_log):
+        yield
 
 
 def _connect(base_url: str) -> socket.socket:

@@ -12,7 +12,7 @@ from app.edge.protocol import TOO_MANY_CONNECTIONS, Admission, BoundedHttpToolsP
 
 
 class Connection:
-    """What admission uses of a protocol: start a request, or refuse it."""
+    """What admission uses of a protocol: start a request, or close with a response."""
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
@@ -21,7 +21,7 @@ class Connection:
     def start(self, _cycle: Any, app: Any) -> None:
         self.task = asyncio.ensure_future(app({}, None, None))
 
-    def refuse(self, response: bytes) -> None:
+    def close_with(self, response: bytes) -> None:
         self.refused = response
 
 
