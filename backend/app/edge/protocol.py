@@ -1,7 +1,8 @@
 """uvicorn's httptools protocol with the limits it lacks: a bounded request head,
 a deadline for reading a request and for a client to take its response, a bound on
 pipelined requests, a cap on open connections per worker, admission of requests
-into the app, and JSON for a request that is not HTTP.
+into the app, JSON for a request that is not HTTP, and the body of a request that
+offers HTTP/2 (`Upgrade: h2c`), which uvicorn lost.
 
 uvicorn alone reads a request head of any size (a 64 MiB header is parsed and
 kept), waits forever for a head that trickles in or never comes, and accepts
@@ -15,6 +16,7 @@ from collections import deque
 from functools import cache
 from typing import Any, cast
 
+import httptools
 from starlette.types import Scope
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable
 from uvicorn._types import Scope as UvicornScope
@@ -48,6 +50,9 @@ MAX_HEAD_BYTES = 32 * 1024
 # Requests a connection may queue behind the one in progress (pipelining clients
 # send a handful; browsers none).
 MAX_PIPELINED = 16
+# What a request offering to switch protocols carries for it (an HTTP/2 offer:
+# `Upgrade: h2c`, `HTTP2-Settings`, and both named in `Connection`).
+UPGRADE_HEADERS = frozenset({b"upgrade", b"http2-settings"})
 
 
 def canned_response(error: AppError) -> bytes:
@@ -197,6 +202,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # unanswered, if any (uvicorn's `cycle` is the last one parsed).
         self.admitted: RequestResponseCycle | None = None
         self.started: RequestResponseCycle | None = None
+        # The head just parsed offered a protocol switch (see `_feed`).
+        self.upgrade_offered = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -227,7 +234,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.deadline is None and not self.transport.is_closing():
             self._arm_deadline()  # the first byte of the next request
         was_reading_head, heads_read = self.reading_head, self.heads_read
-        super().data_received(data)
+        self._feed(data)
         if self.transport.is_closing() or self.stopped:
             return
         # Only a read that neither ended a head nor began one after a body counts
@@ -236,6 +243,44 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
                 self.refuse(HEAD_TOO_LARGE)
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's parsing of a read, but for a request that offers to switch
+        protocols (Java's HttpClient and RestClient, Ktor and `curl --http2` offer
+        HTTP/2 as `Upgrade: h2c` on ordinary requests): no switch is made, so it is
+        served as HTTP/1.1, as if the offer were not there (RFC 9110, 7.8). The
+        parser skips the body of such a request and stops after its head (uvicorn
+        ran it with an empty body, lost what followed, and logged a warning about
+        WebSocket libraries): its head is parsed again without the offer, followed
+        by the rest of the read."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self.upgrade_offered:
+                self.upgrade_offered = False
+                self._feed(self._head_without_upgrade() + data[upgrade.args[0] :])
+        except httptools.HttpParserError:
+            self.send_400_response("")
+
+    def _head_without_upgrade(self) -> bytes:
+        head = [
+            b"%s %s HTTP/%s\r\n"
+            % (
+                self.parser.get_method(),
+                self.url,
+                self.parser.get_http_version().encode(),
+            )
+        ]
+        for name, value in self.headers:
+            if name == b"connection":
+                tokens = [t.strip() for t in value.split(b",")]
+                value = b", ".join(
+                    t for t in tokens if t.lower() not in UPGRADE_HEADERS
+                )
+            if name not in UPGRADE_HEADERS and value:
+                head.append(b"%s: %s\r\n" % (name, value))
+        return b"".join([*head, b"\r\n"])
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -251,6 +296,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         millions (GBs). Past MAX_PIPELINED queued, the connection reads nothing
         more and is closed once the queued ones are answered; a client retries
         the rest, as it must when a server closes a pipelined connection."""
+        if self.parser.should_upgrade() and self.parser.get_method() != b"CONNECT":
+            self.upgrade_offered = True  # parsed again without it (`_feed`)
+            return
         if self.transport.is_closing():
             raise _StopReading  # e.g. after a refused body: start nothing more
         if len(self.pipeline) >= MAX_PIPELINED and not self.cycle.response_complete:
@@ -304,6 +352,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.deadline = self.loop.call_later(self.request_timeout, self.transport.close)
 
     def on_message_complete(self) -> None:
+        if self.upgrade_offered:
+            return
         self.reading_head = True
         self._disarm_deadline()
         if self.discarded is not None:  # the refused body is read: now close
@@ -324,6 +374,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The parser failed: the JSON error every error has (uvicorn's is plain
         text), unless the parse was stopped on purpose (`_StopReading`)."""
         if not (self.stopped or self.transport.is_closing()):
+            self.logger.warning("Invalid HTTP request received.")
             self.refuse(MALFORMED)
 
     def on_body(self, body: bytes) -> None:

@@ -1,6 +1,8 @@
 """Journeys against a real uvicorn process over a socket, with committed data."""
 
 import contextlib
+import http.client
+import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -122,3 +124,36 @@ def test_declared_length_over_64_kib_is_413_before_reading(server: str) -> None:
 
 def test_responses_carry_no_server_banner(server: str) -> None:
     assert "server" not in httpx.get(server + "/health").headers
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_request_offering_http2_is_served_as_http_1_1_with_its_body(
+    server: str, chunked: bool
+) -> None:
+    """Java's HttpClient and RestClient, Ktor and `curl --http2` offer HTTP/2
+    (`Upgrade: h2c`) on ordinary requests. The offer is ignored: the request is
+    served with its body, whether it comes with the head or after it, and the
+    connection goes on (the body was dropped: 400 invalid_json, or a chunked
+    one read as a malformed request)."""
+    user = new_user_id()
+    body = json.dumps({"title": "offered h2c"}).encode()
+    connection = http.client.HTTPConnection(server.removeprefix("http://"))
+    connection.request(
+        "POST",
+        f"/api/{user}/tasks",
+        iter([body]) if chunked else body,
+        headers={
+            "Content-Type": "application/json",
+            "Connection": "Upgrade, HTTP2-Settings",
+            "Upgrade": "h2c",
+            "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA",
+        },
+        encode_chunked=chunked,
+    )
+    response = connection.getresponse()
+    assert response.status == 201, response.read()
+    assert json.loads(response.read())["title"] == "offered h2c"
+    connection.request("GET", f"/api/{user}/tasks")
+    listed = connection.getresponse()
+    assert [t["title"] for t in json.loads(listed.read())] == ["offered h2c"]
+    connection.close()
