@@ -95,12 +95,14 @@ class Admission:
     Past `in_flight` running and waiting, a request starts at once marked to be shed
     (`SHED`), so the app answers it 503 `overloaded` as it answers any (CORS headers,
     request id). When the server cancels what runs (its graceful shutdown timed
-    out), nothing more starts: the waiting get 503 and are closed."""
+    out), nothing more starts: the waiting, and any request read after, get 503
+    and are closed."""
 
     def __init__(self, active: int, in_flight: int) -> None:
         self.active = active
         self.in_flight = in_flight
         self.running = 0
+        self.stopping = False
         self.waiting: deque[
             tuple[BoundedHttpToolsProtocol, RequestResponseCycle, ASGI3Application]
         ] = deque()
@@ -111,7 +113,9 @@ class Admission:
         cycle: RequestResponseCycle,
         app: ASGI3Application,
     ) -> None:
-        if self.running < self.active:
+        if self.stopping:
+            protocol.close_with(TOO_MANY_CONNECTIONS)
+        elif self.running < self.active:
             self._start(protocol, cycle, app)
         elif self.running + len(self.waiting) < self.in_flight:
             self.waiting.append((protocol, cycle, app))
@@ -148,6 +152,7 @@ class Admission:
     def _finished(self, *, stopping: bool) -> None:
         self.running -= 1
         if stopping:
+            self.stopping = True
             while self.waiting:
                 self.waiting.popleft()[0].close_with(TOO_MANY_CONNECTIONS)
         while self.waiting and self.running < self.active:
@@ -207,6 +212,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Writing pauses as soon as the kernel takes no more, so the stall timer
+        # runs whatever is left unsent (below uvicorn's 64 KiB mark a connection
+        # closing after its response waited forever for a client not reading).
+        transport.set_write_buffer_limits(high=0)
         if len(self.connections) > self.max_connections:
             self.close_with(TOO_MANY_CONNECTIONS)
             return
@@ -236,6 +245,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         was_reading_head, heads_read = self.reading_head, self.heads_read
         self._feed(data)
         if self.transport.is_closing() or self.stopped:
+            return
+        if self.pipeline and self._waits():
+            # requests queued behind one waiting for admission: this connection
+            # is served no more than those (`_stop_reading`)
+            self._stop_reading()
             return
         # Only a read that neither ended a head nor began one after a body counts
         # (a whole request with its body may come in one read).
@@ -299,8 +313,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.parser.should_upgrade() and self.parser.get_method() != b"CONNECT":
             self.upgrade_offered = True  # parsed again without it (`_feed`)
             return
-        if self.transport.is_closing():
-            raise _StopReading  # e.g. after a refused body: start nothing more
         if len(self.pipeline) >= MAX_PIPELINED and not self.cycle.response_complete:
             self._stop_reading()
             raise _StopReading
@@ -309,11 +321,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.heads_read += 1
         super().on_headers_complete()
-        if self._waits():
-            # uvicorn stops reading while a request is queued behind the one in
-            # progress; while that one waits, reading goes on so that a client
-            # hanging up is seen and its request withdrawn (MAX_PIPELINED bounds it)
-            self.flow.resume_reading()
 
     def on_url(self, url: bytes) -> None:
         self._head_grows(len(url))
@@ -332,11 +339,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _StopReading
 
     def _stop_reading(self) -> None:
-        """Reads no more; closes once the requests read whole are answered (a
-        queued one whose body is not whole is dropped: it never will be)."""
+        """Reads no more requests; closes once those read whole are answered (a
+        queued one whose body is not whole is dropped: it never will be). While
+        one waits for admission, what the client sends is still read and dropped,
+        so that its hanging up is seen and the waiting request withdrawn."""
         self.stopped = True
         self._disarm_deadline()
-        self.flow.pause_reading()
+        if self._waits():
+            self.flow.resume_reading()
+        else:
+            self.flow.pause_reading()
         if self.pipeline and self.pipeline[0][0].more_body:
             self.pipeline.popleft()
 
@@ -364,11 +376,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.stopped and not self.transport.is_closing():
-            if self._unanswered():
-                self.flow.pause_reading()  # uvicorn resumed it
-            else:
+        if self.transport.is_closing():
+            return
+        if self.stopped:
+            if not self._unanswered():
                 self._linger()  # the last queued request is answered
+            elif not self._waits():
+                self.flow.pause_reading()  # uvicorn resumed it
+        elif self.unread is not None:
+            # a queued request whose body is still coming: its time in the queue
+            # was not the client's, so its deadline starts now
+            self._disarm_deadline()
+            self._arm_deadline()
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's text
         """The parser failed: the JSON error every error has (uvicorn's is plain
@@ -388,6 +407,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.discarded += len(body)
             if self.discarded > MAX_DRAIN_BYTES:
                 self.transport.close()
+                raise _StopReading
             return
         super().on_body(body)
         if self.unread is not None and len(self.unread[0].body) > MAX_BODY_BYTES:
@@ -426,6 +446,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def start(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self.started = cycle
+        if self.stopped:
+            self.flow.pause_reading()  # read only while it waited (`_stop_reading`)
         super()._start_asgi_task(cycle, app)
 
     def _waits(self) -> bool:
@@ -437,9 +459,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return self.admitted is not None and not self.admitted.response_complete
 
     def pause_writing(self) -> None:
-        """The client is not taking the response: unless it takes some within
-        `request_timeout`, the connection is dropped, so the request (waiting to
-        write) ends and frees its running place rather than holding it forever."""
+        """The client is not taking the response: unless it takes what is
+        pending within `request_timeout`, the connection is dropped, so the
+        request (waiting to write) ends and frees its running place rather than
+        holding it forever."""
         super().pause_writing()
         if self.stalled is None:
             self.stalled = self.loop.call_later(

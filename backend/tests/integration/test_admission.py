@@ -191,7 +191,9 @@ def test_a_client_that_stops_reading_its_responses_frees_its_running_place(
             assert _response(next_request)[0] == 200
 
 
-@pytest.mark.parametrize("sent", [HEALTH, HEALTH * 2], ids=["one", "pipelined"])
+@pytest.mark.parametrize(
+    "sent", [HEALTH, HEALTH * 2, HEALTH * 20], ids=["one", "pipelined", "past the cap"]
+)
 def test_waiting_requests_whose_clients_hung_up_no_longer_count(
     base_url: str, engine: Engine, sent: bytes
 ) -> None:
@@ -274,8 +276,9 @@ def test_a_request_queued_behind_a_slow_one_is_read_when_its_turn_comes(
 ) -> None:
     """A POST with `Expect: 100-continue` pipelined behind a request that runs
     past HTTP_REQUEST_TIMEOUT (2 s here): it is told to go on when its turn
-    comes, and its time in the queue is not counted against it (the deadline
-    closed the connection under the slow request)."""
+    comes, and its deadline starts then, not when it was queued (the deadline
+    closed the connection under the slow request, and later cut a body sent
+    1 s after the 100 Continue)."""
     body = json.dumps({"title": "queued"}).encode()
     post = (
         f"POST /api/{new_user_id()}/tasks HTTP/1.1\r\nHost: t\r\n"
@@ -284,7 +287,7 @@ def test_a_request_queued_behind_a_slow_one_is_read_when_its_turn_comes(
     ).encode()
     with _slow_request(base_url, engine) as slow:
         sock = _send(base_url, slow + post)
-        time.sleep(2.5)
+        time.sleep(3.5)
     with sock:
         response = b""
         while not response.endswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
@@ -292,6 +295,7 @@ def test_a_request_queued_behind_a_slow_one_is_read_when_its_turn_comes(
             assert chunk, response
             response += chunk
         assert response.startswith(b"HTTP/1.1 200 ")
+        time.sleep(1)
         sock.sendall(body)
         status, created = _response(sock)
     assert status == 201
@@ -319,3 +323,22 @@ def test_an_error_behind_an_unanswered_request_does_not_overtake_it(
         response = _read_all(sock)
     assert response.startswith(b"HTTP/1.1 200 ")
     assert response.count(b"HTTP/1.1 ") == 1
+
+
+def test_requests_queued_behind_a_waiting_one_stop_the_reading(
+    base_url: str, engine: Engine
+) -> None:
+    """A pipelining client whose request waits for admission: what it sends
+    after the requests already queued is not read (it was, one read after
+    another, kept in memory until the queue reached its cap). The requests read
+    are answered, then the connection is closed; the client retries the rest."""
+    with _one_request_running(base_url, engine):
+        sock = _send(base_url, HEALTH)
+        time.sleep(0.2)
+        sock.sendall(HEALTH)
+        time.sleep(0.2)
+        sock.sendall(HEALTH)
+        time.sleep(0.2)
+    with sock:
+        response = _read_all(sock)
+    assert response.count(b"HTTP/1.1 200 ") == 2

@@ -275,3 +275,54 @@ def test_connections_beyond_the_cap_get_503_and_the_rest_are_served(
             sock.close()
     time.sleep(0.2)
     assert httpx.get(base_url + "/health").status_code == 200
+
+
+def _server_send_queue(server_port: int, client_port: int) -> int | None:
+    """Bytes the server's kernel holds unsent on the connection from
+    `client_port`, or None once the server has no such connection."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == server_port and (
+            int(remote.split(":")[1], 16) == client_port
+        ):
+            return int(fields[4].split(":")[0], 16)
+    return None
+
+
+def test_a_connection_closing_on_a_client_that_reads_nothing_is_dropped(
+    server: tuple[str, int],
+) -> None:
+    """Responses the client never reads fill the kernel's buffers, then a
+    `Connection: close` request: its response, and what was left of the one
+    before, wait to be written. With less than 64 KiB left, writing never
+    paused, and the connection waited forever to close (one of
+    HTTP_MAX_CONNECTIONS held for good); it is dropped once writing has made
+    no progress for HTTP_REQUEST_TIMEOUT (1 s here)."""
+    base_url, pid = server
+    host, port = base_url.removeprefix("http://").split(":")
+    size = len(httpx.get(f"{base_url}/openapi.json").content)
+    assert size < 64 * 1024
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect((host, int(port)))
+    client_port = reader.getsockname()[1]
+    with reader:
+        queued = 0
+        for _ in range(500):  # until the kernel takes no more of a response
+            reader.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.05)
+            now = _server_send_queue(int(port), client_port)
+            assert now is not None
+            if queued and now - queued < size // 2:
+                break
+            queued = now
+        else:
+            pytest.fail("the kernel took every response")
+        reader.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        worker, deadline = psutil.Process(pid), time.monotonic() + 4
+        while any(
+            c.raddr and c.raddr.port == client_port for c in worker.net_connections()
+        ):
+            assert time.monotonic() < deadline, "the connection was kept"
+            time.sleep(0.1)

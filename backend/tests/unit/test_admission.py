@@ -54,3 +54,21 @@ async def test_requests_waiting_when_the_running_ones_are_cancelled_are_refused(
     assert waiting.task is None
     assert waiting.refused == TOO_MANY_CONNECTIONS
     assert not admission.waiting
+
+
+async def test_a_request_read_after_the_running_ones_are_cancelled_is_refused() -> None:
+    admission = Admission(active=1, in_flight=10)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(60)
+
+    running, late = Connection(), Connection()
+    admission.submit(cast(BoundedHttpToolsProtocol, running), _request(), app)
+    await asyncio.sleep(0)
+    assert running.task is not None
+    running.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running.task
+    admission.submit(cast(BoundedHttpToolsProtocol, late), _request(), app)
+    assert late.task is None
+    assert late.refused == TOO_MANY_CONNECTIONS
