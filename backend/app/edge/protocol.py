@@ -388,6 +388,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # was not the client's, so its deadline starts now
             self._disarm_deadline()
             self._arm_deadline()
+        elif self.cycle.response_complete and self.reading_head and not self.head_begun:
+            self._forget_answered()  # idle: not in a body, no next head begun
+
+    def _forget_answered(self) -> None:
+        """The connection is idle: its last request is answered and no other
+        has begun. What that request held (its scope, with what the app added,
+        and its body: ~6 KB) goes now, not when the client next sends one."""
+        self.admitted = self.started = None
+        self.cycle = None  # type: ignore[assignment]
+        self.scope = None  # type: ignore[assignment]
+        self.headers = None  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's text
         """The parser failed: the JSON error every error has (uvicorn's is plain
