@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
+from app.services.task_service import SWEEP_EVERY
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import running_server
 
@@ -190,17 +191,23 @@ def _tombstones(engine: Engine, user: str) -> int:
         return int(count.scalar_one())
 
 
+def _delete_tasks(client: TestClient, user: str, count: int) -> None:
+    for _ in range(count):
+        client.delete(tasks_url(user, create_task(client, user)["id"]))
+
+
 def test_tombstones_are_kept_past_the_retention_then_swept(
     client: TestClient, engine: Engine
 ) -> None:
-    """Kept SYNC_RETENTION_DAYS (30) plus a day; a later delete sweeps them."""
+    """Kept SYNC_RETENTION_DAYS (30) plus a day, then swept by a later delete
+    (one in SWEEP_EVERY of a worker's deletes sweeps)."""
     user = new_user_id()
     client.delete(tasks_url(user, create_task(client, user)["id"]))
     _age_tombstone(engine, user, timedelta(days=30, hours=23))
     other = new_user_id()
-    client.delete(tasks_url(other, create_task(client, other)["id"]))
+    _delete_tasks(client, other, SWEEP_EVERY)
     assert _tombstones(engine, user) == 1
     _age_tombstone(engine, user, timedelta(days=31, minutes=1))
-    client.delete(tasks_url(other, create_task(client, other)["id"]))
+    _delete_tasks(client, other, SWEEP_EVERY)
     assert _tombstones(engine, user) == 0
-    assert _tombstones(engine, other) == 2
+    assert _tombstones(engine, other) == 2 * SWEEP_EVERY
