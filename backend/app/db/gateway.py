@@ -28,6 +28,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
 import asyncpg
@@ -87,6 +88,20 @@ _DRIVER_ERRORS = (
     asyncpg.exceptions.InternalClientError,  # a protocol left mid-operation
     OSError,
 )
+
+
+async def _read_timestamps_as_text(connection: Connection) -> None:
+    """`timestamptz` in PostgreSQL's text form, parsed by `fromisoformat`: asyncpg
+    builds a datetime from the binary form in Python (~0.55 us, a third of a
+    task row's decoding); PostgreSQL's text costs it ~0.1 us and the parse
+    ~0.15. The values are the same aware UTC datetimes, to the microsecond."""
+    await connection.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=datetime.isoformat,
+        decoder=datetime.fromisoformat,
+        format="text",
+    )
 
 
 def _rows(records: list[asyncpg.Record]) -> list[dict[str, Any]]:
@@ -184,19 +199,26 @@ class Database:
         """Create the pool. No connection is opened until one is needed, so a
         worker starts (and answers /health with 503) while the database is down."""
         settings = self._settings
-        server_settings = {"application_name": "task-api"}
+        # Timestamps travel as ISO text in UTC (`_read_timestamps_as_text`).
+        server_settings = {
+            "application_name": "task-api",
+            "TimeZone": "UTC",
+            "DateStyle": "ISO",
+        }
         if settings.DB_STATEMENT_TIMEOUT_MS:
             server_settings["statement_timeout"] = str(settings.DB_STATEMENT_TIMEOUT_MS)
         connect_args = {"timeout": 5, **self._url.connect_args}
         statement_cache_size = self._statement_cache_size()
 
-        def connect() -> Awaitable[Connection]:
-            return asyncpg.connect(
+        async def connect() -> Connection:
+            connection: Connection = await asyncpg.connect(
                 self._url.dsn,
                 statement_cache_size=statement_cache_size,
                 server_settings=server_settings,
                 **connect_args,
             )
+            await _read_timestamps_as_text(connection)
+            return connection
 
         self._pool = Pool(
             connect,

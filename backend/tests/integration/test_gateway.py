@@ -2,12 +2,15 @@
 BEGIN, a transaction commits all or nothing, reads (never writes) survive a dropped
 connection, a connection abandoned mid-statement (its statement cancelled on the
 server) or idle past DB_POOL_RECYCLE is closed, a full pool is a 503 after
-DB_POOL_TIMEOUT (and a connect that times out is not taken for one), and waiters
-for a connection are served in arrival order."""
+DB_POOL_TIMEOUT (and a connect that times out is not taken for one), waiters
+for a connection are served in arrival order, and timestamps (read as text) come
+back exactly whatever the session's defaults."""
 
 import socket
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import TypedDict
+from urllib.parse import quote
 
 import anyio
 import asyncpg
@@ -246,3 +249,33 @@ async def test_waiters_for_a_connection_are_served_in_arrival_order(
         newest = max(newest, number)
         behind = max(behind, newest - number)
     assert behind < 200, f"a request finished {behind} arrivals late"
+
+
+class Stamp(TypedDict):
+    at: datetime
+
+
+ECHO_STAMP = compile_query(text("SELECT CAST(:at AS timestamptz) AS at"), Stamp)
+
+
+async def test_timestamps_read_back_exactly_whatever_the_session_defaults(
+    settings: Settings,
+) -> None:
+    """Timestamps travel as text: a database (or a URL's `options`) with another
+    DateStyle and TimeZone must not change what is read."""
+    url = settings.DATABASE_URL
+    assert url is not None
+    options = quote("-c DateStyle=SQL,DMY -c TimeZone=Asia/Kolkata")
+    database = Database(
+        settings, parse_database_url(f"{url.get_secret_value()}?options={options}")
+    )
+    await database.open()
+    try:
+        sent = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-3)))
+        row = await database.fetch_one(ECHO_STAMP, at=sent)
+    finally:
+        await database.close()
+    assert row is not None
+    assert row["at"] == sent
+    assert row["at"].utcoffset() == timedelta(0)
+    assert row["at"].microsecond == 6
