@@ -46,11 +46,18 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def optional_header(name: str, description: str) -> dict[str, Any]:
+def optional_header(
+    name: str, description: str, pattern: str | None = None
+) -> dict[str, Any]:
     """An optional request header, documented as FastAPI documents a declared
     `Header()`: for routes that read it from the request themselves, because each
     declared parameter costs every request of the route (specs/005-performance)."""
-    schema = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    string = (
+        {"type": "string"}
+        if pattern is None
+        else {"type": "string", "pattern": pattern}
+    )
+    schema = {"anyOf": [string, {"type": "null"}]}
     return {
         "name": name,
         "in": "header",

@@ -8,7 +8,13 @@ from typing import Annotated, Literal
 import orjson
 from fastapi import Query, Request, Response
 
-from app.api.deps import IdempotencyKeyHeader, UserIdPath, query, task_service
+from app.api.deps import (
+    IDEMPOTENCY_KEY,
+    UserIdPath,
+    idempotency_key,
+    query,
+    task_service,
+)
 from app.api.http import JSON, etag, if_match_versions
 from app.api.openapi import errors, query_parameters
 from app.api.routes import api_router
@@ -40,13 +46,13 @@ async def list_changes(request: Request, user_id: UserIdPath) -> Response:
 
 
 @router.post(
-    "/batch", response_model=BatchResults, responses=errors(409, 413, 415, 422)
+    "/batch",
+    response_model=BatchResults,
+    responses=errors(409, 413, 415, 422),
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
 async def batch_tasks(
-    request: Request,
-    user_id: UserIdPath,
-    body: BatchRequest,
-    idempotency_key: IdempotencyKeyHeader = None,
+    request: Request, user_id: UserIdPath, body: BatchRequest
 ) -> Response:
     """Up to 100 operations in order, each as its single request; `atomic`: all
     or none (then 200 with the failing operation's error, the others 424)."""
@@ -65,7 +71,7 @@ async def batch_tasks(
         user_id=user_id,
         steps=steps,
         atomic=body.atomic,
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency_key(request),
     )
     results = [
         {**outcome, "etag": etag(outcome["task"])} if "task" in outcome else outcome

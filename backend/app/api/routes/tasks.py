@@ -3,12 +3,13 @@
 from fastapi import Request, Response, status
 
 from app.api.deps import (
+    IDEMPOTENCY_KEY,
     IF_MATCH,
     IF_NONE_MATCH,
-    IdempotencyKeyHeader,
     TaskIdPath,
     UserIdPath,
     header,
+    idempotency_key,
     query,
     task_service,
 )
@@ -68,16 +69,14 @@ _PAGED = {
     status_code=status.HTTP_201_CREATED,
     response_model=TaskPublic,
     responses={201: _CREATED, **errors(409, 413, 415, 422)},
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
 async def create_task(
-    request: Request,
-    user_id: UserIdPath,
-    body: TaskCreate,
-    idempotency_key: IdempotencyKeyHeader = None,
+    request: Request, user_id: UserIdPath, body: TaskCreate
 ) -> Response:
     """Create a task (repeat-safe with an Idempotency-Key)."""
     task = await task_service(request).create(
-        user_id=user_id, data=body, idempotency_key=idempotency_key
+        user_id=user_id, data=body, idempotency_key=idempotency_key(request)
     )
     location = {"Location": f"/api/{user_id}/tasks/{task['id']}"}
     return task_response(task, status.HTTP_201_CREATED, location)
