@@ -11,7 +11,10 @@ app exists for the request, so they cost an unauthenticated client nothing but a
 small, fixed answer (specs/006-operations)."""
 
 import asyncio
+import fcntl
 import json
+import sys
+import termios
 from collections import deque
 from functools import cache
 from typing import Any, cast
@@ -470,15 +473,41 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return self.admitted is not None and not self.admitted.response_complete
 
     def pause_writing(self) -> None:
-        """The client is not taking the response: unless it takes what is
-        pending within `request_timeout`, the connection is dropped, so the
-        request (waiting to write) ends and frees its running place rather than
-        holding it forever."""
+        """The kernel takes no more of the response: unless the client takes
+        some of what is pending within each `request_timeout`, the connection
+        is dropped, so the request (waiting to write) ends and frees its running
+        place rather than holding it forever. A slow reader that keeps reading
+        (a large response over a slow link) is never cut."""
         super().pause_writing()
         if self.stalled is None:
-            self.stalled = self.loop.call_later(
-                self.request_timeout, self.transport.abort
-            )
+            self._watch_writes(self._untaken())
+
+    def _watch_writes(self, untaken: int) -> None:
+        self.stalled = self.loop.call_later(
+            self.request_timeout, self._check_writes, untaken
+        )
+
+    def _check_writes(self, untaken: int) -> None:
+        now = self._untaken()
+        if now < untaken:
+            self._watch_writes(now)  # it took some: another `request_timeout`
+        else:
+            self.transport.abort()
+
+    def _untaken(self) -> int:
+        """Bytes written that the client has not taken: the transport's buffer
+        and, where the kernel tells (Linux), the socket's send queue. The kernel
+        asks for more only once much of its queue is gone (a slow reader can
+        take megabytes before the transport's buffer moves)."""
+        untaken = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return untaken
+        try:
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
+        except (OSError, ValueError):  # not Linux, or the socket is closed
+            return untaken
+        return untaken + int.from_bytes(queued, sys.byteorder)
 
     def resume_writing(self) -> None:
         super().resume_writing()
