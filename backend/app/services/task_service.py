@@ -85,9 +85,11 @@ TOMBSTONE: Table = TaskTombstone.__table__  # type: ignore[attr-defined]
 # transaction began (deleted_at) before a token was issued may commit after it.
 TOMBSTONE_GRACE = timedelta(days=1)
 # One single-task delete in this many (counted per worker) also sweeps expired
-# tombstones, up to 100: still three per delete, so they never pile up, and the
-# other deletes are a plain statement (the sweep tripled PostgreSQL's work).
+# tombstones, up to SWEEP_BATCH: three per delete, more than a delete leaves, so
+# they never pile up, and the other deletes are a plain statement (the sweep
+# tripled PostgreSQL's work). A clear-completed sweeps twice what it cleared.
 SWEEP_EVERY = 32
+SWEEP_BATCH = 100
 IDEMPOTENCY: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 IDEMPOTENCY_TTL = timedelta(hours=24)
 # How long a create waits for another in-flight request with its Idempotency-Key.
@@ -290,8 +292,8 @@ INSERT = compile_query(
 
 
 def _sweep_tombstones() -> Any:
-    """Tombstones past retention go without a cron, like idempotency keys: a
-    delete statement removes up to 100 expired ones (anyone's: it only deletes),
+    """Tombstones past retention go without a cron, like idempotency keys:
+    deletes remove up to `sweep_limit` expired ones (anyone's: it only deletes),
     oldest first: in `deleted_at` order the planner always takes its index, one
     probe when none has expired (without it, on a table whose statistics were
     stale, it scanned every tombstone)."""
@@ -302,13 +304,13 @@ def _sweep_tombstones() -> Any:
     batch = select(  # owner-filter: exempt
         TOMBSTONE.c.user_id, TOMBSTONE.c.id
     )
-    batch = batch.where(expired).order_by(TOMBSTONE.c.deleted_at).limit(100)
-    batch = batch.with_for_update(skip_locked=True)
+    batch = batch.where(expired).order_by(TOMBSTONE.c.deleted_at)
+    batch = batch.limit(bindparam("sweep_limit")).with_for_update(skip_locked=True)
     sweep = delete(TOMBSTONE)  # owner-filter: exempt
-    return sweep.where(key.in_(batch)).cte("swept")
+    return sweep.where(key.in_(batch))
 
 
-def _bury(*conditions: ColumnElement[bool], sweep: bool = True) -> Any:
+def _bury(*conditions: ColumnElement[bool], sweep: bool) -> Any:
     """Delete the user's tasks that match, leaving a tombstone for each (written
     by this transaction: delta sync reports it), in one statement, and sweep
     expired tombstones; returns the deleted ids."""
@@ -320,7 +322,7 @@ def _bury(*conditions: ColumnElement[bool], sweep: bool = True) -> Any:
     )
     bury = insert(TOMBSTONE).from_select(["user_id", "id"], gone.select())
     if sweep:
-        bury = bury.add_cte(_sweep_tombstones())
+        bury = bury.add_cte(_sweep_tombstones().cte("swept"))
     return bury.returning(TOMBSTONE.c.id)
 
 
@@ -328,7 +330,10 @@ class _Count(TypedDict):
     count: int
 
 
-_cleared = _bury(TASK.c.completed).cte("cleared")
+SWEEP_TOMBSTONES = compile_query(_sweep_tombstones(), _NoRows)
+
+
+_cleared = _bury(TASK.c.completed, sweep=False).cte("cleared")
 CLEAR_COMPLETED = compile_query(
     select(func.count().label("count")).select_from(  # owner-filter: exempt (_bury)
         _cleared
@@ -718,7 +723,10 @@ class TaskService:
         self._cursors = cursors
         self._sync_retention = sync_retention
         # Bound by a statement that sweeps expired tombstones.
-        self._sweep = {"keep_tombstones": sync_retention + TOMBSTONE_GRACE}
+        self._sweep = {
+            "keep_tombstones": sync_retention + TOMBSTONE_GRACE,
+            "sweep_limit": SWEEP_BATCH,
+        }
         self._deletes = itertools.count()  # shared with `_within`'s copies
 
     async def list(self, *, user_id: str, query: TaskListQuery) -> Page:
@@ -843,12 +851,16 @@ class TaskService:
         )
 
     async def clear_completed(self, *, user_id: str) -> int:
-        """E12: delete the user's completed tasks (tombstones included); how many."""
-        cleared = await self._run.write_one(
-            CLEAR_COMPLETED, user_id=user_id, **self._sweep
-        )
+        """E12: delete the user's completed tasks (tombstones included); how many.
+        Then sweep up to twice as many expired tombstones as it left (at least
+        SWEEP_BATCH): a clear leaves many at once, more than deletes take."""
+        cleared = await self._run.write_one(CLEAR_COMPLETED, user_id=user_id)
         assert cleared is not None  # an aggregate always has its row
-        return cleared["count"]
+        count = cleared["count"]
+        if count:
+            sweep = {**self._sweep, "sweep_limit": max(SWEEP_BATCH, 2 * count)}
+            await self._run.write_one(SWEEP_TOMBSTONES, **sweep)
+        return count
 
     async def batch(
         self,

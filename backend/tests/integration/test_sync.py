@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from app.services.task_service import SWEEP_EVERY
+from app.services.task_service import SWEEP_BATCH, SWEEP_EVERY
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import running_server
 
@@ -211,3 +211,26 @@ def test_tombstones_are_kept_past_the_retention_then_swept(
     _delete_tasks(client, other, SWEEP_EVERY)
     assert _tombstones(engine, user) == 0
     assert _tombstones(engine, other) == 2 * SWEEP_EVERY
+
+
+def test_a_clear_sweeps_twice_as_many_expired_tombstones_as_it_cleared(
+    client: TestClient, engine: Engine
+) -> None:
+    """A clear leaves many tombstones at once; a later one sweeps up to twice
+    as many expired ones as it clears (it took SWEEP_BATCH at most, so clears
+    could leave more than deletes took and expired tombstones piled up)."""
+    old, user = new_user_id(), new_user_id()
+    expired = SWEEP_BATCH + 50
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO task_tombstone (user_id, id, deleted_at)"
+                " SELECT :u, g, now() - interval '10 years'"
+                " FROM generate_series(1, :n) AS g"
+            ),
+            {"u": old, "n": expired},
+        )
+    for _ in range(expired // 2 + 1):
+        create_task(client, user, completed=True)
+    client.delete(tasks_url(user), params={"completed": "true"})
+    assert _tombstones(engine, old) == 0
