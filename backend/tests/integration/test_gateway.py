@@ -10,12 +10,11 @@ import socket
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import TypedDict
-from urllib.parse import quote
 
 import anyio
 import asyncpg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
 from app.config import Settings
 from app.db.gateway import Database, compile_query
@@ -265,9 +264,11 @@ async def test_timestamps_read_back_exactly_whatever_the_session_defaults(
     DateStyle and TimeZone must not change what is read."""
     url = settings.DATABASE_URL
     assert url is not None
-    options = quote("-c DateStyle=SQL,DMY -c TimeZone=Asia/Kolkata")
+    options = {"options": "-c DateStyle=SQL,DMY -c TimeZone=Asia/Kolkata"}
+    with_options = make_url(url.get_secret_value()).update_query_dict(options)
     database = Database(
-        settings, parse_database_url(f"{url.get_secret_value()}?options={options}")
+        settings,
+        parse_database_url(with_options.render_as_string(hide_password=False)),
     )
     await database.open()
     try:
