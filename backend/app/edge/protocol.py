@@ -56,6 +56,11 @@ MAX_PIPELINED = 16
 # What a request offering to switch protocols carries for it (an HTTP/2 offer:
 # `Upgrade: h2c`, `HTTP2-Settings`, and both named in `Connection`).
 UPGRADE_HEADERS = frozenset({b"upgrade", b"http2-settings"})
+# What a client whose response is stalled must take of it in each
+# HTTP_REQUEST_TIMEOUT to keep the connection (or all that is pending, if less):
+# a reader that takes a trickle would otherwise hold a running place for as long
+# as it likes (6.4 KiB/s at the default 10 s; a 56k modem reads 7).
+MIN_TAKEN = 64 * 1024
 
 
 def canned_response(error: AppError) -> bytes:
@@ -474,10 +479,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         """The kernel takes no more of the response: unless the client takes
-        some of what is pending within each `request_timeout`, the connection
-        is dropped, so the request (waiting to write) ends and frees its running
-        place rather than holding it forever. A slow reader that keeps reading
-        (a large response over a slow link) is never cut."""
+        `MIN_TAKEN` of what is pending (or all of it) within each
+        `request_timeout`, the connection is dropped, so the request (waiting to
+        write) ends and frees its running place rather than holding it forever.
+        A slow reader that keeps reading (a large response over a slow link) is
+        not cut; one that takes a trickle is."""
         super().pause_writing()
         if self.stalled is None:
             self._watch_writes(self._untaken())
@@ -489,8 +495,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _check_writes(self, untaken: int) -> None:
         now = self._untaken()
-        if now < untaken:
-            self._watch_writes(now)  # it took some: another `request_timeout`
+        if untaken - now >= min(untaken, MIN_TAKEN):
+            self._watch_writes(now)  # it took enough: another `request_timeout`
         else:
             self.transport.abort()
 

@@ -7,6 +7,7 @@ not keep its running place (specs/006-operations)."""
 import http.client
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -189,6 +190,43 @@ def test_a_client_that_stops_reading_its_responses_frees_its_running_place(
         with _send(base_url, HEALTH) as next_request:
             assert _answered_within(next_request, 5)
             assert _response(next_request)[0] == 200
+
+
+def test_a_client_reading_a_trickle_of_its_responses_frees_its_running_place(
+    base_url: str,
+) -> None:
+    """A slow-read attack: the client takes ~10 KB/s of large responses, so the
+    writes keep moving but it takes less than 64 KiB in HTTP_REQUEST_TIMEOUT (2 s
+    here). The connection is dropped and the next request runs (a trickle held
+    the running place for as long as the client liked)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect((host, int(port)))
+    large = b"GET /docs/assets/swagger-ui-bundle.js.map HTTP/1.1\r\nHost: t\r\n\r\n"
+    done = threading.Event()
+
+    def trickle() -> None:
+        while not done.is_set():
+            try:
+                if not slow.recv(1024):
+                    return
+            except OSError:  # the server dropped it
+                return
+            time.sleep(0.1)
+
+    reader = threading.Thread(target=trickle)
+    with slow:
+        slow.sendall(large * 8)
+        reader.start()
+        time.sleep(0.5)
+        try:
+            with _send(base_url, HEALTH) as next_request:
+                assert _answered_within(next_request, 5)
+                assert _response(next_request)[0] == 200
+        finally:
+            done.set()
+            reader.join()
 
 
 @pytest.mark.parametrize(
