@@ -2,6 +2,8 @@
 of order, a syncing reader whose replica must end equal to the table, and the
 tombstones' retention."""
 
+import asyncio
+import json
 import random
 import threading
 import time
@@ -10,12 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from app.services.task_service import SWEEP_BATCH, SWEEP_EVERY
+from app.db.gateway import Query
+from app.services.task_service import (
+    NO_CEILING,
+    SWEEP_BATCH,
+    SWEEP_EVERY,
+    _changes_query,
+)
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import running_server
 
@@ -234,3 +243,67 @@ def test_a_clear_sweeps_twice_as_many_expired_tombstones_as_it_cleared(
         create_task(client, user, completed=True)
     client.delete(tasks_url(user), params={"completed": "true"})
     assert _tombstones(engine, old) == 0
+
+
+def _rows_read(plan: dict[str, Any], table: str) -> list[int]:
+    """The rows each scan of `table` returned, anywhere in an EXPLAIN plan."""
+    rows = [plan["Actual Rows"]] if plan.get("Relation Name") == table else []
+    for child in plan.get("Plans", []):
+        rows += _rows_read(child, table)
+    return rows
+
+
+def _explain(database_url: str, query: Query[Any], params: dict[str, Any]) -> Any:
+    async def run() -> Any:
+        connection = await asyncpg.connect(database_url)
+        try:
+            explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {query.sql}"
+            return json.loads(await connection.fetchval(explain, *query.args(params)))
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())[0]["Plan"]
+
+
+def test_a_page_of_changes_reads_no_more_rows_than_it_sends(
+    database_url: str, engine: Engine
+) -> None:
+    """2,000 tasks and 2,000 tombstones to send, 10 a page: each page's statement
+    reads at most 11 rows of each table, walking its (user_id, change_xid, id)
+    index, not every change left (it sorted all of them for every page)."""
+    user = new_user_id()
+    with engine.begin() as connection:
+        since = connection.execute(text("SELECT pg_current_snapshot()::text")).scalar()
+        for table in ("task (user_id, title)", "task_tombstone (user_id, id)"):
+            rows = "SELECT :u, g FROM generate_series(1, 2000) g"
+            connection.execute(text(f"INSERT INTO {table} {rows}"), {"u": user})
+        connection.execute(text("ANALYZE task, task_tombstone"))
+        upto = connection.execute(text("SELECT pg_current_snapshot()::text")).scalar()
+        after = connection.execute(
+            text(
+                "SELECT change_xid, id FROM task WHERE user_id = :u "
+                "ORDER BY change_xid, id OFFSET 999 LIMIT 1"
+            ),
+            {"u": user},
+        ).one()
+    assert isinstance(since, str)
+    assert isinstance(upto, str)
+    first = {
+        "user_id": user,
+        "since": since,
+        "since_xmin": int(since.split(":")[0]),
+        "upto_xmax": NO_CEILING,
+        "limit": 11,
+    }
+    going_on = {
+        **first,
+        "upto": upto,
+        "upto_xmax": int(upto.split(":")[1]),
+        "after_xid": after.change_xid,
+        "after_id": after.id,
+    }
+    for params, continuing in ((first, False), (going_on, True)):
+        plan = _explain(database_url, _changes_query(True, continuing), params)
+        for table in ("task", "task_tombstone"):
+            assert _rows_read(plan, table), f"{table} is not read"
+            assert max(_rows_read(plan, table)) <= 11
