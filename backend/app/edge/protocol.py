@@ -59,7 +59,7 @@ UPGRADE_HEADERS = frozenset({b"upgrade", b"http2-settings"})
 # What a client whose response is stalled must take of it in each
 # HTTP_REQUEST_TIMEOUT to keep the connection (or all that is pending, if less):
 # a reader that takes a trickle would otherwise hold a running place for as long
-# as it likes (6.4 KiB/s at the default 10 s; a 56k modem reads 7).
+# as it likes (6.4 KiB/s at the default 10 s, more with a shorter timeout).
 MIN_TAKEN = 64 * 1024
 
 

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any, NoReturn, NotRequired, Required, TypedDict, TypeVar, cast
+from typing import Any, NoReturn, Required, TypedDict, TypeVar, cast
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -176,12 +176,11 @@ class _Abort(Exception):
 
 class _Change(TaskRecord):
     """A row of the changes statement: a task (`deleted` false), a tombstone
-    (true, only its ids), or nothing (None), with the snapshot it ran in. The
-    sync columns are NotRequired because `_record` deletes them from the row."""
+    (true, only its ids), or nothing (None), with the snapshot it ran in."""
 
-    snapshot: NotRequired[str]
-    deleted: NotRequired[bool | None]
-    change_xid: NotRequired[int]
+    snapshot: str
+    deleted: bool | None
+    change_xid: int
 
 
 @dataclass(frozen=True)
@@ -596,7 +595,8 @@ def _position(key: str, position: list[Any]) -> tuple[Any, int]:
 def _record(row: _Change) -> TaskRecord:
     """The task in a change row: the row itself, less the sync columns (cheaper
     than a copy, at 1,000 rows a page)."""
-    del row["snapshot"], row["deleted"], row["change_xid"]
+    columns: dict[str, Any] = row  # type: ignore[assignment]  # to delete required keys
+    del columns["snapshot"], columns["deleted"], columns["change_xid"]
     return row
 
 
