@@ -216,6 +216,21 @@ class SyncToken:
         state = [self.since_at, self.since, self.upto_at, self.upto, after]
         return codec.encode(state, _sync_binding(user_id))
 
+    def statement(self, limit: int) -> tuple["Query[_Change]", dict[str, Any]]:
+        """The changes statement that goes on from here, and its values (all but
+        the user's): `limit` changes and one more, to tell whether more remain."""
+        params: dict[str, Any] = {
+            "limit": limit + 1,
+            "upto_xmax": _xmax(self.upto) if self.upto else NO_CEILING,
+        }
+        if self.since is not None:
+            params["since"] = self.since
+            params["since_xmin"] = int(self.since.partition(":")[0])
+        if self.upto is not None and self.after is not None:
+            params["upto"] = self.upto
+            params["after_xid"], params["after_id"] = self.after
+        return _changes_query(self.since is not None, self.upto is not None), params
+
     @classmethod
     def decode(cls, codec: CursorCodec, user_id: str, token: str) -> "SyncToken":
         try:
@@ -772,16 +787,7 @@ class TaskService:
             token = SyncToken.decode(self._cursors, user_id, since)
         if token.since_at < now - self._sync_retention.total_seconds():
             raise SyncTokenExpired()
-        params: dict[str, Any] = {"limit": limit + 1}
-        if token.since is not None:
-            params["since"] = token.since
-            params["since_xmin"] = int(token.since.partition(":")[0])
-        if token.upto is not None and token.after is not None:
-            params["upto"], params["upto_xmax"] = token.upto, _xmax(token.upto)
-            params["after_xid"], params["after_id"] = token.after
-        elif token.since is not None:
-            params["upto_xmax"] = NO_CEILING
-        query = _changes_query(token.since is not None, token.upto is not None)
+        query, params = token.statement(limit)
         rows = await self._db.fetch(query, user_id=user_id, **params)
         snapshot = rows[0]["snapshot"]
         if any(_xmax(s) > _xmax(snapshot) for s in (token.since, token.upto) if s):

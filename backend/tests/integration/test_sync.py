@@ -19,12 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from app.db.gateway import Query
-from app.services.task_service import (
-    NO_CEILING,
-    SWEEP_BATCH,
-    SWEEP_EVERY,
-    _changes_query,
-)
+from app.services.task_service import SWEEP_BATCH, SWEEP_EVERY, SyncToken
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import running_server
 
@@ -288,22 +283,11 @@ def test_a_page_of_changes_reads_no_more_rows_than_it_sends(
         ).one()
     assert isinstance(since, str)
     assert isinstance(upto, str)
-    first = {
-        "user_id": user,
-        "since": since,
-        "since_xmin": int(since.split(":")[0]),
-        "upto_xmax": NO_CEILING,
-        "limit": 11,
-    }
-    going_on = {
-        **first,
-        "upto": upto,
-        "upto_xmax": int(upto.split(":")[1]),
-        "after_xid": after.change_xid,
-        "after_id": after.id,
-    }
-    for params, continuing in ((first, False), (going_on, True)):
-        plan = _explain(database_url, _changes_query(True, continuing), params)
+    first = SyncToken(0, since)
+    going_on = SyncToken(0, since, 0, upto, (after.change_xid, after.id))
+    for token in (first, going_on):
+        query, params = token.statement(limit=10)
+        plan = _explain(database_url, query, {**params, "user_id": user})
         for table in ("task", "task_tombstone"):
             assert _rows_read(plan, table), f"{table} is not read"
             assert max(_rows_read(plan, table)) <= 11
