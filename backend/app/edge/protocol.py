@@ -13,6 +13,7 @@ small, fixed answer (specs/006-operations)."""
 import asyncio
 import fcntl
 import json
+import socket
 import sys
 import termios
 from collections import deque
@@ -61,6 +62,9 @@ UPGRADE_HEADERS = frozenset({b"upgrade", b"http2-settings"})
 # a reader that takes a trickle would otherwise hold a running place for as long
 # as it likes (6.4 KiB/s at the default 10 s, more with a shorter timeout).
 MIN_TAKEN = 64 * 1024
+# Linux's `struct tcp_info` up to `tcpi_bytes_acked` (Linux 4.1), and where that is.
+TCP_INFO_SIZE = 128
+BYTES_ACKED = slice(120, 128)
 
 
 def canned_response(error: AppError) -> bytes:
@@ -178,12 +182,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """A request must arrive whole within `HTTP_REQUEST_TIMEOUT` seconds of its
     first byte, with a head of at most MAX_HEAD_BYTES; a connection beyond
     `HTTP_MAX_CONNECTIONS` is answered 503 and closed; one whose client takes
-    nothing of a response for `HTTP_REQUEST_TIMEOUT` seconds is dropped (its
-    request would wait to write forever). A connection with no request
-    under way is idle, whether it has served one or not yet sent a byte (a
-    browser's preconnect, a client pool's spare): uvicorn's `timeout_keep_alive`
-    closes it. A silent new connection holds no more than an idle kept-alive one,
-    which any client can have by sending one small request."""
+    less than `MIN_TAKEN` of a stalled response in `HTTP_REQUEST_TIMEOUT`
+    seconds is dropped (its request would wait to write forever). A connection
+    with no request under way is idle, whether it has served one or not yet sent
+    a byte (a browser's preconnect, a client pool's spare): uvicorn's
+    `timeout_keep_alive` closes it. A silent new connection holds no more than
+    an idle kept-alive one, which any client can have by sending one small
+    request."""
 
     def __init__(
         self,
@@ -239,7 +244,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # uvicorn tells the last request parsed, not this one if it pipelined
             self.admitted.disconnected = True
             self.admitted.message_event.set()
-        self._resumed()
+        self._unwatch_writes()
         # uvicorn cancels it only on a clean close; a reset one would keep this
         # protocol alive until the timer fired.
         self._unset_keepalive_if_required()
@@ -404,6 +409,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         has begun. What that request held (its scope, with what the app added,
         and its body: ~6 KB) goes now, not when the client next sends one."""
         self.admitted = self.started = None
+        if not self.flow.write_paused:
+            self._unwatch_writes()  # nothing stalled: no window runs on while idle
         self.cycle = None  # type: ignore[assignment]
         self.scope = None  # type: ignore[assignment]
         self.headers = None  # type: ignore[assignment]
@@ -479,26 +486,44 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         """The kernel takes no more of the response: unless the client takes
-        `MIN_TAKEN` of what is pending (or all of it) within each
-        `request_timeout`, the connection is dropped, so the request (waiting to
-        write) ends and frees its running place rather than holding it forever.
-        A slow reader that keeps reading (a large response over a slow link) is
-        not cut; one that takes a trickle is."""
+        `MIN_TAKEN` of it (or all that is written) within each `request_timeout`,
+        the connection is dropped, so the request (waiting to write) ends and
+        frees its running place rather than holding it forever. The window runs
+        on while the writes resume and stall again, until a check finds nothing
+        stalled or the connection idle: a reader that takes a trickle is cut
+        however the response is written (in small pieces too), one that keeps
+        reading above the floor (a large response over a slow link) never is."""
         super().pause_writing()
         if self.stalled is None:
-            self._watch_writes(self._untaken())
+            self._watch_writes()
 
-    def _watch_writes(self, untaken: int) -> None:
+    def _watch_writes(self) -> None:
         self.stalled = self.loop.call_later(
-            self.request_timeout, self._check_writes, untaken
+            self.request_timeout, self._check_writes, self._acked()
         )
 
-    def _check_writes(self, untaken: int) -> None:
-        now = self._untaken()
-        if untaken - now >= min(untaken, MIN_TAKEN):
-            self._watch_writes(now)  # it took enough: another `request_timeout`
-        else:
+    def _check_writes(self, acked: int) -> None:
+        self.stalled = None
+        if self._acked() - acked < MIN_TAKEN and self._untaken():
             self.transport.abort()
+        elif self.flow.write_paused:
+            self._watch_writes()  # it took enough: another `request_timeout`
+
+    def _unwatch_writes(self) -> None:
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+
+    def _acked(self) -> int:
+        """Bytes of the connection the client has taken: those its TCP has
+        acknowledged (Linux's TCP_INFO; where the kernel does not tell, 0, and a
+        stall passes only if nothing is left untaken)."""
+        sock = self.transport.get_extra_info("socket")
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+        except (AttributeError, OSError, ValueError):  # not Linux, or closed
+            return 0
+        return int.from_bytes(info[BYTES_ACKED], sys.byteorder)
 
     def _untaken(self) -> int:
         """Bytes written that the client has not taken: the transport's buffer
@@ -514,15 +539,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         except (OSError, ValueError):  # not Linux, or the socket is closed
             return untaken
         return untaken + int.from_bytes(queued, sys.byteorder)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._resumed()
-
-    def _resumed(self) -> None:
-        if self.stalled is not None:
-            self.stalled.cancel()
-            self.stalled = None
 
     def _arm_deadline(self) -> None:
         self.deadline = self.loop.call_later(self.request_timeout, self._timed_out)

@@ -7,6 +7,7 @@ not keep its running place (specs/006-operations)."""
 import http.client
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -192,18 +193,14 @@ def test_a_client_that_stops_reading_its_responses_frees_its_running_place(
             assert _response(next_request)[0] == 200
 
 
-def test_a_client_reading_a_trickle_of_its_responses_frees_its_running_place(
-    base_url: str,
-) -> None:
-    """A slow-read attack: the client takes ~10 KB/s of large responses, so the
-    writes keep moving but it takes less than 64 KiB in HTTP_REQUEST_TIMEOUT (2 s
-    here). The connection is dropped and the next request runs (a trickle held
-    the running place for as long as the client liked)."""
+@contextmanager
+def _trickling(base_url: str, request: bytes, every: float) -> Iterator[None]:
+    """A client that sends `request`, then takes 1 KiB of what comes back every
+    `every` seconds (its receive buffer 4 KiB), until the block ends."""
     host, port = base_url.removeprefix("http://").split(":")
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.connect((host, int(port)))
-    large = b"GET /docs/assets/swagger-ui-bundle.js.map HTTP/1.1\r\nHost: t\r\n\r\n"
     done = threading.Event()
 
     def trickle() -> None:
@@ -213,20 +210,81 @@ def test_a_client_reading_a_trickle_of_its_responses_frees_its_running_place(
                     return
             except OSError:  # the server dropped it
                 return
-            time.sleep(0.1)
+            time.sleep(every)
 
     reader = threading.Thread(target=trickle)
     with slow:
-        slow.sendall(large * 8)
+        slow.sendall(request)
         reader.start()
-        time.sleep(0.5)
         try:
-            with _send(base_url, HEALTH) as next_request:
-                assert _answered_within(next_request, 5)
-                assert _response(next_request)[0] == 200
+            yield
         finally:
             done.set()
             reader.join()
+
+
+def test_a_client_reading_a_trickle_of_its_responses_frees_its_running_place(
+    base_url: str,
+) -> None:
+    """A slow-read attack: the client takes ~10 KB/s of large responses, so the
+    writes keep moving but it takes less than 64 KiB in HTTP_REQUEST_TIMEOUT (2 s
+    here). The connection is dropped and the next request runs (a trickle held
+    the running place for as long as the client liked)."""
+    large = b"GET /docs/assets/swagger-ui-bundle.js.map HTTP/1.1\r\nHost: t\r\n\r\n"
+    with _trickling(base_url, large * 8, every=0.1):
+        time.sleep(0.5)
+        with _send(base_url, HEALTH) as next_request:
+            assert _answered_within(next_request, 5)
+            assert _response(next_request)[0] == 200
+
+
+# The service under uvicorn on a listening socket whose accepted connections
+# have a 32 KiB send buffer (as a slow reader's connection over a real network
+# keeps; on loopback the kernel grows it to megabytes).
+SMALL_SEND_BUFFER = """
+import socket, sys, uvicorn
+from app.edge.protocol import BoundedHttpToolsProtocol
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+listener.bind(("127.0.0.1", int(sys.argv[1])))
+listener.listen()
+uvicorn.run(
+    "app.main:create_app",
+    factory=True,
+    fd=listener.fileno(),
+    http=BoundedHttpToolsProtocol,
+    log_config=None,
+)
+"""
+
+
+def test_a_trickle_of_a_response_written_in_small_pieces_is_cut_too(
+    database_url: str, engine: Engine, server_log: Path
+) -> None:
+    """A multipart range response (100 parts of 14,000 bytes, each written as
+    its part header, its bytes and a CRLF) taken at ~16 KB/s, half the floor at
+    a 2 s HTTP_REQUEST_TIMEOUT: the kernel keeps asking for the next small piece,
+    so the writes resume and stall again and again. The floor counts what the
+    client takes across those stalls: the connection is dropped within a few
+    windows and the next request runs (it held the running place 30 s and more
+    while each resume started a new window)."""
+    ranges = ",".join(f"{i * 15_000}-{i * 15_000 + 13_999}" for i in range(100))
+    request = (
+        "GET /docs/assets/swagger-ui-bundle.js HTTP/1.1\r\nHost: t\r\n"
+        f"Range: bytes={ranges}\r\n\r\n"
+    ).encode()
+    server = server_process(
+        database_url,
+        command=(sys.executable, "-c", SMALL_SEND_BUFFER, "{port}"),
+        log=str(server_log),
+        HTTP_MAX_ACTIVE="1",
+        HTTP_REQUEST_TIMEOUT="2",
+    )
+    with server as (small_buffers, _), _trickling(small_buffers, request, 1 / 16):
+        time.sleep(0.5)
+        with _send(small_buffers, HEALTH) as next_request:
+            assert _answered_within(next_request, 10)
+            assert _response(next_request)[0] == 200
 
 
 @pytest.mark.parametrize(
