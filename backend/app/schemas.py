@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StringConstraints,
     WithJsonSchema,
     field_validator,
@@ -61,10 +62,20 @@ def _visible(value: str) -> str:
     return value
 
 
+MAX_TAG_LENGTH = 50
+
+
 def _tag(value: str) -> str:
+    """Lower-cased, and still at most MAX_TAG_LENGTH long (U+0130 lower-cases to two
+    code points): every stored tag is one a PUT of its task accepts again."""
     if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise ValueError("must not contain control characters")
-    return value.lower()
+    lowered = value.lower()
+    if len(lowered) > MAX_TAG_LENGTH:
+        raise ValueError(
+            f"must be at most {MAX_TAG_LENGTH} characters once lower-cased"
+        )
+    return lowered
 
 
 def _unique_tags(tags: list[str]) -> list[str]:
@@ -124,7 +135,7 @@ Description = Annotated[
 ]
 Tag = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=50),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_LENGTH),
     AfterValidator(_storable),
     AfterValidator(_visible),
     AfterValidator(_tag),
@@ -133,7 +144,16 @@ Tags = Annotated[list[Tag], AfterValidator(_unique_tags)]
 AwareDatetime = Annotated[
     datetime, BeforeValidator(_aware_datetime), Field(examples=["2026-12-01T09:00:00Z"])
 ]
-TaskId = Annotated[int, BeforeValidator(_task_id), Field(ge=1, le=MAX_TASK_ID)]
+# Documented as int64 (its bounds): FastAPI's document model would write the maximum
+# as a float, 9.223372036854776e+18, one past the largest id.
+_TASK_ID_SCHEMA = WithJsonSchema(
+    {"type": "integer", "format": "int64", "minimum": 1, "examples": [1]}
+)
+TaskId = Annotated[
+    int, BeforeValidator(_task_id), Field(ge=1, le=MAX_TASK_ID), _TASK_ID_SCHEMA
+]
+# In a JSON body an id is a JSON integer: not `true`, `"1"` or `1.0`.
+JsonTaskId = Annotated[StrictInt, Field(ge=1, le=MAX_TASK_ID), _TASK_ID_SCHEMA]
 
 
 class _TaskInput(BaseModel):
@@ -296,7 +316,7 @@ class BatchOperation(BaseModel):
 
     op: BatchOp
     ref: Ref | None = Field(default=None, description="The client's name for it")
-    id: TaskId | None = Field(default=None, description="The task (all but create)")
+    id: JsonTaskId | None = Field(default=None, description="The task (all but create)")
     target: Ref | None = Field(
         default=None, description="Or: the task an earlier create (by its ref) made"
     )

@@ -58,3 +58,39 @@ def test_clear_without_completed_true_is_400_and_deletes_nothing(
     assert response.json()["code"] == "validation_error"
     assert response.json()["fields"][0]["field"] == "completed"
     assert len(client.get(tasks_url(user)).json()) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("?completed=true&tag=work", "tag"),
+        ("?completed=true&priority=high", "priority"),
+        ("?completed=true&q=milk", "q"),
+        ("?completed=true&due_before=2030-01-01T00:00:00Z", "due_before"),
+        ("?completed=true&limit=1", "limit"),
+        ("?completed=true&cursor=x", "cursor"),
+        ("?completed=true&completed=true", "completed"),
+        ("?completed=false&completed=true", "completed"),
+    ],
+)
+def test_clear_refuses_what_would_narrow_it_and_deletes_nothing(
+    client: TestClient, query: str, field: str
+) -> None:
+    """A listing filter the delete would ignore, or `completed` twice, would
+    remove more than the client meant: 400, never a wider delete."""
+    user = new_user_id()
+    create_task(client, user, completed=True)
+    response = client.delete(tasks_url(user) + query)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "validation_error"
+    assert [f["field"] for f in response.json()["fields"]] == [field]
+    assert len(client.get(tasks_url(user)).json()) == 1
+
+
+def test_clear_ignores_parameters_the_listing_does_not_know(
+    client: TestClient,
+) -> None:
+    user = new_user_id()
+    create_task(client, user, completed=True)
+    response = client.delete(tasks_url(user) + "?completed=true&_=1733400000")
+    assert response.json() == {"deleted": 1}

@@ -50,6 +50,32 @@ def test_wrong_method_is_405_with_allow(client: TestClient) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/batch", {"POST"}),
+        ("HEAD", "/batch", {"POST"}),
+        ("PUT", "/batch", {"POST"}),
+        ("PATCH", "/batch", {"POST"}),
+        ("DELETE", "/batch", {"POST"}),
+        ("POST", "/changes", {"GET", "HEAD"}),
+        ("PUT", "/changes", {"GET", "HEAD"}),
+        ("PATCH", "/changes", {"GET", "HEAD"}),
+        ("DELETE", "/changes", {"GET", "HEAD"}),
+    ],
+)
+def test_a_named_path_is_never_read_as_a_task_id(
+    client: TestClient, method: str, path: str, allow: set[str]
+) -> None:
+    """`/tasks/batch` and `/tasks/changes` answer a method they lack with 405
+    naming their own methods, not with the 400 of a non-numeric `{id}`."""
+    response = client.request(method, tasks_url("u1") + path, json={})
+    assert response.status_code == 405, response.text
+    assert set(response.headers["allow"].replace(" ", "").split(",")) == allow
+    if method != "HEAD":
+        assert_error(response, 405, "method_not_allowed")
+
+
 @pytest.mark.parametrize("body", ["{", '{"title": "x",}', "nul", '{"title": NaN'])
 def test_malformed_json_is_400_invalid_json(client: TestClient, body: str) -> None:
     response = client.post(

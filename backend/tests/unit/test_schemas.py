@@ -20,6 +20,14 @@ def test_tag_lowercasing_is_unicode_aware() -> None:
     assert TaskCreate(title="t", tags=["ÉCOLE", "Straße"]).tags == ["école", "straße"]
 
 
+def test_a_tag_is_at_most_50_characters_once_lower_cased() -> None:
+    """U+0130 lower-cases to two code points: a stored tag is one a PUT of the
+    task it came from accepts again."""
+    assert TaskCreate(title="t", tags=["\u0130" * 25]).tags == ["i\u0307" * 25]
+    with pytest.raises(ValidationError, match="once lower-cased"):
+        TaskCreate(title="t", tags=["\u0130" * 26])
+
+
 def test_control_character_categories_are_rejected() -> None:
     for ch in ("\x00", "\x1f", "\x7f", "\x80", "\x9f"):
         with pytest.raises(ValidationError):

@@ -9,9 +9,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
+from starlette.routing import Match
+from starlette.types import Scope
 
 from app.api.deps import admit
 from app.api.openapi import operation_id
+
+# The last segments of routes/sync.py's paths under /tasks.
+NAMED_PATHS = frozenset({"batch", "changes"})
 
 
 class AdmittedRoute(APIRoute):
@@ -28,6 +33,14 @@ class AdmittedRoute(APIRoute):
             return await handle(request)
 
         return admitted
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        """`/tasks/batch` and `/tasks/changes` (routes/sync.py) are never a task's
+        `{id}`: a method they lack is their 405, not a task route's 400 for the id."""
+        match, child = super().matches(scope)
+        if match is not Match.NONE and child["path_params"].get("id") in NAMED_PATHS:
+            return Match.NONE, {}
+        return match, child
 
 
 def api_router(tag: str) -> APIRouter:

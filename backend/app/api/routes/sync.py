@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import (
     IDEMPOTENCY_KEY,
@@ -18,7 +19,14 @@ from app.api.deps import (
 from app.api.http import JSON, etag, if_match_versions
 from app.api.openapi import errors, query_parameters
 from app.api.routes import api_router
-from app.schemas import BatchRequest, BatchResults, ChangesPublic, ChangesQuery, Cleared
+from app.schemas import (
+    BatchRequest,
+    BatchResults,
+    ChangesPublic,
+    ChangesQuery,
+    Cleared,
+    TaskListQuery,
+)
 from app.services.task_service import BatchStep
 
 router = api_router("sync")
@@ -90,6 +98,33 @@ async def clear_completed(
         Query(description="Required, and only `true`: never delete everything"),
     ],
 ) -> Cleared:
-    """Delete the user's completed tasks; later syncs report them as deleted."""
+    """Delete the user's completed tasks; later syncs report them as deleted.
+    Takes none of the listing's filters: it always clears every completed task."""
+    _refuse_narrowing(request)
     deleted = await task_service(request).clear_completed(user_id=user_id)
     return Cleared(deleted=deleted)
+
+
+# E2's options other than `completed`: each would narrow a listing, not this delete.
+_LISTING_OPTIONS = frozenset(TaskListQuery.model_fields) - {"completed"}
+
+
+def _refuse_narrowing(request: Request) -> None:
+    """A client sending `?completed=true&tag=work` means the completed work tasks;
+    ignoring the tag would delete more than it asked for. So a listing option, or
+    `completed` sent twice, is a 400 and nothing is deleted (specs/008)."""
+    params = request.query_params
+    refused = {
+        name: "not taken here: this clears every completed task"
+        for name in params
+        if name in _LISTING_OPTIONS
+    }
+    if len(params.getlist("completed")) > 1:
+        refused = {"completed": "must be sent once", **refused}
+    if refused:
+        raise RequestValidationError(
+            [
+                {"type": "value_error", "loc": ("query", name), "msg": message}
+                for name, message in refused.items()
+            ]
+        )
