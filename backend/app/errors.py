@@ -205,6 +205,16 @@ class MethodNotAllowed(AppError):
     detail = "This path does not support this method (see the Allow header)"
 
 
+class RangeNotSatisfiable(AppError):
+    status_code = 416
+    code = "range_not_satisfiable"
+    message = "The range starts past the end of the file"
+    detail = "Content-Range names the file's size in bytes"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(headers={"Content-Range": f"bytes */{size}"})
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"
@@ -364,8 +374,9 @@ def register_exception_handlers(app: FastAPI) -> None:
         detail = None
         if exc.status_code == 400:  # FastAPI: a body json.loads could not decode
             return error_response(undecodable_body(exc), request_id_of(request))
-        if exc.status_code == 405:
-            headers = {"Allow": _allowed_methods(request)}
+        if exc.status_code == 405:  # a mounted app (/docs/assets) names its own
+            allowed = _allowed_methods(request) or (headers or {}).get("Allow", "")
+            headers = {"Allow": allowed}
             detail = f"This path supports {headers['Allow']}"
         if exc.status_code in _HTTP_ERRORS:
             error = _HTTP_ERRORS[exc.status_code](detail=detail, headers=headers)

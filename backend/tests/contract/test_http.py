@@ -88,6 +88,42 @@ def test_swagger_ui_is_served_with_local_assets(client: TestClient) -> None:
         assert len(response.content) > 10_000
 
 
+ASSET = "/docs/assets/swagger-ui.css"
+
+
+@pytest.mark.parametrize("range_", ["bytes=abc", "items=0-1", "bytes=9-2", "bytes=,"])
+def test_an_asset_ignores_a_range_it_cannot_read(
+    client: TestClient, range_: str
+) -> None:
+    """RFC 9110: a Range header that is not a valid bytes range is ignored."""
+    response = client.get(ASSET, headers={"Range": range_})
+    assert response.status_code == 200
+    assert response.content == client.get(ASSET).content
+
+
+def test_an_asset_range_past_its_end_is_416_json(client: TestClient) -> None:
+    size = len(client.get(ASSET).content)
+    response = client.get(ASSET, headers={"Range": f"bytes={size}-"})
+    assert response.status_code == 416
+    assert response.headers["content-range"] == f"bytes */{size}"
+    assert response.json()["code"] == "range_not_satisfiable"
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+def test_an_asset_range_is_served(client: TestClient) -> None:
+    response = client.get(ASSET, headers={"Range": "bytes=0-9"})
+    assert response.status_code == 206
+    assert response.content == client.get(ASSET).content[:10]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_an_asset_names_its_methods_on_a_405(client: TestClient, method: str) -> None:
+    response = client.request(method, ASSET)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"
+    assert response.json()["detail"] == "This path supports GET, HEAD"
+
+
 def test_openapi_document_matches_committed_spec(app: FastAPI) -> None:
     assert json.loads(document()) == json.loads(SPEC.read_text()), "run `make openapi`"
 
