@@ -28,7 +28,7 @@ MAX_DRAIN_BYTES = 1024 * 1024
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _JSON_TYPE = re.compile(r"application/(?:[\w.-]+\+)?json", re.IGNORECASE)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_SECURITY_HEADERS = (
+SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
@@ -66,7 +66,7 @@ def _identified(response: Response, identifier: str) -> Response:
     """The headers every response carries, on one answered before
     RequestContextMiddleware (which adds them to all the others)."""
     response.headers["x-request-id"] = identifier
-    for name, value in _SECURITY_HEADERS:
+    for name, value in SECURITY_HEADERS:
         response.headers[name.decode()] = value.decode()
     return response
 
@@ -174,7 +174,7 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", identifier.encode()))
-                headers.extend(_SECURITY_HEADERS)
+                headers.extend(SECURITY_HEADERS)
                 if scope["path"].startswith("/api/"):
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}

@@ -13,6 +13,7 @@ small, fixed answer (specs/006-operations)."""
 import asyncio
 import fcntl
 import json
+import os
 import socket
 import sys
 import termios
@@ -37,8 +38,10 @@ from app.config import get_settings
 from app.edge.middleware import (
     MAX_BODY_BYTES,
     MAX_DRAIN_BYTES,
+    SECURITY_HEADERS,
     SHED,
     declares_too_large_a_body,
+    request_id,
 )
 from app.errors import (
     AppError,
@@ -67,10 +70,18 @@ TCP_INFO_SIZE = 128
 BYTES_ACKED = slice(120, 128)
 
 
-def canned_response(error: AppError) -> bytes:
-    """A complete `Connection: close` HTTP/1.1 response with the error's JSON body."""
+def canned_response(error: AppError, identifier: str | None = None) -> bytes:
+    """A complete `Connection: close` HTTP/1.1 response with the error's JSON body,
+    and what the app gives every response: a request id (`identifier`, else a new
+    one), in the body and `X-Request-ID`, and the security headers."""
+    identifier = identifier or os.urandom(16).hex()
     body = json.dumps(
-        {"error": error.message, "code": error.code, "detail": error.detail},
+        {
+            "error": error.message,
+            "code": error.code,
+            "detail": error.detail,
+            "request_id": identifier,
+        },
         separators=(",", ":"),  # compact, as the app's own
     ).encode()
     headers = [
@@ -78,16 +89,18 @@ def canned_response(error: AppError) -> bytes:
         b"content-type: application/json\r\n",
         b"content-length: %d\r\n" % len(body),
         b"connection: close\r\n",
+        b"x-request-id: %s\r\n" % identifier.encode(),
     ]
+    headers += [b"%s: %s\r\n" % header for header in SECURITY_HEADERS]
     headers += [f"{k}: {v}\r\n".encode() for k, v in error.headers.items()]
     return b"".join([*headers, b"\r\n", body])
 
 
-HEAD_TOO_LARGE = canned_response(HeadersTooLarge())
-TIMED_OUT = canned_response(RequestTimeout())
-TOO_MANY_CONNECTIONS = canned_response(Overloaded())
-MALFORMED = canned_response(MalformedRequest())
-BODY_TOO_LARGE = canned_response(PayloadTooLarge())
+# The errors answered here, before a request reaches the app.
+HEAD_TOO_LARGE = HeadersTooLarge()
+TIMED_OUT = RequestTimeout()
+TOO_MANY_CONNECTIONS = Overloaded()
+MALFORMED = MalformedRequest()
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A body the app may take is whole before uvicorn stops reading (at this many
 # bytes): so every request the app gets is admitted with its body read.
@@ -126,7 +139,7 @@ class Admission:
         app: ASGI3Application,
     ) -> None:
         if self.stopping:
-            protocol.close_with(TOO_MANY_CONNECTIONS)
+            protocol.close_with(TOO_MANY_CONNECTIONS, cycle)
         elif self.running < self.active:
             self._start(protocol, cycle, app)
         elif self.running + len(self.waiting) < self.in_flight:
@@ -166,7 +179,8 @@ class Admission:
         if stopping:
             self.stopping = True
             while self.waiting:
-                self.waiting.popleft()[0].close_with(TOO_MANY_CONNECTIONS)
+                protocol, cycle, _ = self.waiting.popleft()
+                protocol.close_with(TOO_MANY_CONNECTIONS, cycle)
         while self.waiting and self.running < self.active:
             self._start(*self.waiting.popleft())
 
@@ -437,10 +451,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_body(body)
         if self.unread is not None and len(self.unread[0].body) > MAX_BODY_BYTES:
-            self.unread[0].body = bytearray()
+            cycle = self.unread[0]
+            cycle.body = bytearray()
             self.unread = None
             self.discarded = 0
-            self.transport.write(BODY_TOO_LARGE)
+            identifier = request_id(cast(Scope, cycle.scope))
+            self.transport.write(canned_response(PayloadTooLarge(), identifier))
             self.flow.resume_reading()  # uvicorn stops at HIGH_WATER_LIMIT
 
     def _start_asgi_task(
@@ -563,7 +579,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
-    def refuse(self, response: bytes) -> None:
+    def refuse(self, error: AppError) -> None:
         """A canned error response to the request being read, and the connection
         closed; but with requests read before it still unanswered, it would
         overtake their responses: those are answered first, in order, and then
@@ -571,11 +587,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._unanswered():
             self._stop_reading()
         else:
-            self.close_with(response)
+            self.close_with(error)
 
-    def close_with(self, response: bytes) -> None:
-        """A canned response, and the connection closed."""
+    def close_with(
+        self, error: AppError, cycle: RequestResponseCycle | None = None
+    ) -> None:
+        """The error's canned response (with the request id of `cycle`, the request
+        it answers, if its head was read), and the connection closed."""
         self._disarm_deadline()
         if not self.transport.is_closing():  # uvloop raises on writing to a closed one
-            self.transport.write(response)
+            identifier = request_id(cast(Scope, cycle.scope)) if cycle else None
+            self.transport.write(canned_response(error, identifier))
             self.transport.close()

@@ -211,6 +211,48 @@ def test_a_request_that_is_not_http_gets_a_json_400(server: tuple[str, int]) -> 
     assert body["code"] == "bad_request"
 
 
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"FOO /health HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # TLS hello
+        (b"GET /health HTTP/1.1\r\nX: " + b"a" * 40_000 + b"\r\n\r\n", 431),
+        (b"GET /health HTTP/1.1\r\nHost: t\r\n", 408),  # the head never ends
+    ],
+)
+def test_an_error_answered_before_the_app_carries_a_request_id(
+    server: tuple[str, int], request_bytes: bytes, status: int
+) -> None:
+    """C8: every response has X-Request-ID, in the header and the body as the
+    app's errors have it, with the security headers."""
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.sendall(request_bytes)
+        answered, headers, body = _error(_read_all(sock))
+    assert answered == status
+    assert len(headers["x-request-id"]) == 32
+    assert body["request_id"] == headers["x-request-id"]
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_chunked_body_over_the_cap_echoes_the_request_id(
+    server: tuple[str, int],
+) -> None:
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.sendall(
+            b"POST /api/u/tasks HTTP/1.1\r\nHost: t\r\nX-Request-ID: mine.1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + b"10000\r\n"
+            + b"a" * 0x10000
+            + b"\r\n"
+            + b"1\r\na\r\n0\r\n\r\n"
+        )
+        answered, headers, body = _error(_read_all(sock))
+    assert answered == 413
+    assert headers["x-request-id"] == body["request_id"] == "mine.1"
+
+
 def test_a_new_connection_that_sends_nothing_is_idle_until_the_keep_alive_timeout(
     server: tuple[str, int],
 ) -> None:

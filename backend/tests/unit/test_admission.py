@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from app.edge.protocol import TOO_MANY_CONNECTIONS, Admission, BoundedHttpToolsProtocol
+from app.errors import AppError
 
 
 class Connection:
@@ -16,13 +17,13 @@ class Connection:
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
-        self.refused: bytes | None = None
+        self.refused: AppError | None = None
 
     def start(self, _cycle: Any, app: Any) -> None:
         self.task = asyncio.ensure_future(app({}, None, None))
 
-    def close_with(self, response: bytes) -> None:
-        self.refused = response
+    def close_with(self, error: AppError, _cycle: Any) -> None:
+        self.refused = error
 
 
 pytestmark = pytest.mark.anyio

@@ -4,7 +4,12 @@ import json
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.edge.protocol import HEAD_TOO_LARGE, TIMED_OUT, TOO_MANY_CONNECTIONS
+from app.edge.protocol import (
+    HEAD_TOO_LARGE,
+    TIMED_OUT,
+    TOO_MANY_CONNECTIONS,
+    canned_response,
+)
 from app.errors import (
     AppError,
     InvalidJSON,
@@ -68,8 +73,8 @@ def test_every_error_has_a_detail_of_its_own() -> None:
 
 
 def test_errors_answered_before_the_app_carry_detail_too() -> None:
-    for response in (HEAD_TOO_LARGE, TIMED_OUT, TOO_MANY_CONNECTIONS):
-        body = json.loads(response.partition(b"\r\n\r\n")[2])
+    for error in (HEAD_TOO_LARGE, TIMED_OUT, TOO_MANY_CONNECTIONS):
+        body = json.loads(canned_response(error).partition(b"\r\n\r\n")[2])
         assert body["detail"], body
 
 
