@@ -14,10 +14,17 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any, NoReturn, Required, TypedDict, TypeVar, cast
+from typing import Annotated, Any, NoReturn, Required, TypedDict, TypeVar, cast
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 from sqlalchemy import (
     BindParameter,
     Boolean,
@@ -237,8 +244,30 @@ class SyncToken:
             state = codec.decode(token, _sync_binding(user_id), length=5)
         except InvalidCursor:
             raise InvalidCursor("since") from None
-        since_at, since, upto_at, upto, after = state
-        return cls(since_at, since, upto_at, upto, tuple(after) if after else None)
+        try:
+            return cls(*_TOKEN_STATE.validate_python(state))
+        except ValidationError:  # signed, but not this release's shape
+            raise InvalidCursor("since") from None
+
+
+# A sync token's state, as `SyncToken.encode` writes it: `pg_snapshot` text and
+# transaction ids below 10^18 (a bigint; a cluster's are far below).
+_Xid = Annotated[StrictInt, Field(ge=0, lt=10**18)]
+_SnapshotText = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[0-9]{1,18}:[0-9]{1,18}:([0-9]{1,18}(,[0-9]{1,18})*)?$"
+    ),
+]
+_TOKEN_STATE = TypeAdapter(
+    tuple[
+        StrictInt,
+        _SnapshotText | None,
+        StrictInt | None,
+        _SnapshotText | None,
+        tuple[_Xid, _Xid] | None,
+    ]
+)
 
 
 def _sync_binding(user_id: str) -> dict[str, Any]:

@@ -249,6 +249,32 @@ def test_token_from_another_database_cluster_is_410(make_client: ClientFactory) 
     assert_error(response, 410, "sync_token_expired")
 
 
+NOW = int(time.time())
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        (str(NOW), None, None, None, None),  # since_at a string
+        (True, None, None, None, None),
+        (NOW, 5, None, None, None),  # a snapshot that is not text
+        (NOW, "1:2:x", None, None, None),  # nor a snapshot's text
+        (NOW, None, NOW, "1:2:", ("a", 1)),
+        (NOW, None, NOW, "1:2:", (1,)),
+    ],
+)
+def test_a_signed_token_of_another_shape_is_400(
+    make_client: ClientFactory, state: tuple[Any, ...]
+) -> None:
+    """A token signed with the secret but not of this version's shape (one a
+    future or past release wrote, say) is a 400 like any bad token, never a 500."""
+    client = _client_with_known_secret(make_client)
+    user = new_user_id()
+    token = SyncToken(*state).encode(CursorCodec(CURSOR_SECRET.encode()), user)
+    response = client.get(tasks_url(user) + "/changes", params={"since": token})
+    assert_error(response, 400, "validation_error")
+
+
 @pytest.mark.parametrize(
     ("method", "suffix", "body"),
     [
