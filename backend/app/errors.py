@@ -291,10 +291,16 @@ def error_response(error: AppError, request_id: str | None) -> JSONResponse:
     )
 
 
+# A field name the client made up (an unknown one) is echoed at most this long.
+MAX_FIELD_NAME = 100
+
+
 def _field_name(loc: Sequence[Any]) -> str:
     """('body', 'tags', 2) -> 'tags[2]'; ('query', 'limit') -> 'limit'."""
     name = ""
     for part in loc[1:] if len(loc) > 1 else loc:
+        if isinstance(part, str) and len(part) > MAX_FIELD_NAME:
+            part = part[:MAX_FIELD_NAME] + "…"
         name += (
             f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
         )

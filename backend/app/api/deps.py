@@ -107,9 +107,16 @@ def idempotency_key(request: Request) -> str | None:
     validates a declared `Header()` (the same 400): read here because a declared
     parameter costs every request of the route (specs/005-performance). Document
     it with `IDEMPOTENCY_KEY`."""
-    value = request.headers.get("idempotency-key")
-    if value is None:
+    values = request.headers.getlist("idempotency-key")
+    if not values:
         return None
+    if len(values) > 1:  # a proxy and the app could each read another one
+        message = "must be sent once"
+        raise ValidationFailed(
+            detail=f"Idempotency-Key: {message}",
+            fields=[FieldError(field="Idempotency-Key", message=message)],
+        )
+    value = values[0]
     try:
         return _IdempotencyKey.validate_python(value)
     except ValidationError as exc:

@@ -220,6 +220,15 @@ async def _drain(receive: Receive, more: bool) -> None:
         more = message.get("more_body", False)
 
 
+def _encoded(scope: Scope) -> bool:
+    """The body has a content coding (gzip, br, …): this server decodes none, and
+    read as JSON it would be a misleading 400 (RFC 9110 15.5.16: a 415)."""
+    return any(
+        name == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
+        for name, value in scope["headers"]
+    )
+
+
 class BodyGuardMiddleware:
     """Reads the whole body (at most 64 KiB, whatever Content-Length claims) before
     the app sees it, and rejects non-JSON bodies."""
@@ -255,8 +264,15 @@ class BodyGuardMiddleware:
         body = b"".join(chunks)
         content_type = _header(scope, b"content-type")
         media_type = (content_type or "application/json").split(";")[0].strip()
+        error = None
         if body and not _JSON_TYPE.fullmatch(media_type):
             error = UnsupportedMediaType()
+        elif body and _encoded(scope):
+            error = UnsupportedMediaType(
+                detail="Content-Encoding is not supported: send the body uncompressed",
+                headers={"Accept-Encoding": "identity"},
+            )
+        if error is not None:
             await error_response(error, request_id)(scope, receive, send)
             return
         replayed = False

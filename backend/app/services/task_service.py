@@ -1013,7 +1013,10 @@ class TaskService:
             task_id = step.task_id
             if step.target is not None:
                 if step.target not in created:
-                    raise FailedDependency("Not applied: the create it targets failed")
+                    raise FailedDependency(
+                        "Not applied: the create it targets failed",
+                        detail="Fix that create and send both operations again",
+                    )
                 task_id = created[step.target]
             assert task_id is not None  # BatchOperation: id or target
             named = _Named(user_id=user_id, task_id=task_id, if_match=step.if_match)

@@ -214,6 +214,7 @@ def test_non_atomic_target_of_a_failed_create_is_424(client: TestClient) -> None
     )
     assert [r["status"] for r in results] == [400, 424, 201]
     assert results[1]["error"]["code"] == "failed_dependency"
+    assert "atomic" not in results[1]["error"]["detail"]  # this batch is not
 
 
 def test_batch_changes_come_in_the_next_sync(client: TestClient) -> None:

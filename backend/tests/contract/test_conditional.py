@@ -190,6 +190,19 @@ def test_bad_idempotency_key_is_400(client: TestClient, key: str) -> None:
     assert client.get(tasks_url(user)).json() == []
 
 
+def test_an_idempotency_key_sent_twice_is_400(client: TestClient) -> None:
+    """Two keys: a proxy and the app could each read another one."""
+    user = new_user_id()
+    response = client.post(
+        tasks_url(user),
+        json=task_payload(),
+        headers=[("Idempotency-Key", "a"), ("Idempotency-Key", "b")],
+    )
+    assert response.status_code == 400
+    assert response.json()["fields"][0]["field"] == "Idempotency-Key"
+    assert client.get(tasks_url(user)).json() == []
+
+
 def test_longest_printable_key_is_accepted(client: TestClient) -> None:
     key = "".join(chr(c) for c in range(0x21, 0x7F)) * 3
     assert idempotent_post(client, new_user_id(), key[:255]).status_code == 201

@@ -1,5 +1,6 @@
 """C3: every error, whatever produced it, is the same JSON shape; nothing leaks."""
 
+import gzip
 import json
 
 import pytest
@@ -147,6 +148,44 @@ def test_non_json_body_is_415(client: TestClient, content_type: str) -> None:
         headers={"content-type": content_type},
     )
     assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_is_415_naming_the_accepted_encoding(
+    client: TestClient, encoding: str
+) -> None:
+    """RFC 9110 15.5.16: a content coding the server does not decode is a 415,
+    with Accept-Encoding saying what it takes; nothing is written."""
+    user = new_user_id()
+    response = client.post(
+        tasks_url(user),
+        content=gzip.compress(b'{"title": "x"}'),
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
+    body = assert_error(response, 415, "unsupported_media_type")
+    assert "Content-Encoding" in str(body["detail"])
+    assert response.headers["accept-encoding"] == "identity"
+    assert client.get(tasks_url(user)).json() == []
+
+
+def test_an_identity_encoded_body_is_read(client: TestClient) -> None:
+    response = client.post(
+        tasks_url(new_user_id()),
+        json={"title": "x"},
+        headers={"content-encoding": "identity"},
+    )
+    assert response.status_code == 201
+
+
+def test_an_unknown_field_name_is_not_echoed_whole(client: TestClient) -> None:
+    """A 60 KB field name would come back twice (field, detail): cut short."""
+    response = client.post(
+        tasks_url(new_user_id()), json={"x" * 60_000: 1, "title": "t"}
+    )
+    body = assert_error(response, 400, "validation_error")
+    assert len(response.content) < 2_000
+    assert isinstance(body["fields"], list)
+    assert body["fields"][0]["field"].startswith("xxx")
 
 
 @pytest.mark.parametrize(
