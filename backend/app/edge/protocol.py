@@ -101,6 +101,9 @@ HEAD_TOO_LARGE = HeadersTooLarge()
 TIMED_OUT = RequestTimeout()
 TOO_MANY_CONNECTIONS = Overloaded()
 MALFORMED = MalformedRequest()
+NOT_ONE_HOST = MalformedRequest(
+    detail="An HTTP/1.1 request names its host in exactly one Host header"
+)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A body the app may take is whole before uvicorn stops reading (at this many
 # bytes): so every request the app gets is admitted with its body read.
@@ -343,11 +346,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.pipeline) >= MAX_PIPELINED and not self.cycle.response_complete:
             self._stop_reading()
             raise _StopReading
+        if not self._one_host():
+            self.refuse(NOT_ONE_HOST)
+            raise _StopReading
         self.reading_head = False
         self.head_begun = False
         self.head_bytes = 0
         self.heads_read += 1
         super().on_headers_complete()
+
+    def _one_host(self) -> bool:
+        """RFC 9112 3.2: one Host header (none allowed in HTTP/1.0); with two, a
+        proxy and this server could each take the request for another host."""
+        hosts = sum(name == b"host" for name, _ in self.headers)
+        return hosts == 1 or (hosts == 0 and self.parser.get_http_version() == "1.0")
 
     def on_url(self, url: bytes) -> None:
         self._head_grows(len(url))

@@ -235,6 +235,35 @@ def test_an_error_answered_before_the_app_carries_a_request_id(
     assert headers["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /health HTTP/1.1\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /health HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+    ],
+)
+def test_a_request_without_exactly_one_host_is_400(
+    server: tuple[str, int], head: bytes
+) -> None:
+    """RFC 9112 3.2: an HTTP/1.1 request without Host, or any with two, is a 400
+    (two hosts let a proxy and the app each route by another one)."""
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.sendall(head)
+        status, _, body = _error(_read_all(sock))
+    assert status == 400
+    assert body["code"] == "bad_request"
+    assert "Host" in str(body["detail"])
+
+
+def test_an_http_1_0_request_may_omit_host(server: tuple[str, int]) -> None:
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        assert _read_all(sock).startswith(b"HTTP/1.1 200")
+
+
 def test_a_chunked_body_over_the_cap_echoes_the_request_id(
     server: tuple[str, int],
 ) -> None:
