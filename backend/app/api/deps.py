@@ -93,6 +93,9 @@ IF_MATCH = optional_header("If-Match", "Only act if the task's ETag is one of th
 IF_NONE_MATCH = optional_header(
     "If-None-Match", "304 if the task's ETag is one of these"
 )
+IF_NONE_MATCH_WRITE = optional_header(
+    "If-None-Match", "412 if the task's ETag is one of these (`*`: any)"
+)
 _KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
 IDEMPOTENCY_KEY = optional_header(
     "Idempotency-Key",

@@ -41,8 +41,9 @@ def if_match_versions(header: str | None, task_id: int) -> list[datetime] | None
     return versions
 
 
-def not_modified(header: str | None, task: TaskRecord) -> bool:
-    """If-None-Match, with the weak comparison RFC 9110 asks for."""
+def etag_listed(header: str | None, task: TaskRecord) -> bool:
+    """If-None-Match names the task's current ETag (or `*`), with the weak
+    comparison RFC 9110 asks for: a GET is a 304, a write a 412."""
     if header is None:
         return False
     current = etag(task)

@@ -91,6 +91,61 @@ def test_if_match_star_and_lists(client: TestClient) -> None:
     )
 
 
+@pytest.mark.parametrize(("method", "suffix", "body"), [*UPDATES, ("DELETE", "", None)])
+def test_if_none_match_on_a_write_is_412_when_it_matches(
+    client: TestClient, method: str, suffix: str, body: Any
+) -> None:
+    """RFC 9110 13.1.2: a write whose If-None-Match holds the current ETag (or
+    `*`: the task exists) is not performed: 412, nothing changes."""
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    etag = client.get(url).headers["etag"]
+    for header in (etag, f"W/{etag}", f'"a", {etag}', "*"):
+        response = client.request(
+            method, url + suffix, json=body, headers={"If-None-Match": header}
+        )
+        assert response.status_code == 412, header
+        assert response.json()["code"] == "precondition_failed"
+    assert client.get(url).headers["etag"] == etag
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), [*UPDATES, ("DELETE", "", None)])
+def test_if_none_match_on_a_write_with_another_etag_succeeds(
+    client: TestClient, method: str, suffix: str, body: Any
+) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    stale = client.get(url).headers["etag"]
+    client.patch(url, json={"description": "edited"})
+    response = client.request(
+        method, url + suffix, json=body, headers={"If-None-Match": stale}
+    )
+    assert response.status_code in (200, 204), response.text
+
+
+def test_if_match_is_evaluated_before_if_none_match(client: TestClient) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    etag = client.get(url).headers["etag"]
+    both = {"If-Match": '"stale"', "If-None-Match": '"other"'}
+    assert client.patch(url, json={"title": "x"}, headers=both).status_code == 412
+    both = {"If-Match": etag, "If-None-Match": '"other"'}
+    assert client.patch(url, json={"title": "x"}, headers=both).status_code == 200
+
+
+def test_if_none_match_on_another_users_task_is_404(client: TestClient) -> None:
+    owner, other = new_user_id(), new_user_id()
+    task = create_task(client, owner)
+    response = client.delete(
+        tasks_url(other, task["id"]), headers={"If-None-Match": "*"}
+    )
+    assert response.status_code == 404
+    assert client.get(tasks_url(owner, task["id"])).status_code == 200
+
+
 def test_if_match_on_missing_task_is_404(client: TestClient) -> None:
     response = client.delete(
         tasks_url(new_user_id(), 424242), headers={"If-Match": "*"}

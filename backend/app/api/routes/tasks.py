@@ -1,11 +1,14 @@
 """Thin handlers: declare inputs, call one service method, return its representation."""
 
+from datetime import datetime
+
 from fastapi import Request, Response, status
 
 from app.api.deps import (
     IDEMPOTENCY_KEY,
     IF_MATCH,
     IF_NONE_MATCH,
+    IF_NONE_MATCH_WRITE,
     TaskIdPath,
     UserIdPath,
     header,
@@ -17,12 +20,13 @@ from app.api.http import (
     JSON,
     dump,
     etag,
+    etag_listed,
     if_match_versions,
-    not_modified,
     task_response,
 )
 from app.api.openapi import errors, query_parameters
 from app.api.routes import api_router
+from app.errors import PreconditionFailed
 from app.schemas import (
     TaskCreate,
     TaskListQuery,
@@ -115,7 +119,7 @@ async def get_task(
 ) -> Response:
     """Get one task (304 when If-None-Match has its current ETag)."""
     task = await task_service(request).get(user_id=user_id, task_id=task_id)
-    if not_modified(header(request, "if-none-match"), task):
+    if etag_listed(header(request, "if-none-match"), task):
         return Response(status_code=304, headers={"ETag": etag(task)})
     return task_response(task)
 
@@ -124,7 +128,7 @@ async def get_task(
     "/{id}",
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
-    openapi_extra={"parameters": [IF_MATCH]},
+    openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH_WRITE]},
 )
 async def replace_task(
     request: Request,
@@ -133,7 +137,7 @@ async def replace_task(
     body: TaskReplace,
 ) -> Response:
     """Replace a task's content; omitted optional fields return to their defaults."""
-    versions = if_match_versions(header(request, "if-match"), task_id)
+    versions = await _preconditions(request, user_id, task_id)
     task = await task_service(request).replace(
         user_id=user_id, task_id=task_id, data=body, if_match=versions
     )
@@ -144,7 +148,7 @@ async def replace_task(
     "/{id}",
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
-    openapi_extra={"parameters": [IF_MATCH]},
+    openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH_WRITE]},
 )
 async def patch_task(
     request: Request,
@@ -153,7 +157,7 @@ async def patch_task(
     body: TaskPatch,
 ) -> Response:
     """Change the given fields only; `null` clears a field."""
-    versions = if_match_versions(header(request, "if-match"), task_id)
+    versions = await _preconditions(request, user_id, task_id)
     task = await task_service(request).patch(
         user_id=user_id, task_id=task_id, data=body, if_match=versions
     )
@@ -164,7 +168,7 @@ async def patch_task(
     "/{id}/complete",
     response_model=TaskPublic,
     responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
-    openapi_extra={"parameters": [IF_MATCH]},
+    openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH_WRITE]},
 )
 async def toggle_task(
     request: Request,
@@ -173,7 +177,7 @@ async def toggle_task(
     body: ToggleBody = NO_FIELDS,  # noqa: ARG001 - validated, carries nothing
 ) -> Response:
     """Toggle `completed`, setting or clearing `completed_at`."""
-    versions = if_match_versions(header(request, "if-match"), task_id)
+    versions = await _preconditions(request, user_id, task_id)
     task = await task_service(request).toggle(
         user_id=user_id, task_id=task_id, if_match=versions
     )
@@ -184,14 +188,34 @@ async def toggle_task(
     "/{id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=errors(404, 412),
-    openapi_extra={"parameters": [IF_MATCH]},
+    openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH_WRITE]},
 )
 async def delete_task(
     request: Request, user_id: UserIdPath, task_id: TaskIdPath
 ) -> Response:
     """Delete a task."""
-    versions = if_match_versions(header(request, "if-match"), task_id)
+    versions = await _preconditions(request, user_id, task_id)
     await task_service(request).delete(
         user_id=user_id, task_id=task_id, if_match=versions
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _preconditions(
+    request: Request, user_id: str, task_id: int
+) -> list[datetime] | None:
+    """The versions a write may act on: If-Match's (None: any). With
+    If-None-Match too (RFC 9110 13.1.2, evaluated after If-Match), the task is
+    read first: 412 when a tag matches it (weakly; `*`: it exists), else the
+    write acts only on the version read, so a change in between is a 412 too."""
+    versions = if_match_versions(header(request, "if-match"), task_id)
+    if_none_match = header(request, "if-none-match")
+    if if_none_match is None:
+        return versions
+    task = await task_service(request).get(user_id=user_id, task_id=task_id)
+    current = task["updated_at"]
+    if (versions is not None and current not in versions) or etag_listed(
+        if_none_match, task
+    ):
+        raise PreconditionFailed()
+    return [current]
