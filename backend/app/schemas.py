@@ -22,6 +22,10 @@ from pydantic import (
 from app.models import Priority
 
 MAX_TASK_ID = 2**63 - 1
+# The longest cursor issued: a `title` sort's holds the title, at worst 200
+# characters of 6 JSON bytes each (`\u0001`), with the id and signature ~1,660
+# characters of base64.
+MAX_CURSOR = 2048
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
 READ_ONLY_FIELDS = frozenset(
     {"id", "user_id", "created_at", "updated_at", "completed_at"}
@@ -219,7 +223,7 @@ class TaskListQuery(BaseModel):
     due_after: AwareDatetime | None = None
     sort: SortKey = "-created_at"
     limit: int = Field(default=1000, ge=1, le=1000)
-    cursor: Annotated[str | None, StringConstraints(max_length=1000)] = None
+    cursor: Annotated[str | None, StringConstraints(max_length=MAX_CURSOR)] = None
 
     def filters(self) -> dict[str, Any]:
         """The filter set in a canonical form: a cursor is bound to it."""

@@ -27,7 +27,10 @@ class CursorCodec:
         return mac.digest()[:_SIGNATURE_BYTES]
 
     def encode(self, position: list[Any], binding: dict[str, Any]) -> str:
-        payload = json.dumps(position, separators=(",", ":")).encode()
+        # UTF-8, not \u escapes: a title's emoji take 4 bytes, not 12 (MAX_CURSOR).
+        payload = json.dumps(
+            position, separators=(",", ":"), ensure_ascii=False
+        ).encode()
         token = payload + self._sign(payload, binding)
         return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
 

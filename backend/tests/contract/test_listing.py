@@ -212,6 +212,27 @@ def test_limit_pages_with_link_and_cursor(
     assert "x-next-cursor" not in third.headers
 
 
+@pytest.mark.parametrize("sort", ["title", "-title"])
+def test_every_cursor_issued_is_accepted_back_whatever_the_title(
+    client: TestClient, sort: str
+) -> None:
+    """The longest titles in their longest JSON form (a cursor on `title` holds the
+    title): 200 emoji, Cyrillic, quotes, control characters."""
+    user = new_user_id()
+    titles = ["\U0001f600" * 200, "\u0416" * 200, '"' * 200, "\x01a" * 100, "b"]
+    for title in titles:
+        create_task(client, user, title=title)
+    seen: list[int] = []
+    url = f"{tasks_url(user)}?limit=1&sort={sort}"
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200, response.text
+        seen += ids(response)
+        link = response.headers.get("link", "")
+        url = link[1 : link.index(">")] if link else ""
+    assert len(seen) == len(set(seen)) == len(titles)
+
+
 def test_no_link_when_everything_fits(
     client: TestClient, user: str, mixed: Any
 ) -> None:
