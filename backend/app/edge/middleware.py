@@ -5,6 +5,7 @@ import logging
 import os
 import re
 import time
+from urllib.parse import unquote
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -287,12 +288,26 @@ class BodyGuardMiddleware:
         await self.app(scope, replay, send)
 
 
+def _with_encoded_slashes(raw_path: bytes) -> str:
+    """The path decoded segment by segment, a `%2F` staying `%2F` (RFC 3986 2.2:
+    an encoded slash is data, not a separator): the server's decoded path made
+    `tasks%2Fbatch` the batch route, past any proxy rule on `*/tasks/batch`. No
+    route has a segment holding a slash, so such a path is a 404 (or the 400 of an
+    invalid `{user_id}` or `{id}`)."""
+    return "/".join(
+        unquote(segment).replace("/", "%2F")
+        for segment in raw_path.decode("latin-1").split("/")
+    )
+
+
 class CanonicalRequestMiddleware:
     """Two things FastAPI's routes don't do, in one layer (one call per request):
 
-    - `/api/…/` is served as `/api/…`. Starlette's answer is a 307 whose Location is
-      an absolute URL built from what the app sees (plain `http://` behind a TLS
-      proxy), sent before authentication; here there is no redirect at all.
+    - `/api/…/` is served as `/api/…` (one slash: `/api/…//` is no route).
+      Starlette's answer is a 307 whose Location is an absolute URL built from what
+      the app sees (plain `http://` behind a TLS proxy), sent before
+      authentication; here there is no redirect at all. And `%2F` in the path is
+      not a separator (`_with_encoded_slashes`).
     - HEAD on every GET route (uptime monitors, `curl -I`): the GET's status and
       headers (ETag, Content-Length, Link…) without its body. Routes stay GET-only,
       so the OpenAPI document has no second operation per path.
@@ -308,12 +323,14 @@ class CanonicalRequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        raw_path = scope.get("raw_path")
+        if isinstance(raw_path, bytes) and b"%2f" in raw_path.lower():
+            scope["path"] = _with_encoded_slashes(raw_path)
         path: str = scope["path"]
         if path.endswith("/") and path.startswith("/api/"):
-            scope["path"] = path.rstrip("/")
-            raw_path = scope.get("raw_path")
+            scope["path"] = path[:-1]
             if isinstance(raw_path, bytes):
-                scope["raw_path"] = raw_path.rstrip(b"/")
+                scope["raw_path"] = raw_path[:-1]
         if scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return

@@ -140,6 +140,36 @@ def test_trailing_slash_is_served_without_a_redirect(client: TestClient) -> None
     assert one.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [
+        ("POST", "%2Fbatch"),
+        ("PATCH", "%2F{id}%2Fcomplete"),
+        ("GET", "%2F{id}"),
+        ("GET", "%2f{id}"),
+        ("GET", "/{id}//"),
+    ],
+)
+def test_an_encoded_slash_is_not_a_path_separator(
+    client: TestClient, method: str, suffix: str
+) -> None:
+    """RFC 3986 2.2: `%2F` is data, not a `/`; so `tasks%2Fbatch` is no route
+    (a proxy rule on `*/tasks/batch` must not be passed by encoding it)."""
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user) + suffix.format(id=task["id"])
+    response = client.request(method, url, json={"operations": []})
+    assert response.status_code == 404, response.text
+    assert client.get(tasks_url(user, task["id"])).json() == task
+
+
+def test_other_encoded_characters_are_decoded(client: TestClient) -> None:
+    user = "a@b." + new_user_id()
+    created = client.post(f"/api/{user.replace('@', '%40')}/tasks", json={"title": "x"})
+    assert created.status_code == 201
+    assert created.json()["user_id"] == user
+
+
 def test_trailing_slash_keeps_query_and_paging_links(client: TestClient) -> None:
     user = new_user_id()
     for title in ("a", "b"):
