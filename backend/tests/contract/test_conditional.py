@@ -107,6 +107,7 @@ def test_if_none_match_on_a_write_is_412_when_it_matches(
         )
         assert response.status_code == 412, header
         assert response.json()["code"] == "precondition_failed"
+        assert "If-None-Match" in response.json()["error"]
     assert client.get(url).headers["etag"] == etag
 
 
@@ -123,6 +124,19 @@ def test_if_none_match_on_a_write_with_another_etag_succeeds(
         method, url + suffix, json=body, headers={"If-None-Match": stale}
     )
     assert response.status_code in (200, 204), response.text
+
+
+def test_get_with_a_stale_if_match_is_412(client: TestClient) -> None:
+    """RFC 9110 13.1.1: If-Match on any method; a GET with a stale one is 412."""
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    etag = client.get(url).headers["etag"]
+    assert client.get(url, headers={"If-Match": etag}).status_code == 200
+    client.patch(url, json={"title": "changed"})
+    response = client.get(url, headers={"If-Match": etag})
+    assert response.status_code == 412
+    assert response.json()["code"] == "precondition_failed"
 
 
 def test_if_match_is_evaluated_before_if_none_match(client: TestClient) -> None:

@@ -32,6 +32,7 @@ from app.schemas import (
     TaskListQuery,
     TaskPatch,
     TaskPublic,
+    TaskRecord,
     TaskReplace,
     ToggleBody,
 )
@@ -110,15 +111,17 @@ async def list_tasks(request: Request, user_id: UserIdPath) -> Response:
     responses={
         200: {"headers": _ETAG},
         304: {"description": "Not modified"},
-        **errors(404),
+        **errors(404, 412),
     },
-    openapi_extra={"parameters": [IF_NONE_MATCH]},
+    openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH]},
 )
 async def get_task(
     request: Request, user_id: UserIdPath, task_id: TaskIdPath
 ) -> Response:
-    """Get one task (304 when If-None-Match has its current ETag)."""
+    """Get one task (304 when If-None-Match has its current ETag; 412 when
+    If-Match has not)."""
     task = await task_service(request).get(user_id=user_id, task_id=task_id)
+    _check_if_match(if_match_versions(header(request, "if-match"), task_id), task)
     if etag_listed(header(request, "if-none-match"), task):
         return Response(status_code=304, headers={"ETag": etag(task)})
     return task_response(task)
@@ -213,9 +216,16 @@ async def _preconditions(
     if if_none_match is None:
         return versions
     task = await task_service(request).get(user_id=user_id, task_id=task_id)
-    current = task["updated_at"]
-    if (versions is not None and current not in versions) or etag_listed(
-        if_none_match, task
-    ):
+    _check_if_match(versions, task)
+    if etag_listed(if_none_match, task):
+        raise PreconditionFailed(
+            "If-None-Match names the task's current ETag",
+            detail="The request excluded the task's current version: nothing changed",
+        )
+    return [task["updated_at"]]
+
+
+def _check_if_match(versions: list[datetime] | None, task: TaskRecord) -> None:
+    """412 unless If-Match accepts the task's current version (None: any)."""
+    if versions is not None and task["updated_at"] not in versions:
         raise PreconditionFailed()
-    return [current]
