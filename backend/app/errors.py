@@ -215,6 +215,13 @@ class RangeNotSatisfiable(AppError):
         super().__init__(headers={"Content-Range": f"bytes */{size}"})
 
 
+class TransferCodingNotImplemented(AppError):
+    status_code = 501
+    code = "not_implemented"
+    message = "Only the chunked transfer coding is supported"
+    detail = "Send the body with Content-Length, or Transfer-Encoding: chunked alone"
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"

@@ -15,8 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import (
     AppError,
     CorsNotAllowed,
+    InvalidJSON,
     Overloaded,
     PayloadTooLarge,
+    TransferCodingNotImplemented,
     UnsupportedMediaType,
     error_response,
 )
@@ -221,11 +223,16 @@ async def _drain(receive: Receive, more: bool) -> None:
         more = message.get("more_body", False)
 
 
-def _encoded(scope: Scope) -> bool:
-    """The body has a content coding (gzip, br, …): this server decodes none, and
-    read as JSON it would be a misleading 400 (RFC 9110 15.5.16: a 415)."""
+def _encoded(scope: Scope, header: bytes, decoded: bytes) -> bool:
+    """The body has a coding this server does not decode: in `header`, any but
+    `decoded`. A content coding (gzip, br, …), read as JSON, was a misleading 400
+    (RFC 9110 15.5.16: a 415); a transfer coding besides chunked was ignored, so
+    the body read was not the one a decoding proxy saw (RFC 9112 6.1: a 501)."""
     return any(
-        name == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
+        name == header
+        and any(
+            coding.strip().lower() not in (b"", decoded) for coding in value.split(b",")
+        )
         for name, value in scope["headers"]
     )
 
@@ -265,14 +272,18 @@ class BodyGuardMiddleware:
         body = b"".join(chunks)
         content_type = _header(scope, b"content-type")
         media_type = (content_type or "application/json").split(";")[0].strip()
-        error = None
+        error: AppError | None = None
         if body and not _JSON_TYPE.fullmatch(media_type):
             error = UnsupportedMediaType()
-        elif body and _encoded(scope):
+        elif body and _encoded(scope, b"content-encoding", b"identity"):
             error = UnsupportedMediaType(
                 detail="Content-Encoding is not supported: send the body uncompressed",
                 headers={"Accept-Encoding": "identity"},
             )
+        elif body and _encoded(scope, b"transfer-encoding", b"chunked"):
+            error = TransferCodingNotImplemented()
+        elif body[:1] in (b"\xfe", b"\xff") or b"\x00" in body[:4]:
+            error = InvalidJSON(detail="The body is not valid UTF-8")
         if error is not None:
             await error_response(error, request_id)(scope, receive, send)
             return

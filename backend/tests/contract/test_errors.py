@@ -168,6 +168,23 @@ def test_a_compressed_body_is_415_naming_the_accepted_encoding(
     assert client.get(tasks_url(user)).json() == []
 
 
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_a_body_in_another_unicode_encoding_is_invalid_json(
+    client: TestClient, codec: str
+) -> None:
+    """RFC 8259 8.1: JSON between systems is UTF-8 (Python's json.loads would
+    have guessed UTF-16 and UTF-32 from the bytes)."""
+    user = new_user_id()
+    response = client.post(
+        tasks_url(user),
+        content='{"title": "x"}'.encode(codec),
+        headers={"content-type": "application/json"},
+    )
+    body = assert_error(response, 400, "invalid_json")
+    assert "UTF-8" in str(body["detail"])
+    assert client.get(tasks_url(user)).json() == []
+
+
 def test_an_identity_encoded_body_is_read(client: TestClient) -> None:
     response = client.post(
         tasks_url(new_user_id()),

@@ -257,6 +257,26 @@ def test_a_request_without_exactly_one_host_is_400(
     assert "Host" in str(body["detail"])
 
 
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate, chunked"])
+def test_a_transfer_coding_other_than_chunked_is_501(
+    server: tuple[str, int], coding: bytes
+) -> None:
+    """RFC 9112 6.1: a transfer coding the server does not decode is a 501; read
+    as if only chunked, the body is not what a proxy that decodes it would see."""
+    base_url, _ = server
+    user = new_user_id()
+    with _connect(base_url) as sock:
+        sock.sendall(
+            b"POST /api/%s/tasks HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: %s\r\n\r\n"
+            b'f\r\n{"title": "te"}\r\n0\r\n\r\n' % (user.encode(), coding)
+        )
+        status, _, body = _error(_read_all(sock))
+    assert status == 501
+    assert body["code"] == "not_implemented"
+    assert httpx.get(f"{base_url}/api/{user}/tasks").json() == []
+
+
 def test_an_http_1_0_request_may_omit_host(server: tuple[str, int]) -> None:
     base_url, _ = server
     with _connect(base_url) as sock:
