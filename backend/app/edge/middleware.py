@@ -87,14 +87,14 @@ class JsonCORSMiddleware(CORSMiddleware):
             if "origin" in headers and "access-control-request-method" in headers:
                 started = time.perf_counter()
                 identifier = request_id(scope)
-                response = _identified(self.preflight_response(headers), identifier)
+                response = _identified(self._preflight(headers, identifier), identifier)
                 await response(scope, receive, send)
                 _access_line(scope, response.status_code, started, identifier)
                 return
         await super().__call__(scope, receive, send)
 
-    def preflight_response(self, request_headers: Headers) -> Response:
-        response = super().preflight_response(request_headers)
+    def _preflight(self, request_headers: Headers, identifier: str) -> Response:
+        response = self.preflight_response(request_headers)
         if response.status_code != 400:
             return response
         refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
@@ -103,7 +103,7 @@ class JsonCORSMiddleware(CORSMiddleware):
             for name, value in response.headers.items()
             if not name.startswith("content-")
         }
-        return error_response(CorsNotAllowed(refused, headers), None)
+        return error_response(CorsNotAllowed(refused, headers), identifier)
 
 
 # Set in a request's scope state by the HTTP protocol's admission (`protocol.py`)

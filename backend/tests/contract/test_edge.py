@@ -92,7 +92,8 @@ def test_refused_preflight_is_a_json_error_naming_what_was_refused(
     assert response.headers["content-type"] == "application/json"
     assert "access-control-allow-methods" in response.headers  # as Starlette's
     body = response.json()
-    assert set(body) <= {"error", "code", "detail"}
+    assert set(body) == {"error", "code", "detail", "request_id"}
+    assert body["request_id"] == response.headers["x-request-id"]
     assert body["code"] == "cors_not_allowed"
     assert body["error"]
     named = {kind for kind in ("origin", "method", "headers") if kind in body["detail"]}
