@@ -246,6 +246,17 @@ class ChangesQuery(BaseModel):
     limit: int = Field(default=1000, ge=1, le=1000)
 
 
+class ClearQuery(BaseModel):
+    """E12's query (CONTRACT C9). Unknown parameters are ignored; E2's other
+    options are refused (routes/sync.py)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    completed: Literal["true"] = Field(
+        description="Required, and only `true`: never delete everything"
+    )
+
+
 # `null` is refused for these (a validator says so); the documented schema agrees.
 Completed = Annotated[StrictBool | None, WithJsonSchema({"type": "boolean"})]
 

@@ -11,6 +11,7 @@ from fastapi import Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
+from starlette.datastructures import QueryParams
 
 from app.api.openapi import optional_header
 from app.edge.auth import TokenVerifier
@@ -40,6 +41,9 @@ def header(request: Request, name: str) -> str | None:
 
 
 M = TypeVar("M", bound=BaseModel)
+# A header or parameter that takes one value, sent twice: a proxy and the app, or
+# two readers of a query string, could each take another one.
+SENT_ONCE = "must be sent once"
 
 
 @cache
@@ -59,6 +63,8 @@ def query(request: Request, model: type[M]) -> M:
     (specs/005-performance). Document it with `openapi.query_parameters`."""
     params = request.query_params
     lists = _list_parameters(model)
+    if len(params.multi_items()) > len(params):  # a parameter sent more than once
+        _refuse_repeated(params, frozenset(model.model_fields) - lists)
     values = {
         name: params.getlist(name) if name in lists else params[name] for name in params
     }
@@ -66,6 +72,19 @@ def query(request: Request, model: type[M]) -> M:
         return model.model_validate(values)
     except ValidationError as exc:
         raise _invalid(exc, "query") from None
+
+
+def _refuse_repeated(params: QueryParams, single_valued: frozenset[str]) -> None:
+    """A parameter that takes one value, sent twice: which was meant? A 400 (the
+    last one used to win). Unknown parameters are ignored, repeated or not."""
+    repeated = [name for name in sorted(single_valued) if len(params.getlist(name)) > 1]
+    if repeated:
+        raise RequestValidationError(
+            [
+                {"type": "value_error", "loc": ("query", name), "msg": SENT_ONCE}
+                for name in repeated
+            ]
+        )
 
 
 def _invalid(exc: ValidationError, *where: str) -> RequestValidationError:
@@ -114,10 +133,9 @@ def idempotency_key(request: Request) -> str | None:
     if not values:
         return None
     if len(values) > 1:  # a proxy and the app could each read another one
-        message = "must be sent once"
         raise ValidationFailed(
-            detail=f"Idempotency-Key: {message}",
-            fields=[FieldError(field="Idempotency-Key", message=message)],
+            detail=f"Idempotency-Key: {SENT_ONCE}",
+            fields=[FieldError(field="Idempotency-Key", message=SENT_ONCE)],
         )
     value = values[0]
     try:
@@ -141,10 +159,9 @@ def _bearer_token(request: Request) -> str:
     longer than any JWT we issue (MAX_TOKEN_LENGTH) before it is parsed."""
     values = request.headers.getlist("authorization")
     if len(values) > 1:
-        message = "must be sent once"
         raise ValidationFailed(
-            detail=f"Authorization: {message}",
-            fields=[FieldError(field="Authorization", message=message)],
+            detail=f"Authorization: {SENT_ONCE}",
+            fields=[FieldError(field="Authorization", message=SENT_ONCE)],
         )
     if not values:
         raise UnauthorizedError()

@@ -180,6 +180,31 @@ def test_bad_query_values_are_400(client: TestClient, param: str, value: str) ->
     assert response.json()["fields"][0]["field"].startswith(param)
 
 
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("", "limit=5&limit=7", "limit"),
+        ("", "completed=true&completed=false", "completed"),
+        ("", "sort=title&sort=-title", "sort"),
+        ("/changes", "limit=1&limit=2", "limit"),
+    ],
+)
+def test_a_single_valued_parameter_sent_twice_is_400(
+    client: TestClient, path: str, query: str, field: str
+) -> None:
+    """Which one was meant? (Repeatable ones, `priority` and `tag`, take all.)"""
+    response = client.get(f"{tasks_url(new_user_id())}{path}?{query}")
+    assert response.status_code == 400, response.text
+    assert response.json()["fields"] == [
+        {"field": field, "message": "must be sent once"}
+    ]
+
+
+def test_repeated_unknown_parameters_are_ignored(client: TestClient) -> None:
+    response = client.get(f"{tasks_url(new_user_id())}?_=1&_=2&tag=a&tag=b")
+    assert response.status_code == 200
+
+
 def test_unknown_query_parameters_are_ignored(
     client: TestClient, user: str, mixed: Any
 ) -> None:

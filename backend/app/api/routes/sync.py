@@ -3,10 +3,8 @@
 Registered before the single-task routes, so `/tasks/changes` and `/tasks/batch`
 are never read as a task id."""
 
-from typing import Annotated, Literal
-
 import orjson
-from fastapi import Query, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import (
@@ -25,6 +23,7 @@ from app.schemas import (
     ChangesPublic,
     ChangesQuery,
     Cleared,
+    ClearQuery,
     TaskListQuery,
 )
 from app.services.task_service import BatchStep
@@ -89,17 +88,16 @@ async def batch_tasks(
     return Response(body_bytes, media_type=JSON)
 
 
-@router.delete("", response_model=Cleared, responses=errors())
-async def clear_completed(
-    request: Request,
-    user_id: UserIdPath,
-    completed: Annotated[  # noqa: ARG001 - a guard: validated, carries nothing
-        Literal["true"],
-        Query(description="Required, and only `true`: never delete everything"),
-    ],
-) -> Cleared:
+@router.delete(
+    "",
+    response_model=Cleared,
+    responses=errors(),
+    openapi_extra={"parameters": query_parameters(ClearQuery)},
+)
+async def clear_completed(request: Request, user_id: UserIdPath) -> Cleared:
     """Delete the user's completed tasks; later syncs report them as deleted.
     Takes none of the listing's filters: it always clears every completed task."""
+    query(request, ClearQuery)  # a guard: validated, carries nothing
     _refuse_narrowing(request)
     deleted = await task_service(request).clear_completed(user_id=user_id)
     return Cleared(deleted=deleted)
@@ -111,20 +109,17 @@ _LISTING_OPTIONS = frozenset(TaskListQuery.model_fields) - {"completed"}
 
 def _refuse_narrowing(request: Request) -> None:
     """A client sending `?completed=true&tag=work` means the completed work tasks;
-    ignoring the tag would delete more than it asked for. So a listing option, or
-    `completed` sent twice, is a 400 and nothing is deleted (specs/008)."""
-    params = request.query_params
-    refused = {
-        name: "not taken here: this clears every completed task"
-        for name in params
-        if name in _LISTING_OPTIONS
-    }
-    if len(params.getlist("completed")) > 1:
-        refused = {"completed": "must be sent once", **refused}
+    ignoring the tag would delete more than it asked for: a listing option is a
+    400 and nothing is deleted (specs/008)."""
+    refused = [name for name in request.query_params if name in _LISTING_OPTIONS]
     if refused:
         raise RequestValidationError(
             [
-                {"type": "value_error", "loc": ("query", name), "msg": message}
-                for name, message in refused.items()
+                {
+                    "type": "value_error",
+                    "loc": ("query", name),
+                    "msg": "not taken here: this clears every completed task",
+                }
+                for name in refused
             ]
         )
