@@ -38,6 +38,11 @@ SECURITY_HEADERS = (
 )
 
 
+# Only the documentation may be cached: a stored task list, health status or
+# error would be stale (or another user's, in a shared cache) when served again.
+_CACHEABLE = ("/docs", "/openapi.json")
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -178,7 +183,7 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", identifier.encode()))
                 headers.extend(SECURITY_HEADERS)
-                if scope["path"].startswith("/api/"):
+                if not scope["path"].startswith(_CACHEABLE):
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
             await send(message)

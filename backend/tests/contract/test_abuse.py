@@ -67,8 +67,11 @@ def test_security_headers_on_every_response(client: TestClient) -> None:
     ):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert "server" not in response.headers
-    api = client.get(tasks_url(user))
-    assert api.headers["cache-control"] == "no-store"
+    for path in (tasks_url(user), "/health", "/metrics", "/nope"):
+        assert client.get(path).headers["cache-control"] == "no-store", path
+    # The documentation's pages and assets may be cached.
+    for path in ("/docs", "/openapi.json", "/docs/assets/swagger-ui.css"):
+        assert "cache-control" not in client.get(path).headers, path
 
 
 def test_metrics_expose_requests_pool_and_errors(client: TestClient) -> None:
