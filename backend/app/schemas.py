@@ -397,10 +397,12 @@ class Cleared(BaseModel):
 class TaskRecord(TypedDict):
     """A task row as the service hands it to the HTTP layer: TaskPublic's fields,
     straight from the database and serialised with orjson (see api/http.py).
-    TaskPublic stays the documented shape; a unit test keeps the two in step."""
+    TaskPublic stays the documented shape; a unit test keeps the two in step, in
+    the same order (a replayed create, read back through TaskPublic, is then the
+    first response byte for byte)."""
 
-    user_id: str
     id: int
+    user_id: str
     title: str
     description: str | None
     completed: bool

@@ -71,7 +71,7 @@ def test_service_records_have_exactly_the_documented_fields() -> None:
     from app.schemas import TaskPublic
     from app.services.task_service import COLUMNS, TASK
 
-    assert {column.name for column in COLUMNS} == set(TaskPublic.model_fields)
+    assert [column.name for column in COLUMNS] == list(TaskPublic.model_fields)
     assert {column.name for column in TASK.c} - set(TaskPublic.model_fields) == {
         "change_xid"  # delta sync's bookkeeping, never sent
     }
