@@ -121,9 +121,10 @@ def _aware_datetime(value: object) -> datetime:
 
 
 def _task_id(value: object) -> object:
+    """A path's id: one message for every way it can be wrong (0 and 2^63 too)."""
     if isinstance(value, str):
-        if not _DIGITS.fullmatch(value):
-            raise ValueError("must be a decimal integer from 1 to 9223372036854775807")
+        if not (_DIGITS.fullmatch(value) and 1 <= int(value) <= MAX_TASK_ID):
+            raise ValueError(f"must be a decimal integer from 1 to {MAX_TASK_ID}")
         return int(value)
     return value
 

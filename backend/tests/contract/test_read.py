@@ -85,6 +85,9 @@ def test_malformed_task_id_is_400(client: TestClient, task_id: str) -> None:
     response = client.get(f"/api/{new_user_id()}/tasks/{task_id}")
     assert response.status_code == 400
     assert response.json()["code"] == "validation_error"
+    assert response.json()["fields"] == [
+        {"field": "id", "message": f"must be a decimal integer from 1 to {MAX_ID}"}
+    ]
 
 
 def test_largest_task_id_is_well_formed(client: TestClient) -> None:
