@@ -1,7 +1,7 @@
-"""Bearer JWT verification (CONTRACT C6): HS* with a shared secret, RS256/ES256/EdDSA
-from a JWKS URL (Better Auth's JWT plugin). Pure CPU except a JWKS fetch, which runs
-on a thread of its own, single-flight, bounded by a timeout, and never holds up a
-request whose key is already cached."""
+"""Bearer JWT verification (CONTRACT C6): HS* with a shared secret, EdDSA, ES*, RS*
+and PS* from a JWKS URL (Better Auth's JWT plugin). Pure CPU except a JWKS fetch,
+which runs on a thread of its own, single-flight, bounded by a timeout, and never
+holds up a request whose key is already cached."""
 
 import asyncio
 import concurrent.futures
@@ -24,7 +24,22 @@ from app.errors import AuthUnavailable, UnauthorizedError
 logger = logging.getLogger("app.auth")
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-JWKS_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
+# Every asymmetric JWS algorithm PyJWT verifies; Better Auth signs with EdDSA (its
+# default), ES256, ES512, RS256 or PS256.
+JWKS_ALGORITHMS = frozenset(
+    {
+        "EdDSA",
+        "ES256",
+        "ES384",
+        "ES512",
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+    }
+)
 _KEY_TYPES = frozenset({"RSA", "EC", "OKP"})  # never "oct": no HMAC key from a JWKS
 _MAX_JWKS_BYTES = 1_000_000
 # NumericDate claims beyond year 9999 (or before 1970) are no real token's: refused,
