@@ -12,7 +12,8 @@ Statements are built with SQLAlchemy Core from the SQLModel tables and compiled 
 per shape (`Query`); rows come back as the TypedDict the query names. Driver errors
 stop here: a connection-level failure is `DatabaseUnavailable` (503), a lock wait
 past `lock_timeout` is `LockTimeout`, a deadlock between two transactions `Deadlock`,
-so the service never imports the driver."""
+so the service never imports the driver. An operation the server has not answered
+within the statement timeout and a grace is abandoned: `DatabaseUnavailable`."""
 
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyp
 # (shutdown, statement timeout, cannot connect now).
 _UNAVAILABLE_CLASSES = ("08", "53", "57")
 _LOCK_NOT_AVAILABLE = "55P03"
+# A server that stops answering (paused, partitioned) never cancels anything
+# itself: what the client waits for one operation, past the statement timeout
+# (15 s when that is off here, e.g. set on the role behind PgBouncer).
+_UNSET_STATEMENT_TIMEOUT_MS = 15_000
+_GRACE_SECONDS = 2.0
 _DEADLOCK_DETECTED = "40P01"
 
 
@@ -218,6 +224,8 @@ class Database:
         self._settings = settings
         self._url = url
         self._pool: Pool | None = None
+        statement_ms = settings.DB_STATEMENT_TIMEOUT_MS or _UNSET_STATEMENT_TIMEOUT_MS
+        self._operation_timeout = statement_ms / 1000 + _GRACE_SECONDS
 
     async def open(self) -> None:
         """Create the pool. No connection is opened until one is needed, so a
@@ -322,7 +330,9 @@ class Database:
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
         """A pooled connection within DB_POOL_TIMEOUT (waiters served in arrival
-        order), or DatabaseUnavailable."""
+        order), or DatabaseUnavailable; and DatabaseUnavailable when the block
+        (a read, a write, a transaction) has not finished `_operation_timeout`
+        later: the server stopped answering, the connection is abandoned."""
         pool = self.pool
         waiting = asyncio.timeout(self._settings.DB_POOL_TIMEOUT)
         try:
@@ -337,11 +347,19 @@ class Database:
         except _DRIVER_ERRORS as exc:
             raise _translate(exc, None) from exc
         reusable = False  # cancelled or timed out mid-statement: still talking
+        answered = asyncio.timeout(self._operation_timeout)
         try:
-            yield connection
+            async with answered:
+                yield connection
             reusable = True
         except TimeoutError:
-            raise
+            if not answered.expired():
+                raise
+            metrics.DB_ERRORS.inc()
+            logger.warning("database unavailable: no answer in time")
+            raise DatabaseUnavailable(
+                detail="the database did not answer in time"
+            ) from None
         except Exception:
             reusable = True  # an error reported in full: the connection is idle again
             raise

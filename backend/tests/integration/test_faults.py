@@ -6,10 +6,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import psutil
 import psycopg2
 import pytest
 from sqlalchemy import create_engine, text
@@ -154,6 +155,45 @@ def test_database_restart_503_then_recovers_without_restart(
         assert c.get(tasks_url(user, task["id"])).json() == task
         assert c.post(tasks_url(user), json={"title": "after"}).status_code == 201
         assert c.get("/health").status_code == 200
+
+
+def _signal_postgres(server: PrivatePostgres, signum: signal.Signals) -> None:
+    """`signum` to the postmaster and every process it started."""
+    postmaster = psutil.Process(
+        int((server.data / "postmaster.pid").read_text().split()[0])
+    )
+    for process in [postmaster, *postmaster.children(recursive=True)]:
+        process.send_signal(signum)
+
+
+def test_a_database_that_stops_answering_gives_503_not_a_hang(
+    private_pg: PrivatePostgres,
+) -> None:
+    """A paused or partitioned server cancels nothing itself: past the statement
+    timeout and a grace of 2 s the gateway abandons the connection (503)."""
+    user = new_user_id()
+    with (
+        running_server(private_pg.url(), DB_STATEMENT_TIMEOUT_MS="500") as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        task = c.post(tasks_url(user), json={"title": "frozen"}).json()
+        _signal_postgres(private_pg, signal.SIGSTOP)
+        try:
+            requests: list[Callable[[], httpx.Response]] = [
+                lambda: c.get(tasks_url(user, task["id"])),  # on the pooled connection
+                lambda: c.post(tasks_url(user), json={"title": "during"}),
+            ]
+            for request in requests:
+                started = time.monotonic()
+                assert_503(request())
+                assert time.monotonic() - started < 8  # 0.5 s + 2 s, or a connect's 5 s
+        finally:
+            _signal_postgres(private_pg, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while c.get(tasks_url(user, task["id"])).status_code != 200:
+            assert time.monotonic() < deadline, "did not recover"
+            time.sleep(0.2)
+        assert c.post(tasks_url(user), json={"title": "after"}).status_code == 201
 
 
 def _lock_task(url: str, task_id: int) -> Any:
