@@ -235,6 +235,22 @@ class Settings(BaseSettings):
         """(failed authentications, window seconds) per address, or None when off."""
         return _parse_rate(self.AUTH_FAILURE_LIMIT)
 
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from redis.connection import parse_url  # only when REDIS_URL is set
+
+        try:
+            parse_url(value.strip())
+        except ValueError:
+            raise ValueError(
+                "must be a redis://, rediss:// or unix:// URL, e.g. "
+                "redis://127.0.0.1:6379/0"
+            ) from None
+        return value.strip()
+
     @field_validator("JWT_JWKS_URL")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

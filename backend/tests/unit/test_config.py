@@ -55,6 +55,8 @@ def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> N
         ("PORT", "70000"),
         ("ENVIRONMENT", "staging"),
         ("LOG_LEVEL", "loud"),
+        ("REDIS_URL", "http://cache:6379"),
+        ("REDIS_URL", "redis://cache:port"),
     ],
 )
 def test_bad_setting_fails_with_one_line_naming_it(
@@ -201,3 +203,10 @@ def test_metrics_token_must_be_long(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METRICS_TOKEN", "short")
     with pytest.raises(ConfigError, match="METRICS_TOKEN"):
         load_settings(env_file=None)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://u:p@cache:6380/1", "unix:///r.sock"]
+)
+def test_redis_urls_of_every_scheme_are_accepted(url: str) -> None:
+    assert Settings(REDIS_URL=url, _env_file=None).REDIS_URL == url
