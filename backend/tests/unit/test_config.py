@@ -209,4 +209,5 @@ def test_metrics_token_must_be_long(monkeypatch: pytest.MonkeyPatch) -> None:
     "url", ["redis://127.0.0.1:6379/0", "rediss://u:p@cache:6380/1", "unix:///r.sock"]
 )
 def test_redis_urls_of_every_scheme_are_accepted(url: str) -> None:
-    assert Settings(REDIS_URL=url, _env_file=None).REDIS_URL == url
+    settings = Settings(REDIS_URL=url, _env_file=None)
+    assert settings.REDIS_URL == url
