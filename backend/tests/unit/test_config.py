@@ -210,4 +210,4 @@ def test_metrics_token_must_be_long(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_redis_urls_of_every_scheme_are_accepted(url: str) -> None:
     settings = Settings(REDIS_URL=url, _env_file=None)
-    assert settings.REDIS_URL == url
+    assert url == settings.REDIS_URL
