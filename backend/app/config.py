@@ -5,6 +5,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticUseDefault
@@ -240,11 +241,14 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from redis.connection import parse_url  # only when REDIS_URL is set
-
         try:
-            parse_url(value.strip())
-        except ValueError:
+            url = urlsplit(value.strip())
+            usable = url.scheme in ("redis", "rediss", "unix") and (
+                url.path if url.scheme == "unix" else url.hostname and (url.port or 1)
+            )
+        except ValueError:  # e.g. a port that is not a number
+            usable = False
+        if not usable:
             raise ValueError(
                 "must be a redis://, rediss:// or unix:// URL, e.g. "
                 "redis://127.0.0.1:6379/0"
