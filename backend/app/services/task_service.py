@@ -100,8 +100,10 @@ SWEEP_EVERY = 32
 SWEEP_BATCH = 100
 IDEMPOTENCY: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 IDEMPOTENCY_TTL = timedelta(hours=24)
-# How long a create waits for another in-flight request with its Idempotency-Key.
+# How long a keyed request waits for a lock: the key's (another in-flight request
+# with it: 409), or one its work needs (a row, the table: 503).
 IDEMPOTENCY_WAIT_MS = 5000
+LOCKED = "The tasks are locked by another operation; retry after Retry-After seconds"
 # The upper bound of a sync's transaction ids before its first page: none.
 NO_CEILING = 2**63 - 1
 # Runs of a batch that PostgreSQL rolled back to break a deadlock, before a 503.
@@ -1107,11 +1109,13 @@ class TaskService:
         IDEMPOTENCY_WAIT_MS), then `replay`s the stored answer; another body under
         the key is a 422. An expired key (older than 24 h) is claimed afresh."""
         owner = {"user_id": user_id, "key": key}
+        claiming = True
         try:
             async with self._db.transaction(lock_timeout_ms=IDEMPOTENCY_WAIT_MS) as tx:
                 claimed = await tx.fetch_one(
                     CLAIM_KEY, **owner, request_hash=request_hash
                 )
+                claiming = False
                 if claimed is None:
                     first = await tx.fetch_one(FIRST_RESPONSE, **owner)
                     # The claim conflicted with this row, committed with its answer.
@@ -1125,5 +1129,8 @@ class TaskService:
                 await tx.execute(STORE_RESPONSE, **owner, response=response)
                 await tx.execute(EXPIRE_KEYS)
         except LockTimeout:
-            raise IdempotencyKeyInUse() from None
+            if claiming:  # on the key's row: its first request is still running
+                raise IdempotencyKeyInUse() from None
+            # The work itself waited on another lock (a task's row, the table).
+            raise DatabaseUnavailable(detail=LOCKED) from None
         return answer

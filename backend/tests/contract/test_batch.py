@@ -383,6 +383,31 @@ def test_a_key_still_in_flight_is_409(
     assert titles(client, user) == []
 
 
+@pytest.mark.parametrize("atomic", [True, False])
+def test_a_keyed_batch_waiting_on_a_locked_task_is_503_not_409(
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch, atomic: bool
+) -> None:
+    """The key is free; the work waits on another transaction's row lock: the
+    database is busy (503), no request with the key is in flight (not 409)."""
+    monkeypatch.setattr(task_service, "IDEMPOTENCY_WAIT_MS", 200)
+    user = new_user_id()
+    task = create_task(client, user, title="locked")
+    patch = [{"op": "patch", "id": task["id"], "body": {"title": "x"}}]
+    with engine.connect() as holder:
+        holder.execute(
+            text("SELECT 1 FROM task WHERE user_id = :u FOR UPDATE"), {"u": user}
+        )
+        response = keyed(client, user, "free", patch, atomic=atomic)
+        holder.rollback()
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "database_unavailable"
+    assert int(response.headers["retry-after"]) >= 1
+    assert titles(client, user) == ["locked"]
+    retried = keyed(client, user, "free", patch, atomic=atomic)  # the key was not kept
+    assert retried.status_code == 200, retried.text
+    assert titles(client, user) == ["x"]
+
+
 def test_bad_idempotency_key_is_400(client: TestClient) -> None:
     response = keyed(client, new_user_id(), "", creates(1))
     assert response.status_code == 400
