@@ -110,6 +110,10 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 assert MAX_BODY_BYTES <= HIGH_WATER_LIMIT
 
 
+# Served at once, beside the running requests, however many wait (Admission).
+OPERATOR_PATHS = frozenset({"/health", "/metrics"})
+
+
 class _StopReading(Exception):
     """Raised in a parser callback: stops parsing the read it came in."""
 
@@ -122,9 +126,11 @@ class Admission:
     one whose client hung up withdraws it (never started, no longer counted).
     Past `in_flight` running and waiting, a request starts at once marked to be shed
     (`SHED`), so the app answers it 503 `overloaded` as it answers any (CORS headers,
-    request id). When the server cancels what runs (its graceful shutdown timed
-    out), nothing more starts: the waiting, and any request read after, get 503
-    and are closed."""
+    request id). The operators' probes (`OPERATOR_PATHS`) never queue: a health
+    check answers within its own timeout however long the queue, though still
+    within `in_flight`. When the server cancels what runs (its graceful shutdown
+    timed out), nothing more starts: the waiting, and any request read after, get
+    503 and are closed."""
 
     def __init__(self, active: int, in_flight: int) -> None:
         self.active = active
@@ -143,7 +149,10 @@ class Admission:
     ) -> None:
         if self.stopping:
             protocol.close_with(TOO_MANY_CONNECTIONS, cycle)
-        elif self.running < self.active:
+        elif self.running < self.active or (
+            cycle.scope["path"] in OPERATOR_PATHS
+            and self.running + len(self.waiting) < self.in_flight
+        ):
             self._start(protocol, cycle, app)
         elif self.running + len(self.waiting) < self.in_flight:
             self.waiting.append((protocol, cycle, app))

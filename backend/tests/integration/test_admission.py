@@ -108,16 +108,32 @@ def _read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+# A request that queues (the operators' /health and /metrics never do).
+LIST = b"GET /api/admission/tasks?limit=1 HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def test_health_never_waits_behind_queued_requests(
+    base_url: str, engine: Engine
+) -> None:
+    with _one_request_running(base_url, engine):
+        waiting = _send(base_url, LIST)
+        assert not _answered_within(waiting, 0.3)
+        started = time.monotonic()
+        with _send(base_url, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n") as health:
+            assert _response(health)[0] == 200
+        assert time.monotonic() - started < 1.5
+        assert not _answered_within(waiting, 0.1)  # still behind the running one
+    assert _response(waiting)[0] == 200
+    waiting.close()
 
 
 def test_requests_past_the_active_limit_wait_then_run_and_past_in_flight_get_503(
     base_url: str, engine: Engine
 ) -> None:
     with _one_request_running(base_url, engine):
-        waiting = [_send(base_url, HEALTH) for _ in range(2)]
+        waiting = [_send(base_url, LIST) for _ in range(2)]
         assert not any(_answered_within(sock, 0.3) for sock in waiting)
-        with _send(base_url, HEALTH) as refused:
+        with _send(base_url, LIST) as refused:
             status, body = _response(refused)
         assert status == 503
         assert json.loads(body)["code"] == "overloaded"
@@ -153,7 +169,7 @@ def test_a_client_trickling_a_body_holds_no_running_place(base_url: str) -> None
         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
     ):
         time.sleep(0.2)
-        with _send(base_url, HEALTH) as next_request:
+        with _send(base_url, LIST) as next_request:
             assert _answered_within(next_request, 2)
             assert _response(next_request)[0] == 200
 
@@ -188,7 +204,7 @@ def test_a_client_that_stops_reading_its_responses_frees_its_running_place(
     with stuck:
         stuck.sendall(large * 8)  # ~15 MB of responses, never read
         time.sleep(0.5)
-        with _send(base_url, HEALTH) as next_request:
+        with _send(base_url, LIST) as next_request:
             assert _answered_within(next_request, 5)
             assert _response(next_request)[0] == 200
 
@@ -233,7 +249,7 @@ def test_a_client_reading_a_trickle_of_its_responses_frees_its_running_place(
     large = b"GET /docs/assets/swagger-ui-bundle.js.map HTTP/1.1\r\nHost: t\r\n\r\n"
     with _trickling(base_url, large * 8, every=0.1):
         time.sleep(0.5)
-        with _send(base_url, HEALTH) as next_request:
+        with _send(base_url, LIST) as next_request:
             assert _answered_within(next_request, 5)
             assert _response(next_request)[0] == 200
 
@@ -282,13 +298,13 @@ def test_a_trickle_of_a_response_written_in_small_pieces_is_cut_too(
     )
     with server as (small_buffers, _), _trickling(small_buffers, request, 1 / 16):
         time.sleep(0.5)
-        with _send(small_buffers, HEALTH) as next_request:
+        with _send(small_buffers, LIST) as next_request:
             assert _answered_within(next_request, 10)
             assert _response(next_request)[0] == 200
 
 
 @pytest.mark.parametrize(
-    "sent", [HEALTH, HEALTH * 2, HEALTH * 20], ids=["one", "pipelined", "past the cap"]
+    "sent", [LIST, LIST * 2, LIST * 20], ids=["one", "pipelined", "past the cap"]
 )
 def test_waiting_requests_whose_clients_hung_up_no_longer_count(
     base_url: str, engine: Engine, sent: bytes
@@ -301,7 +317,7 @@ def test_waiting_requests_whose_clients_hung_up_no_longer_count(
         for _ in range(2):
             _send(base_url, sent).close()
         time.sleep(0.2)
-        live = _send(base_url, HEALTH)
+        live = _send(base_url, LIST)
         assert not _answered_within(live, 0.3)  # waiting, not refused
     assert _response(live)[0] == 200
     live.close()
@@ -320,7 +336,7 @@ def test_a_client_that_never_sends_the_body_it_announced_holds_no_running_place(
     ) as silent:
         silent.settimeout(2)
         assert silent.recv(1024).startswith(b"HTTP/1.1 100 Continue")
-        with _send(base_url, HEALTH) as next_request:
+        with _send(base_url, LIST) as next_request:
             assert _answered_within(next_request, 1)
             assert _response(next_request)[0] == 200
 
@@ -342,7 +358,7 @@ def test_a_chunked_body_past_the_cap_is_refused_without_a_running_place(
         status, body = _response(stalled)
         assert status == 413
         assert json.loads(body)["code"] == "payload_too_large"
-        with _send(base_url, HEALTH) as next_request:
+        with _send(base_url, LIST) as next_request:
             assert _answered_within(next_request, 1)
             assert _response(next_request)[0] == 200
 
@@ -429,11 +445,11 @@ def test_requests_queued_behind_a_waiting_one_stop_the_reading(
     another, kept in memory until the queue reached its cap). The requests read
     are answered, then the connection is closed; the client retries the rest."""
     with _one_request_running(base_url, engine):
-        sock = _send(base_url, HEALTH)
+        sock = _send(base_url, LIST)
         time.sleep(0.2)
-        sock.sendall(HEALTH)
+        sock.sendall(LIST)
         time.sleep(0.2)
-        sock.sendall(HEALTH)
+        sock.sendall(LIST)
         time.sleep(0.2)
     with sock:
         response = _read_all(sock)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.anyio
 
 
 def _request() -> Any:
-    return SimpleNamespace(scope={"state": {}})
+    return SimpleNamespace(scope={"path": "/api/u/tasks", "state": {}})
 
 
 async def test_requests_waiting_when_the_running_ones_are_cancelled_are_refused() -> (
