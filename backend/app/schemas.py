@@ -173,12 +173,18 @@ class _TaskInput(BaseModel):
             return {k: v for k, v in data.items() if k not in READ_ONLY_FIELDS}
         return data
 
-    @field_validator("title", "completed", check_fields=False)
+    @field_validator("title", check_fields=False)
     @classmethod
     def _not_null(cls, value: object) -> object:
         if value is None:
             raise ValueError("must not be null")
         return value
+
+    @field_validator("completed", mode="before", check_fields=False)
+    @classmethod
+    def _null_is_not_completed(cls, value: object) -> object:
+        """`completed: null` is cleared, as every other optional field: false."""
+        return False if value is None else value
 
 
 def _query_bool(value: object) -> object:
@@ -258,8 +264,8 @@ class ClearQuery(BaseModel):
     )
 
 
-# `null` is refused for these (a validator says so); the documented schema agrees.
-Completed = Annotated[StrictBool | None, WithJsonSchema({"type": "boolean"})]
+# Absent: unchanged (PATCH, PUT) or false (POST); null: false, as "cleared".
+Completed = StrictBool | None
 
 
 class TaskCreate(_TaskInput):

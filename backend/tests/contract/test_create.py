@@ -212,7 +212,7 @@ def test_create_completed_sets_completed_at(client: TestClient) -> None:
     assert task["completed_at"] is not None
 
 
-@pytest.mark.parametrize("completed", ["true", 1, None])
+@pytest.mark.parametrize("completed", ["true", 1, 0, "false"])
 def test_create_completed_must_be_boolean(
     client: TestClient, completed: object
 ) -> None:

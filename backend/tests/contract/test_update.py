@@ -102,14 +102,34 @@ def test_patch_null_clears_fields(client: TestClient) -> None:
     assert patched["title"] == FULL["title"]
 
 
-@pytest.mark.parametrize("field", ["title", "completed"])
-def test_patch_null_title_or_completed_is_400(client: TestClient, field: str) -> None:
+def test_patch_null_title_is_400(client: TestClient) -> None:
     user = new_user_id()
     task = create_task(client, user)
-    response = client.patch(tasks_url(user, task["id"]), json={field: None})
+    response = client.patch(tasks_url(user, task["id"]), json={"title": None})
     assert response.status_code == 400
-    assert response.json()["fields"][0]["field"] == field
+    assert response.json()["fields"][0]["field"] == "title"
     assert client.get(tasks_url(user, task["id"])).json() == task
+
+
+@pytest.mark.parametrize("method", ["patch", "put"])
+def test_null_completed_clears_it(client: TestClient, method: str) -> None:
+    """Merge semantics: null is cleared; a task's cleared state is not completed."""
+    user = new_user_id()
+    task = create_task(client, user, title="t")
+    url = tasks_url(user, task["id"])
+    assert client.patch(url, json={"completed": True}).json()["completed"] is True
+    body = {"completed": None, **({"title": "t"} if method == "put" else {})}
+    response = client.request(method.upper(), url, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["completed"] is False
+    assert response.json()["completed_at"] is None
+
+
+def test_create_with_null_completed_is_not_completed(client: TestClient) -> None:
+    user = new_user_id()
+    response = client.post(tasks_url(user), json={"title": "t", "completed": None})
+    assert response.status_code == 201, response.text
+    assert response.json()["completed"] is False
 
 
 def test_patch_completed_sets_completed_at(client: TestClient) -> None:
