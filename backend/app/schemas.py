@@ -30,7 +30,8 @@ USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
 READ_ONLY_FIELDS = frozenset(
     {"id", "user_id", "created_at", "updated_at", "completed_at"}
 )
-_DIGITS = re.compile(r"[0-9]{1,19}")
+# A path id: any leading zeros, then at most 19 digits (int() never sees more).
+_DIGITS = re.compile(r"0*[0-9]{1,19}")
 
 
 def _storable(value: str) -> str:

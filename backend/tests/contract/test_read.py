@@ -94,6 +94,19 @@ def test_largest_task_id_is_well_formed(client: TestClient) -> None:
     assert client.get(tasks_url(new_user_id(), MAX_ID)).status_code == 404
 
 
+@pytest.mark.parametrize("zeros", [1, 17, 30])
+def test_leading_zeros_name_the_same_task_however_many(
+    client: TestClient, zeros: int
+) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    response = client.get(f"/api/{user}/tasks/{'0' * zeros}{task['id']}")
+    assert response.status_code == 200, response.text
+    assert response.json() == task
+    padded_max = client.get(f"/api/{user}/tasks/{'0' * zeros}{MAX_ID}")
+    assert padded_max.status_code == 404
+
+
 @pytest.mark.parametrize(
     "user_id",
     [
