@@ -23,6 +23,12 @@ from app.errors import AuthUnavailable, UnauthorizedError
 
 logger = logging.getLogger("app.auth")
 
+# Claims of the wrong type (`sub` 5, `iat` "x"), which PyJWT names itself.
+_CLAIM_ERRORS = (
+    jwt.exceptions.InvalidSubjectError,
+    jwt.exceptions.InvalidJTIError,
+    jwt.InvalidIssuedAtError,
+)
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 # Every asymmetric JWS algorithm PyJWT verifies; Better Auth signs with EdDSA (its
 # default), ES256, ES512, RS256 or PS256.
@@ -331,8 +337,16 @@ class TokenVerifier:
                     "expected_aud": ", ".join(self._audience or []),
                 },
             )
+        message = str(exc)[:200]
+        if isinstance(exc, _CLAIM_ERRORS) or "claim (" in message:
+            # PyJWT's own words name the claim and what it must be.
+            return UnauthorizedError("malformed", f"The token is malformed: {message}")
+        # Any other decoding failure (e.g. an unencoded payload, `b64: false`): the
+        # library's words are about its API, not the token; they go to the log.
         return UnauthorizedError(
-            "malformed", f"The token is malformed: {str(exc)[:100]}"
+            "malformed",
+            "The token is not a well-formed JWT",
+            context={"error": message},
         )
 
     def _remember(self, token: str, user_id: str, times: dict[str, float]) -> None:

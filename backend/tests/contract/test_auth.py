@@ -477,3 +477,23 @@ def test_two_authorization_headers_are_refused_not_resolved_by_order(
     assert body["fields"] == [
         {"field": "Authorization", "message": "must be sent once"}
     ]
+
+
+def test_an_undecodable_token_is_told_so_without_the_librarys_words(
+    client: TestClient,
+) -> None:
+    """An unencoded payload (`b64: false`, RFC 7797): PyJWT's message is about its
+    own API (`detached_payload`), so the client gets a plain one."""
+    token = jwt.encode(claims("u1"), SECRET, algorithm="HS256", headers={"b64": False})
+    response = client.get(tasks_url("u1"), headers=bearer(token))
+    assert_401(response, "The token is not a well-formed JWT")
+    assert "detached" not in response.text
+
+
+@pytest.mark.parametrize(("claim", "value"), [("sub", 5), ("iat", "x"), ("nbf", "x")])
+def test_a_claim_of_the_wrong_type_is_named(
+    client: TestClient, claim: str, value: object
+) -> None:
+    token = jwt.encode({**claims("u1"), claim: value}, SECRET, algorithm="HS256")
+    response = client.get(tasks_url("u1"), headers=bearer(token))
+    assert_401(response, f"({claim})" if claim != "sub" else "Subject")
