@@ -100,6 +100,9 @@ def canned_response(error: AppError, identifier: str | None = None) -> bytes:
 HEAD_TOO_LARGE = HeadersTooLarge()
 TIMED_OUT = RequestTimeout()
 TOO_MANY_CONNECTIONS = Overloaded()
+SHUTTING_DOWN = Overloaded(
+    detail="This instance stopped before it answered; retry after Retry-After s"
+)
 MALFORMED = MalformedRequest()
 NOT_ONE_HOST = MalformedRequest(
     detail="An HTTP/1.1 request names its host in exactly one Host header"
@@ -129,8 +132,9 @@ class Admission:
     request id). The operators' probes (`OPERATOR_PATHS`) never queue: a health
     check answers within its own timeout however long the queue, though still
     within `in_flight`. When the server cancels what runs (its graceful shutdown
-    timed out), nothing more starts: the waiting, and any request read after, get
-    503 and are closed."""
+    timed out), a request not answered yet gets 503 `SHUTTING_DOWN`, and nothing
+    more starts: the waiting, and any request read after, get 503 and are
+    closed."""
 
     def __init__(self, active: int, in_flight: int) -> None:
         self.active = active
@@ -173,6 +177,13 @@ class Admission:
         ) -> None:
             try:
                 await app(scope, receive, send)
+            except asyncio.CancelledError:
+                if cycle.response_started:
+                    raise
+                # Cancelled by the server (its graceful shutdown timed out) before
+                # it answered: a 503 to retry, not uvicorn's plain-text 500.
+                protocol.close_with(SHUTTING_DOWN, cycle)
+                cycle.disconnected = True  # uvicorn sends nothing more
             finally:
                 task = asyncio.current_task()
                 self._finished(stopping=task is not None and task.cancelling() > 0)
