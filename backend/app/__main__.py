@@ -10,6 +10,8 @@ from contextlib import ExitStack
 from types import FrameType
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from app.config import Settings, load_settings
 from app.edge.protocol import BoundedHttpToolsProtocol
@@ -20,6 +22,20 @@ logger = logging.getLogger("app")
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     sys.exit(0)
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor of several workers, but on the way out it closes its
+    own copy of the listening socket before stopping them: the socket then stops
+    listening as soon as the workers do, and a new connection is refused at once.
+    Kept open, the kernel went on accepting connections no worker would take,
+    until the last worker exited (up to the 20 s graceful shutdown), then reset
+    them."""
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
 
 
 def serve(settings: Settings, url: str) -> None:
@@ -45,7 +61,7 @@ def serve(settings: Settings, url: str) -> None:
         settings.WEB_CONCURRENCY,
         per_worker,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         "app.main:create_app",
         factory=True,
         host=settings.HOST,
@@ -63,6 +79,13 @@ def serve(settings: Settings, url: str) -> None:
         timeout_keep_alive=settings.HTTP_KEEPALIVE_TIMEOUT,
         backlog=settings.HTTP_BACKLOG,
     )
+    if config.workers > 1:  # what uvicorn.run does, with the supervisor above
+        _Supervisor(config, sockets=[config.bind_socket()]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 def main() -> None:
