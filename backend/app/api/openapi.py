@@ -38,10 +38,34 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "schema": {"type": "integer"},
+    }
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": 'Bearer, with error="invalid_token" when one was sent',
+            "schema": {"type": "string"},
+        }
+    },
+    409: _RETRY_AFTER,
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,
+}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The error responses of an /api operation: its own, and those every one has."""
+    """The error responses of an /api operation: its own, and those every one has
+    (with the headers they carry)."""
     return {
-        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        status: {
+            "model": ErrorBody,
+            "description": _DESCRIPTIONS[status],
+            **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
+        }
         for status in (*statuses, 400, 401, 403, 429, 500, 503)
     }
 

@@ -136,8 +136,13 @@ def test_openapi_documents_400_not_422_and_the_error_schema(client: TestClient) 
             validation = operation["responses"].get("422", {}).get("description", "")
             assert "Idempotency-Key" in validation or not validation, (method, path)
             if path.startswith("/api/"):
+                responses = operation["responses"]
                 for status in ("400", "500", "503"):
-                    assert status in operation["responses"], (method, path, status)
+                    assert status in responses, (method, path, status)
+                assert "WWW-Authenticate" in responses["401"]["headers"]
+                for status in ("409", "429", "503"):
+                    if status in responses:
+                        assert "Retry-After" in responses[status]["headers"], status
     assert set(spec["components"]["schemas"]["ErrorBody"]["required"]) == {
         "error",
         "code",
