@@ -162,10 +162,19 @@ TaskId = Annotated[
 JsonTaskId = Annotated[StrictInt, Field(ge=1, le=MAX_TASK_ID), _TASK_ID_SCHEMA]
 
 
+def _document_read_only(schema: dict[str, Any]) -> None:
+    """The read-only fields a client may send back (a whole task from a GET) are
+    listed as such: a gateway or client validating requests against the document
+    (`additionalProperties: false`) accepts what the service accepts."""
+    schema["properties"].update(
+        {name: {"readOnly": True} for name in sorted(READ_ONLY_FIELDS)}
+    )
+
+
 class _TaskInput(BaseModel):
     """Unknown fields are rejected by name; read-only ones are ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document_read_only)
 
     @model_validator(mode="before")
     @classmethod

@@ -152,3 +152,17 @@ def test_openapi_documents_400_not_422_and_the_error_schema(client: TestClient) 
         "Location"
         in spec["paths"]["/api/{user_id}/tasks"]["post"]["responses"]["201"]["headers"]
     )
+
+
+def test_openapi_lets_a_whole_task_be_sent_back(client: TestClient) -> None:
+    """The read-only fields the service ignores in a body are in the request
+    schemas (readOnly), so a validator that forbids additional properties
+    accepts a task read with GET and sent back with PUT."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    task_fields = set(schemas["TaskPublic"]["properties"])
+    for name in ("TaskCreate", "TaskReplace", "TaskPatch"):
+        schema = schemas[name]
+        assert schema["additionalProperties"] is False
+        assert set(schema["properties"]) == task_fields, name
+        for field in ("id", "user_id", "created_at", "updated_at", "completed_at"):
+            assert schema["properties"][field]["readOnly"] is True
