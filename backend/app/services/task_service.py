@@ -75,6 +75,7 @@ from app.errors import (
 from app.models import CURRENT_XID, IdempotencyKey, Priority, Task, TaskTombstone
 from app.schemas import (
     BatchOp,
+    ErrorBody,
     TaskCreate,
     TaskListQuery,
     TaskPatch,
@@ -142,10 +143,10 @@ _Body = TypeVar("_Body", bound=BaseModel)
 
 
 class BatchOutcome(TypedDict, total=False):
-    """One operation's result: a task, or a C3 error object."""
+    """One operation's result: a task, or a C3 error object; keys in this order."""
 
-    ref: str
     status: Required[int]
+    ref: str
     task: TaskRecord
     error: dict[str, Any]
 
@@ -677,10 +678,21 @@ def _task_from_json(value: Any) -> TaskRecord:
 
 
 def _outcomes_from_json(stored: str) -> Outcomes:
-    outcomes = cast(Outcomes, orjson.loads(stored))
-    for outcome in outcomes:
+    """A batch's stored results as first answered: `jsonb` keeps an object's keys
+    in an order of its own (shortest first), so each outcome, and its error, is
+    put back in the order it was written in (`BatchOutcome`, `ErrorBody`)."""
+    outcomes: Outcomes = []
+    for value in orjson.loads(stored):
+        outcome = cast(
+            BatchOutcome,
+            {k: value[k] for k in BatchOutcome.__annotations__ if k in value},
+        )
         if "task" in outcome:
             outcome["task"] = _task_from_json(outcome["task"])
+        if "error" in outcome:
+            error = ErrorBody.model_validate(outcome["error"])
+            outcome["error"] = error.model_dump(exclude_none=True)
+        outcomes.append(outcome)
     return outcomes
 
 
