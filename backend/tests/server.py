@@ -86,13 +86,18 @@ def server_process(
             _wait_until_up(base_url, process, output)
             yield base_url, process
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, timeout=30)
+
+
+def stop(process: "subprocess.Popen[bytes]", timeout: float) -> None:
+    """SIGTERM, as an orchestrator sends; SIGKILL if it is still up `timeout` later."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextmanager

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,7 +26,7 @@ import jwt
 import pytest
 
 from tests.conftest import fresh_database
-from tests.server import BACKEND, free_port, running_server
+from tests.server import BACKEND, free_port, running_server, stop
 
 BETTER_AUTH = BACKEND / "tests" / "betterauth"
 
@@ -103,13 +102,7 @@ def better_auth_server(algorithm: str | None = None) -> Iterator[str]:
                 time.sleep(0.1)
             yield base_url
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, timeout=10)
 
 
 @contextmanager
