@@ -57,6 +57,7 @@ _LOCK_NOT_AVAILABLE = "55P03"
 # (15 s when that is off here, e.g. set on the role behind PgBouncer).
 _UNSET_STATEMENT_TIMEOUT_MS = 15_000
 _GRACE_SECONDS = 2.0
+NO_ANSWER = "The database did not answer in time; retry after Retry-After seconds"
 _DEADLOCK_DETECTED = "40P01"
 
 
@@ -332,7 +333,7 @@ class Database:
         """A pooled connection within DB_POOL_TIMEOUT (waiters served in arrival
         order), or DatabaseUnavailable; and DatabaseUnavailable when the block
         (a read, a write, a transaction) has not finished `_operation_timeout`
-        later: the server stopped answering, the connection is abandoned."""
+        later: the server stopped answering, the connection is dropped."""
         pool = self.pool
         waiting = asyncio.timeout(self._settings.DB_POOL_TIMEOUT)
         try:
@@ -347,21 +348,32 @@ class Database:
         except _DRIVER_ERRORS as exc:
             raise _translate(exc, None) from exc
         reusable = False  # cancelled or timed out mid-statement: still talking
-        answered = asyncio.timeout(self._operation_timeout)
+        silent = False
+
+        def abandon() -> None:
+            """No answer in time: the connection is dropped, so whatever awaits it
+            (a statement, a ROLLBACK on the way out of a transaction) fails at
+            once instead of waiting on a server that may never answer."""
+            nonlocal silent
+            silent = True
+            logger.warning("database did not answer in time: connection abandoned")
+            connection.terminate()
+
+        deadline = asyncio.get_running_loop().call_later(
+            self._operation_timeout, abandon
+        )
         try:
-            async with answered:
-                yield connection
+            yield connection
             reusable = True
         except TimeoutError:
-            if not answered.expired():
-                raise
-            metrics.DB_ERRORS.inc()
-            logger.warning("database unavailable: no answer in time")
-            raise DatabaseUnavailable(
-                detail="the database did not answer in time"
-            ) from None
+            raise
         except Exception:
             reusable = True  # an error reported in full: the connection is idle again
+            if silent:
+                raise DatabaseUnavailable(detail=NO_ANSWER) from None
             raise
         finally:
+            deadline.cancel()
             pool.release(connection, reusable=reusable)
+        if silent:  # a read gave up on the dropped connection: not retried
+            raise DatabaseUnavailable(detail=NO_ANSWER)

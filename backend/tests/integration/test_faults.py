@@ -196,6 +196,54 @@ def test_a_database_that_stops_answering_gives_503_not_a_hang(
         assert c.post(tasks_url(user), json={"title": "after"}).status_code == 201
 
 
+def test_a_database_that_stops_answering_mid_transaction_gives_503_not_a_hang(
+    private_pg: PrivatePostgres,
+) -> None:
+    """A keyed create is a transaction: frozen after its claim, while it waits on
+    the table's lock, the dropped connection fails its ROLLBACK at once too."""
+    user = new_user_id()
+    with (
+        running_server(private_pg.url(), DB_STATEMENT_TIMEOUT_MS="1000") as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        assert c.post(tasks_url(user), json={"title": "warm"}).status_code == 201
+        holder = psycopg2.connect(private_pg.url())
+        holder.cursor().execute("LOCK TABLE task IN ACCESS EXCLUSIVE MODE")
+        answers: list[httpx.Response] = []
+        keyed = threading.Thread(
+            target=lambda: answers.append(
+                c.post(
+                    tasks_url(user),
+                    json={"title": "in a frozen transaction"},
+                    headers={"Idempotency-Key": "frozen"},
+                )
+            )
+        )
+        started = time.monotonic()
+        keyed.start()
+        try:
+            time.sleep(0.3)  # claimed, now waiting on the lock
+            _signal_postgres(private_pg, signal.SIGSTOP)
+            keyed.join(timeout=10)
+            assert not keyed.is_alive(), "hung on the frozen database"
+        finally:
+            _signal_postgres(private_pg, signal.SIGCONT)
+            holder.close()
+            keyed.join()
+        assert_503(answers[0])
+        assert time.monotonic() - started < 6  # 1 s + 2 s
+        deadline = time.monotonic() + 15
+        while (
+            retried := c.post(
+                tasks_url(user),
+                json={"title": "again"},
+                headers={"Idempotency-Key": "r"},
+            )
+        ).status_code != 201:
+            assert time.monotonic() < deadline, retried.text
+            time.sleep(0.2)
+
+
 def _lock_task(url: str, task_id: int) -> Any:
     """Another client holds the task's row lock, so requests on it wait."""
     conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://", 1))
