@@ -113,8 +113,10 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 assert MAX_BODY_BYTES <= HIGH_WATER_LIMIT
 
 
-# Served at once, beside the running requests, however many wait (Admission).
+# Served at once, however many requests wait, in places of their own beyond
+# HTTP_MAX_ACTIVE (Admission): a flood of them queues like any request.
 OPERATOR_PATHS = frozenset({"/health", "/metrics"})
+OPERATOR_PLACES = 8
 
 
 class _StopReading(Exception):
@@ -129,12 +131,12 @@ class Admission:
     one whose client hung up withdraws it (never started, no longer counted).
     Past `in_flight` running and waiting, a request starts at once marked to be shed
     (`SHED`), so the app answers it 503 `overloaded` as it answers any (CORS headers,
-    request id). The operators' probes (`OPERATOR_PATHS`) never queue: a health
-    check answers within its own timeout however long the queue, though still
-    within `in_flight`. When the server cancels what runs (its graceful shutdown
-    timed out), a request not answered yet gets 503 `SHUTTING_DOWN`, and nothing
-    more starts: the waiting, and any request read after, get 503 and are
-    closed."""
+    request id). The operators' probes (`OPERATOR_PATHS`) do not queue while one
+    of their `OPERATOR_PLACES` is free: a health check answers within its own
+    timeout however long the queue. When the server cancels what runs (its
+    graceful shutdown timed out), a request not answered yet gets 503
+    `SHUTTING_DOWN`, and nothing more starts: the waiting, and any request read
+    after, get 503 and are closed."""
 
     def __init__(self, active: int, in_flight: int) -> None:
         self.active = active
@@ -154,8 +156,8 @@ class Admission:
         if self.stopping:
             protocol.close_with(TOO_MANY_CONNECTIONS, cycle)
         elif self.running < self.active or (
-            cycle.scope["path"] in OPERATOR_PATHS
-            and self.running + len(self.waiting) < self.in_flight
+            self.running < self.active + OPERATOR_PLACES
+            and cycle.scope["path"] in OPERATOR_PATHS
         ):
             self._start(protocol, cycle, app)
         elif self.running + len(self.waiting) < self.in_flight:

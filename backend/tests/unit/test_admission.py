@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from app.edge.protocol import (
+    OPERATOR_PLACES,
     SHUTTING_DOWN,
     TOO_MANY_CONNECTIONS,
     Admission,
@@ -81,3 +82,32 @@ async def test_a_request_read_after_the_running_ones_are_cancelled_is_refused() 
     admission.submit(cast(BoundedHttpToolsProtocol, late), _request(), app)
     assert late.task is None
     assert late.refused == TOO_MANY_CONNECTIONS
+
+
+async def test_health_checks_have_places_of_their_own_and_no_more() -> None:
+    admission = Admission(active=1, in_flight=100)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(60)
+
+    def probe() -> Any:
+        request = _request()
+        request.scope["path"] = "/health"
+        return request
+
+    running, queued = Connection(), Connection()
+    admission.submit(cast(BoundedHttpToolsProtocol, running), _request(), app)
+    admission.submit(cast(BoundedHttpToolsProtocol, queued), _request(), app)
+    probes = [Connection() for _ in range(OPERATOR_PLACES + 2)]
+    for connection in probes:
+        admission.submit(cast(BoundedHttpToolsProtocol, connection), probe(), app)
+    await asyncio.sleep(0)
+    assert running.task is not None
+    assert queued.task is None  # an API request waits for the one place
+    started = [c for c in probes if c.task is not None]
+    assert len(started) == OPERATOR_PLACES  # probes beyond their places queue too
+    assert len(admission.waiting) == 3
+    tasks = [c.task for c in (running, *started) if c.task is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks)
