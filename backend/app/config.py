@@ -243,8 +243,9 @@ class Settings(BaseSettings):
             return None
         try:
             url = urlsplit(value.strip())
-            usable = url.scheme in ("redis", "rediss", "unix") and (
-                url.path if url.scheme == "unix" else url.hostname and (url.port or 1)
+            url.port  # noqa: B018 - raises on a port that is not a number
+            usable = url.scheme in ("redis", "rediss") or (
+                url.scheme == "unix" and bool(url.path)
             )
         except ValueError:  # e.g. a port that is not a number
             usable = False

@@ -30,8 +30,8 @@ USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
 READ_ONLY_FIELDS = frozenset(
     {"id", "user_id", "created_at", "updated_at", "completed_at"}
 )
-# A path id: any leading zeros, then at most 19 digits (int() never sees more).
-_DIGITS = re.compile(r"0*[0-9]{1,19}")
+# A path id: any leading zeros, then at most 19 digits (all int() is given).
+_DIGITS = re.compile(r"0*([0-9]{1,19})")
 
 
 def _storable(value: str) -> str:
@@ -124,9 +124,11 @@ def _aware_datetime(value: object) -> datetime:
 def _task_id(value: object) -> object:
     """A path's id: one message for every way it can be wrong (0 and 2^63 too)."""
     if isinstance(value, str):
-        if not (_DIGITS.fullmatch(value) and 1 <= int(value) <= MAX_TASK_ID):
+        digits = _DIGITS.fullmatch(value)
+        number = int(digits[1]) if digits else 0
+        if not 1 <= number <= MAX_TASK_ID:
             raise ValueError(f"must be a decimal integer from 1 to {MAX_TASK_ID}")
-        return int(value)
+        return number
     return value
 
 
@@ -166,8 +168,9 @@ def _document_read_only(schema: dict[str, Any]) -> None:
     """The read-only fields a client may send back (a whole task from a GET) are
     listed as such: a gateway or client validating requests against the document
     (`additionalProperties: false`) accepts what the service accepts."""
+    task = TaskPublic.model_json_schema()["properties"]
     schema["properties"].update(
-        {name: {"readOnly": True} for name in sorted(READ_ONLY_FIELDS)}
+        {name: {**task[name], "readOnly": True} for name in sorted(READ_ONLY_FIELDS)}
     )
 
 

@@ -206,7 +206,13 @@ def test_metrics_token_must_be_long(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://127.0.0.1:6379/0", "rediss://u:p@cache:6380/1", "unix:///r.sock"]
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://u:p@cache:6380/1",
+        "unix:///r.sock",
+        "redis:///0",  # no host: redis-py's localhost
+    ],
 )
 def test_redis_urls_of_every_scheme_are_accepted(url: str) -> None:
     settings = Settings(REDIS_URL=url, _env_file=None)
