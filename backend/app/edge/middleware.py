@@ -1,6 +1,7 @@
 """Pure ASGI middleware: CORS refusals in JSON, load shedding, request ids and
 access logs, the request body guard, and canonical requests (trailing slash, HEAD)."""
 
+import asyncio
 import logging
 import os
 import re
@@ -190,6 +191,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive_noting_hang_up, send_with_id)
+        except asyncio.CancelledError:
+            if not response_started:  # the server's shutdown gave up on it: the
+                status = 503  # protocol answers 503 (`protocol.SHUTTING_DOWN`)
+            raise
         except Exception:
             logger.exception("unhandled error", extra={"request_id": identifier})
             if not response_started:

@@ -1,8 +1,11 @@
 """RequestContextMiddleware's access log line and request metrics: the status a
 request ended with. A client that hung up before any response started was sent
 nothing: 499 (nginx's "client closed request"), not the 500 of a request that
-failed; an unhandled exception is still a 500."""
+failed; an unhandled exception is still a 500; one the server's shutdown cancelled
+is the 503 the protocol answers it with."""
 
+import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -47,6 +50,11 @@ async def answers_then_reads_a_hang_up(
     await receive()
 
 
+async def cut_short_by_the_shutdown(scope: Scope, receive: Receive, send: Send) -> None:
+    """The server cancels what still runs when its graceful shutdown times out."""
+    raise asyncio.CancelledError
+
+
 def _counted(status: int) -> float:
     labels = {"method": "POST", "route": "<unmatched>", "status": str(status)}
     return REGISTRY.get_sample_value("http_requests_total", labels) or 0.0
@@ -59,13 +67,17 @@ def _counted(status: int) -> float:
         (fails_after_a_hang_up, 500),
         (fails, 500),
         (answers_then_reads_a_hang_up, 204),
+        (cut_short_by_the_shutdown, 503),  # as the protocol answers it
     ],
 )
 async def test_a_request_is_logged_and_counted_with_the_status_it_ended_with(
     app: ASGIApp, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     counted = _counted(status)
-    with caplog.at_level(logging.INFO, logger="app.request"):
+    with (
+        caplog.at_level(logging.INFO, logger="app.request"),
+        contextlib.suppress(asyncio.CancelledError),
+    ):
         await RequestContextMiddleware(app)(dict(SCOPE), _hung_up, _ignore)
     [logged] = [r for r in caplog.records if r.getMessage() == "request"]
     assert logged.status == status  # type: ignore[attr-defined]
