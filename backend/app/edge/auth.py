@@ -303,6 +303,15 @@ class TokenVerifier:
 
     def _failure(self, token: str, exc: jwt.PyJWTError) -> UnauthorizedError:
         """The check that failed, for the client (detail) and the log (context)."""
+        if isinstance(exc, jwt.ExpiredSignatureError | jwt.ImmatureSignatureError):
+            # Signed, so its claims are the issuer's: PyJWT reads `exp: true` as 1
+            # (expired in 1970), where the claim is not a time at all.
+            claims = jwt.decode(token, options={"verify_signature": False})
+            try:
+                for name in ("exp", "nbf", "iat"):
+                    _timestamp(claims, name)
+            except UnauthorizedError as malformed:
+                return malformed
         if isinstance(exc, jwt.ExpiredSignatureError):
             return UnauthorizedError("expired", "The token has expired (exp)")
         if isinstance(exc, jwt.ImmatureSignatureError):

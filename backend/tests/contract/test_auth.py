@@ -490,10 +490,14 @@ def test_an_undecodable_token_is_told_so_without_the_librarys_words(
     assert "detached" not in response.text
 
 
-@pytest.mark.parametrize(("claim", "value"), [("sub", 5), ("iat", "x"), ("nbf", "x")])
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("sub", 5), ("iat", "x"), ("nbf", "x"), ("exp", True), ("nbf", True)],
+)
 def test_a_claim_of_the_wrong_type_is_named(
     client: TestClient, claim: str, value: object
 ) -> None:
     token = jwt.encode({**claims("u1"), claim: value}, SECRET, algorithm="HS256")
     response = client.get(tasks_url("u1"), headers=bearer(token))
-    assert_401(response, f"({claim})" if claim != "sub" else "Subject")
+    says = {"sub": "Subject", "exp": "exp is not a plausible time"}.get(claim, claim)
+    assert_401(response, says)
