@@ -79,12 +79,17 @@ def _refuse_repeated(params: QueryParams, single_valued: frozenset[str]) -> None
     last one used to win). Unknown parameters are ignored, repeated or not."""
     repeated = [name for name in sorted(single_valued) if len(params.getlist(name)) > 1]
     if repeated:
-        raise RequestValidationError(
-            [
-                {"type": "value_error", "loc": ("query", name), "msg": SENT_ONCE}
-                for name in repeated
-            ]
-        )
+        raise refused_parameters(repeated, SENT_ONCE)
+
+
+def refused_parameters(names: list[str], message: str) -> RequestValidationError:
+    """The 400 naming query parameters refused for one reason."""
+    return RequestValidationError(
+        [
+            {"type": "value_error", "loc": ("query", name), "msg": message}
+            for name in names
+        ]
+    )
 
 
 def _invalid(exc: ValidationError, *where: str) -> RequestValidationError:

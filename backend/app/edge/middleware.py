@@ -193,7 +193,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive_noting_hang_up, send_with_id)
         except asyncio.CancelledError:
             if not response_started:  # the server's shutdown gave up on it: the
-                status = 503  # protocol answers 503 (`protocol.SHUTTING_DOWN`)
+                status = Overloaded.status_code  # protocol's `SHUTTING_DOWN`
             raise
         except Exception:
             logger.exception("unhandled error", extra={"request_id": identifier})

@@ -5,13 +5,13 @@ are never read as a task id."""
 
 import orjson
 from fastapi import Request, Response
-from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import (
     IDEMPOTENCY_KEY,
     UserIdPath,
     idempotency_key,
     query,
+    refused_parameters,
     task_service,
 )
 from app.api.http import JSON, etag, if_match_versions
@@ -113,13 +113,6 @@ def _refuse_narrowing(request: Request) -> None:
     400 and nothing is deleted (specs/008)."""
     refused = [name for name in request.query_params if name in _LISTING_OPTIONS]
     if refused:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("query", name),
-                    "msg": "not taken here: this clears every completed task",
-                }
-                for name in refused
-            ]
+        raise refused_parameters(
+            refused, "not taken here: this clears every completed task"
         )
