@@ -14,7 +14,16 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Annotated, Any, NoReturn, Required, TypedDict, TypeVar, cast
+from typing import (
+    Annotated,
+    Any,
+    NamedTuple,
+    NoReturn,
+    Required,
+    TypedDict,
+    TypeVar,
+    cast,
+)
 
 import orjson
 from pydantic import (
@@ -26,6 +35,7 @@ from pydantic import (
     ValidationError,
 )
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     Boolean,
     ColumnElement,
@@ -43,6 +53,7 @@ from sqlalchemy import (
     func,
     literal_column,
     null,
+    or_,
     select,
     true,
     tuple_,
@@ -50,7 +61,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.types import UserDefinedType
 
 from app.db.gateway import (
     Database,
@@ -231,13 +241,14 @@ class SyncToken:
         the user's): `limit` changes and one more, to tell whether more remain."""
         params: dict[str, Any] = {
             "limit": limit + 1,
-            "upto_xmax": _xmax(self.upto) if self.upto else NO_CEILING,
+            "upto_xmax": _Snapshot.parse(self.upto).xmax if self.upto else NO_CEILING,
         }
         if self.since is not None:
-            params["since"] = self.since
-            params["since_xmin"] = int(self.since.partition(":")[0])
+            since = _Snapshot.parse(self.since)
+            params.update(since_xmin=since.xmin, since_xmax=since.xmax)
+            params["since_xip"] = since.xip
         if self.upto is not None and self.after is not None:
-            params["upto"] = self.upto
+            params["upto_xip"] = _Snapshot.parse(self.upto).xip
             params["after_xid"], params["after_id"] = self.after
         return _changes_query(self.since is not None, self.upto is not None), params
 
@@ -278,9 +289,19 @@ def _sync_binding(user_id: str) -> dict[str, Any]:
     return {"user": user_id, "sync": True}
 
 
-def _xmax(snapshot: str) -> int:
-    """`xmin:xmax:xip,...` -> xmax."""
-    return int(snapshot.split(":")[1])
+class _Snapshot(NamedTuple):
+    """A `pg_snapshot` (`xmin:xmax:xip,...`): every transaction below `xmin` had
+    ended when it was taken; those from `xmax` on had not begun; between the two,
+    the ones in `xip` were in flight."""
+
+    xmin: int
+    xmax: int
+    xip: list[int]
+
+    @classmethod
+    def parse(cls, text: str) -> "_Snapshot":
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), [int(x) for x in xip.split(",") if x])
 
 
 def _owned(*, table: Table = TASK, by_id: bool = False) -> ColumnElement[bool]:
@@ -511,28 +532,14 @@ def list_query(
     return _compiled_list(query.sort, used), params
 
 
-class _Snapshot(UserDefinedType[str]):
-    cache_ok = True
-
-    def get_col_spec(self, **_kw: Any) -> str:
-        return "pg_snapshot"
-
-
-class _Xid8(UserDefinedType[int]):
-    cache_ok = True
-
-    def get_col_spec(self, **_kw: Any) -> str:
-        return "xid8"
-
-
-def _visible(xid: ColumnElement[int], snapshot: str) -> ColumnElement[bool]:
-    """Whether transaction `xid` had committed when the snapshot bound as
-    `snapshot` was taken."""
-    return func.pg_visible_in_snapshot(
-        xid.cast(Text).cast(_Xid8()),
-        bindparam(snapshot, type_=Text).cast(_Snapshot()),
-        type_=Boolean,
-    )
+def not_seen(xid: ColumnElement[int], snapshot: str) -> ColumnElement[bool]:
+    """Whether transaction `xid` had not committed when the snapshot bound as
+    `{snapshot}_xmax` and `{snapshot}_xip` was taken (`_Snapshot`): PostgreSQL's
+    `NOT pg_visible_in_snapshot`, in integer comparisons (the function, with a
+    cast of each row's xid and of the snapshot's text, cost ~0.12 ms a page of
+    1,000)."""
+    xip = bindparam(f"{snapshot}_xip", type_=ARRAY(BigInteger))
+    return or_(xid >= bindparam(f"{snapshot}_xmax"), xid == any_(xip))
 
 
 def _changed(table: Table, since: bool, continuing: bool) -> list[ColumnElement[bool]]:
@@ -543,7 +550,7 @@ def _changed(table: Table, since: bool, continuing: bool) -> list[ColumnElement[
     xid = table.c.change_xid
     conditions: list[ColumnElement[bool]] = []
     if since:
-        conditions += [xid >= bindparam("since_xmin"), ~_visible(xid, "since")]
+        conditions += [xid >= bindparam("since_xmin"), not_seen(xid, "since")]
     if since or continuing:
         # Before a first page, no bound at all (NO_CEILING), but a parameter: with
         # both ends of the range unknown, PostgreSQL estimates the generic plan at
@@ -554,7 +561,7 @@ def _changed(table: Table, since: bool, continuing: bool) -> list[ColumnElement[
         conditions.append(xid < bindparam("upto_xmax"))
     if continuing:
         after = tuple_(bindparam("after_xid"), bindparam("after_id"))
-        conditions += [_visible(xid, "upto"), tuple_(xid, table.c.id) > after]
+        conditions += [~not_seen(xid, "upto"), tuple_(xid, table.c.id) > after]
     return conditions
 
 
@@ -833,7 +840,8 @@ class TaskService:
         query, params = token.statement(limit)
         rows = await self._db.fetch(query, user_id=user_id, **params)
         snapshot = rows[0]["snapshot"]
-        if any(_xmax(s) > _xmax(snapshot) for s in (token.since, token.upto) if s):
+        xmax = _Snapshot.parse(snapshot).xmax
+        if any(_Snapshot.parse(s).xmax > xmax for s in (token.since, token.upto) if s):
             # Taken on another cluster (a logical restore): the ids mean nothing.
             raise SyncTokenExpired()
         changed = rows if rows[0]["deleted"] is not None else []

@@ -16,10 +16,15 @@ import asyncpg
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import BigInteger, Engine, column, select, text, values
 
 from app.db.gateway import Query
-from app.services.task_service import SWEEP_BATCH, SWEEP_EVERY, SyncToken
+from app.services.task_service import (
+    SWEEP_BATCH,
+    SWEEP_EVERY,
+    SyncToken,
+    not_seen,
+)
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import running_server
 
@@ -291,3 +296,31 @@ def test_a_page_of_changes_reads_no_more_rows_than_it_sends(
         for table in ("task", "task_tombstone"):
             assert _rows_read(plan, table), f"{table} is not read"
             assert max(_rows_read(plan, table)) <= 11
+
+
+@pytest.mark.parametrize(
+    "snapshot", ["100:100:", "100:108:", "100:108:100,103,107", "100:108:105"]
+)
+def test_the_sync_reads_a_snapshot_as_postgresql_does(
+    engine: Engine, snapshot: str
+) -> None:
+    """`not_seen` (integer comparisons) answers as `NOT pg_visible_in_snapshot`
+    for transactions before, inside and past the snapshot's range."""
+    xmin, xmax, xip = snapshot.split(":")
+    xids = list(range(int(xmin) - 3, int(xmax) + 3))
+    xid = column("x", BigInteger)
+    ours = select(xid, not_seen(xid, "s")).select_from(
+        values(xid, name="v").data([(x,) for x in xids])
+    )
+    postgres = text(
+        "SELECT x, NOT pg_visible_in_snapshot(x::text::xid8, "
+        "CAST(:snapshot AS pg_snapshot)) FROM unnest(CAST(:xids AS bigint[])) x"
+    )
+    with engine.connect() as connection:
+        bound = {"s_xmax": int(xmax), "s_xip": [int(x) for x in xip.split(",") if x]}
+        got = dict(connection.execute(ours, bound).tuples().all())
+        answers = connection.execute(postgres, {"snapshot": snapshot, "xids": xids})
+        expected: dict[int, bool] = dict(answers.tuples().all())
+    assert got == expected
+    assert any(expected.values())
+    assert not all(expected.values())
