@@ -12,7 +12,9 @@ under .data/bench-postgres); wrk on core 1.
   both at 16 connections. Target: the empty sync costs no more than the read.
 - batch-100 against creates-100: one batch of 100 creates, and 100 separate
   creates, each over one keep-alive connection (httpx), median of `--rounds`.
-  Target: the batch at least 10x faster."""
+  Target: the batch at least 10x faster.
+
+Each wrk run also reports the CPU time the worker and PostgreSQL spent per request."""
 
 import argparse
 import json
@@ -32,6 +34,8 @@ from bench.bench import (
     ROOT,
     SECRET,
     Server,
+    cpu_seconds,
+    cpu_used,
     database_url,
     environment,
     log,
@@ -62,6 +66,22 @@ def wrk(url: str, token: str, connections: int, seconds: float) -> dict[str, Any
         headers = [f"Authorization: Bearer {token}"]
         result = run_wrk(url, connections, seconds, script.name, headers=headers)
     result["rps"] = round(result["rps"])
+    return result
+
+
+def measured(
+    server: Server, url: str, token: str, connections: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A wrk run, with the CPU time the worker and PostgreSQL spent per request:
+    steadier from run to run than req/s on a shared machine."""
+    ours, postgres = server.processes(), postgres_processes()
+    server_before, pg_before = cpu_seconds(ours), cpu_seconds(postgres)
+    result = wrk(url, token, connections, args.duration)
+    per_request = 1e6 / result["requests"]
+    server_used = cpu_used(server_before, cpu_seconds(ours))
+    pg_used = cpu_used(pg_before, cpu_seconds(postgres))
+    result["server_us"] = round(server_used * per_request)
+    result["pg_us"] = round(pg_used * per_request)
     return result
 
 
@@ -133,7 +153,7 @@ def main() -> None:
             for name, (target, connections) in runs.items():
                 log(f"{name} c={connections}")
                 wrk(target, token, connections, 1)  # warm-up
-                results[name] = wrk(target, token, connections, args.duration)
+                results[name] = measured(server, target, token, connections, args)
                 results[name]["c"] = connections
             log(f"batch-100 against creates-100, {args.rounds} rounds")
             results["batch"] = batch_against_singles(http, base, args.rounds)
@@ -149,15 +169,17 @@ def main() -> None:
 
 def report(results: dict[str, Any]) -> str:
     lines = [
-        "| run | connections | req/s | p50 ms | p95 ms | p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | connections | req/s | p50 ms | p95 ms | p99 ms | errors "
+        "| server CPU us/req | PG CPU us/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in ("changes-1000", "changes-1000 alone", "changes-empty", "get-one"):
         r = results[name]
         lines.append(
             f"| {name} | {r['c']} | {r['rps']:,} | {r['p50_ms']:.1f} | "
             f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['non2xx'] + r['socket_errors']} |"
+            f"{r['non2xx'] + r['socket_errors']} | {r['server_us']:,} | "
+            f"{r['pg_us']:,} |"
         )
     b = results["batch"]
     lines += [
