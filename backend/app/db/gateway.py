@@ -226,6 +226,7 @@ class Database:
         self._settings = settings
         self._url = url
         self._pool: Pool | None = None
+        self._ping: asyncio.Future[None] | None = None
         statement_ms = settings.DB_STATEMENT_TIMEOUT_MS or _UNSET_STATEMENT_TIMEOUT_MS
         self._operation_timeout = statement_ms / 1000 + _GRACE_SECONDS
 
@@ -312,8 +313,18 @@ class Database:
                     yield Transaction(connection)
 
     async def ping(self) -> None:
-        """One round trip (health checks); DatabaseUnavailable when it fails."""
-        await self._read(lambda c: c.fetchval("SELECT 1"))
+        """One round trip (health checks); DatabaseUnavailable when it fails.
+        Checks that arrive while one is on its way share it: a flood of them
+        holds one pooled connection, not one each."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(
+                self._read(lambda c: c.fetchval("SELECT 1"))
+            )
+            # Read even when every check waiting on it gave up first.
+            self._ping.add_done_callback(
+                lambda ping: None if ping.cancelled() else ping.exception()
+            )
+        await asyncio.shield(self._ping)
 
     def connections_in_use(self) -> int:
         return 0 if self._pool is None else self._pool.in_use

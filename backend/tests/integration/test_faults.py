@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -194,6 +195,36 @@ def test_a_database_that_stops_answering_gives_503_not_a_hang(
             assert time.monotonic() < deadline, "did not recover"
             time.sleep(0.2)
         assert c.post(tasks_url(user), json={"title": "after"}).status_code == 201
+
+
+def _pool_in_use(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("db_pool_connections_in_use "):
+            return float(line.split()[1])
+    raise AssertionError("no pool gauge in /metrics")
+
+
+def test_health_checks_at_once_share_one_database_round_trip(
+    private_pg: PrivatePostgres,
+) -> None:
+    """Six health checks while the database does not answer: one pooled
+    connection waits on it, not six (a flood of /health cannot take the pool
+    from the API); all six answer 503 within their 1.5 s."""
+    with (
+        running_server(private_pg.url(), DB_STATEMENT_TIMEOUT_MS="500") as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+        ThreadPoolExecutor(6) as pool,
+    ):
+        warm = [pool.submit(c.get, tasks_url(new_user_id())) for _ in range(6)]
+        assert {answer.result().status_code for answer in warm} == {200}
+        _signal_postgres(private_pg, signal.SIGSTOP)
+        try:
+            checks = [pool.submit(c.get, "/health") for _ in range(6)]
+            time.sleep(0.7)
+            assert _pool_in_use(c) == 1
+            assert {check.result().status_code for check in checks} == {503}
+        finally:
+            _signal_postgres(private_pg, signal.SIGCONT)
 
 
 def test_a_database_that_stops_answering_mid_transaction_gives_503_not_a_hang(
