@@ -70,13 +70,13 @@ def wrk(url: str, token: str, connections: int, seconds: float) -> dict[str, Any
 
 
 def measured(
-    server: Server, url: str, token: str, connections: int, args: argparse.Namespace
+    server: Server, url: str, token: str, connections: int, seconds: float
 ) -> dict[str, Any]:
     """A wrk run, with the CPU time the worker and PostgreSQL spent per request:
     steadier from run to run than req/s on a shared machine."""
     ours, postgres = server.processes(), postgres_processes()
     server_before, pg_before = cpu_seconds(ours), cpu_seconds(postgres)
-    result = wrk(url, token, connections, args.duration)
+    result = wrk(url, token, connections, seconds)
     per_request = 1e6 / result["requests"]
     server_used = cpu_used(server_before, cpu_seconds(ours))
     pg_used = cpu_used(pg_before, cpu_seconds(postgres))
@@ -153,7 +153,9 @@ def main() -> None:
             for name, (target, connections) in runs.items():
                 log(f"{name} c={connections}")
                 wrk(target, token, connections, 1)  # warm-up
-                results[name] = measured(server, target, token, connections, args)
+                results[name] = measured(
+                    server, target, token, connections, args.duration
+                )
                 results[name]["c"] = connections
             log(f"batch-100 against creates-100, {args.rounds} rounds")
             results["batch"] = batch_against_singles(http, base, args.rounds)

@@ -55,8 +55,9 @@ _LOCK_NOT_AVAILABLE = "55P03"
 # A server that stops answering (paused, partitioned) never cancels anything
 # itself: what the client waits for one operation, past the statement timeout
 # (its default, 15 s, when it is off here, e.g. set on the role behind PgBouncer).
-_STATEMENT_TIMEOUT = Settings.model_fields["DB_STATEMENT_TIMEOUT_MS"]
-_UNSET_STATEMENT_TIMEOUT_MS: int = _STATEMENT_TIMEOUT.default
+_UNSET_STATEMENT_TIMEOUT_MS: int = Settings.model_fields[
+    "DB_STATEMENT_TIMEOUT_MS"
+].default
 _GRACE_SECONDS = 2.0
 NO_ANSWER = "The database did not answer in time; retry after Retry-After seconds"
 _DEADLOCK_DETECTED = "40P01"

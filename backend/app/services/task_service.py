@@ -240,16 +240,18 @@ class SyncToken:
     def statement(self, limit: int) -> tuple["Query[_Change]", dict[str, Any]]:
         """The changes statement that goes on from here, and its values (all but
         the user's): `limit` changes and one more, to tell whether more remain."""
+        upto = _Snapshot.parse(self.upto) if self.upto else None
         params: dict[str, Any] = {
             "limit": limit + 1,
-            "upto_xmax": _Snapshot.parse(self.upto).xmax if self.upto else NO_CEILING,
+            "upto_xmax": upto.xmax if upto else NO_CEILING,
         }
         if self.since is not None:
             since = _Snapshot.parse(self.since)
-            params.update(since_xmin=since.xmin, since_xmax=since.xmax)
-            params["since_xip"] = since.xip
-        if self.upto is not None and self.after is not None:
-            params["upto_xip"] = _Snapshot.parse(self.upto).xip
+            params.update(
+                since_xmin=since.xmin, since_xmax=since.xmax, since_xip=since.xip
+            )
+        if upto is not None and self.after is not None:
+            params["upto_xip"] = upto.xip
             params["after_xid"], params["after_id"] = self.after
         return _changes_query(self.since is not None, self.upto is not None), params
 
