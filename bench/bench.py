@@ -121,7 +121,7 @@ def seed(url: str, users: int, search_tasks: int) -> None:
     total = users * PER_USER
     log(f"seeding {total:,} tasks + {search_tasks:,} for the search user...")
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE task, idempotency_key"))
+        conn.execute(text("TRUNCATE task, task_tombstone, idempotency_key"))
         conn.exec_driver_sql(REF_TABLE)
         for table, ours in (("task", True), ("ref_task", False)):
             sql = SEED.format(

@@ -395,6 +395,12 @@ def _bury(*conditions: ColumnElement[bool], sweep: bool) -> Any:
         .cte("gone")
     )
     bury = insert(TOMBSTONE).from_select(["user_id", "id"], gone.select())
+    # A task id with a tombstone already (its row restored from a backup after it
+    # was deleted): the tombstone is marked anew, so syncs report this deletion.
+    bury = bury.on_conflict_do_update(
+        index_elements=[TOMBSTONE.c.user_id, TOMBSTONE.c.id],
+        set_={"change_xid": CURRENT_XID, "deleted_at": func.now()},
+    )
     if sweep:
         bury = bury.add_cte(_sweep_tombstones().cte("swept"))
     return bury.returning(TOMBSTONE.c.id)

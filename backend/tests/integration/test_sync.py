@@ -245,6 +245,41 @@ def test_a_clear_sweeps_twice_as_many_expired_tombstones_as_it_cleared(
     assert _tombstones(engine, old) == 0
 
 
+def _restore(engine: Engine, user: str, task_id: int) -> None:
+    """Put a deleted task's row back with its id, as a restore from a backup
+    does; its tombstone stays."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO task (id, user_id, title, completed)"
+                " VALUES (:id, :u, 'restored', true)"
+            ),
+            {"id": task_id, "u": user},
+        )
+
+
+@pytest.mark.parametrize("how", ["delete", "clear"])
+def test_a_restored_task_deleted_again_is_reported_deleted_again(
+    client: TestClient, engine: Engine, how: str
+) -> None:
+    """The tombstone a task left is marked anew (it was a 500: its key was taken),
+    and a sync since the restore reports the task deleted."""
+    user = new_user_id()
+    task_id = create_task(client, user)["id"]
+    assert client.delete(tasks_url(user, task_id)).status_code == 204
+    _restore(engine, user, task_id)
+    since = client.get(tasks_url(user) + "/changes").json()["next"]
+    if how == "delete":
+        assert client.delete(tasks_url(user, task_id)).status_code == 204
+    else:
+        cleared = client.delete(tasks_url(user), params={"completed": "true"})
+        assert cleared.json() == {"deleted": 1}
+    changes = client.get(tasks_url(user) + "/changes", params={"since": since})
+    assert changes.json()["deleted"] == [task_id]
+    assert client.get(tasks_url(user, task_id)).status_code == 404
+    assert _tombstones(engine, user) == 1
+
+
 def _rows_read(plan: dict[str, Any], table: str) -> list[int]:
     """The rows each scan of `table` returned, anywhere in an EXPLAIN plan."""
     rows = [plan["Actual Rows"]] if plan.get("Relation Name") == table else []
