@@ -353,9 +353,9 @@ def test_the_sync_reads_a_snapshot_as_postgresql_does(
     )
     with engine.connect() as connection:
         bound = {"s_xmax": int(xmax), "s_xip": [int(x) for x in xip.split(",") if x]}
-        got = dict(connection.execute(ours, bound).tuples().all())
+        got = dict(connection.execute(ours, bound).all())
         answers = connection.execute(postgres, {"snapshot": snapshot, "xids": xids})
-        expected: dict[int, bool] = dict(answers.tuples().all())
+        expected: dict[int, bool] = dict(answers.all())
     assert got == expected
     assert any(expected.values())
     assert not all(expected.values())
