@@ -345,7 +345,11 @@ BatchOp = Literal["create", "replace", "patch", "toggle", "delete"]
 
 
 class BatchOperation(BaseModel):
-    """One operation of an E11 batch: the twin of a single request."""
+    """One operation of an E11 batch, the twin of a single request: `create` (`body`
+    as POST's), `replace` (as PUT's), `patch` (as PATCH's), `toggle` (no `body`, or
+    `{}`) and `delete` (no `body`). Every op but `create` names its task by exactly
+    one of `id` and `target`, the `ref` of an earlier create in the same batch;
+    `if_match` goes with `id` only. Refs are unique within a batch."""
 
     model_config = ConfigDict(extra="forbid")
 
