@@ -11,9 +11,11 @@
 Statements are built with SQLAlchemy Core from the SQLModel tables and compiled once
 per shape (`Query`); rows come back as the TypedDict the query names. Driver errors
 stop here: a connection-level failure is `DatabaseUnavailable` (503), a lock wait
-past `lock_timeout` is `LockTimeout`, a deadlock between two transactions `Deadlock`,
-so the service never imports the driver. An operation the server has not answered
-within the statement timeout and a grace is abandoned: `DatabaseUnavailable`."""
+past `lock_timeout` is `LockTimeout`, a transaction PostgreSQL rolled back to resolve
+a deadlock or a serialization failure is `Conflict` (both 503s too, unless the
+service handles them), so the service never imports the driver. An operation the
+server has not answered within the statement timeout and a grace is abandoned:
+`DatabaseUnavailable`."""
 
 from __future__ import annotations
 
@@ -52,6 +54,13 @@ _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyp
 # (shutdown, statement timeout, cannot connect now).
 _UNAVAILABLE_CLASSES = ("08", "53", "57")
 _LOCK_NOT_AVAILABLE = "55P03"
+# Rolled back whole, so running it again may succeed: deadlock_detected, and
+# serialization_failure (a role whose default isolation is repeatable read or
+# serializable).
+_CONFLICTS = ("40P01", "40001")
+# read_only_sql_transaction: the server is (or has just become) a standby, as
+# during a failover; a new connection may reach the new primary.
+_READ_ONLY = "25006"
 # A server that stops answering (paused, partitioned) never cancels anything
 # itself: what the client waits for one operation, past the statement timeout
 # (its default, 15 s, when it is off here, e.g. set on the role behind PgBouncer).
@@ -60,15 +69,20 @@ _UNSET_STATEMENT_TIMEOUT_MS: int = Settings.model_fields[
 ].default
 _GRACE_SECONDS = 2.0
 NO_ANSWER = "The database did not answer in time; retry after Retry-After seconds"
-_DEADLOCK_DETECTED = "40P01"
 
 
-class LockTimeout(Exception):
-    """A statement waited longer than the transaction's lock_timeout."""
+class LockTimeout(DatabaseUnavailable):
+    """A statement waited longer than lock_timeout (the transaction's, or one
+    set on the role or database)."""
+
+    detail = "The tasks are locked by another operation; retry after Retry-After s"
 
 
-class Deadlock(Exception):
-    """PostgreSQL rolled this transaction back to break a lock cycle."""
+class Conflict(DatabaseUnavailable):
+    """PostgreSQL rolled this transaction back to break a lock cycle or a
+    serialization conflict with another one."""
+
+    detail = "Another operation on these tasks conflicted; retry after Retry-After s"
 
 
 @dataclass(frozen=True)
@@ -147,14 +161,14 @@ def _dicts_for(names: tuple[str, ...]) -> _Dicts:
 
 
 def _translate(exc: Exception, connection: Connection | None) -> Exception:
-    """A driver error as the service sees it: LockTimeout, Deadlock,
+    """A driver error as the service sees it: LockTimeout, Conflict,
     DatabaseUnavailable when the connection or the server failed (rather than the
     statement), else itself."""
-    if getattr(exc, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
-        return LockTimeout()
-    if getattr(exc, "sqlstate", None) == _DEADLOCK_DETECTED:
-        return Deadlock()
     sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate == _LOCK_NOT_AVAILABLE:
+        return LockTimeout()
+    if sqlstate in _CONFLICTS:
+        return Conflict()
     if (
         connection is None  # no connection could be had
         or connection.is_closed()  # it died under us
@@ -165,6 +179,7 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
             | asyncpg.exceptions.InternalClientError,
         )
         or sqlstate[:2] in _UNAVAILABLE_CLASSES
+        or sqlstate == _READ_ONLY
     ):
         if connection is not None and not connection.is_closed():
             # Half-broken (e.g. the server is shutting it down): never reuse it.

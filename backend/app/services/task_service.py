@@ -10,7 +10,7 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -64,8 +64,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from app.db.gateway import (
+    Conflict,
     Database,
-    Deadlock,
     LockTimeout,
     Query,
     Transaction,
@@ -115,11 +115,11 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 # How long a keyed request waits for a lock: the key's (another in-flight request
 # with it: 409), or one its work needs (a row, the table: 503).
 IDEMPOTENCY_WAIT_MS = 5000
-LOCKED = "The tasks are locked by another operation; retry after Retry-After seconds"
 # The upper bound of a sync's transaction ids before its first page: none.
 NO_CEILING = 2**63 - 1
-# Runs of a batch that PostgreSQL rolled back to break a deadlock, before a 503.
-BATCH_ATTEMPTS = 3
+# Runs of a batch or a clear that PostgreSQL rolled back to break a deadlock with
+# another transaction, before a 503.
+CONFLICT_ATTEMPTS = 3
 
 # Defaults an omitted (PUT) or nulled (PATCH) field returns to.
 _DEFAULTS: dict[str, Any] = {
@@ -679,6 +679,18 @@ def _content(data: TaskCreate | TaskPatch, fields: set[str]) -> dict[str, Any]:
     return values
 
 
+async def _again_on_conflict(attempt: Callable[[], Awaitable[_Answer]]) -> _Answer:
+    """Two transactions may lock the same tasks in opposite orders (two batches,
+    a batch and a clear); PostgreSQL then rolls one back whole, and it is run
+    again, up to CONFLICT_ATTEMPTS times (then the Conflict is a 503)."""
+    for _ in range(CONFLICT_ATTEMPTS - 1):
+        try:
+            return await attempt()
+        except Conflict:
+            continue
+    return await attempt()
+
+
 def _digest(values: object) -> str:
     canonical = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -947,12 +959,16 @@ class TaskService:
         """E12: delete the user's completed tasks (tombstones included); how many.
         Then sweep up to twice as many expired tombstones as it left (at least
         SWEEP_BATCH): a clear leaves many at once, more than deletes take."""
-        cleared = await self._run.write_one(CLEAR_COMPLETED, user_id=user_id)
+        cleared = await _again_on_conflict(
+            lambda: self._run.write_one(CLEAR_COMPLETED, user_id=user_id)
+        )
         assert cleared is not None  # an aggregate always has its row
         count = cleared["count"]
         if count:
             sweep = {**self._sweep, "sweep_limit": max(SWEEP_BATCH, 2 * count)}
-            await self._run.write_one(SWEEP_TOMBSTONES, **sweep)
+            # The clear is done: a failed sweep leaves its work to later deletes.
+            with suppress(DatabaseUnavailable):
+                await self._run.write_one(SWEEP_TOMBSTONES, **sweep)
         return count
 
     async def batch(
@@ -969,20 +985,16 @@ class TaskService:
         async def run(tx: Transaction) -> Outcomes:
             return await self._within(tx)._apply_all(tx, user_id, steps, atomic)
 
-        request = {"atomic": atomic, "operations": [asdict(s) for s in steps]}
-        # Two batches may lock the same tasks in opposite orders; PostgreSQL then
-        # rolls one back whole, and it is run again.
-        for _attempt in range(BATCH_ATTEMPTS):
-            try:
-                if idempotency_key is None:
-                    async with self._db.transaction() as tx:
-                        return await run(tx)
-                return await self._once(
-                    user_id, idempotency_key, _digest(request), run, _outcomes_from_json
-                )
-            except Deadlock:
-                continue
-        raise DatabaseUnavailable(detail="concurrent batches kept deadlocking")
+        async def attempt() -> Outcomes:
+            if idempotency_key is None:
+                async with self._db.transaction() as tx:
+                    return await run(tx)
+            request = {"atomic": atomic, "operations": [asdict(s) for s in steps]}
+            return await self._once(
+                user_id, idempotency_key, _digest(request), run, _outcomes_from_json
+            )
+
+        return await _again_on_conflict(attempt)
 
     async def _apply_all(
         self, tx: Transaction, user_id: str, steps: Sequence[BatchStep], atomic: bool
@@ -1168,6 +1180,5 @@ class TaskService:
         except LockTimeout:
             if claiming:  # on the key's row: its first request is still running
                 raise IdempotencyKeyInUse() from None
-            # The work itself waited on another lock (a task's row, the table).
-            raise DatabaseUnavailable(detail=LOCKED) from None
+            raise  # the work itself waited on another lock (a task's row): a 503
         return answer

@@ -2,9 +2,10 @@
 BEGIN, a transaction commits all or nothing, reads (never writes) survive a dropped
 connection, a connection abandoned mid-statement (its statement cancelled on the
 server) or idle past DB_POOL_RECYCLE is closed, a full pool is a 503 after
-DB_POOL_TIMEOUT (and a connect that times out is not taken for one), waiters
-for a connection are served in arrival order, and timestamps (read as text) come
-back exactly whatever the session's defaults."""
+DB_POOL_TIMEOUT (and a connect that times out is not taken for one), errors that
+mean "come back later" are 503s, waiters for a connection are served in arrival
+order, and timestamps (read as text) come back exactly whatever the session's
+defaults."""
 
 import socket
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, make_url, text
 
 from app.config import Settings
-from app.db.gateway import Database, compile_query
+from app.db.gateway import Conflict, Database, LockTimeout, compile_query
 from app.db.url import parse_database_url
 from app.errors import DatabaseUnavailable
 from tests.factories import new_user_id
@@ -179,6 +180,31 @@ async def test_write_is_not_retried_on_a_dropped_connection(
     with pytest.raises(DatabaseUnavailable):
         await database.write_one(INSERT, user_id=user)
     assert await database.fetch_one(COUNT, user_id=user) == {"n": 0}
+
+
+@pytest.mark.parametrize(
+    ("condition", "error"),
+    [
+        ("deadlock_detected", Conflict),
+        ("serialization_failure", Conflict),  # a role's default isolation
+        ("lock_not_available", LockTimeout),  # a role's lock_timeout
+        ("read_only_sql_transaction", DatabaseUnavailable),  # a failover
+    ],
+)
+async def test_errors_that_mean_come_back_later_are_503s(
+    database: Database, condition: str, error: type[DatabaseUnavailable]
+) -> None:
+    """What PostgreSQL raises when running the statement again later may
+    succeed; the service handles some itself (a batch's deadlock), the rest
+    reach the client as 503 + Retry-After, never as a 500."""
+    raising = compile_query(
+        text(f"DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '{condition}'; END $$"),
+        dict,
+    )
+    with pytest.raises(error) as raised:
+        await database.write_one(raising)
+    assert raised.value.status_code == 503
+    assert raised.value.headers["Retry-After"]
 
 
 async def test_full_pool_is_unavailable_after_the_pool_timeout(

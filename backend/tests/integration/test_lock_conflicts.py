@@ -1,12 +1,16 @@
-"""E11 under real concurrency: a batch that PostgreSQL rolls back to break a
-deadlock is run again, not answered with a 500."""
+"""Writes that meet another transaction's locks: a batch or a clear that
+PostgreSQL rolls back to break a deadlock is run again, and a write that waits past
+a lock_timeout an operator set on the database is a 503; never a 500."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from pydantic import SecretStr
+from sqlalchemy import Engine, make_url, text
 
+from app.config import Settings
+from tests.conftest import ClientFactory
 from tests.factories import create_task, new_user_id, tasks_url
 
 LOCK = text("SELECT 1 FROM task WHERE user_id = :u AND id = :id FOR UPDATE")
@@ -48,3 +52,51 @@ def test_a_batch_chosen_as_deadlock_victim_is_run_again(
     assert [r["status"] for r in response.json()["results"]] == [200, 200]
     titles = sorted(t["title"] for t in client.get(tasks_url(user)).json())
     assert titles == ["one", "two"]
+
+
+def test_a_clear_chosen_as_deadlock_victim_is_run_again(
+    client: TestClient, engine: Engine
+) -> None:
+    """The clear deletes task 1 and waits for task 2, which another transaction
+    (a batch on another device) holds while it asks for task 1."""
+    user = new_user_id()
+    first, second = (
+        create_task(client, user, title=title, completed=True) for title in "ab"
+    )
+    with engine.connect() as other, ThreadPoolExecutor(1) as pool:
+        other.execute(LOCK, {"u": user, "id": second["id"]})
+        clear = pool.submit(
+            client.delete, tasks_url(user), params={"completed": "true"}
+        )
+        _wait_for_a_lock_wait(engine)
+        other.execute(LOCK, {"u": user, "id": first["id"]})  # the cycle
+        other.rollback()
+        response = clear.result()
+    assert response.status_code == 200, response.text
+    assert response.json() == {"deleted": 2}
+    assert client.get(tasks_url(user)).json() == []
+
+
+def test_a_write_waiting_past_the_databases_lock_timeout_is_a_503(
+    make_client: ClientFactory, settings: Settings, engine: Engine
+) -> None:
+    """`lock_timeout` set by an operator (here in the URL's `options`; on the role
+    or the database alike): the toggle gives up on the held row, nothing changes."""
+    assert settings.DATABASE_URL is not None
+    url = make_url(settings.DATABASE_URL.get_secret_value()).update_query_dict(
+        {"options": "-c lock_timeout=200"}
+    )
+    client = make_client(
+        DATABASE_URL=SecretStr(url.render_as_string(hide_password=False))
+    )
+    user = new_user_id()
+    task = create_task(client, user)
+    with engine.connect() as other:
+        other.execute(LOCK, {"u": user, "id": task["id"]})
+        response = client.patch(tasks_url(user, task["id"]) + "/complete")
+        other.rollback()
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "database_unavailable"
+    assert "locked" in response.json()["detail"]
+    assert response.headers["Retry-After"]
+    assert client.get(tasks_url(user, task["id"])).json() == task
