@@ -306,8 +306,12 @@ def _field_name(loc: Sequence[Any]) -> str:
     """('body', 'tags', 2) -> 'tags[2]'; ('query', 'limit') -> 'limit'."""
     name = ""
     for part in loc[1:] if len(loc) > 1 else loc:
-        if isinstance(part, str) and len(part) > MAX_FIELD_NAME:
-            part = part[:MAX_FIELD_NAME] + "…"
+        if isinstance(part, str):
+            if len(part) > MAX_FIELD_NAME:
+                part = part[:MAX_FIELD_NAME] + "…"
+            # Written as JSON writes it: an error body may be stored (a keyed
+            # batch's), and PostgreSQL's text and jsonb cannot hold NUL.
+            part = part.replace("\x00", "\\u0000")
         name += (
             f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
         )

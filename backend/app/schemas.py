@@ -340,7 +340,23 @@ class ChangesPublic(BaseModel):
     has_more: bool = Field(description="true: more of this sync; follow `next` now")
 
 
-Ref = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Ref = Annotated[
+    str, StringConstraints(min_length=1, max_length=255), AfterValidator(_storable)
+]
+# A task's body nests two levels (an object, its tags); an op's body deeper than
+# this is refused whole, before anything walks it recursively.
+MAX_BODY_DEPTH = 32
+
+
+def _nested_within(value: Any, levels: int) -> bool:
+    """Whether `value` (parsed JSON) nests at most `levels` arrays and objects."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, list):
+        return True
+    return levels > 0 and all(_nested_within(item, levels - 1) for item in value)
+
+
 BatchOp = Literal["create", "replace", "patch", "toggle", "delete"]
 
 
@@ -365,6 +381,13 @@ class BatchOperation(BaseModel):
     body: Any = Field(
         default=None, description="The single request's body (create, replace, patch)"
     )
+
+    @field_validator("body")
+    @classmethod
+    def _shallow(cls, body: Any) -> Any:
+        if not _nested_within(body, MAX_BODY_DEPTH):
+            raise ValueError(f"nests deeper than {MAX_BODY_DEPTH} levels")
+        return body
 
     @model_validator(mode="after")
     def _names_its_task(self) -> "BatchOperation":

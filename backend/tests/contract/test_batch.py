@@ -229,6 +229,12 @@ def test_batch_changes_come_in_the_next_sync(client: TestClient) -> None:
     assert body["deleted"] == [gone["id"]]
 
 
+# Nested past what any body needs, short of what the JSON parser refuses (~1,000).
+DEEP: list[Any] = []
+for _ in range(600):
+    DEEP = [DEEP]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -249,6 +255,11 @@ def test_batch_changes_come_in_the_next_sync(client: TestClient) -> None:
         ({"operations": creates(1), "atomic": "yes"}, "atomic"),
         ({"operations": creates(1), "extra": 1}, "extra"),
         ({"operations": [{"op": "create", "colour": 1}]}, "operations[0].colour"),
+        ({"operations": [{"op": "create", "ref": "a\x00"}]}, "operations[0].ref"),
+        (
+            {"operations": [{"op": "patch", "id": 1, "body": {"tags": DEEP}}]},
+            "operations[0].body",
+        ),
     ],
 )
 def test_a_malformed_batch_is_400_and_applies_nothing(
@@ -352,6 +363,25 @@ def test_idempotent_repeat_of_a_failed_atomic_batch_is_replayed(
             {"u": user},
         ).scalar_one()
     assert [r["status"] for r in stored] == [424, 404]
+
+
+def test_a_keyed_batch_whose_answer_names_a_nul_field_is_stored(
+    client: TestClient,
+) -> None:
+    """An unknown field named with NUL is echoed in its operation's error; the
+    answer is stored for the key and replayed, though jsonb cannot hold NUL."""
+    user = new_user_id()
+    operations = [{"op": "create", "body": {"title": "a", "\x00": 1}}, *creates(1)]
+    first = keyed(client, user, "nul", operations)
+    again = keyed(client, user, "nul", operations)
+    assert first.status_code == again.status_code == 200, first.text
+    failed = first.json()["results"][0]
+    assert failed["status"] == 400
+    assert failed["error"]["fields"] == [
+        {"field": "\\u0000", "message": "Unknown field"}
+    ]
+    assert again.content == first.content
+    assert titles(client, user) == ["t000"]
 
 
 def test_same_key_different_batch_is_422(client: TestClient) -> None:
