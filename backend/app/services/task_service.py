@@ -346,6 +346,13 @@ def _completion(completed: bool) -> dict[str, Any]:
 
 GET = compile_query(select(*COLUMNS).where(_owned(by_id=True)), TaskRecord)
 EXISTS = compile_query(select(TASK.c.id).where(_owned(by_id=True)), _Id)
+LOCK_IN_ID_ORDER = compile_query(
+    select(TASK.c.id)
+    .where(_owned(), TASK.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+    .order_by(TASK.c.id)
+    .with_for_update(),
+    _Id,
+)
 INSERT = compile_query(
     insert(TASK)
     .values(
@@ -1003,6 +1010,12 @@ class TaskService:
         failure, which undoes them all."""
         created: dict[str, int] = {}  # ref -> id of the task its create made
         outcomes: Outcomes = []
+        named = sorted({step.task_id for step in steps if step.task_id is not None})
+        if len(named) > 1:
+            # Batches naming the same tasks in different orders would deadlock
+            # (and be run again, holding pooled connections while PostgreSQL
+            # finds the cycles): the tasks are locked in id order first.
+            await tx.execute(LOCK_IN_ID_ORDER, user_id=user_id, ids=named)
         try:
             async with tx.savepoint() if atomic else nullcontext():
                 for run in _runs(steps):

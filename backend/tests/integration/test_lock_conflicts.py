@@ -1,6 +1,7 @@
-"""Writes that meet another transaction's locks: a batch or a clear that
-PostgreSQL rolls back to break a deadlock is run again, and a write that waits past
-a lock_timeout an operator set on the database is a 503; never a 500."""
+"""Writes that meet another transaction's locks: a batch locks the tasks it names
+in id order, a batch or a clear that PostgreSQL rolls back to break a deadlock is
+run again, and a write that waits past a lock_timeout an operator set on the
+database is a 503; never a 500."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,34 @@ def test_a_batch_chosen_as_deadlock_victim_is_run_again(
     assert [r["status"] for r in response.json()["results"]] == [200, 200]
     titles = sorted(t["title"] for t in client.get(tasks_url(user)).json())
     assert titles == ["one", "two"]
+
+
+def test_a_batch_locks_the_tasks_it_names_in_id_order(
+    client: TestClient, engine: Engine
+) -> None:
+    """Its operations name the later task first; while it waits for the earlier
+    one it holds neither, so two batches naming them in opposite orders never
+    deadlock."""
+    user = new_user_id()
+    first, second = create_task(client, user), create_task(client, user)
+    operations = [
+        {"op": "patch", "id": second["id"], "body": {"title": "two"}},
+        {"op": "patch", "id": first["id"], "body": {"title": "one"}},
+    ]
+    with engine.connect() as other, ThreadPoolExecutor(1) as pool:
+        other.execute(LOCK, {"u": user, "id": first["id"]})
+        batch = pool.submit(
+            client.post, tasks_url(user) + "/batch", json={"operations": operations}
+        )
+        _wait_for_a_lock_wait(engine)
+        free = other.execute(
+            text(f"{LOCK.text} NOWAIT"), {"u": user, "id": second["id"]}
+        )
+        assert free.scalar_one() == 1  # the batch did not take it before waiting
+        other.rollback()
+        response = batch.result()
+    assert response.status_code == 200, response.text
+    assert [r["status"] for r in response.json()["results"]] == [200, 200]
 
 
 def test_a_clear_chosen_as_deadlock_victim_is_run_again(
