@@ -50,6 +50,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     false,
     func,
     literal_column,
@@ -605,7 +606,14 @@ def _changes_query(since: bool, continuing: bool) -> Query[_Change]:
             select(
                 no_snapshot, TOMBSTONE.c.change_xid, true().label("deleted"), *columns
             )
-            .where(_owned(table=TOMBSTONE), *_changed(TOMBSTONE, since, continuing))
+            .where(
+                _owned(table=TOMBSTONE),
+                *_changed(TOMBSTONE, since, continuing),
+                # A task restored with its id (from a backup) is sent as a task.
+                ~exists().where(
+                    TASK.c.user_id == TOMBSTONE.c.user_id, TASK.c.id == TOMBSTONE.c.id
+                ),
+            )
             .order_by(TOMBSTONE.c.change_xid, TOMBSTONE.c.id)
             .limit(limit)
         )

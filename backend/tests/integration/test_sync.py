@@ -280,6 +280,22 @@ def test_a_restored_task_deleted_again_is_reported_deleted_again(
     assert _tombstones(engine, user) == 1
 
 
+def test_a_restored_task_is_sent_as_a_task_not_as_deleted(
+    client: TestClient, engine: Engine
+) -> None:
+    """Its tombstone stays, but the task exists: a sync since before the delete
+    sends it once, in `tasks` (it was in both lists, and a client applying
+    `deleted` last dropped a task that exists)."""
+    user = new_user_id()
+    task_id = create_task(client, user)["id"]
+    since = client.get(tasks_url(user) + "/changes").json()["next"]
+    assert client.delete(tasks_url(user, task_id)).status_code == 204
+    _restore(engine, user, task_id)
+    changes = client.get(tasks_url(user) + "/changes", params={"since": since}).json()
+    assert [task["id"] for task in changes["tasks"]] == [task_id]
+    assert changes["deleted"] == []
+
+
 def _rows_read(plan: dict[str, Any], table: str) -> list[int]:
     """The rows each scan of `table` returned, anywhere in an EXPLAIN plan."""
     rows = [plan["Actual Rows"]] if plan.get("Relation Name") == table else []
