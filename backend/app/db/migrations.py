@@ -62,14 +62,32 @@ def sync_engine(url: str) -> Engine:
 
 def migrate(engine: Engine) -> None:
     """Upgrade to head in one transaction, holding a transaction-level
-    advisory lock (which also works through PgBouncer's transaction pooling)."""
+    advisory lock (which also works through PgBouncer's transaction pooling).
+    A database at a revision this release does not know was migrated by a newer
+    one (a rolling deploy ships additive migrations first): it is left as it is,
+    so an instance of the older release can still start."""
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     with engine.begin() as connection:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
         )
-        command.upgrade(alembic_config(connection), "head")
+        config = alembic_config(connection)
+        current = MigrationContext.configure(connection).get_current_revision()
+        scripts = ScriptDirectory.from_config(config)
+        if current is not None and current not in {
+            script.revision for script in scripts.walk_revisions()
+        }:
+            logger.warning(
+                "the database's schema is at revision %s, newer than this "
+                "release's %s: not migrated",
+                current,
+                SCHEMA_REVISION,
+            )
+            return
+        command.upgrade(config, "head")
 
 
 def migrate_url(url: str) -> None:

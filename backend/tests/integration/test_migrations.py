@@ -3,7 +3,7 @@
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.dialects.postgresql.base import PGInspector
 from sqlmodel import SQLModel
 
@@ -37,6 +37,26 @@ def test_upgrade_downgrade_upgrade() -> None:
             assert inspector.get_table_names() == ["alembic_version"]
             assert inspector.get_enums() == []
             migrate(engine)
+            assert "task" in inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+
+
+def test_a_schema_migrated_by_a_newer_release_is_left_as_it_is() -> None:
+    """A rolling deploy: the new release migrated the database (additively), and
+    an instance of the older one (re)starts: it neither fails nor downgrades."""
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            migrate(engine)
+            with engine.begin() as connection:
+                connection.execute(
+                    text("UPDATE alembic_version SET version_num = 'b2'")
+                )
+            migrate(engine)
+            with engine.connect() as connection:
+                version = connection.execute(text("SELECT * FROM alembic_version"))
+                assert version.scalar_one() == "b2"
             assert "task" in inspect(engine).get_table_names()
         finally:
             engine.dispose()
