@@ -2,6 +2,7 @@
 
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -121,15 +122,21 @@ def _aware_datetime(value: object) -> datetime:
     return utc
 
 
-def _task_id(value: object) -> object:
-    """A path's id: one message for every way it can be wrong (0 and 2^63 too)."""
-    if isinstance(value, str):
-        digits = _DIGITS.fullmatch(value)
-        number = int(digits[1]) if digits else 0
-        if not 1 <= number <= MAX_TASK_ID:
-            raise ValueError(f"must be a decimal integer from 1 to {MAX_TASK_ID}")
-        return number
-    return value
+def _decimal(maximum: int) -> Callable[[object], object]:
+    """A number as a path or a query writes it: decimal digits, 1 to `maximum`,
+    one message for every way it can be wrong (int() would also take "+5", " 5"
+    and "1_0", and pydantic "1.0")."""
+
+    def parse(value: object) -> object:
+        if isinstance(value, str):
+            digits = _DIGITS.fullmatch(value)
+            number = int(digits[1]) if digits else 0
+            if not 1 <= number <= maximum:
+                raise ValueError(f"must be a decimal integer from 1 to {maximum}")
+            return number
+        return value
+
+    return parse
 
 
 Title = Annotated[
@@ -158,10 +165,15 @@ _TASK_ID_SCHEMA = WithJsonSchema(
     {"type": "integer", "format": "int64", "minimum": 1, "examples": [1]}
 )
 TaskId = Annotated[
-    int, BeforeValidator(_task_id), Field(ge=1, le=MAX_TASK_ID), _TASK_ID_SCHEMA
+    int,
+    BeforeValidator(_decimal(MAX_TASK_ID)),
+    Field(ge=1, le=MAX_TASK_ID),
+    _TASK_ID_SCHEMA,
 ]
 # In a JSON body an id is a JSON integer: not `true`, `"1"` or `1.0`.
 JsonTaskId = Annotated[StrictInt, Field(ge=1, le=MAX_TASK_ID), _TASK_ID_SCHEMA]
+MAX_LIMIT = 1000
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT), BeforeValidator(_decimal(MAX_LIMIT))]
 
 
 def _document_read_only(schema: dict[str, Any]) -> None:
@@ -242,7 +254,7 @@ class TaskListQuery(BaseModel):
     due_before: AwareDatetime | None = None
     due_after: AwareDatetime | None = None
     sort: SortKey = "-created_at"
-    limit: int = Field(default=1000, ge=1, le=1000)
+    limit: Limit = MAX_LIMIT
     cursor: Annotated[str | None, StringConstraints(max_length=MAX_CURSOR)] = None
 
     def filters(self) -> dict[str, Any]:
@@ -263,7 +275,7 @@ class ChangesQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     since: Annotated[str | None, StringConstraints(max_length=16_000)] = None
-    limit: int = Field(default=1000, ge=1, le=1000)
+    limit: Limit = MAX_LIMIT
 
 
 class ClearQuery(BaseModel):

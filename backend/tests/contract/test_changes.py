@@ -168,7 +168,7 @@ def test_default_limit_is_1000(client: TestClient, engine: Engine) -> None:
     assert (len(rest["tasks"]), rest["has_more"]) == (1, False)
 
 
-@pytest.mark.parametrize("limit", ["0", "1001", "-1", "x"])
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "x", "+5", "1_0", "1.0"])
 def test_limit_out_of_range_is_400(client: TestClient, limit: str) -> None:
     response = client.get(tasks_url(new_user_id()) + "/changes?limit=" + limit)
     assert_error(response, 400, "validation_error")

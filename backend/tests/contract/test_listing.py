@@ -170,6 +170,11 @@ def test_sort_updated_at_follows_changes(
         ("limit", "0"),
         ("limit", "1001"),
         ("limit", "ten"),
+        ("limit", "+5"),
+        ("limit", " 5"),
+        ("limit", "1_0"),
+        ("limit", "1.0"),
+        ("limit", "\u0665"),  # ARABIC-INDIC DIGIT FIVE
         ("cursor", "not-a-cursor"),
     ],
 )
