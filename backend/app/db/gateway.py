@@ -268,7 +268,11 @@ class Database:
                 server_settings=server_settings,
                 **connect_args,
             )
-            await _read_timestamps_as_text(connection)
+            try:
+                await _read_timestamps_as_text(connection)
+            except BaseException:  # failed or cancelled: never left open
+                connection.terminate()
+                raise
             return connection
 
         self._pool = Pool(

@@ -282,6 +282,31 @@ def _lock_task(url: str, task_id: int) -> Any:
     return conn
 
 
+def _sessions(url: str, *, waiting_on_a_lock: bool = False) -> int:
+    """The service's database sessions (those waiting on a lock only)."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'task-api'"
+        " AND datname = current_database()"
+    )
+    if waiting_on_a_lock:
+        query += " AND wait_event_type = 'Lock'"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            count: int = conn.execute(text(query)).scalar_one()
+            return count
+    finally:
+        engine.dispose()
+
+
+def _wait_for(what: str, condition: Callable[[], bool]) -> None:
+    """Poll for up to 10 s: a loaded machine runs the server late, never wrong."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(database: str) -> None:
     user = new_user_id()
     env = {"DB_POOL_SIZE": "2", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "1"}
@@ -304,7 +329,10 @@ def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(database: str) -
         ]
         for holder in holders:
             holder.start()
-        time.sleep(0.5)  # both pooled connections now wait on the lock
+        _wait_for(  # both pooled connections wait on the lock
+            "requests never waited on the lock",
+            lambda: _sessions(database, waiting_on_a_lock=True) == 2,
+        )
         started = time.monotonic()
         assert_503(c.get(tasks_url(user)))
         assert 0.8 < time.monotonic() - started < 5
@@ -361,7 +389,10 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(
         ]
         for thread in in_flight:
             thread.start()
-        time.sleep(0.5)
+        _wait_for(
+            "requests never waited on the lock",
+            lambda: _sessions(database, waiting_on_a_lock=True) == 3,
+        )
         process.send_signal(signal.SIGTERM)
         _wait_until_connections_are_refused(base + "/health")
         lock.commit()
@@ -370,16 +401,8 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(
             thread.join()
         assert process.wait(timeout=15) == 0  # a clean shutdown, not death by signal
     assert results == [200, 200, 200]
-    engine = create_engine(database)
-    with engine.connect() as conn:
-        left = conn.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'task-api' AND datname = current_database()"
-            )
-        ).scalar_one()
-    engine.dispose()
-    assert left == 0  # the pool was closed
+    # The pool was closed (PostgreSQL ends a session soon after its client).
+    _wait_for("sessions left open", lambda: _sessions(database) == 0)
 
 
 @pytest.fixture
