@@ -105,6 +105,8 @@ def _aware_datetime(value: object) -> datetime:
     if isinstance(value, datetime) and value.tzinfo is not None:
         parsed = value
     elif isinstance(value, str):
+        if value.endswith("z"):  # RFC 3339 allows it; Python's parser does not
+            value = value[:-1] + "Z"
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:

@@ -157,8 +157,20 @@ def test_create_tags_must_be_a_list_of_strings(
         assert_validation_error(response, "tags" if tags == "work" else "tags[0]")
 
 
-def test_create_accepts_due_at_with_offset_and_returns_utc(client: TestClient) -> None:
-    task = create_task(client, new_user_id(), due_at="2026-12-01T09:30:00+02:00")
+@pytest.mark.parametrize(
+    "due_at",
+    [
+        "2026-12-01T09:30:00+02:00",
+        "2026-12-01T09:30:00+0200",
+        "2026-12-01T07:30:00Z",
+        "2026-12-01t07:30:00z",  # RFC 3339 allows lower case
+        "2026-12-01T07:30:00.000000999Z",  # Go's nanoseconds: to the microsecond
+    ],
+)
+def test_create_accepts_due_at_with_offset_and_returns_utc(
+    client: TestClient, due_at: str
+) -> None:
+    task = create_task(client, new_user_id(), due_at=due_at)
     assert datetime.fromisoformat(task["due_at"]) == datetime(
         2026, 12, 1, 7, 30, tzinfo=UTC
     )
