@@ -8,12 +8,15 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from typing import Any
 
 from app.errors import InvalidCursor
 
 _SIGNATURE_BYTES = 16
+# What `encode` writes: unpadded base64url. The decoder would skip anything else.
+_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class CursorCodec:
@@ -38,6 +41,8 @@ class CursorCodec:
         self, cursor: str, binding: dict[str, Any], length: int = 2
     ) -> list[Any]:
         """The position `encode` was given (a list of `length` items)."""
+        if not _ALPHABET.fullmatch(cursor):
+            raise InvalidCursor()
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         except ValueError:

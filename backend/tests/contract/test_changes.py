@@ -183,7 +183,17 @@ def test_another_users_changes_never_appear(client: TestClient) -> None:
     assert changes(client, user, token)["tasks"] == []
 
 
-@pytest.mark.parametrize("mangle", [lambda t: t[:-2], lambda t: "x" + t, str.upper])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-2],
+        lambda t: "x" + t,
+        str.upper,
+        lambda t: t + "!!",  # outside base64url: it was skipped, and the token passed
+        lambda t: t + "==",
+        lambda t: t.replace("-", "+").replace("_", "/") + "+/",
+    ],
+)
 def test_tampered_token_is_400(client: TestClient, mangle: Any) -> None:
     user = new_user_id()
     token = changes(client, user)["next"]

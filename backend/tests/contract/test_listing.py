@@ -314,6 +314,8 @@ def test_tampered_cursor_is_400(client: TestClient, user: str, mixed: Any) -> No
         "A" + cursor,
         cursor[1:],
         "",
+        cursor + "!",
+        " " + cursor,
     ):
         response = client.get(tasks_url(user), params={"limit": 1, "cursor": forged})
         assert response.status_code == 400, forged
