@@ -14,12 +14,13 @@ import httpx
 import psutil
 import psycopg2
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from tests.conftest import fresh_database
 from tests.factories import new_user_id, tasks_url
 from tests.pg import PrivatePostgres
 from tests.server import BACKEND, running_server, server_process
+from tests.sessions import sessions, wait_until
 
 C3_KEYS = {"error", "code", "detail", "fields", "request_id"}
 
@@ -63,6 +64,14 @@ def kill_connections(url: str) -> int:
 def database() -> Iterator[str]:
     with fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def engine(database: str) -> Iterator[Engine]:
+    """The test's database, to watch its sessions."""
+    engine = create_engine(database)
+    yield engine
+    engine.dispose()
 
 
 def test_killed_connections_give_503s_then_recover_and_lose_nothing(
@@ -282,32 +291,9 @@ def _lock_task(url: str, task_id: int) -> Any:
     return conn
 
 
-def _sessions(url: str, *, waiting_on_a_lock: bool = False) -> int:
-    """The service's database sessions (those waiting on a lock only)."""
-    query = (
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'task-api'"
-        " AND datname = current_database()"
-    )
-    if waiting_on_a_lock:
-        query += " AND wait_event_type = 'Lock'"
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            count: int = conn.execute(text(query)).scalar_one()
-            return count
-    finally:
-        engine.dispose()
-
-
-def _wait_for(what: str, condition: Callable[[], bool]) -> None:
-    """Poll for up to 10 s: a loaded machine runs the server late, never wrong."""
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
-def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(database: str) -> None:
+def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(
+    database: str, engine: Engine
+) -> None:
     user = new_user_id()
     env = {"DB_POOL_SIZE": "2", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "1"}
     with (
@@ -329,9 +315,9 @@ def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(database: str) -
         ]
         for holder in holders:
             holder.start()
-        _wait_for(  # both pooled connections wait on the lock
-            "requests never waited on the lock",
-            lambda: _sessions(database, waiting_on_a_lock=True) == 2,
+        wait_until(  # both pooled connections wait on the lock
+            "2 requests wait on the lock",
+            lambda: sessions(engine, ours=True, on_a_lock=True) == 2,
         )
         started = time.monotonic()
         assert_503(c.get(tasks_url(user)))
@@ -373,7 +359,7 @@ def _wait_until_connections_are_refused(url: str) -> None:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_lets_in_flight_requests_finish_then_exits(
-    database: str, workers: str
+    database: str, engine: Engine, workers: str
 ) -> None:
     user = new_user_id()
     with server_process(database, WEB_CONCURRENCY=workers) as (base, process):
@@ -389,9 +375,9 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(
         ]
         for thread in in_flight:
             thread.start()
-        _wait_for(
-            "requests never waited on the lock",
-            lambda: _sessions(database, waiting_on_a_lock=True) == 3,
+        wait_until(
+            "3 requests wait on the lock",
+            lambda: sessions(engine, ours=True, on_a_lock=True) == 3,
         )
         process.send_signal(signal.SIGTERM)
         _wait_until_connections_are_refused(base + "/health")
@@ -402,7 +388,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(
         assert process.wait(timeout=15) == 0  # a clean shutdown, not death by signal
     assert results == [200, 200, 200]
     # The pool was closed (PostgreSQL ends a session soon after its client).
-    _wait_for("sessions left open", lambda: _sessions(database) == 0)
+    wait_until("no session left", lambda: sessions(engine, ours=True) == 0)
 
 
 @pytest.fixture

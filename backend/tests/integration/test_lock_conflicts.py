@@ -3,7 +3,6 @@ in id order, a batch or a clear that PostgreSQL rolls back to break a deadlock i
 run again, and a write that waits past a lock_timeout an operator set on the
 database is a 503; never a 500."""
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
@@ -13,20 +12,9 @@ from sqlalchemy import Engine, make_url, text
 from app.config import Settings
 from tests.conftest import ClientFactory
 from tests.factories import create_task, new_user_id, tasks_url
+from tests.sessions import wait_for_a_lock_wait
 
 LOCK = text("SELECT 1 FROM task WHERE user_id = :u AND id = :id FOR UPDATE")
-
-
-def _wait_for_a_lock_wait(engine: Engine) -> None:
-    query = text(
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    deadline = time.monotonic() + 10
-    with engine.connect() as conn:
-        while conn.execute(query).scalar_one() == 0:
-            assert time.monotonic() < deadline, "the batch never waited on a lock"
-            time.sleep(0.02)
 
 
 def test_a_batch_chosen_as_deadlock_victim_is_run_again(
@@ -45,7 +33,7 @@ def test_a_batch_chosen_as_deadlock_victim_is_run_again(
         batch = pool.submit(
             client.post, tasks_url(user) + "/batch", json={"operations": operations}
         )
-        _wait_for_a_lock_wait(engine)
+        wait_for_a_lock_wait(engine)
         other.execute(LOCK, {"u": user, "id": first["id"]})  # the cycle
         other.rollback()
         response = batch.result()
@@ -72,7 +60,7 @@ def test_a_batch_locks_the_tasks_it_names_in_id_order(
         batch = pool.submit(
             client.post, tasks_url(user) + "/batch", json={"operations": operations}
         )
-        _wait_for_a_lock_wait(engine)
+        wait_for_a_lock_wait(engine)
         free = other.execute(
             text(f"{LOCK.text} NOWAIT"), {"u": user, "id": second["id"]}
         )
@@ -97,7 +85,7 @@ def test_a_clear_chosen_as_deadlock_victim_is_run_again(
         clear = pool.submit(
             client.delete, tasks_url(user), params={"completed": "true"}
         )
-        _wait_for_a_lock_wait(engine)
+        wait_for_a_lock_wait(engine)
         other.execute(LOCK, {"u": user, "id": first["id"]})  # the cycle
         other.rollback()
         response = clear.result()

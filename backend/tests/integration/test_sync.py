@@ -27,6 +27,7 @@ from app.services.task_service import (
 )
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import running_server
+from tests.sessions import wait_for_a_lock_wait
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_a_write_that_commits_after_a_later_one_is_not_missed(
         with ThreadPoolExecutor(1) as pool:
             url = servers[1] + tasks_url(user, slow["id"])
             blocked = pool.submit(httpx.patch, url, json={"title": "slow"}, timeout=30)
-            _wait_for_lock_wait(engine)
+            wait_for_a_lock_wait(engine)
             httpx.patch(servers[0] + tasks_url(user, fast["id"]), json={"title": "f"})
             replica.sync()
             assert replica.tasks[fast["id"]]["title"] == "f"
@@ -105,18 +106,6 @@ def test_a_write_that_commits_after_a_later_one_is_not_missed(
             assert blocked.result().status_code == 200
     replica.sync()
     assert replica.tasks == table(servers[0], user)
-
-
-def _wait_for_lock_wait(engine: Engine) -> None:
-    query = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock'"
-    )
-    deadline = time.monotonic() + 10
-    with engine.connect() as conn:
-        while conn.execute(query).scalar_one() == 0:
-            assert time.monotonic() < deadline, "the write never waited on the lock"
-            time.sleep(0.02)
 
 
 def _write_randomly(base_url: str, user: str, stop: threading.Event, seed: int) -> int:
