@@ -168,8 +168,8 @@ _TASK_ID_SCHEMA = WithJsonSchema(
 )
 TaskId = Annotated[
     int,
-    BeforeValidator(_decimal(MAX_TASK_ID)),
     Field(ge=1, le=MAX_TASK_ID),
+    BeforeValidator(_decimal(MAX_TASK_ID)),
     _TASK_ID_SCHEMA,
 ]
 # In a JSON body an id is a JSON integer: not `true`, `"1"` or `1.0`.

@@ -1000,16 +1000,18 @@ class TaskService:
         async def run(tx: Transaction) -> Outcomes:
             return await self._within(tx)._apply_all(tx, user_id, steps, atomic)
 
-        async def attempt() -> Outcomes:
-            if idempotency_key is None:
-                async with self._db.transaction() as tx:
-                    return await run(tx)
-            request = {"atomic": atomic, "operations": [asdict(s) for s in steps]}
-            return await self._once(
-                user_id, idempotency_key, _digest(request), run, _outcomes_from_json
-            )
+        async def unkeyed() -> Outcomes:
+            async with self._db.transaction() as tx:
+                return await run(tx)
 
-        return await _again_on_conflict(attempt)
+        if idempotency_key is None:
+            return await _again_on_conflict(unkeyed)
+        key = idempotency_key
+        request = {"atomic": atomic, "operations": [asdict(s) for s in steps]}
+        request_hash = _digest(request)  # once, not on each run
+        return await _again_on_conflict(
+            lambda: self._once(user_id, key, request_hash, run, _outcomes_from_json)
+        )
 
     async def _apply_all(
         self, tx: Transaction, user_id: str, steps: Sequence[BatchStep], atomic: bool

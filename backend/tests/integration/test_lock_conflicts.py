@@ -3,11 +3,15 @@ in id order, a batch or a clear that PostgreSQL rolls back to break a deadlock i
 run again, and a write that waits past a lock_timeout an operator set on the
 database is a 503; never a 500."""
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
 
 from fastapi.testclient import TestClient
+from httpx import Response
 from pydantic import SecretStr
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Connection, Engine, make_url, text
 
 from app.config import Settings
 from tests.conftest import ClientFactory
@@ -15,6 +19,34 @@ from tests.factories import create_task, new_user_id, tasks_url
 from tests.sessions import wait_for_a_lock_wait
 
 LOCK = text("SELECT 1 FROM task WHERE user_id = :u AND id = :id FOR UPDATE")
+
+
+@contextmanager
+def _waiting_on(
+    engine: Engine, user: str, task_id: int, request: Callable[[], Response]
+) -> Iterator[tuple[Connection, "Future[Response]"]]:
+    """Another transaction holds the task's row lock; `request` is sent, and the
+    block runs once it waits on a lock, as that other transaction (rolled back
+    when the block ends, which lets the request go on)."""
+    with engine.connect() as other, ThreadPoolExecutor(1) as pool:
+        # In a cycle, the request finds it first (after 1 s) and is the victim,
+        # even when a loaded machine runs its check late.
+        other.execute(text("SET deadlock_timeout = '10s'"))
+        other.execute(LOCK, {"u": user, "id": task_id})
+        response = pool.submit(request)
+        wait_for_a_lock_wait(engine)
+        try:
+            yield other, response
+        finally:
+            other.rollback()
+
+
+def _batch(
+    client: TestClient, user: str, operations: list[dict[str, Any]]
+) -> Callable[[], Response]:
+    return lambda: client.post(
+        tasks_url(user) + "/batch", json={"operations": operations}
+    )
 
 
 def test_a_batch_chosen_as_deadlock_victim_is_run_again(
@@ -28,15 +60,10 @@ def test_a_batch_chosen_as_deadlock_victim_is_run_again(
         {"op": "patch", "id": first["id"], "body": {"title": "one"}},
         {"op": "patch", "id": second["id"], "body": {"title": "two"}},
     ]
-    with engine.connect() as other, ThreadPoolExecutor(1) as pool:
-        other.execute(LOCK, {"u": user, "id": second["id"]})
-        batch = pool.submit(
-            client.post, tasks_url(user) + "/batch", json={"operations": operations}
-        )
-        wait_for_a_lock_wait(engine)
+    send = _batch(client, user, operations)
+    with _waiting_on(engine, user, second["id"], send) as (other, batch):
         other.execute(LOCK, {"u": user, "id": first["id"]})  # the cycle
-        other.rollback()
-        response = batch.result()
+    response = batch.result()
     assert response.status_code == 200, response.text
     assert [r["status"] for r in response.json()["results"]] == [200, 200]
     titles = sorted(t["title"] for t in client.get(tasks_url(user)).json())
@@ -55,18 +82,13 @@ def test_a_batch_locks_the_tasks_it_names_in_id_order(
         {"op": "patch", "id": second["id"], "body": {"title": "two"}},
         {"op": "patch", "id": first["id"], "body": {"title": "one"}},
     ]
-    with engine.connect() as other, ThreadPoolExecutor(1) as pool:
-        other.execute(LOCK, {"u": user, "id": first["id"]})
-        batch = pool.submit(
-            client.post, tasks_url(user) + "/batch", json={"operations": operations}
-        )
-        wait_for_a_lock_wait(engine)
+    send = _batch(client, user, operations)
+    with _waiting_on(engine, user, first["id"], send) as (other, batch):
         free = other.execute(
             text(f"{LOCK.text} NOWAIT"), {"u": user, "id": second["id"]}
         )
         assert free.scalar_one() == 1  # the batch did not take it before waiting
-        other.rollback()
-        response = batch.result()
+    response = batch.result()
     assert response.status_code == 200, response.text
     assert [r["status"] for r in response.json()["results"]] == [200, 200]
 
@@ -80,15 +102,16 @@ def test_a_clear_chosen_as_deadlock_victim_is_run_again(
     first, second = (
         create_task(client, user, title=title, completed=True) for title in "ab"
     )
-    with engine.connect() as other, ThreadPoolExecutor(1) as pool:
-        other.execute(LOCK, {"u": user, "id": second["id"]})
-        clear = pool.submit(
-            client.delete, tasks_url(user), params={"completed": "true"}
-        )
-        wait_for_a_lock_wait(engine)
+
+    url = tasks_url(user)
+    with _waiting_on(
+        engine,
+        user,
+        second["id"],
+        lambda: client.delete(url, params={"completed": "true"}),
+    ) as (other, clear):
         other.execute(LOCK, {"u": user, "id": first["id"]})  # the cycle
-        other.rollback()
-        response = clear.result()
+    response = clear.result()
     assert response.status_code == 200, response.text
     assert response.json() == {"deleted": 2}
     assert client.get(tasks_url(user)).json() == []
