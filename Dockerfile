@@ -14,8 +14,9 @@ COPY --from=build /venv /venv
 COPY backend /srv/backend
 WORKDIR /srv/backend
 # FORWARDED_ALLOW_IPS=*: the container's port is reached only through the platform's
-# TLS proxy, so its X-Forwarded-For/-Proto are believed (client addresses for the
-# rate limit). If the port is reachable any other way, set the proxy's address.
+# TLS proxy, so the X-Forwarded-For entry it appends (the last) and X-Forwarded-Proto
+# are believed (client addresses for the rate limits). If the port is reachable any
+# other way, or through a chain of proxies, list the proxies' addresses instead.
 ENV PATH=/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

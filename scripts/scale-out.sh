@@ -103,6 +103,9 @@ defaults
     retry-on conn-failure empty-response
 frontend api
     bind 127.0.0.1:$SCALE_PORT
+    # The client's address, appended to its X-Forwarded-For (the instances trust
+    # loopback, where HAProxy connects from, and take that last entry).
+    option forwardfor
     http-request disable-l7-retry if !METH_GET
     default_backend instances
 backend instances

@@ -67,9 +67,8 @@ def serve(settings: Settings, url: str) -> None:
         host=settings.HOST,
         port=settings.PORT,
         workers=settings.WEB_CONCURRENCY,
-        # X-Forwarded-For/-Proto are believed from these peers only.
-        proxy_headers=True,
-        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
+        # X-Forwarded-For/-Proto: the app's ForwardedMiddleware reads them.
+        proxy_headers=False,
         access_log=False,
         server_header=False,
         log_config=None,

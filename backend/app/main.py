@@ -16,6 +16,7 @@ from app.db.gateway import Database
 from app.db.migrations import ensure_schema
 from app.db.url import parse_database_url
 from app.edge.auth import TokenVerifier
+from app.edge.forwarded import ForwardedMiddleware
 from app.edge.middleware import (
     BodyGuardMiddleware,
     CanonicalRequestMiddleware,
@@ -170,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
+    app.add_middleware(ForwardedMiddleware, trusted=settings.FORWARDED_ALLOW_IPS)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 

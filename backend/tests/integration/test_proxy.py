@@ -1,6 +1,6 @@
 """Behind a proxy, over a real socket: the trailing-slash path is served, not
 redirected to a plain-http absolute URL; FORWARDED_ALLOW_IPS decides whose
-X-Forwarded-For uvicorn believes (seen here through the per-address rate limit);
+X-Forwarded-For is believed (seen here through the per-address rate limit);
 HEAD answers without a body and the connection stays usable."""
 
 import httpx
@@ -23,7 +23,7 @@ def test_trusted_proxy_slash_path_is_served_and_clients_are_told_apart(
     database_url: str, engine: object
 ) -> None:
     # The default trusts loopback, where this test's "proxy" connects from.
-    with running_server(database_url, RATE_LIMIT="2/minute") as base_url:
+    with running_server(database_url, RATE_LIMIT="2/day") as base_url:
         first, second = VISITORS
         assert [_forwarded(base_url, first) for _ in range(2)] == [200, 200]
         assert _forwarded(base_url, first) == 429
@@ -36,11 +36,26 @@ def test_untrusted_peer_forwarded_for_is_ignored(
     # 192.0.2.1 (a documentation address) is the only trusted proxy; this test's
     # requests come from loopback, so their X-Forwarded-For is not believed.
     with running_server(
-        database_url, RATE_LIMIT="2/minute", FORWARDED_ALLOW_IPS="192.0.2.1"
+        database_url, RATE_LIMIT="2/day", FORWARDED_ALLOW_IPS="192.0.2.1"
     ) as base_url:
         first, second = VISITORS
         assert [_forwarded(base_url, first) for _ in range(2)] == [200, 200]
         assert _forwarded(base_url, second) == 429  # one bucket: the peer's address
+
+
+def test_behind_any_proxy_a_client_cannot_write_its_own_address(
+    database_url: str, engine: object
+) -> None:
+    """With `*` (a platform's proxy, its address unknown), the entry the proxy
+    appends is the client: one that makes up a new first entry on every request
+    stays in its own bucket."""
+    with running_server(
+        database_url, RATE_LIMIT="2/day", FORWARDED_ALLOW_IPS="*"
+    ) as base_url:
+        first, second = VISITORS
+        made_up = [_forwarded(base_url, f"10.0.{i}.1, {first}") for i in range(3)]
+        assert made_up == [200, 200, 429]
+        assert _forwarded(base_url, second) == 200
 
 
 def test_head_over_a_socket_keeps_the_connection_usable(
