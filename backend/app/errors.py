@@ -222,6 +222,16 @@ class TransferCodingNotImplemented(AppError):
     detail = "Send the body with Content-Length, or Transfer-Encoding: chunked alone"
 
 
+class MethodNotImplemented(AppError):
+    """A method the server does not know at all (RFC 9110 9.1); a known one
+    that a path does not take is a 405."""
+
+    status_code = 501
+    code = "not_implemented"
+    message = "Method not implemented"
+    detail = "The API takes GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS"
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"
@@ -254,6 +264,13 @@ class MalformedRequest(AppError):
     code = "bad_request"
     message = "The request is not valid HTTP/1.1"
     detail = "Its request line, headers or body framing could not be parsed"
+
+
+class HttpVersionNotSupported(AppError):
+    status_code = 505
+    code = "http_version_not_supported"
+    message = "HTTP version not supported"
+    detail = "Send the request as HTTP/1.1 (or HTTP/1.0)"
 
 
 class RequestTimeout(AppError):

@@ -21,9 +21,11 @@ from app.errors import (
     PayloadTooLarge,
     TransferCodingNotImplemented,
     UnsupportedMediaType,
+    ValidationFailed,
     error_response,
 )
 from app.observability import metrics
+from app.schemas import FieldError
 
 logger = logging.getLogger("app.request")
 
@@ -247,15 +249,28 @@ def _encoded(scope: Scope, header: bytes, decoded: bytes) -> bool:
     )
 
 
+def _carries_a_body(scope: Scope) -> bool:
+    """A Content-Length other than 0, or a Transfer-Encoding: a body follows."""
+    return any(
+        (name == b"content-length" and value != b"0") or name == b"transfer-encoding"
+        for name, value in scope["headers"]
+    )
+
+
 class BodyGuardMiddleware:
     """Reads the whole body (at most 64 KiB, whatever Content-Length claims) before
-    the app sees it, and rejects non-JSON bodies."""
+    the app sees it, and rejects non-JSON bodies: of any request that has one,
+    whatever its method (a DELETE's or a GET's is then ignored, as the routes
+    take none, but it was never let through larger or of another type)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in _BODY_METHODS and not _carries_a_body(scope):
             await self.app(scope, receive, send)
             return
         request_id = scope.get("state", {}).get("request_id")
@@ -283,7 +298,12 @@ class BodyGuardMiddleware:
         content_type = _header(scope, b"content-type")
         media_type = (content_type or "application/json").split(";")[0].strip()
         error: AppError | None = None
-        if body and not _JSON_TYPE.fullmatch(media_type):
+        if body and sum(name == b"content-type" for name, _ in scope["headers"]) > 1:
+            error = ValidationFailed(  # which one describes the body?
+                detail="Content-Type: must be sent once",
+                fields=[FieldError(field="Content-Type", message="must be sent once")],
+            )
+        elif body and not _JSON_TYPE.fullmatch(media_type):
             error = UnsupportedMediaType()
         elif body and _encoded(scope, b"content-encoding", b"identity"):
             error = UnsupportedMediaType(

@@ -14,6 +14,7 @@ import asyncio
 import fcntl
 import json
 import os
+import re
 import socket
 import sys
 import termios
@@ -46,7 +47,9 @@ from app.edge.middleware import (
 from app.errors import (
     AppError,
     HeadersTooLarge,
+    HttpVersionNotSupported,
     MalformedRequest,
+    MethodNotImplemented,
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
@@ -65,6 +68,8 @@ UPGRADE_HEADERS = frozenset({b"upgrade", b"http2-settings"})
 # a reader that takes a trickle would otherwise hold a running place for as long
 # as it likes (6.4 KiB/s at the default 10 s, more with a shorter timeout).
 MIN_TAKEN = 64 * 1024
+# The start of a request line: a method name (an RFC 9110 token) and a space.
+_REQUEST_LINE = re.compile(rb"(?:\r\n)*[-!#$%&'*+.^_`|~0-9A-Za-z]+ ")
 # Linux's `struct tcp_info` up to `tcpi_bytes_acked` (Linux 4.1), and where that is.
 TCP_INFO_SIZE = 128
 BYTES_ACKED = slice(120, 128)
@@ -107,6 +112,8 @@ MALFORMED = MalformedRequest()
 NOT_ONE_HOST = MalformedRequest(
     detail="An HTTP/1.1 request names its host in exactly one Host header"
 )
+VERSION_NOT_SUPPORTED = HttpVersionNotSupported()
+UNKNOWN_METHOD = MethodNotImplemented()
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A body the app may take is whole before uvicorn stops reading (at this many
 # bytes): so every request the app gets is admitted with its body read.
@@ -318,14 +325,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         parser skips the body of such a request and stops after its head (uvicorn
         ran it with an empty body, lost what followed, and logged a warning about
         WebSocket libraries): its head is parsed again without the offer, followed
-        by the rest of the read."""
+        by the rest of the read, by a new parser (the old one, having seen a
+        request that closes the connection, would drop what comes after it)."""
         self._unset_keepalive_if_required()
+        heads_read = self.heads_read
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             if self.upgrade_offered:
                 self.upgrade_offered = False
-                self._feed(self._head_without_upgrade() + data[upgrade.args[0] :])
+                head = self._head_without_upgrade()
+                self.parser = httptools.HttpRequestParser(self)
+                self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+                self._feed(head + data[upgrade.args[0] :])
+        except httptools.HttpParserInvalidMethodError:
+            # A method name the parser does not know is a 501 (RFC 9110 9.1); a
+            # read that is not HTTP at all (a TLS handshake) is a 400.
+            if self.heads_read == heads_read and _REQUEST_LINE.match(data):
+                self.refuse(UNKNOWN_METHOD)
+            else:
+                self.send_400_response("")
         except httptools.HttpParserError:
             self.send_400_response("")
 
@@ -368,9 +387,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.pipeline) >= MAX_PIPELINED and not self.cycle.response_complete:
             self._stop_reading()
             raise _StopReading
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):  # the parser takes any digit.digit
+            self.refuse(VERSION_NOT_SUPPORTED)
+            raise _StopReading
         if not self._one_host():
             self.refuse(NOT_ONE_HOST)
             raise _StopReading
+        if version == "1.0":
+            # RFC 9110 10.1.1: ignored (an HTTP/1.0 client knows no 100 Continue)
+            self.expect_100_continue = False
         self.reading_head = False
         self.head_begun = False
         self.head_bytes = 0
@@ -388,8 +414,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """A header, its value without the whitespace around it (RFC 9110 5.5;
+        the parser leaves what trails). A field of the trailer section, after a
+        chunked body, is counted but dropped (RFC 9110 6.5.1): uvicorn added it
+        to the request's headers, so an `Authorization`, `Host` or
+        `X-Forwarded-For` sent after the body stood for the request's own."""
         self._head_grows(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
+        if self.reading_head:
+            super().on_header(name, value.strip(b" \t"))
 
     def _head_grows(self, size: int) -> None:
         """The head as parsed, for one that began in the read that ended the
@@ -501,13 +533,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         trickles a body must not hold one of the running places meanwhile. One
         waiting for `100 Continue` is told to go on here, and admitted likewise;
         only a declared body over the cap is admitted with its head (the app
-        refuses it unread, 413, with the headers every response carries)."""
+        refuses it unread, 413, with the headers every response carries; to a
+        client still waiting to be told, with `Connection: close`, since it may
+        send the body or its next request)."""
         if cycle.more_body and not declares_too_large_a_body(cast(Scope, cycle.scope)):
             if cycle.waiting_for_100_continue:  # its body comes once it is told to
                 cycle.waiting_for_100_continue = False
                 self.transport.write(CONTINUE)
             self.unread = (cycle, app)
         else:
+            if cycle.waiting_for_100_continue:
+                cycle.keep_alive = False
             self._admit(cycle, app)
 
     def _submit_unread(self) -> None:

@@ -120,6 +120,54 @@ def test_body_over_64_kib_is_413(client: TestClient) -> None:
     assert client.get(tasks_url(user)).json() == []
 
 
+@pytest.mark.parametrize(
+    ("size", "content_type", "status", "code"),
+    [
+        (64 * 1024 + 1, "application/json", 413, "payload_too_large"),
+        (10, "text/plain", 415, "unsupported_media_type"),
+    ],
+)
+def test_a_body_on_a_delete_is_held_to_the_same_rules(
+    client: TestClient, size: int, content_type: str, status: int, code: str
+) -> None:
+    """C2's 413 and 415 whatever the method: a DELETE (whose body is ignored)
+    with a body over 64 KiB, or not JSON, deletes nothing."""
+    user = new_user_id()
+    task = create_task(client, user)
+    for url in (tasks_url(user, task["id"]), tasks_url(user) + "?completed=true"):
+        response = client.request(
+            "DELETE", url, content=b"x" * size, headers={"content-type": content_type}
+        )
+        assert_error(response, status, code)
+    assert client.get(tasks_url(user, task["id"])).json() == task
+
+
+def test_a_get_with_a_body_over_64_kib_is_413(client: TestClient) -> None:
+    response = client.request(
+        "GET", tasks_url(new_user_id()), content=b"{}" + b" " * (64 * 1024)
+    )
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_content_type_sent_twice_is_400(client: TestClient) -> None:
+    """Which one describes the body? Two readers could each take another."""
+    user = new_user_id()
+    for types in (
+        ["application/json", "text/plain"],
+        ["text/plain", "application/json"],
+    ):
+        response = client.post(
+            tasks_url(user),
+            content=b'{"title": "x"}',
+            headers=[("content-type", t) for t in types],
+        )
+        body = assert_error(response, 400, "validation_error")
+        assert body["fields"] == [
+            {"field": "Content-Type", "message": "must be sent once"}
+        ]
+    assert client.get(tasks_url(user)).json() == []
+
+
 def test_body_of_exactly_64_kib_is_not_413(client: TestClient) -> None:
     body = json.dumps({"title": "x", "tags": []})
     body = body[:-1] + " " * (64 * 1024 - len(body)) + "}"

@@ -214,7 +214,7 @@ def test_a_request_that_is_not_http_gets_a_json_400(server: tuple[str, int]) -> 
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        (b"FOO /health HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        (b"FOO /health HTTP/1.1\r\nHost: t\r\n\r\n", 501),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # TLS hello
         (b"GET /health HTTP/1.1\r\nX: " + b"a" * 40_000 + b"\r\n\r\n", 431),
         (b"GET /health HTTP/1.1\r\nHost: t\r\n", 408),  # the head never ends

@@ -157,3 +157,96 @@ def test_a_request_offering_http2_is_served_as_http_1_1_with_its_body(
     listed = connection.getresponse()
     assert [t["title"] for t in json.loads(listed.read())] == ["offered h2c"]
     connection.close()
+
+
+def _chunked(body: bytes, trailer: bytes = b"") -> bytes:
+    return b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(body), body, trailer)
+
+
+def test_trailer_fields_are_not_taken_for_request_headers(server: str) -> None:
+    """RFC 9110 6.5.1: fields after a chunked body are not the request's
+    headers (an Authorization, Host or X-Forwarded-For there stood for its
+    own): a request id, a Content-Type and an Idempotency-Key are ignored."""
+    user = new_user_id()
+    head = (
+        f"POST {tasks_url(user)} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    trailer = (
+        b"X-Request-ID: trailer-id\r\nContent-Type: text/plain\r\n"
+        b"Idempotency-Key: k\r\n"
+    )
+    for _ in range(2):
+        response = _raw_request(server, head, [_chunked(b'{"title": "t"}', trailer)])
+        assert response.startswith(b"HTTP/1.1 201 "), response
+        assert b"trailer-id" not in response
+    assert len(httpx.get(server + tasks_url(user)).json()) == 2
+
+
+def test_whitespace_around_a_header_value_is_not_part_of_it(server: str) -> None:
+    """RFC 9110 5.5: a retry whose Idempotency-Key gained a trailing space
+    (through a proxy that trims, or not) is the same key."""
+    user = new_user_id()
+    responses = [
+        _raw_request(
+            server,
+            f"POST {tasks_url(user)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 14\r\n"
+            f"Idempotency-Key: key{spaces}\r\nX-Request-ID: id-1{spaces}\r\n\r\n",
+            [b'{"title": "t"}'],
+        )
+        for spaces in ("", " \t ")
+    ]
+    assert all(r.startswith(b"HTTP/1.1 201 ") for r in responses), responses
+    assert all(b"x-request-id: id-1\r\n" in r for r in responses)
+    assert len(httpx.get(server + tasks_url(user)).json()) == 1
+
+
+def test_an_http2_offer_on_a_request_that_closes_is_served(server: str) -> None:
+    head = (
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close"
+        "\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+    )
+    assert _raw_request(server, head, []).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_request_of_another_http_version_is_505(server: str) -> None:
+    response = _raw_request(server, "GET /health HTTP/2.0\r\nHost: x\r\n\r\n", [])
+    assert response.startswith(b"HTTP/1.1 505 ")
+    assert b'"code":"http_version_not_supported"' in response
+
+
+def test_an_http_1_0_client_is_never_told_100_continue(server: str) -> None:
+    """RFC 9110 10.1.1: the expectation of an HTTP/1.0 request is ignored."""
+    head = (
+        f"POST {tasks_url(new_user_id())} HTTP/1.0\r\nExpect: 100-continue\r\n"
+        "Content-Type: application/json\r\nContent-Length: 14\r\n\r\n"
+    )
+    response = _raw_request(server, head, [b'{"title": "t"}'])
+    assert response.startswith(b"HTTP/1.1 201 "), response
+
+
+def test_a_body_refused_before_the_client_sent_it_closes_the_connection(
+    server: str,
+) -> None:
+    """A client waiting for 100 Continue, told 413 instead, may send the body
+    or its next request: the server can tell neither, so it closes."""
+    head = (
+        f"POST {tasks_url(new_user_id())} HTTP/1.1\r\nHost: x\r\n"
+        "Expect: 100-continue\r\nContent-Type: application/json\r\n"
+        "Content-Length: 10000000\r\n\r\n"
+    )
+    response = _raw_request(server, head, [])  # reads until the server closes
+    assert response.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close\r\n" in response.lower()
+
+
+@pytest.mark.parametrize("method", ["FOO", "get"])
+def test_a_method_the_server_does_not_know_is_501(server: str, method: str) -> None:
+    """RFC 9110 9.1 (methods are case-sensitive); a known method a path does
+    not take is the 405 of the contract."""
+    head = f"{method} {tasks_url(new_user_id())} HTTP/1.1\r\nHost: x\r\n\r\n"
+    response = _raw_request(server, head, [])
+    assert response.startswith(b"HTTP/1.1 501 "), response
+    assert b'"code":"not_implemented"' in response
