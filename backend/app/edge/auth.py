@@ -260,6 +260,8 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise UnauthorizedError("malformed", "The token is not a JWT") from None
         algorithm = header.get("alg")
+        if not isinstance(algorithm, str):  # a list or an object is unhashable
+            raise UnauthorizedError("malformed", "The token's alg is not a string")
         key: Any
         if algorithm in HMAC_ALGORITHMS and self._secret is not None:
             key = self._secret

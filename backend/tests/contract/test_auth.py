@@ -102,6 +102,14 @@ def test_malformed_token_is_401(client: TestClient, token: str) -> None:
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
+@pytest.mark.parametrize("alg", [["HS256"], {"HS256": 1}, 256, None])
+def test_a_token_whose_alg_is_not_a_string_is_401(client: TestClient, alg: Any) -> None:
+    header = base64.urlsafe_b64encode(json.dumps({"alg": alg}).encode()).rstrip(b"=")
+    token = header.decode() + ".e30.AAAA"
+    response = client.get(tasks_url("u1"), headers=bearer(token))
+    assert_401(response)
+
+
 def test_wrong_secret_is_401(client: TestClient) -> None:
     token = hs_token("u1", secret="another-secret-0123456789-abcdefghijk")
     assert_401(client.get(tasks_url("u1"), headers=bearer(token)))
