@@ -33,6 +33,7 @@ DEFAULT_CORS_ALLOW_HEADERS = [
     "X-Requested-With",
 ]
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+")
 RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 RATE_PATTERN = re.compile(
     r"(?P<count>[1-9][0-9]{0,8})\s*/\s*(?P<unit>second|minute|hour|day)s?"
@@ -144,10 +145,18 @@ class Settings(BaseSettings):
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
-            return [
-                v.strip().rstrip("/") for v in value.split(",") if v.strip()
-            ] or None
+            return [v.strip() for v in value.split(",") if v.strip()] or None
         return value
+
+    @field_validator("CORS_ORIGINS")
+    @classmethod
+    def _origins(cls, value: list[str] | None) -> list[str] | None:
+        """Origins as browsers send them: a scheme, a host, no path (a trailing
+        slash is dropped); `localhost:3000` would never match one."""
+        for origin in value or []:
+            if origin != "*" and not _ORIGIN.fullmatch(origin.rstrip("/")):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
+        return [origin.rstrip("/") for origin in value] if value else value
 
     @field_validator("CORS_ALLOW_HEADERS")
     @classmethod

@@ -57,6 +57,8 @@ def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> N
         ("LOG_LEVEL", "loud"),
         ("REDIS_URL", "http://cache:6379"),
         ("REDIS_URL", "redis://cache:port"),
+        ("CORS_ORIGINS", "localhost:3000"),
+        ("CORS_ORIGINS", "https://app.example/login"),
     ],
 )
 def test_bad_setting_fails_with_one_line_naming_it(
@@ -106,8 +108,8 @@ def test_secrets_never_appear_in_repr() -> None:
 
 
 def test_audience_is_comma_separated() -> None:
-    settings = make(JWT_AUDIENCE="https://app.example, api")
-    assert settings.JWT_AUDIENCE == ["https://app.example", "api"]
+    settings = make(JWT_AUDIENCE="https://app.example/, api")
+    assert settings.JWT_AUDIENCE == ["https://app.example/", "api"]  # as tokens say
 
 
 def test_production_requires_a_cursor_secret(monkeypatch: pytest.MonkeyPatch) -> None:
