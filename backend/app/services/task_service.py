@@ -88,6 +88,7 @@ from app.models import CURRENT_XID, IdempotencyKey, Priority, Task, TaskTombston
 from app.schemas import (
     BatchOp,
     ErrorBody,
+    JsonTaskId,
     TaskCreate,
     TaskListQuery,
     TaskPatch,
@@ -268,8 +269,8 @@ class SyncToken:
             raise InvalidCursor("since") from None
 
 
-# A sync token's state, as `SyncToken.encode` writes it: `pg_snapshot` text and
-# transaction ids below 10^18 (a bigint; a cluster's are far below).
+# A sync token's state, as `SyncToken.encode` writes it: `pg_snapshot` text,
+# transaction ids below 10^18 (a bigint; a cluster's are far below) and a task id.
 _Xid = Annotated[StrictInt, Field(ge=0, lt=10**18)]
 _SnapshotText = Annotated[
     str,
@@ -283,7 +284,7 @@ _TOKEN_STATE = TypeAdapter(
         _SnapshotText | None,
         StrictInt | None,
         _SnapshotText | None,
-        tuple[_Xid, _Xid] | None,
+        tuple[_Xid, JsonTaskId] | None,
     ]
 )
 

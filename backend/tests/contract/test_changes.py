@@ -262,6 +262,18 @@ def test_token_from_another_database_cluster_is_410(make_client: ClientFactory) 
 NOW = int(time.time())
 
 
+def test_a_page_may_end_at_any_task_id(make_client: ClientFactory) -> None:
+    """The token that goes on from a page ending at the largest id (C1: up to
+    2^63-1) is read back: it was refused as malformed past 10^18."""
+    client = _client_with_known_secret(make_client)
+    user = new_user_id()
+    codec = CursorCodec(CURSOR_SECRET.encode())
+    upto = SyncToken.decode(codec, user, changes(client, user)["next"]).since
+    token = SyncToken(NOW, None, NOW, upto, (1, 2**63 - 1)).encode(codec, user)
+    response = client.get(tasks_url(user) + "/changes", params={"since": token})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize(
     "state",
     [
