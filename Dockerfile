@@ -29,8 +29,8 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/health'; sys.exit(urllib.request.urlopen(url, timeout=2.5).status != 200)"]
 # Workers: one per core, at most 4 unless WEB_CONCURRENCY says otherwise. Each opens
-# up to DB_POOL_SIZE + DB_MAX_OVERFLOW (default 10) connections, so an instance opens
-# at most 40: two instances fit the 97 a 0.25 CU Neon compute accepts (README,
+# up to DB_POOL_SIZE + DB_MAX_OVERFLOW (default 10) connections, and one for /health,
+# so an instance opens at most 44: two instances fit the 97 a 0.25 CU Neon compute accepts (README,
 # "Sizing connections"). SIGTERM reaches uvicorn directly (exec): in-flight requests
 # finish, pools close.
 CMD ["sh", "-c", "WEB_CONCURRENCY=${WEB_CONCURRENCY:-$(( $(nproc) < 4 ? $(nproc) : 4 ))} exec python -m app"]

@@ -53,10 +53,10 @@ def serve(settings: Settings, url: str) -> None:
         signal.signal(signum, _exit_cleanly)
     # What this instance may hold open: the figure to size against the database's
     # connection limit (README, "Sizing connections").
-    per_worker = settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW
+    per_worker = settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW + 1
     logger.info(
         "at most %d database connections: WEB_CONCURRENCY=%d x "
-        "(DB_POOL_SIZE + DB_MAX_OVERFLOW = %d)",
+        "(DB_POOL_SIZE + DB_MAX_OVERFLOW + 1 for /health = %d)",
         settings.WEB_CONCURRENCY * per_worker,
         settings.WEB_CONCURRENCY,
         per_worker,

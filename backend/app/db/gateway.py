@@ -242,6 +242,9 @@ class Database:
         self._settings = settings
         self._url = url
         self._pool: Pool | None = None
+        self._connect: Callable[[], Awaitable[Connection]] | None = None
+        # The health checks' connection, outside the pool (`ping`).
+        self._probe: Connection | None = None
         self._ping: asyncio.Future[None] | None = None
         statement_ms = settings.DB_STATEMENT_TIMEOUT_MS or _UNSET_STATEMENT_TIMEOUT_MS
         self._operation_timeout = statement_ms / 1000 + _GRACE_SECONDS
@@ -275,6 +278,7 @@ class Database:
                 raise
             return connection
 
+        self._connect = connect
         self._pool = Pool(
             connect,
             size=settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW,
@@ -292,6 +296,8 @@ class Database:
         return 0 if "-pooler" in self._url.host else 100
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.terminate()
         if self._pool is not None:
             await self._pool.close()
 
@@ -335,16 +341,38 @@ class Database:
     async def ping(self) -> None:
         """One round trip (health checks); DatabaseUnavailable when it fails.
         Checks that arrive while one is on its way share it: a flood of them
-        holds one pooled connection, not one each."""
+        holds one connection, not one each."""
         if self._ping is None or self._ping.done():
-            self._ping = asyncio.ensure_future(
-                self._read(lambda c: c.fetchval("SELECT 1"))
-            )
+            self._ping = asyncio.ensure_future(self._round_trip())
             # Read even when every check waiting on it gave up first.
             self._ping.add_done_callback(
                 lambda ping: None if ping.cancelled() else ping.exception()
             )
         await asyncio.shield(self._ping)
+
+    async def _round_trip(self) -> None:
+        """SELECT 1 on a connection of the health checks' own, outside the pool:
+        requests holding every pooled connection (waiting on a lock, say) are
+        not a database that cannot be reached. Opened when first needed; one
+        that fails is dropped, and if it was not new (the server may have closed
+        it while idle, as Neon does), the check is made once more on a new one."""
+        if self._connect is None:
+            raise RuntimeError("Database.open() was not called")
+        while True:
+            probe = self._probe
+            fresh = probe is None or probe.is_closed()
+            try:
+                async with asyncio.timeout(self._operation_timeout):
+                    if probe is None or fresh:
+                        probe = self._probe = await self._connect()
+                    await probe.fetchval("SELECT 1")
+                    return
+            except (*_DRIVER_ERRORS, TimeoutError) as exc:
+                if self._probe is not None:
+                    self._probe.terminate()
+                    self._probe = None
+                if fresh:
+                    raise _translate(exc, None) from exc
 
     def connections_in_use(self) -> int:
         return 0 if self._pool is None else self._pool.in_use

@@ -250,9 +250,14 @@ async def test_waiters_for_a_connection_are_served_in_arrival_order(
     assert url is not None
     database = Database(ten, parse_database_url(url.get_secret_value()))
     await database.open()
+    user = new_user_id()
+
+    async def read() -> None:
+        await database.fetch_one(COUNT, user_id=user)
+
     async with anyio.create_task_group() as group:  # all ten connections open first
         for _ in range(10):
-            group.start_soon(database.ping)
+            group.start_soon(read)
     asked = 0
     finished: list[int] = []  # arrival numbers, in the order the requests finished
 
@@ -260,7 +265,7 @@ async def test_waiters_for_a_connection_are_served_in_arrival_order(
         nonlocal asked
         while asked < 4000:
             number, asked = asked, asked + 1
-            await database.ping()
+            await read()
             finished.append(number)
 
     try:
@@ -281,6 +286,32 @@ class Stamp(TypedDict):
 
 
 ECHO_STAMP = compile_query(text("SELECT CAST(:at AS timestamptz) AS at"), Stamp)
+
+
+async def test_health_checks_are_answered_while_every_pooled_connection_is_held(
+    database: Database,
+) -> None:
+    """Requests holding the whole pool (waiting on a lock, say) are not a
+    database that cannot be reached: the checks have a connection of their own."""
+    async with database.transaction():  # the pool's one connection
+        with anyio.fail_after(2):
+            await database.ping()
+            await database.ping()
+
+
+async def test_a_health_check_connection_the_server_closed_is_replaced(
+    database: Database, engine: Engine
+) -> None:
+    sessions = text(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'task-api'"
+    )
+    with engine.connect() as admin:
+        before = set(admin.scalars(sessions))
+    await database.ping()
+    with engine.begin() as admin:
+        [probe] = set(admin.scalars(sessions)) - before
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": probe})
+    await database.ping()
 
 
 async def test_timestamps_read_back_exactly_whatever_the_session_defaults(
