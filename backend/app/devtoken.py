@@ -1,17 +1,21 @@
 """`python -m app.devtoken USER [MINUTES]`: print an HS256 token for USER, signed
 with BETTER_AUTH_SECRET / JWT_SECRET, for trying the API with curl. Development only."""
 
+import re
 import sys
 import time
 
 import jwt
 
 from app.config import load_settings
+from app.schemas import USER_ID_PATTERN
 
 
 def main(argv: list[str]) -> None:
-    if not argv or len(argv) > 2:
+    if not argv or len(argv) > 2 or (len(argv) == 2 and not argv[1].isdecimal()):
         sys.exit("usage: python -m app.devtoken USER [MINUTES]")
+    if not re.fullmatch(USER_ID_PATTERN, argv[0]):
+        sys.exit(f"{argv[0]!r} is not a user id: 1-128 of A-Z a-z 0-9 _ - . @ :")
     settings = load_settings()
     if settings.jwt_secret is None:
         sys.exit("set BETTER_AUTH_SECRET (or JWT_SECRET) first, e.g. in .env")
@@ -19,7 +23,11 @@ def main(argv: list[str]) -> None:
         sys.exit("refusing to mint tokens with ENVIRONMENT=production")
     now = int(time.time())
     minutes = int(argv[1]) if len(argv) == 2 else 60
-    claims: dict[str, object] = {"sub": argv[0], "iat": now, "exp": now + 60 * minutes}
+    claims: dict[str, object] = {
+        settings.JWT_USER_CLAIM: argv[0],
+        "iat": now,
+        "exp": now + 60 * minutes,
+    }
     if settings.JWT_ISSUER:
         claims["iss"] = settings.JWT_ISSUER
     if settings.JWT_AUDIENCE:

@@ -37,3 +37,11 @@ def test_make_token_without_user_is_refused_not_signed_for_the_login() -> None:
     assert result.returncode != 0
     assert result.stdout == ""
     assert "usage: make token USER=" in result.stderr
+
+
+def test_make_token_refuses_what_is_not_a_user_id() -> None:
+    """The API would refuse the token (no `sub`) or the path: say so now."""
+    for user in ("USER=", "USER=bad user", "USER=-alice"):
+        result = _make_token(user)
+        assert result.returncode != 0
+        assert result.stdout == ""
