@@ -68,6 +68,12 @@ class InvalidJSON(AppError):
     message = "Request body must be a JSON object"
     detail = 'The body must be one JSON object, e.g. {"title": "Buy milk"}'
 
+    @classmethod
+    def unreadable(cls, detail: str) -> "InvalidJSON":
+        """A body that is not JSON this API reads (malformed, not UTF-8, nested
+        or with numbers beyond its limits): it may well be an object."""
+        return cls("Request body is not readable JSON", detail=detail)
+
 
 class UnauthorizedError(AppError):
     """`reason` names the check that failed (logged; `detail` says it to the client).
@@ -341,7 +347,7 @@ def validation_error(errors: Sequence[Any]) -> AppError:
         loc = tuple(err.get("loc", ()))
         if err.get("type") == "json_invalid":
             at = f" (at character {loc[1]})" if len(loc) > 1 else ""
-            return InvalidJSON(detail=f"The body is not valid JSON{at}")
+            return InvalidJSON.unreadable(f"The body is not valid JSON{at}")
         if loc == ("body",):
             return InvalidJSON()
         if err.get("type") == "extra_forbidden":
@@ -359,12 +365,12 @@ def undecodable_body(exc: BaseException) -> InvalidJSON:
     Python's 4,300 digits) with a bare 400: it is malformed JSON all the same."""
     cause = exc.__cause__
     if isinstance(cause, UnicodeDecodeError):
-        return InvalidJSON(detail="The body is not valid UTF-8")
+        return InvalidJSON.unreadable("The body is not valid UTF-8")
     if isinstance(cause, RecursionError):
-        return InvalidJSON(detail="The JSON is nested too deeply")
+        return InvalidJSON.unreadable("The JSON is nested too deeply")
     if isinstance(cause, ValueError) and "digits" in str(cause):
-        return InvalidJSON(detail="A number in the body has too many digits")
-    return InvalidJSON(detail="The body is not valid JSON")
+        return InvalidJSON.unreadable("A number in the body has too many digits")
+    return InvalidJSON.unreadable("The body is not valid JSON")
 
 
 _HTTP_ERRORS: dict[int, type[AppError]] = {

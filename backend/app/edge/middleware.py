@@ -313,7 +313,7 @@ class BodyGuardMiddleware:
         elif body and _encoded(scope, b"transfer-encoding", b"chunked"):
             error = TransferCodingNotImplemented()
         elif body[:1] in (b"\xfe", b"\xff") or b"\x00" in body[:4]:
-            error = InvalidJSON(detail="The body is not valid UTF-8")
+            error = InvalidJSON.unreadable("The body is not valid UTF-8")
         if error is not None:
             await error_response(error, request_id)(scope, receive, send)
             return

@@ -77,14 +77,25 @@ def test_a_named_path_is_never_read_as_a_task_id(
         assert_error(response, 405, "method_not_allowed")
 
 
-@pytest.mark.parametrize("body", ["{", '{"title": "x",}', "nul", '{"title": NaN'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{",
+        '{"title": "x",}',
+        "nul",
+        '{"title": NaN',
+        '{"title": "x", "priority": ' + "9" * 5000 + "}",  # an object all the same
+        '{"title": "x", "tags": ' + "[" * 30_000 + "]" * 30_000 + "}",
+    ],
+)
 def test_malformed_json_is_400_invalid_json(client: TestClient, body: str) -> None:
     response = client.post(
         tasks_url(new_user_id()),
         content=body,
         headers={"content-type": "application/json"},
     )
-    assert_error(response, 400, "invalid_json")
+    error = assert_error(response, 400, "invalid_json")
+    assert error["error"] == "Request body is not readable JSON"
 
 
 @pytest.mark.parametrize(
@@ -95,7 +106,8 @@ def test_non_object_body_is_400_invalid_json(client: TestClient, body: str) -> N
     response = client.post(
         tasks_url(user), content=body, headers={"content-type": "application/json"}
     )
-    assert_error(response, 400, "invalid_json")
+    error = assert_error(response, 400, "invalid_json")
+    assert error["error"] == "Request body must be a JSON object"
     assert client.get(tasks_url(user)).json() == []
 
 
