@@ -108,6 +108,11 @@ def _aware_datetime(value: object) -> datetime:
         if value.endswith("z"):  # RFC 3339 allows it; Python's parser does not
             value = value[:-1] + "Z"
         try:
+            # Python's parser also takes any character between date and time and
+            # a space before the offset; ISO 8601 has `T` there and no space, RFC
+            # 3339 allows `t` or a space for the `T`.
+            if value[10:11] not in ("", "T", "t", " ") or " " in value[11:]:
+                raise ValueError
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise ValueError("must be an ISO 8601 datetime") from None

@@ -165,6 +165,7 @@ def test_create_tags_must_be_a_list_of_strings(
         "2026-12-01T07:30:00Z",
         "2026-12-01t07:30:00z",  # RFC 3339 allows lower case
         "2026-12-01T07:30:00.000000999Z",  # Go's nanoseconds: to the microsecond
+        "2026-12-01 07:30:00Z",  # RFC 3339 allows a space between date and time
     ],
 )
 def test_create_accepts_due_at_with_offset_and_returns_utc(
@@ -179,7 +180,19 @@ def test_create_accepts_due_at_with_offset_and_returns_utc(
 
 @pytest.mark.parametrize(
     "due_at",
-    ["2026-12-01T09:30:00", "2026-12-01", 1767225600, "1767225600", "tomorrow", ""],
+    [
+        "2026-12-01T09:30:00",
+        "2026-12-01",
+        1767225600,
+        "1767225600",
+        "tomorrow",
+        "",
+        "2026-12-01T09:30:00 Z",  # no space before the offset in ISO 8601
+        "2026-12-01T09:30:00 +01:00",
+        "2026-12-01  09:30:00Z",
+        "2026-12-01\t09:30:00Z",
+        "2026-12-01x09:30:00Z",  # Python's parser takes any separator
+    ],
 )
 def test_create_rejects_due_at_without_offset(
     client: TestClient, due_at: object
