@@ -2,19 +2,32 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+# `make run` installs what serving needs (requirements-run.txt); the other targets
+# also the tools (requirements-dev.txt). A stamp per set, named by its files' sum.
+RUN_FILES := requirements.txt requirements-run.txt
+DEV_FILES := $(RUN_FILES) requirements-dev.txt
+RUN_STAMP := $(VENV)/.installed-run-$(shell cat $(RUN_FILES) | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-dev-$(shell cat $(DEV_FILES) | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-pgbouncer scale-out scale-out-soak lint format openapi token bench soak
+.PHONY: install install-run run test test-pgbouncer scale-out scale-out-soak lint format openapi token bench soak
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+install-run: $(RUN_STAMP)
+
+$(STAMP): $(DEV_FILES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	rm -f $(VENV)/.installed-*
+	touch $@ $(RUN_STAMP)
+
+$(RUN_STAMP): $(RUN_FILES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-run.txt
+	rm -f $(VENV)/.installed-run-*
 	touch $@
 
-run: install
+run: install-run
 	PYTHONPATH=backend $(PY) -m app
 
 # Also needs Node.js 20.19+ with npm (the generated-client check); Debian's chromium
@@ -53,7 +66,7 @@ openapi: install
 
 # A development token for curl: make token USER=alice (needs BETTER_AUTH_SECRET or JWT_SECRET).
 # USER must be given here: the one in the environment is your login name, not a user id.
-token: install
+token: install-run
 	@if [ "$(origin USER)" != "command line" ]; then \
 	  echo "usage: make token USER=<user id>   (the token's sub, e.g. USER=alice)" >&2; exit 2; fi
 	@PYTHONPATH=backend $(PY) -m app.devtoken "$(USER)"

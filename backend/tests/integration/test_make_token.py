@@ -12,10 +12,10 @@ from tests.jwt_helpers import SECRET
 
 
 def _make_token(*args: str) -> subprocess.CompletedProcess[str]:
-    # `-o install`: the suite already runs in an installed environment.
+    # `-o install-run`: the suite already runs in an installed environment.
     env = {**os.environ, "BETTER_AUTH_SECRET": SECRET, "USER": "root"}
     return subprocess.run(
-        ["make", "-s", "-o", "install", "token", f"PY={sys.executable}", *args],
+        ["make", "-s", "-o", "install-run", "token", f"PY={sys.executable}", *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
