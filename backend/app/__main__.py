@@ -3,6 +3,7 @@ DATABASE_URL is set, apply migrations, then serve with uvicorn."""
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -39,8 +40,12 @@ class _Supervisor(Multiprocess):
 
 
 def serve(settings: Settings, url: str) -> None:
-    # Workers inherit the resolved URL, so they join the same (embedded) database.
+    # Workers inherit the resolved URL, so they join the same (embedded) database,
+    # and one cursor secret: generated per worker, a cursor or sync token issued by
+    # one was refused (400) by the next a connection reached.
     os.environ["DATABASE_URL"] = url
+    if settings.CURSOR_SECRET is None:  # outside production only
+        os.environ["CURSOR_SECRET"] = secrets.token_urlsafe(32)
     # Migrations run once, in a process of their own: Alembic and psycopg2 never
     # load into the serving process.
     migrated = subprocess.run([sys.executable, "-m", "app.db.migrations"], check=False)

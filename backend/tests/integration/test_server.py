@@ -49,6 +49,25 @@ def test_task_journey_survives_a_server_restart(
     assert before["priority"] == "high"
 
 
+def test_the_workers_of_one_instance_read_each_others_cursors(
+    database_url: str, engine: object
+) -> None:
+    """Without CURSOR_SECRET (outside production), one key for the instance:
+    a generated key per worker made a cursor or sync token 400 on a connection
+    that reached another worker."""
+    user = new_user_id()
+    with running_server(database_url, WEB_CONCURRENCY="2") as base_url:
+        with httpx.Client(base_url=base_url) as c:
+            for title in ("a", "b"):
+                create_task(c, user, title=title)
+        for _ in range(16):  # a new connection each: either worker, each time
+            first = httpx.get(base_url + tasks_url(user), params={"limit": 1})
+            cursor = first.headers["x-next-cursor"]
+            params: dict[str, str | int] = {"limit": 1, "cursor": cursor}
+            page = httpx.get(base_url + tasks_url(user), params=params)
+            assert page.status_code == 200, page.text
+
+
 def test_200_concurrent_requests_over_64_connections_all_answer(server: str) -> None:
     """A pool of 4 behind 64 client connections: queueing, never a deadlock."""
     user = new_user_id()
