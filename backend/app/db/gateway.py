@@ -61,6 +61,8 @@ _CONFLICTS = ("40P01", "40001")
 # read_only_sql_transaction: the server is (or has just become) a standby, as
 # during a failover; a new connection may reach the new primary.
 _READ_ONLY = "25006"
+# query_canceled (statement_timeout): unavailable, but the connection is fine.
+_CANCELED = "57014"
 # A server that stops answering (paused, partitioned) never cancels anything
 # itself: what the client waits for one operation, past the statement timeout
 # (its default, 15 s, when it is off here, e.g. set on the role behind PgBouncer).
@@ -79,10 +81,14 @@ class LockTimeout(DatabaseUnavailable):
 
 
 class Conflict(DatabaseUnavailable):
-    """PostgreSQL rolled this transaction back to break a lock cycle or a
-    serialization conflict with another one."""
+    """PostgreSQL rolled this transaction back, and running it again may succeed:
+    to break a lock cycle or a serialization conflict with another one, or
+    because a statement was prepared before a schema change (a migration of a
+    rolling deploy) and its result type changed; asyncpg then forgets the
+    connection's prepared statements, but retries by itself only outside a
+    transaction."""
 
-    detail = "Another operation on these tasks conflicted; retry after Retry-After s"
+    detail = "Another operation conflicted with this one; retry after Retry-After s"
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,7 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
     sqlstate = getattr(exc, "sqlstate", None) or ""
     if sqlstate == _LOCK_NOT_AVAILABLE:
         return LockTimeout()
-    if sqlstate in _CONFLICTS:
+    if sqlstate in _CONFLICTS or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return Conflict()
     if (
         connection is None  # no connection could be had
@@ -181,8 +187,10 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         or sqlstate[:2] in _UNAVAILABLE_CLASSES
         or sqlstate == _READ_ONLY
     ):
-        if connection is not None and not connection.is_closed():
-            # Half-broken (e.g. the server is shutting it down): never reuse it.
+        still_open = connection is not None and not connection.is_closed()
+        if connection is not None and still_open and sqlstate != _CANCELED:
+            # Half-broken (the server is shutting it down, say): never reused. A
+            # statement cancelled by statement_timeout leaves it idle.
             connection.terminate()
         metrics.DB_ERRORS.inc()
         logger.warning("database unavailable: %s", type(exc).__name__)

@@ -698,7 +698,8 @@ def _content(data: TaskCreate | TaskPatch, fields: set[str]) -> dict[str, Any]:
 async def _again_on_conflict(attempt: Callable[[], Awaitable[_Answer]]) -> _Answer:
     """Two transactions may lock the same tasks in opposite orders (two batches,
     a batch and a clear); PostgreSQL then rolls one back whole, and it is run
-    again, up to CONFLICT_ATTEMPTS times (then the Conflict is a 503)."""
+    again, up to CONFLICT_ATTEMPTS times (then the Conflict is a 503). So is a
+    transaction whose prepared statement a schema change made stale."""
     for _ in range(CONFLICT_ATTEMPTS - 1):
         try:
             return await attempt()
@@ -922,12 +923,15 @@ class TaskService:
         values = self._insert_values(user_id, data)
         if idempotency_key is None:
             return await self._insert(values)
-        return await self._once(
-            user_id,
-            idempotency_key,
-            _request_hash(data),
-            lambda tx: self._within(tx)._insert(values),
-            lambda stored: _task_from_json(orjson.loads(stored)),
+        request_hash = _request_hash(data)
+        return await _again_on_conflict(
+            lambda: self._once(
+                user_id,
+                idempotency_key,
+                request_hash,
+                lambda tx: self._within(tx)._insert(values),
+                lambda stored: _task_from_json(orjson.loads(stored)),
+            )
         )
 
     async def replace(

@@ -8,6 +8,7 @@ order, and timestamps (read as text) come back exactly whatever the session's
 defaults."""
 
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import TypedDict
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, make_url, text
 
 from app.config import Settings
-from app.db.gateway import Conflict, Database, LockTimeout, compile_query
+from app.db.gateway import Conflict, Database, LockTimeout, Query, compile_query
 from app.db.url import parse_database_url
 from app.errors import DatabaseUnavailable
 from tests.factories import new_user_id
@@ -197,14 +198,53 @@ async def test_errors_that_mean_come_back_later_are_503s(
     """What PostgreSQL raises when running the statement again later may
     succeed; the service handles some itself (a batch's deadlock), the rest
     reach the client as 503 + Retry-After, never as a 500."""
-    raising = compile_query(
+    with pytest.raises(error) as raised:
+        await database.write_one(_raising(condition))
+    assert raised.value.status_code == 503
+    assert raised.value.headers["Retry-After"]
+
+
+async def test_a_statement_timeout_keeps_its_connection(database: Database) -> None:
+    """A statement cancelled by statement_timeout is a 503, but the server
+    answered and the connection is idle again: reused, not replaced by a new
+    one (a TLS handshake with Neon) for every slow statement."""
+    pid = await _server_pid(database)
+    with pytest.raises(DatabaseUnavailable):
+        await database.write_one(_raising("query_canceled"))
+    assert await _server_pid(database) == pid
+
+
+async def test_a_statement_prepared_before_a_schema_change_is_a_conflict(
+    database: Database, engine: Engine
+) -> None:
+    """A migration that changes a column's type (a rolling deploy) makes a
+    statement prepared before it fail inside a transaction (asyncpg re-prepares
+    it only outside one): a Conflict, which the service runs again, not a 500;
+    the next run prepares it anew."""
+    table = f"changing_{uuid.uuid4().hex}"
+    with engine.begin() as admin:
+        admin.execute(text(f"CREATE TABLE {table} (v integer)"))
+    try:
+        read = compile_query(text(f"SELECT v AS n FROM {table}"), Count)
+        async with database.transaction() as tx:
+            await tx.fetch_one(read)
+        with engine.begin() as admin:
+            admin.execute(text(f"ALTER TABLE {table} ALTER COLUMN v TYPE bigint"))
+        with pytest.raises(Conflict):
+            async with database.transaction() as tx:
+                await tx.fetch_one(read)
+        async with database.transaction() as tx:
+            await tx.fetch_one(read)
+    finally:
+        with engine.begin() as admin:
+            admin.execute(text(f"DROP TABLE {table}"))
+
+
+def _raising(condition: str) -> Query[dict[str, object]]:
+    return compile_query(
         text(f"DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '{condition}'; END $$"),
         dict,
     )
-    with pytest.raises(error) as raised:
-        await database.write_one(raising)
-    assert raised.value.status_code == 503
-    assert raised.value.headers["Retry-After"]
 
 
 async def test_full_pool_is_unavailable_after_the_pool_timeout(
