@@ -70,6 +70,10 @@ UPGRADE_HEADERS = frozenset({b"upgrade", b"http2-settings"})
 MIN_TAKEN = 64 * 1024
 # The start of a request line: a method name (an RFC 9110 token) and a space.
 _REQUEST_LINE = re.compile(rb"(?:\r\n)*[-!#$%&'*+.^_`|~0-9A-Za-z]+ ")
+# On shutdown, an idle connection is closed this long after, not at once: a
+# request a client (a load balancer) sent on it in that instant is still read
+# and answered, with `Connection: close`.
+SHUTDOWN_GRACE = 0.5
 # Linux's `struct tcp_info` up to `tcpi_bytes_acked` (Linux 4.1), and where that is.
 TCP_INFO_SIZE = 128
 BYTES_ACKED = slice(120, 128)
@@ -268,6 +272,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.started: RequestResponseCycle | None = None
         # The head just parsed offered a protocol switch (see `_feed`).
         self.upgrade_offered = False
+        self.shutting_down = False  # the server is stopping (`shutdown`)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -402,6 +407,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.heads_read += 1
         super().on_headers_complete()
+        if self.shutting_down:  # read in the shutdown's grace: the last one
+            self.cycle.keep_alive = False
 
     def _one_host(self) -> bool:
         """RFC 9112 3.2: one Host header (none allowed in HTTP/1.0); with two, a
@@ -494,6 +501,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.cycle = None  # type: ignore[assignment]
         self.scope = None  # type: ignore[assignment]
         self.headers = None  # type: ignore[assignment]
+
+    def shutdown(self) -> None:
+        """The server is stopping: a request in progress is the connection's last
+        (uvicorn's), and an idle connection is closed SHUTDOWN_GRACE later rather
+        than at once (uvicorn's), so that a request already on its way is
+        answered: closed at once, a client sending on a kept-alive connection in
+        that instant got no answer, and could not tell whether a create was made."""
+        self.shutting_down = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+        else:
+            self.loop.call_later(SHUTDOWN_GRACE, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        """Unless a request came in the grace (or its head is coming: it has
+        the request deadline): then uvicorn closes after answering it."""
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if not (answering or self.head_begun or self.transport.is_closing()):
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's text
         """The parser failed: the JSON error every error has (uvicorn's is plain

@@ -3,14 +3,16 @@
 import contextlib
 import http.client
 import json
+import signal
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from tests.factories import create_task, new_user_id, tasks_url
-from tests.server import free_port, running_server
+from tests.server import free_port, running_server, server_process
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +271,44 @@ def test_a_method_the_server_does_not_know_is_501(server: str, method: str) -> N
     response = _raw_request(server, head, [])
     assert response.startswith(b"HTTP/1.1 501 "), response
     assert b'"code":"not_implemented"' in response
+
+
+def test_a_request_sent_as_the_server_stops_is_answered(
+    database_url: str, engine: object
+) -> None:
+    """SIGTERM closes idle kept-alive connections only after a grace: a request
+    a client (a load balancer) sent on one in that instant is answered, and the
+    connection then closed, instead of being dropped unread."""
+    with server_process(database_url) as (base_url, process):
+        host, port = base_url.removeprefix("http://").split(":")
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(request)
+            assert _read_one_response(sock).startswith(b"HTTP/1.1 200 ")
+            process.send_signal(signal.SIGTERM)
+            _wait_until_refused(host, int(port))  # the shutdown has begun
+            sock.sendall(request)
+            response = _read_one_response(sock)
+        assert response.startswith(b"HTTP/1.1 200 "), response
+        assert b"connection: close\r\n" in response.lower()
+
+
+def _read_one_response(sock: socket.socket) -> bytes:
+    response = http.client.HTTPResponse(sock)
+    try:
+        response.begin()
+    except (http.client.RemoteDisconnected, ConnectionResetError):
+        return b""
+    headers = "".join(f"{k}: {v}\r\n" for k, v in response.getheaders())
+    return f"HTTP/1.1 {response.status} \r\n{headers}\r\n".encode() + response.read()
+
+
+def _wait_until_refused(host: str, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.005)
+    raise AssertionError("the server kept listening")
