@@ -103,8 +103,9 @@ defaults
     retry-on conn-failure empty-response
 frontend api
     bind 127.0.0.1:$SCALE_PORT
-    # The client's address, appended to its X-Forwarded-For (the instances trust
-    # loopback, where HAProxy connects from, and take that last entry).
+    # The client's address, appended to its X-Forwarded-For: the instances trust
+    # loopback, where HAProxy connects from, and take the last entry no trusted
+    # proxy wrote (for a client on loopback itself, every entry is trusted).
     option forwardfor
     http-request disable-l7-retry if !METH_GET
     default_backend instances

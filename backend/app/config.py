@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # Cookies and other credentials on cross-origin calls; only with explicit origins.
     CORS_ALLOW_CREDENTIALS: bool = False
     CORS_ALLOW_HEADERS: Annotated[list[str] | None, NoDecode] = None
-    # Peers whose X-Forwarded-For/-Proto uvicorn believes (the TLS proxy's address).
+    # Peers whose X-Forwarded-For/-Proto are believed (edge/forwarded.py).
     FORWARDED_ALLOW_IPS: str = "127.0.0.1,::1"
 
     # Sized for Neon's pooled endpoint: a small pool per process, connections
@@ -147,6 +147,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()] or None
         return value
+
+    @field_validator("JWT_AUDIENCE")
+    @classmethod
+    def _audiences(cls, value: list[str] | None) -> list[str] | None:
+        """A URL audience matches with or without its trailing slash (Better
+        Auth's `aud` is its base URL, which an operator may write either way)."""
+        if not value:
+            return value
+        forms = (
+            (bare := a.rstrip("/"), bare + "/") if "://" in a else (a,) for a in value
+        )
+        return list(dict.fromkeys(form for pair in forms for form in pair))
 
     @field_validator("CORS_ORIGINS")
     @classmethod

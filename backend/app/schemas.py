@@ -110,8 +110,12 @@ def _aware_datetime(value: object) -> datetime:
         try:
             # Python's parser also takes any character between date and time and
             # a space before the offset; ISO 8601 has `T` there and no space, RFC
-            # 3339 allows `t` or a space for the `T`.
-            if value[10:11] not in ("", "T", "t", " ") or " " in value[11:]:
+            # 3339 allows `t` or a space for the `T`. The date is 10 characters
+            # (2026-12-01, 2026-W48-2), or 8 in the basic format (20261201).
+            time_at = 10 if value[4:5] == "-" else 8
+            if value[time_at : time_at + 1] not in ("", "T", "t", " ") or (
+                " " in value[time_at + 1 :]
+            ):
                 raise ValueError
             parsed = datetime.fromisoformat(value)
         except ValueError:

@@ -253,6 +253,7 @@ class Database:
         self._connect: Callable[[], Awaitable[Connection]] | None = None
         # The health checks' connection, outside the pool (`ping`).
         self._probe: Connection | None = None
+        self._closed = False
         self._ping: asyncio.Future[None] | None = None
         statement_ms = settings.DB_STATEMENT_TIMEOUT_MS or _UNSET_STATEMENT_TIMEOUT_MS
         self._operation_timeout = statement_ms / 1000 + _GRACE_SECONDS
@@ -304,6 +305,7 @@ class Database:
         return 0 if "-pooler" in self._url.host else 100
 
     async def close(self) -> None:
+        self._closed = True  # no health check opens a connection any more
         if self._probe is not None:
             self._probe.terminate()
         if self._pool is not None:
@@ -372,6 +374,8 @@ class Database:
             try:
                 async with asyncio.timeout(self._operation_timeout):
                     if probe is None or fresh:
+                        if self._closed:
+                            raise DatabaseUnavailable(detail="shutting down")
                         probe = self._probe = await self._connect()
                     await probe.fetchval("SELECT 1")
                     return

@@ -393,7 +393,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._stop_reading()
             raise _StopReading
         version = self.parser.get_http_version()
-        if version not in ("1.0", "1.1"):  # the parser takes any digit.digit
+        if version not in ("1.0", "1.1"):  # the parser also takes 0.9 and 2.0
             self.refuse(VERSION_NOT_SUPPORTED)
             raise _StopReading
         if not self._one_host():
@@ -559,17 +559,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         trickles a body must not hold one of the running places meanwhile. One
         waiting for `100 Continue` is told to go on here, and admitted likewise;
         only a declared body over the cap is admitted with its head (the app
-        refuses it unread, 413, with the headers every response carries; to a
-        client still waiting to be told, with `Connection: close`, since it may
-        send the body or its next request)."""
+        refuses it unread, 413, with the headers every response carries)."""
         if cycle.more_body and not declares_too_large_a_body(cast(Scope, cycle.scope)):
             if cycle.waiting_for_100_continue:  # its body comes once it is told to
                 cycle.waiting_for_100_continue = False
                 self.transport.write(CONTINUE)
             self.unread = (cycle, app)
         else:
-            if cycle.waiting_for_100_continue:
-                cycle.keep_alive = False
             self._admit(cycle, app)
 
     def _submit_unread(self) -> None:

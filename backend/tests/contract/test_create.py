@@ -166,6 +166,7 @@ def test_create_tags_must_be_a_list_of_strings(
         "2026-12-01t07:30:00z",  # RFC 3339 allows lower case
         "2026-12-01T07:30:00.000000999Z",  # Go's nanoseconds: to the microsecond
         "2026-12-01 07:30:00Z",  # RFC 3339 allows a space between date and time
+        "20261201T073000Z",  # ISO 8601's basic format
     ],
 )
 def test_create_accepts_due_at_with_offset_and_returns_utc(

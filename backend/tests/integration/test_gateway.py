@@ -339,6 +339,19 @@ async def test_health_checks_are_answered_while_every_pooled_connection_is_held(
             await database.ping()
 
 
+async def test_no_health_check_connection_is_opened_once_closed(
+    settings: Settings,
+) -> None:
+    url = settings.DATABASE_URL
+    assert url is not None
+    database = Database(settings, parse_database_url(url.get_secret_value()))
+    await database.open()
+    await database.ping()
+    await database.close()
+    with pytest.raises(DatabaseUnavailable):
+        await database.ping()
+
+
 async def test_a_health_check_connection_the_server_closed_is_replaced(
     database: Database, engine: Engine
 ) -> None:

@@ -248,21 +248,6 @@ def test_an_http_1_0_client_is_never_told_100_continue(server: str) -> None:
     assert response.startswith(b"HTTP/1.1 201 "), response
 
 
-def test_a_body_refused_before_the_client_sent_it_closes_the_connection(
-    server: str,
-) -> None:
-    """A client waiting for 100 Continue, told 413 instead, may send the body
-    or its next request: the server can tell neither, so it closes."""
-    head = (
-        f"POST {tasks_url(new_user_id())} HTTP/1.1\r\nHost: x\r\n"
-        "Expect: 100-continue\r\nContent-Type: application/json\r\n"
-        "Content-Length: 10000000\r\n\r\n"
-    )
-    response = _raw_request(server, head, [])  # reads until the server closes
-    assert response.startswith(b"HTTP/1.1 413 ")
-    assert b"connection: close\r\n" in response.lower()
-
-
 @pytest.mark.parametrize("method", ["FOO", "get"])
 def test_a_method_the_server_does_not_know_is_501(server: str, method: str) -> None:
     """RFC 9110 9.1 (methods are case-sensitive); a known method a path does
