@@ -33,7 +33,7 @@ DEFAULT_CORS_ALLOW_HEADERS = [
     "X-Requested-With",
 ]
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+")
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s*]+")
 RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 RATE_PATTERN = re.compile(
     r"(?P<count>[1-9][0-9]{0,8})\s*/\s*(?P<unit>second|minute|hour|day)s?"

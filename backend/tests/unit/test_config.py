@@ -59,6 +59,7 @@ def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> N
         ("REDIS_URL", "redis://cache:port"),
         ("CORS_ORIGINS", "localhost:3000"),
         ("CORS_ORIGINS", "https://app.example/login"),
+        ("CORS_ORIGINS", "https://*.example.com"),  # never an Origin a browser sends
     ],
 )
 def test_bad_setting_fails_with_one_line_naming_it(
