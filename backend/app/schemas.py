@@ -113,8 +113,8 @@ def _aware_datetime(value: object) -> datetime:
             # 3339 allows `t` or a space for the `T`. The date is 10 characters
             # (2026-12-01, 2026-W48-2), or 8 in the basic format (20261201).
             time_at = 10 if value[4:5] == "-" else 8
-            if value[time_at : time_at + 1] not in ("", "T", "t", " ") or (
-                " " in value[time_at + 1 :]
+            if value[time_at : time_at + 1] not in ("", "T", "t", " ") or any(
+                c.isspace() for c in value[time_at + 1 :]
             ):
                 raise ValueError
             parsed = datetime.fromisoformat(value)

@@ -368,7 +368,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 value = b", ".join(
                     t for t in tokens if t.lower() not in UPGRADE_HEADERS
                 )
-            if name not in UPGRADE_HEADERS and value:
+                if not value:  # it named only the offer
+                    continue
+            # Every other header as sent, an empty one too (`If-Match:` matches
+            # nothing: dropped, a conditional write became unconditional).
+            if name not in UPGRADE_HEADERS:
                 head.append(b"%s: %s\r\n" % (name, value))
         return b"".join([*head, b"\r\n"])
 

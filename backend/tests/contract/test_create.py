@@ -190,6 +190,8 @@ def test_create_accepts_due_at_with_offset_and_returns_utc(
         "",
         "2026-12-01T09:30:00 Z",  # no space before the offset in ISO 8601
         "2026-12-01T09:30:00 +01:00",
+        "2026-12-01T09:30:00\tZ",
+        "2026-12-01T09:30\u000bZ",
         "2026-12-01  09:30:00Z",
         "2026-12-01\t09:30:00Z",
         "2026-12-01x09:30:00Z",  # Python's parser takes any separator

@@ -232,6 +232,24 @@ def test_an_http2_offer_on_a_request_that_closes_is_served(server: str) -> None:
     assert _raw_request(server, head, []).startswith(b"HTTP/1.1 200 ")
 
 
+def test_an_http2_offer_keeps_the_requests_empty_headers(server: str) -> None:
+    """Parsed again without the offer, the head keeps every other header as
+    sent: an empty `If-Match` (which matches no version) still makes the
+    write conditional, a 412 that changes nothing."""
+    user = new_user_id()
+    with httpx.Client(base_url=server) as c:
+        task = create_task(c, user, title="kept")
+    body = b'{"title": "changed"}'
+    head = (
+        f"PATCH {tasks_url(user, task['id'])} HTTP/1.1\r\nHost: x\r\nIf-Match:\r\n"
+        "Connection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\n"
+        "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    assert _raw_request(server, head, [body]).startswith(b"HTTP/1.1 412 ")
+    assert httpx.get(server + tasks_url(user, task["id"])).json()["title"] == "kept"
+
+
 def test_a_request_of_another_http_version_is_505(server: str) -> None:
     response = _raw_request(server, "GET /health HTTP/2.0\r\nHost: x\r\n\r\n", [])
     assert response.startswith(b"HTTP/1.1 505 ")
