@@ -33,7 +33,31 @@ DEFAULT_CORS_ALLOW_HEADERS = [
     "X-Requested-With",
 ]
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s*]+")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(text: str) -> str:
+    """`text` written as a browser writes an Origin: lower-case scheme and host
+    (IDNA), no default port, no trailing slash; anything an Origin never has
+    (`localhost:3000` without a scheme, a path, a query, credentials, a
+    wildcard, a bad port) is refused: it would match nothing."""
+    refused = ValueError(f"{text!r} is not an origin (scheme://host[:port])")
+    parts = urlsplit(text.rstrip("/"))
+    try:
+        port = parts.port
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        raise refused from None
+    extra = parts.path or parts.query or parts.fragment or parts.username
+    if not parts.scheme or not host or extra or "*" in host or "@" in parts.netloc:
+        raise refused
+    scheme = parts.scheme.lower()
+    host = f"[{host}]" if ":" in host else host
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
 RATE_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 RATE_PATTERN = re.compile(
     r"(?P<count>[1-9][0-9]{0,8})\s*/\s*(?P<unit>second|minute|hour|day)s?"
@@ -163,12 +187,8 @@ class Settings(BaseSettings):
     @field_validator("CORS_ORIGINS")
     @classmethod
     def _origins(cls, value: list[str] | None) -> list[str] | None:
-        """Origins as browsers send them: a scheme, a host, no path (a trailing
-        slash is dropped); `localhost:3000` would never match one."""
-        for origin in value or []:
-            if origin != "*" and not _ORIGIN.fullmatch(origin.rstrip("/")):
-                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
-        return [origin.rstrip("/") for origin in value] if value else value
+        """Origins as browsers send them, which Starlette compares exactly."""
+        return [o if o == "*" else _origin(o) for o in value] if value else value
 
     @field_validator("CORS_ALLOW_HEADERS")
     @classmethod

@@ -17,12 +17,24 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 def _host(entry: str) -> str:
     """An entry's address, without the port some proxies add (`1.2.3.4:5678`,
-    `[2001:db8::1]:443`): one bucket per client, not per connection."""
+    `[2001:db8::1]:443`), in one spelling (`2001:db8:0:0::2` is `2001:db8::2`,
+    `::ffff:10.0.0.6` is `10.0.0.6`): one bucket per client, not per
+    connection or per way of writing it."""
     if entry.startswith("["):
-        return entry[1:].partition("]")[0]
-    if entry.count(":") == 1:
-        return entry.partition(":")[0]
-    return entry
+        entry = entry[1:].partition("]")[0]
+    elif entry.count(":") == 1:
+        entry = entry.partition(":")[0]
+    address = _address(entry)
+    return entry if address is None else str(address)
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
 
 
 class ForwardedMiddleware:
@@ -39,11 +51,8 @@ class ForwardedMiddleware:
     def _trusted(self, host: str) -> bool:
         if self.any_peer:
             return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+        address = _address(host)
+        return address is not None and any(address in n for n in self.networks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")

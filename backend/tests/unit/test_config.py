@@ -35,6 +35,19 @@ def test_cors_origins_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> No
     ]
 
 
+def test_cors_origins_are_written_as_browsers_send_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Starlette compares an Origin exactly: lower-case, no default port, IDNA."""
+    origins = "HTTP://LOCALHOST:3000, https://c.example:443, http://bücher.example:80"
+    monkeypatch.setenv("CORS_ORIGINS", origins)
+    assert Settings(_env_file=None).cors_origins == [
+        "http://localhost:3000",
+        "https://c.example",
+        "http://xn--bcher-kva.example",
+    ]
+
+
 def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> None:
     assert "http://localhost:3000" in make().cors_origins
     production = make(
@@ -60,6 +73,9 @@ def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> N
         ("CORS_ORIGINS", "localhost:3000"),
         ("CORS_ORIGINS", "https://app.example/login"),
         ("CORS_ORIGINS", "https://*.example.com"),  # never an Origin a browser sends
+        ("CORS_ORIGINS", "http://b.example?x=1"),
+        ("CORS_ORIGINS", "http://user@a.example"),
+        ("CORS_ORIGINS", "http://localhost:99999"),
     ],
 )
 def test_bad_setting_fails_with_one_line_naming_it(

@@ -40,6 +40,8 @@ def _client_seen(
         (["10.9.9.9", "203.0.113.7"], "203.0.113.7"),  # one header per hop
         (["203.0.113.7:5555"], "203.0.113.7"),  # a port some proxies add
         (["[2001:db8::7]:443"], "2001:db8::7"),
+        (["2001:db8:0:0::7"], "2001:db8::7"),  # one spelling, one bucket
+        (["::ffff:203.0.113.7"], "203.0.113.7"),
     ],
 )
 def test_behind_any_peer_the_entry_its_proxy_appended_is_the_client(
@@ -53,6 +55,11 @@ def test_behind_listed_proxies_the_last_unlisted_entry_is_the_client() -> None:
     chain = ["10.9.9.9, 203.0.113.7, 192.0.2.5"]  # client-written, client, a proxy
     assert _client_seen(trusted, "127.0.0.1", chain)[0] == "203.0.113.7"
     assert _client_seen(trusted, "127.0.0.1", ["192.0.2.9"])[0] == "192.0.2.9"
+
+
+def test_a_proxy_writing_its_address_ipv4_mapped_is_still_trusted() -> None:
+    chain = ["203.0.113.7, ::ffff:127.0.0.1"]
+    assert _client_seen("127.0.0.1", "::ffff:127.0.0.1", chain)[0] == "203.0.113.7"
 
 
 def test_an_untrusted_peer_is_the_client_whatever_it_forwards() -> None:
