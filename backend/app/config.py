@@ -2,6 +2,7 @@
 
 import ipaddress
 import re
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -240,6 +241,19 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         """`NAME=` (as in .env.example) means unset."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("HOST")
+    @classmethod
+    def _listenable(cls, value: str) -> str:
+        """An address, or a name this machine resolves: uvicorn's own failure
+        (`[Errno -2] Name or service not known`) named no variable."""
+        try:
+            socket.getaddrinfo(value, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            raise ValueError(
+                "is not an address or a name this machine resolves"
+            ) from None
+        return value
 
     @field_validator("AUTH_FAILURE_LIMIT", mode="before")
     @classmethod

@@ -66,6 +66,7 @@ def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> N
         ("DB_POOL_SIZE", "lots"),
         ("DB_POOL_TIMEOUT", "-1"),
         ("PORT", "70000"),
+        ("HOST", "not a host!"),
         ("ENVIRONMENT", "staging"),
         ("LOG_LEVEL", "loud"),
         ("REDIS_URL", "http://cache:6379"),
