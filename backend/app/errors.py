@@ -62,6 +62,19 @@ class ValidationFailed(AppError):
     detail = "The body, path, query or a header is not valid"
 
 
+# A header or parameter that takes one value, sent twice: a proxy and the app, or
+# two readers of a query string, could each take another one.
+SENT_ONCE = "must be sent once"
+
+
+def sent_twice(header: str) -> ValidationFailed:
+    """The 400 for a header that takes one value, sent more than once."""
+    return ValidationFailed(
+        detail=f"{header}: {SENT_ONCE}",
+        fields=[FieldError(field=header, message=SENT_ONCE)],
+    )
+
+
 class InvalidJSON(AppError):
     status_code = 400
     code = "invalid_json"

@@ -17,12 +17,13 @@ from app.api.openapi import optional_header
 from app.edge.auth import TokenVerifier
 from app.edge.ratelimit import RateLimiter
 from app.errors import (
+    SENT_ONCE,
     ForbiddenError,
     NotFoundError,
     UnauthorizedError,
-    ValidationFailed,
+    sent_twice,
 )
-from app.schemas import USER_ID_PATTERN, FieldError, TaskId
+from app.schemas import USER_ID_PATTERN, TaskId
 from app.services.task_service import TaskService
 
 
@@ -41,9 +42,6 @@ def header(request: Request, name: str) -> str | None:
 
 
 M = TypeVar("M", bound=BaseModel)
-# A header or parameter that takes one value, sent twice: a proxy and the app, or
-# two readers of a query string, could each take another one.
-SENT_ONCE = "must be sent once"
 
 
 @cache
@@ -138,10 +136,7 @@ def idempotency_key(request: Request) -> str | None:
     if not values:
         return None
     if len(values) > 1:  # a proxy and the app could each read another one
-        raise ValidationFailed(
-            detail=f"Idempotency-Key: {SENT_ONCE}",
-            fields=[FieldError(field="Idempotency-Key", message=SENT_ONCE)],
-        )
+        raise sent_twice("Idempotency-Key")
     value = values[0]
     try:
         return _IdempotencyKey.validate_python(value)
@@ -164,10 +159,7 @@ def _bearer_token(request: Request) -> str:
     longer than any JWT we issue (MAX_TOKEN_LENGTH) before it is parsed."""
     values = request.headers.getlist("authorization")
     if len(values) > 1:
-        raise ValidationFailed(
-            detail=f"Authorization: {SENT_ONCE}",
-            fields=[FieldError(field="Authorization", message=SENT_ONCE)],
-        )
+        raise sent_twice("Authorization")
     if not values:
         raise UnauthorizedError()
     scheme, token = get_authorization_scheme_param(values[0])

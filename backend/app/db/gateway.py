@@ -187,10 +187,13 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         or sqlstate[:2] in _UNAVAILABLE_CLASSES
         or sqlstate == _READ_ONLY
     ):
-        still_open = connection is not None and not connection.is_closed()
-        if connection is not None and still_open and sqlstate != _CANCELED:
-            # Half-broken (the server is shutting it down, say): never reused. A
-            # statement cancelled by statement_timeout leaves it idle.
+        # Half-broken (the server is shutting it down, say): never reused. A
+        # statement cancelled by statement_timeout leaves it idle.
+        if (
+            connection is not None
+            and not connection.is_closed()
+            and sqlstate != _CANCELED
+        ):
             connection.terminate()
         metrics.DB_ERRORS.inc()
         logger.warning("database unavailable: %s", type(exc).__name__)

@@ -21,11 +21,10 @@ from app.errors import (
     PayloadTooLarge,
     TransferCodingNotImplemented,
     UnsupportedMediaType,
-    ValidationFailed,
     error_response,
+    sent_twice,
 )
 from app.observability import metrics
-from app.schemas import FieldError
 
 logger = logging.getLogger("app.request")
 
@@ -267,10 +266,9 @@ class BodyGuardMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] not in _BODY_METHODS and not _carries_a_body(scope):
+        if scope["type"] != "http" or (
+            scope["method"] not in _BODY_METHODS and not _carries_a_body(scope)
+        ):
             await self.app(scope, receive, send)
             return
         request_id = scope.get("state", {}).get("request_id")
@@ -299,10 +297,7 @@ class BodyGuardMiddleware:
         media_type = (content_type or "application/json").split(";")[0].strip()
         error: AppError | None = None
         if body and sum(name == b"content-type" for name, _ in scope["headers"]) > 1:
-            error = ValidationFailed(  # which one describes the body?
-                detail="Content-Type: must be sent once",
-                fields=[FieldError(field="Content-Type", message="must be sent once")],
-            )
+            error = sent_twice("Content-Type")  # which one describes the body?
         elif body and not _JSON_TYPE.fullmatch(media_type):
             error = UnsupportedMediaType()
         elif body and _encoded(scope, b"content-encoding", b"identity"):

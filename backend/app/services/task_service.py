@@ -923,15 +923,12 @@ class TaskService:
         values = self._insert_values(user_id, data)
         if idempotency_key is None:
             return await self._insert(values)
-        request_hash = _request_hash(data)
-        return await _again_on_conflict(
-            lambda: self._once(
-                user_id,
-                idempotency_key,
-                request_hash,
-                lambda tx: self._within(tx)._insert(values),
-                lambda stored: _task_from_json(orjson.loads(stored)),
-            )
+        return await self._once(
+            user_id,
+            idempotency_key,
+            _request_hash(data),
+            lambda tx: self._within(tx)._insert(values),
+            lambda stored: _task_from_json(orjson.loads(stored)),
         )
 
     async def replace(
@@ -1011,11 +1008,9 @@ class TaskService:
 
         if idempotency_key is None:
             return await _again_on_conflict(unkeyed)
-        key = idempotency_key
         request = {"atomic": atomic, "operations": [asdict(s) for s in steps]}
-        request_hash = _digest(request)  # once, not on each run
-        return await _again_on_conflict(
-            lambda: self._once(user_id, key, request_hash, run, _outcomes_from_json)
+        return await self._once(
+            user_id, idempotency_key, _digest(request), run, _outcomes_from_json
         )
 
     async def _apply_all(
@@ -1180,11 +1175,25 @@ class TaskService:
         run: Callable[[Transaction], Awaitable[_Answer]],
         replay: Callable[[str], _Answer],
     ) -> _Answer:
-        """Idempotency-Key (E1, E11): claim (user, key) by inserting its row, `run`
-        and store the answer in the same transaction. A concurrent request with the
-        same key waits on that row until this transaction ends (409 after
-        IDEMPOTENCY_WAIT_MS), then `replay`s the stored answer; another body under
-        the key is a 422. An expired key (older than 24 h) is claimed afresh."""
+        """Idempotency-Key (E1, E11): `_claim_and_run`, run again on a Conflict
+        (the whole transaction, claim included, was rolled back)."""
+        return await _again_on_conflict(
+            lambda: self._claim_and_run(user_id, key, request_hash, run, replay)
+        )
+
+    async def _claim_and_run(
+        self,
+        user_id: str,
+        key: str,
+        request_hash: str,
+        run: Callable[[Transaction], Awaitable[_Answer]],
+        replay: Callable[[str], _Answer],
+    ) -> _Answer:
+        """Claim (user, key) by inserting its row, `run` and store the answer in
+        the same transaction. A concurrent request with the same key waits on that
+        row until this transaction ends (409 after IDEMPOTENCY_WAIT_MS), then
+        `replay`s the stored answer; another body under the key is a 422. An
+        expired key (older than 24 h) is claimed afresh."""
         owner = {"user_id": user_id, "key": key}
         claiming = True
         try:
