@@ -100,6 +100,23 @@ _OUT_OF_RANGE = (
 )
 
 
+# The forms of ISO 8601 and RFC 3339 an input datetime may take: a calendar or week
+# date, `T` (RFC 3339: `t` or a space), hours with optional minutes, seconds and a
+# fraction (`.` or `,`), all in the extended form (`-` and `:`) or all in the basic
+# one, then the offset (`Z`, `±hh`, `±hh:mm` or `±hhmm`, as strftime's `%z` writes
+# it, after either form). Python's parser, which reads the values, also takes junk
+# before the offset (`09:00:00xZ`), offsets with seconds, and a date and a time in
+# different forms. The offset is optional here so that a naive value gets its message.
+_OFFSET = r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?"
+_ISO_DATETIME = re.compile(
+    r"[0-9]{4}-(?:[0-9]{2}-[0-9]{2}|W[0-9]{2}-[0-9])[Tt ]"
+    r"[0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?)?" + _OFFSET + "|"
+    r"[0-9]{4}(?:[0-9]{4}|W[0-9]{3})[Tt ]"
+    r"[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,][0-9]+)?)?)?" + _OFFSET,
+    re.ASCII,
+)
+
+
 def _aware_datetime(value: object) -> datetime:
     """An ISO 8601 string with an explicit offset; the server never guesses."""
     if isinstance(value, datetime) and value.tzinfo is not None:
@@ -108,14 +125,7 @@ def _aware_datetime(value: object) -> datetime:
         if value.endswith("z"):  # RFC 3339 allows it; Python's parser does not
             value = value[:-1] + "Z"
         try:
-            # Python's parser also takes any character between date and time and
-            # a space before the offset; ISO 8601 has `T` there and no space, RFC
-            # 3339 allows `t` or a space for the `T`. The date is 10 characters
-            # (2026-12-01, 2026-W48-2), or 8 in the basic format (20261201).
-            time_at = 10 if value[4:5] == "-" else 8
-            if value[time_at : time_at + 1] not in ("", "T", "t", " ") or any(
-                c.isspace() for c in value[time_at + 1 :]
-            ):
+            if not _ISO_DATETIME.fullmatch(value):
                 raise ValueError
             parsed = datetime.fromisoformat(value)
         except ValueError:

@@ -3,9 +3,10 @@ service, headers, query models, and the authentication dependencies."""
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import cache
 from typing import Annotated, TypeVar, get_origin
+from urllib.parse import unquote_plus, unquote_to_bytes
 
 from fastapi import Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -63,6 +64,8 @@ def query(request: Request, model: type[M]) -> M:
     lists = _list_parameters(model)
     if len(params.multi_items()) > len(params):  # a parameter sent more than once
         _refuse_repeated(params, frozenset(model.model_fields) - lists)
+    if any("\ufffd" in value for _, value in params.multi_items()):
+        _refuse_undecodable(request.scope["query_string"], model.model_fields.keys())
     values = {
         name: params.getlist(name) if name in lists else params[name] for name in params
     }
@@ -78,6 +81,21 @@ def _refuse_repeated(params: QueryParams, single_valued: frozenset[str]) -> None
     repeated = [name for name in sorted(single_valued) if len(params.getlist(name)) > 1]
     if repeated:
         raise refused_parameters(repeated, SENT_ONCE)
+
+
+def _refuse_undecodable(query_string: bytes, names: Iterable[str]) -> None:
+    """Starlette reads bytes that are not UTF-8 (`q=%FF`) as U+FFFD: the search
+    would be for a character the client never wrote. A 400 instead; a U+FFFD
+    the client did write (`%EF%BF%BD`) is kept."""
+    refused = set()
+    for pair in query_string.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        try:
+            unquote_to_bytes(value.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            refused.add(unquote_plus(name.decode("latin-1")))
+    if refused & set(names):
+        raise refused_parameters(sorted(refused & set(names)), "must be UTF-8 text")
 
 
 def refused_parameters(names: list[str], message: str) -> RequestValidationError:

@@ -167,6 +167,11 @@ def test_create_tags_must_be_a_list_of_strings(
         "2026-12-01T07:30:00.000000999Z",  # Go's nanoseconds: to the microsecond
         "2026-12-01 07:30:00Z",  # RFC 3339 allows a space between date and time
         "20261201T073000Z",  # ISO 8601's basic format
+        "20261201T093000.0+0200",
+        "2026-12-01T07:30Z",  # minutes, or hours, are enough
+        "2026-12-01T09:30+02",
+        "2026-12-01T07:30:00,0Z",  # ISO 8601's decimal comma
+        "2026-W49-2T07:30:00Z",  # a week date: Tuesday of week 49
     ],
 )
 def test_create_accepts_due_at_with_offset_and_returns_utc(
@@ -195,6 +200,15 @@ def test_create_accepts_due_at_with_offset_and_returns_utc(
         "2026-12-01  09:30:00Z",
         "2026-12-01\t09:30:00Z",
         "2026-12-01x09:30:00Z",  # Python's parser takes any separator
+        "2026-12-01T09:30:00xZ",  # and any character before the offset
+        "2026-12-01T09:30:00#+05:00",
+        "2026-12-01T09:30:00,Z",
+        "2026-12-01T09:30:00.Z",
+        "2026-12-01T09_Z",
+        "2026-12-01T09:30:00+01:00:30.5",  # an offset has no seconds
+        "2026-12-01T09:30:00+01:00:30",
+        "2026-12-01T0930Z",  # the extended and the basic form mixed
+        "20261201T09:30Z",
     ],
 )
 def test_create_rejects_due_at_without_offset(

@@ -164,6 +164,7 @@ def test_sort_updated_at_follows_changes(
         ("due_before", "2026-12-01"),
         ("due_after", "2026-12-01T00:00:00"),
         ("due_after", "0001-01-01T00:00:00Z"),
+        ("due_after", "2026-12-01T00:00:00xZ"),
         ("due_before", "9999-12-31T23:59:59.999999Z"),
         ("sort", "id"),
         ("sort", "+title"),
@@ -183,6 +184,26 @@ def test_bad_query_values_are_400(client: TestClient, param: str, value: str) ->
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "validation_error"
     assert response.json()["fields"][0]["field"].startswith(param)
+
+
+@pytest.mark.parametrize(
+    "query", ["q=%FF", "tag=%C0%AF", "q=a%ED%A0%80", "tag=x&tag=%FE"]
+)
+def test_a_filter_that_is_not_utf8_is_400(client: TestClient, query: str) -> None:
+    """Not read as U+FFFD and searched for: a client never wrote that character."""
+    user = new_user_id()
+    create_task(client, user, title="\ufffd", tags=["\ufffd"])
+    response = client.get(f"{tasks_url(user)}?{query}")
+    assert response.status_code == 400, response.text
+    assert response.json()["fields"][0]["field"] == query.split("=")[0]
+    assert response.json()["fields"][0]["message"] == "must be UTF-8 text"
+
+
+def test_a_filter_may_search_for_a_replacement_character(client: TestClient) -> None:
+    user = new_user_id()
+    create_task(client, user, title="\ufffd", tags=["\ufffd"])
+    response = client.get(f"{tasks_url(user)}?q=%EF%BF%BD&tag=%EF%BF%BD")
+    assert [task["title"] for task in response.json()] == ["\ufffd"]
 
 
 @pytest.mark.parametrize(
