@@ -91,7 +91,7 @@ async def batch_tasks(
 @router.delete(
     "",
     response_model=Cleared,
-    responses=errors(),
+    responses=errors(413, 415),
     openapi_extra={"parameters": query_parameters(ClearQuery)},
 )
 async def clear_completed(request: Request, user_id: UserIdPath) -> Cleared:

@@ -190,7 +190,7 @@ async def toggle_task(
 @router.delete(
     "/{id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=errors(404, 412),
+    responses=errors(404, 412, 413, 415),
     openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH_WRITE]},
 )
 async def delete_task(
