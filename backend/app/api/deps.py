@@ -193,14 +193,10 @@ def _bearer_token(request: Request) -> str:
 
 
 async def _authenticated(request: Request, verify: Callable[[], Awaitable[str]]) -> str:
-    """Runs `verify` unless this address has spent its budget of failed
-    authentications (429), logs why a failure failed, and counts it."""
-    guard: RateLimiter | None = request.app.state.auth_failures
-    identity = f"authfail:{client_address(request)}"
-    if guard is not None:
-        await guard.refuse_if_spent(
-            identity, "Too many failed authentications from this address"
-        )
+    """Runs `verify`; logs why a failure failed and counts it against the client's
+    address: past that address's budget, a failure is a 429 instead of a 401. A
+    token that verifies is served whatever the budget (users signing in, or
+    refreshing their token, behind an address that someone else spent it from)."""
     try:
         return await verify()
     except UnauthorizedError as failure:
@@ -214,8 +210,12 @@ async def _authenticated(request: Request, verify: Callable[[], Awaitable[str]])
                 **failure.context,
             },
         )
+        guard: RateLimiter | None = request.app.state.auth_failures
         if guard is not None and failure.counts_as_failure:
-            await guard.record(identity)
+            await guard.check(
+                f"authfail:{client_address(request)}",
+                "Too many failed authentications from this address",
+            )
         raise
 
 
@@ -226,7 +226,6 @@ async def authorize(request: Request) -> None:
     if verifier is None:  # auth is off (development, or AUTH_DISABLED=true)
         return
     token = _bearer_token(request)
-    # A token verified before skips the failure budget too: it cannot be a guess.
     user_id = verifier.known(token) or await _authenticated(
         request, lambda: verifier.user_id(token)
     )

@@ -21,10 +21,6 @@ class Store(Protocol):
         """Count one request for `key` in its current window; return the count."""
         ...
 
-    async def count(self, key: str, window: int) -> int:
-        """The count of `key` in its current window, without adding to it."""
-        ...
-
     async def close(self) -> None: ...
 
 
@@ -46,9 +42,6 @@ class MemoryStore:
         counts[key] = counts.get(key, 0) + 1
         return counts[key]
 
-    async def count(self, key: str, window: int) -> int:
-        return self._counts(window).get(key, 0)
-
     async def close(self) -> None:
         pass
 
@@ -69,10 +62,6 @@ class RedisStore:
             count, _ = await pipe.execute()
         return int(count)
 
-    async def count(self, key: str, window: int) -> int:
-        count = await self._redis.get(self._bucket(key, window))
-        return int(count or 0)
-
     @staticmethod
     def _bucket(key: str, window: int) -> str:
         return f"ratelimit:{key}:{int(time.time()) // window}"
@@ -88,24 +77,13 @@ class RateLimiter:
         self.store = store
         self._warned_at = float("-inf")
 
-    async def check(self, identity: str) -> None:
-        """RateLimited (429) when `identity` is over its budget for this window."""
+    async def check(self, identity: str, detail: str | None = None) -> None:
+        """Counts one for `identity`: RateLimited (429) when that is over its
+        budget for this window."""
         count = await self._safely(self.store.hit(identity, self.window))
         if count > self.limit:
-            raise self._refusal()
-
-    async def refuse_if_spent(self, identity: str, detail: str) -> None:
-        """RateLimited (429) when `identity` has used its budget, counting nothing:
-        for budgets spent by failures, which `record` counts."""
-        if await self._safely(self.store.count(identity, self.window)) >= self.limit:
-            raise self._refusal(detail)
-
-    async def record(self, identity: str) -> None:
-        await self._safely(self.store.hit(identity, self.window))
-
-    def _refusal(self, detail: str | None = None) -> RateLimited:
-        retry_after = math.ceil(self.window - time.time() % self.window)
-        return RateLimited(retry_after=retry_after, detail=detail)
+            retry_after = math.ceil(self.window - time.time() % self.window)
+            raise RateLimited(retry_after=retry_after, detail=detail)
 
     async def _safely(self, counting: Awaitable[int]) -> int:
         """The store's answer, or 0 (allow) when the store is down."""
