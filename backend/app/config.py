@@ -21,7 +21,7 @@ DEV_CORS_ORIGINS = [
     "http://127.0.0.1:5173",
 ]
 # Request headers a cross-origin browser call may carry (CORS_ALLOW_HEADERS unset):
-# ours, and those fetch wrappers and HTTP clients add on their own.
+# ours, and those fetch wrappers, HTTP clients and tracing SDKs add on their own.
 DEFAULT_CORS_ALLOW_HEADERS = [
     "Authorization",
     "Content-Type",
@@ -32,6 +32,10 @@ DEFAULT_CORS_ALLOW_HEADERS = [
     "Cache-Control",
     "Pragma",
     "X-Requested-With",
+    "traceparent",  # W3C Trace Context (OpenTelemetry's browser SDK)
+    "tracestate",
+    "baggage",
+    "sentry-trace",  # Sentry's browser and Next.js SDKs, on by default for localhost
 ]
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         JsonCORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=settings.cors_allow_headers,
         allow_credentials=settings.CORS_ALLOW_CREDENTIALS,
         expose_headers=EXPOSED_HEADERS,

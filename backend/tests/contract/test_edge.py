@@ -34,7 +34,16 @@ def _preflight(client: TestClient, headers: str, origin: str = FRONTEND) -> Any:
 
 @pytest.mark.parametrize(
     "header",
-    ["cache-control", "x-requested-with", "pragma", "idempotency-key", "if-match"],
+    [
+        "cache-control",
+        "x-requested-with",
+        "pragma",
+        "idempotency-key",
+        "if-match",
+        "traceparent",
+        "baggage",
+        "sentry-trace",
+    ],
 )
 def test_preflight_accepts_headers_browsers_and_clients_send(
     client: TestClient, header: str
