@@ -41,6 +41,16 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def url_forms(value: str) -> tuple[str, ...]:
+    """A URL issuer or audience matches with or without its trailing slash: Better
+    Auth's `iss` and `aud` are its base URL, which it writes without one and an
+    operator may write either way."""
+    if "://" not in value:
+        return (value,)
+    bare = value.rstrip("/")
+    return bare, bare + "/"
+
+
 def _origin(text: str) -> str:
     """`text` written as a browser writes an Origin: lower-case scheme and host
     (IDNA), no default port, no trailing slash; anything an Origin never has
@@ -180,14 +190,9 @@ class Settings(BaseSettings):
     @field_validator("JWT_AUDIENCE")
     @classmethod
     def _audiences(cls, value: list[str] | None) -> list[str] | None:
-        """A URL audience matches with or without its trailing slash (Better
-        Auth's `aud` is its base URL, which an operator may write either way)."""
         if not value:
             return value
-        forms = (
-            (bare := a.rstrip("/"), bare + "/") if "://" in a else (a,) for a in value
-        )
-        return list(dict.fromkeys(form for pair in forms for form in pair))
+        return list(dict.fromkeys(form for a in value for form in url_forms(a)))
 
     @field_validator("CORS_ORIGINS")
     @classmethod

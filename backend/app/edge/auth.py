@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
-from app.config import Settings
+from app.config import Settings, url_forms
 from app.errors import AuthUnavailable, UnauthorizedError
 
 logger = logging.getLogger("app.auth")
@@ -229,7 +229,8 @@ class TokenVerifier:
         secret = settings.jwt_secret
         self._secret = secret.get_secret_value() if secret else None
         self._jwks = JwksCache(settings.JWT_JWKS_URL) if settings.JWT_JWKS_URL else None
-        self._issuer = settings.JWT_ISSUER
+        issuer = settings.JWT_ISSUER
+        self._issuer = url_forms(issuer) if issuer else None
         self._audience = settings.JWT_AUDIENCE
         self._user_claim = settings.JWT_USER_CLAIM
         self._leeway = settings.JWT_LEEWAY_SECONDS
@@ -335,7 +336,7 @@ class TokenVerifier:
                 "The token's issuer (iss) is not the one configured (JWT_ISSUER)",
                 context={
                     "token_iss": str(claims.get("iss"))[:200],
-                    "expected_iss": str(self._issuer),
+                    "expected_iss": ", ".join(self._issuer or []),
                 },
             )
         if isinstance(exc, jwt.InvalidAudienceError) or missing == "aud":

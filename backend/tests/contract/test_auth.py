@@ -254,6 +254,24 @@ def test_issuer_and_audience_are_checked_when_configured(
         assert_401(client.get(tasks_url("u1"), headers=bearer(hs_token("u1", **bad))))
 
 
+@pytest.mark.parametrize(
+    ("configured", "carried"),
+    [
+        ("https://auth.example/", "https://auth.example"),
+        ("http://a:3000", "http://a:3000/"),
+    ],
+)
+def test_a_url_issuer_matches_with_or_without_its_trailing_slash(
+    make_client: ClientFactory, configured: str, carried: str
+) -> None:
+    """Better Auth writes its base URL without one, whichever way it was set."""
+    client = make_client(BETTER_AUTH_SECRET=_secret(SECRET), JWT_ISSUER=configured)
+    token = hs_token("u1", iss=carried)
+    assert client.get(tasks_url("u1"), headers=bearer(token)).status_code == 200
+    other = hs_token("u1", iss=carried.rstrip("/") + "x")
+    assert_401(client.get(tasks_url("u1"), headers=bearer(other)))
+
+
 def test_audience_is_not_held_against_a_token_when_none_is_configured(
     client: TestClient,
 ) -> None:
@@ -454,7 +472,7 @@ def test_issuer_mismatch_logs_both_issuers(
     strict_client.get(tasks_url("u1"), headers=bearer(token))
     [logged] = [r for r in caplog.records if r.getMessage() == "authentication failed"]
     assert logged.token_iss == "http://127.0.0.1:3000"  # type: ignore[attr-defined]
-    assert logged.expected_iss == LOCALHOST  # type: ignore[attr-defined]
+    assert logged.expected_iss == f"{LOCALHOST}, {LOCALHOST}/"  # type: ignore[attr-defined]
 
 
 def test_every_auth_error_carries_detail(client: TestClient) -> None:
