@@ -393,6 +393,17 @@ def _nested_within(value: Any, levels: int) -> bool:
 BatchOp = Literal["create", "replace", "patch", "toggle", "delete"]
 
 
+_OP_BODY_SCHEMA = {
+    "anyOf": [
+        *(
+            {"$ref": f"#/components/schemas/{model.__name__}"}
+            for model in (TaskCreate, TaskReplace, TaskPatch)
+        ),
+        {"type": "null"},
+    ]
+}
+
+
 class BatchOperation(BaseModel):
     """One operation of an E11 batch, the twin of a single request: `create` (`body`
     as POST's), `replace` (as PUT's), `patch` (as PATCH's), `toggle` (no `body`, or
@@ -411,7 +422,9 @@ class BatchOperation(BaseModel):
     if_match: Annotated[str | None, StringConstraints(max_length=1000)] = Field(
         default=None, description="As the If-Match header (with `id` only)"
     )
-    body: Any = Field(
+    # Validated as its op's body when the op runs (a bad one fails that op alone);
+    # documented as the bodies it may be, so generated clients type it.
+    body: Annotated[Any, WithJsonSchema(_OP_BODY_SCHEMA)] = Field(
         default=None, description="The single request's body (create, replace, patch)"
     )
 

@@ -3,8 +3,11 @@
 Registered before the single-task routes, so `/tasks/changes` and `/tasks/batch`
 are never read as a task id."""
 
+from typing import Annotated
+
 import orjson
-from fastapi import Request, Response
+from fastapi import Body, Request, Response
+from fastapi.openapi.models import Example
 
 from app.api.deps import (
     IDEMPOTENCY_KEY,
@@ -52,6 +55,21 @@ async def list_changes(request: Request, user_id: UserIdPath) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type=JSON)
 
 
+_BATCH_EXAMPLES: dict[str, Example] = {
+    "offline": {
+        "summary": "A create, then a patch and a toggle of the task it made",
+        "value": {
+            "atomic": True,
+            "operations": [
+                {"op": "create", "ref": "new-1", "body": {"title": "Buy milk"}},
+                {"op": "patch", "target": "new-1", "body": {"priority": "high"}},
+                {"op": "toggle", "target": "new-1"},
+            ],
+        },
+    }
+}
+
+
 @router.post(
     "/batch",
     response_model=BatchResults,
@@ -59,7 +77,9 @@ async def list_changes(request: Request, user_id: UserIdPath) -> Response:
     openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
 async def batch_tasks(
-    request: Request, user_id: UserIdPath, body: BatchRequest
+    request: Request,
+    user_id: UserIdPath,
+    body: Annotated[BatchRequest, Body(openapi_examples=_BATCH_EXAMPLES)],
 ) -> Response:
     """Up to 100 operations in order, each as its single request; `atomic`: all
     or none (then 200 with the failing operation's error, the others 424)."""
