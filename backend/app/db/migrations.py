@@ -4,18 +4,19 @@ imports Alembic just when that check finds the database behind (a server started
 some other way, e.g. `uvicorn app.main:app` on a fresh database)."""
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import anyio
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
+from app.config import load_settings
 from app.db.gateway import Database, compile_query
 from app.db.url import parse_database_url
 from app.errors import DatabaseUnavailable
+from app.observability.logging import configure_logging
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -60,12 +61,17 @@ def sync_engine(url: str) -> Engine:
     )
 
 
+class ForeignSchema(Exception):
+    """The database's Alembic revision is not one of ours, and our tables are not
+    there: it is another application's database."""
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade to head in one transaction, holding a transaction-level
     advisory lock (which also works through PgBouncer's transaction pooling).
-    A database at a revision this release does not know was migrated by a newer
-    one (a rolling deploy ships additive migrations first): it is left as it is,
-    so an instance of the older release can still start."""
+    A database at a revision this release does not know, with our tables, was
+    migrated by a newer one (a rolling deploy ships additive migrations first):
+    it is left as it is, so an instance of the older release can still start."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -80,6 +86,12 @@ def migrate(engine: Engine) -> None:
         if current is not None and current not in {
             script.revision for script in scripts.walk_revisions()
         }:
+            if not inspect(connection).has_table("task"):
+                raise ForeignSchema(
+                    f"its alembic_version is at {current}, a revision this release "
+                    "does not know, and it has no task table: it is another "
+                    "application's database (give this service a database of its own)"
+                )
             logger.warning(
                 "the database's schema is at revision %s, newer than this "
                 "release's %s: not migrated",
@@ -129,12 +141,20 @@ async def ensure_schema(database: Database, url: str) -> None:
 
 
 def main() -> None:
-    """`python -m app.db.migrations`: upgrade DATABASE_URL's database to head, or
-    exit with one line saying why not."""
+    """`python -m app.db.migrations`: upgrade DATABASE_URL's database (from the
+    environment or `.env`) to head, or exit with one line saying why not."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    settings = load_settings()  # or one line per problem (ConfigError)
+    configure_logging(settings.LOG_LEVEL)
+    if settings.DATABASE_URL is None:
+        sys.exit(
+            "configuration error: DATABASE_URL: the database to migrate is not set"
+        )
     try:
-        migrate_url(os.environ["DATABASE_URL"])
+        migrate_url(settings.DATABASE_URL.get_secret_value())
+    except ForeignSchema as exc:
+        sys.exit(f"cannot prepare the database: {exc}")
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         sys.exit(f"cannot prepare the database: {reason}")

@@ -54,6 +54,8 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # Alembic announces each of its plugins at info on every run.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # Python warnings (a library's, e.g. PyJWT's on a short key) as log records
     # too, not plain-text lines among the JSON ones.
     logging.captureWarnings(True)

@@ -1,5 +1,11 @@
 """C8: the migrations build exactly the models' schema, and run both ways."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -7,8 +13,15 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.dialects.postgresql.base import PGInspector
 from sqlmodel import SQLModel
 
-from app.db.migrations import SCHEMA_REVISION, alembic_config, include_object, migrate
+from app.db.migrations import (
+    SCHEMA_REVISION,
+    ForeignSchema,
+    alembic_config,
+    include_object,
+    migrate,
+)
 from tests.conftest import fresh_database
+from tests.server import BACKEND
 
 
 def test_migrations_and_models_agree(engine: Engine) -> None:
@@ -69,3 +82,60 @@ def test_workers_expect_the_newest_migration() -> None:
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head == SCHEMA_REVISION
+
+
+def _migrate_command(cwd: Path, **env: str) -> "subprocess.CompletedProcess[str]":
+    """`python -m app.db.migrations` as an operator runs it, from `cwd`."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.db.migrations"],
+        cwd=cwd,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(BACKEND), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_another_applications_database_is_refused_not_served() -> None:
+    """Its Alembic revision is not ours and it has no task table: not a newer
+    release's schema (which would have it). Served, every request was a 500."""
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    text("CREATE TABLE alembic_version (version_num varchar(32))")
+                )
+                connection.execute(
+                    text("INSERT INTO alembic_version VALUES ('ae1027a6acf')")
+                )
+            with pytest.raises(ForeignSchema):
+                migrate(engine)
+        finally:
+            engine.dispose()
+        done = _migrate_command(BACKEND, DATABASE_URL=url)
+        assert done.returncode != 0
+        assert done.stderr.strip().splitlines()[-1] == (
+            "cannot prepare the database: its alembic_version is at ae1027a6acf, a "
+            "revision this release does not know, and it has no task table: it is "
+            "another application's database (give this service a database of its own)"
+        )
+
+
+def test_the_migration_command_reads_dot_env(tmp_path: Path) -> None:
+    """As the server does: the documented migrate-once step finds the same
+    settings (it read only the environment, and gave a KeyError traceback)."""
+    with fresh_database() as url:
+        (tmp_path / ".env").write_text(f"DATABASE_URL={url}\n")
+        done = _migrate_command(tmp_path)
+        assert done.returncode == 0, done.stderr
+        engine = create_engine(url)
+        try:
+            assert "task" in inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+    done = _migrate_command(tmp_path / "..", DATABASE_URL="mysql://x/y")
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("configuration error: DATABASE_URL")
