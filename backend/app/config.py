@@ -100,10 +100,11 @@ class Settings(BaseSettings):
     DB_MAX_OVERFLOW: int = Field(default=0, ge=0, le=500)
     DB_POOL_TIMEOUT: float = Field(default=10.0, gt=0, le=600)
     DB_POOL_RECYCLE: int = Field(default=300, ge=-1)
-    # Bounds every statement (0 = off). Sent as a connection option; a pooler that
-    # rejects startup options (some PgBouncer setups) needs 0 here and the timeout
-    # set on the role instead (ALTER ROLE … SET statement_timeout).
-    DB_STATEMENT_TIMEOUT_MS: int = Field(default=15_000, ge=0)
+    # Bounds every statement (0 = off). Sent as a connection option, which PgBouncer
+    # refuses unless told to ignore it: unset, 0 for a host with `-pooler` in its
+    # name (Neon's PgBouncer), else 15,000. Behind any other PgBouncer set 0 and the
+    # timeout on the role (ALTER ROLE … SET statement_timeout). At most PostgreSQL's.
+    DB_STATEMENT_TIMEOUT_MS: int | None = Field(default=None, ge=0, le=2_147_483_647)
     # Prepared statements kept per connection (asyncpg). Unset: 0 for a host with
     # `-pooler` in its name (Neon's PgBouncer), else 100. 0 behind any pooler in
     # transaction mode that cannot keep them (PgBouncer before 1.21).
@@ -243,6 +244,7 @@ class Settings(BaseSettings):
         "RATE_LIMIT",
         "REDIS_URL",
         "DB_STATEMENT_CACHE_SIZE",
+        "DB_STATEMENT_TIMEOUT_MS",
         "METRICS_TOKEN",
         mode="before",
     )

@@ -63,12 +63,11 @@ _CONFLICTS = ("40P01", "40001")
 _READ_ONLY = "25006"
 # query_canceled (statement_timeout): unavailable, but the connection is fine.
 _CANCELED = "57014"
-# A server that stops answering (paused, partitioned) never cancels anything
-# itself: what the client waits for one operation, past the statement timeout
-# (its default, 15 s, when it is off here, e.g. set on the role behind PgBouncer).
-_UNSET_STATEMENT_TIMEOUT_MS: int = Settings.model_fields[
-    "DB_STATEMENT_TIMEOUT_MS"
-].default
+# The statement timeout sent unless set or behind Neon's pooler. A server that stops
+# answering (paused, partitioned) never cancels anything itself: what the client
+# waits for one operation is the statement timeout (this one when none is sent,
+# e.g. set on the role behind PgBouncer) plus a grace.
+STATEMENT_TIMEOUT_MS = 15_000
 _GRACE_SECONDS = 2.0
 NO_ANSWER = "The database did not answer in time; retry after Retry-After seconds"
 
@@ -196,7 +195,11 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         ):
             connection.terminate()
         metrics.DB_ERRORS.inc()
-        logger.warning("database unavailable: %s", type(exc).__name__)
+        # With the server's or the driver's own words (which never carry the
+        # password): a refused login, a missing database, a pooler refusing a
+        # setting or a certificate would otherwise look like an outage.
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        logger.warning("database unavailable: %s: %s", type(exc).__name__, reason)
         return DatabaseUnavailable()
     return exc
 
@@ -258,7 +261,7 @@ class Database:
         self._probe: Connection | None = None
         self._closed = False
         self._ping: asyncio.Future[None] | None = None
-        statement_ms = settings.DB_STATEMENT_TIMEOUT_MS or _UNSET_STATEMENT_TIMEOUT_MS
+        statement_ms = self._statement_timeout_ms() or STATEMENT_TIMEOUT_MS
         self._operation_timeout = statement_ms / 1000 + _GRACE_SECONDS
 
     async def open(self) -> None:
@@ -271,8 +274,8 @@ class Database:
             "TimeZone": "UTC",
             "DateStyle": "ISO",
         }
-        if settings.DB_STATEMENT_TIMEOUT_MS:
-            server_settings["statement_timeout"] = str(settings.DB_STATEMENT_TIMEOUT_MS)
+        if statement_ms := self._statement_timeout_ms():
+            server_settings["statement_timeout"] = str(statement_ms)
         connect_args = {"timeout": 5, **self._url.connect_args}
         statement_cache_size = self._statement_cache_size()
 
@@ -305,7 +308,18 @@ class Database:
         connection, where the name is unknown: off behind Neon's pooler unless set."""
         if self._settings.DB_STATEMENT_CACHE_SIZE is not None:
             return self._settings.DB_STATEMENT_CACHE_SIZE
-        return 0 if "-pooler" in self._url.host else 100
+        return 0 if self._behind_neons_pooler() else 100
+
+    def _statement_timeout_ms(self) -> int:
+        """Sent as a startup parameter, which PgBouncer refuses unless configured
+        to ignore it: a connection to Neon's was refused every time (a 503 to
+        every request) when not set to 0."""
+        if self._settings.DB_STATEMENT_TIMEOUT_MS is not None:
+            return self._settings.DB_STATEMENT_TIMEOUT_MS
+        return 0 if self._behind_neons_pooler() else STATEMENT_TIMEOUT_MS
+
+    def _behind_neons_pooler(self) -> bool:
+        return "-pooler" in self._url.host
 
     async def close(self) -> None:
         self._closed = True  # no health check opens a connection any more

@@ -204,6 +204,29 @@ async def test_errors_that_mean_come_back_later_are_503s(
     assert raised.value.headers["Retry-After"]
 
 
+async def test_an_unavailable_database_is_logged_with_the_servers_reason(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database that does not exist, a refused login, a pooler refusing a
+    setting: permanent, and only the server's words tell them from an outage
+    (the log named the exception class alone)."""
+    url = make_url(
+        str(settings.DATABASE_URL and settings.DATABASE_URL.get_secret_value())
+    )
+    missing = url.set(database="no_such_database_test").render_as_string(False)
+    database = Database(settings, parse_database_url(missing))
+    await database.open()
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await database.fetch_one(COUNT, user_id="u")
+    finally:
+        await database.close()
+    assert (
+        "database unavailable: InvalidCatalogNameError: database "
+        '"no_such_database_test" does not exist'
+    ) in caplog.messages
+
+
 async def test_a_statement_timeout_keeps_its_connection(database: Database) -> None:
     """A statement cancelled by statement_timeout is a 503, but the server
     answered and the connection is idle again: reused, not replaced by a new

@@ -65,6 +65,7 @@ def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> N
         ("DATABASE_URL", "mysql://h/db"),
         ("DB_POOL_SIZE", "lots"),
         ("DB_POOL_TIMEOUT", "-1"),
+        ("DB_STATEMENT_TIMEOUT_MS", "99999999999"),  # past PostgreSQL's int
         ("PORT", "70000"),
         ("HOST", "not a host!"),
         ("ENVIRONMENT", "staging"),

@@ -93,6 +93,26 @@ def test_what_cannot_be_honoured_is_one_line(
 
 
 @pytest.mark.parametrize(
+    ("url", "setting", "timeout"),
+    [
+        (NEON, "", 0),  # its PgBouncer refuses the startup parameter
+        ("postgresql://u@db.internal/app", "", 15_000),
+        (NEON, "5000", 5000),  # an explicit setting wins (a pooler that ignores it)
+        ("postgresql://u@db.internal/app", "0", 0),
+    ],
+)
+def test_statement_timeout_is_not_sent_to_neons_pooler_unless_set(
+    url: str, setting: str, timeout: int
+) -> None:
+    settings = Settings(
+        _env_file=None, DATABASE_URL=url, DB_STATEMENT_TIMEOUT_MS=setting
+    )
+    database = Database(settings, parse_database_url(url))
+    assert database._statement_timeout_ms() == timeout
+    assert database._operation_timeout == (timeout or 15_000) / 1000 + 2
+
+
+@pytest.mark.parametrize(
     ("url", "setting", "size"),
     [
         (NEON, "", 0),  # Neon's pooler: no named prepared statements
