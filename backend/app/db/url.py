@@ -9,7 +9,7 @@ translated here, or refused with one line naming it."""
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+asyncpg")
 
@@ -52,21 +52,58 @@ class DatabaseURL:
     host: str = ""
 
 
-def _check_ports(netloc: str, port_parameter: str | None) -> None:
-    """Every port, in the host list (libpq's `h1:5432,h2:5433`) and in `?port=`, is
-    1-65535: caught here in one line, not by a driver's traceback at connect time."""
+# Said when the URL's structure is off, which is most often a password with a
+# character that ends its part of the URL. The message never repeats the URL.
+_ENCODE = "percent-encode any of : / @ # ? in the user name or password"
+
+
+def _hosts(netloc: str) -> list[tuple[str, str]]:
+    """The authority's hosts and ports: one, or libpq's list (`h1:5432,h2:5433`)."""
     hosts = netloc.rpartition("@")[2]
-    ports = [
-        host.rpartition(":")[2]
+    if not hosts:
+        return []
+    return [
+        # [::1]:5432 has a port, [::1] has none
+        (name, port) if ":" in host.rpartition("]")[2] else (host, "")
         for host in hosts.split(",")
-        if ":" in host.rpartition("]")[2]  # [::1]:5432 has a port, [::1] has none
+        for name, _, port in [host.rpartition(":")]
     ]
-    if port_parameter:
-        ports += port_parameter.split(",")
+
+
+def _check_structure(parts: SplitResult, query: dict[str, str]) -> None:
+    """What the drivers would read differently, or fail on with a traceback or a
+    message quoting part of the URL (a password with an unencoded `@` or `#`)."""
+    if parts.fragment or parts.netloc.count("@") > 1:
+        raise ValueError(f"the URL does not parse: {_ENCODE}")
+    hosts = _hosts(parts.netloc)
+    ports = [port for _, port in hosts if port]
+    if "port" in query:
+        ports += query["port"].split(",")
     for port in ports:
         digits = port.isascii() and port.isdigit() and len(port) <= 5
-        if port and not (digits and 1 <= int(port) <= 65535):
-            raise ValueError("the port is not a number from 1 to 65535")
+        if not (digits and 1 <= int(port) <= 65535):
+            raise ValueError(f"the port is not a number from 1 to 65535 ({_ENCODE})")
+    # libpq takes ?host= over the URL's host, asyncpg the other way round: the two
+    # drivers (migrations and requests) would reach different servers.
+    for index, name in enumerate(("host", "port")):
+        if name in query and any(host[index] for host in hosts):
+            raise ValueError(f"the {name} is given twice: in the URL and as ?{name}=")
+
+
+def _sync_url(parts: SplitResult) -> str:
+    """For SQLAlchemy + psycopg2, which reads one host and port from the URL: a
+    host list goes to `?host=` and `?port=`, libpq's other spelling of it."""
+    hosts = _hosts(parts.netloc)
+    if len(hosts) < 2:
+        return urlunsplit(("postgresql+psycopg2", *parts[1:]))
+    userinfo = parts.netloc.rpartition("@")[0]
+    query = [
+        *parse_qsl(parts.query, keep_blank_values=True),
+        ("host", ",".join(name.strip("[]") for name, _ in hosts)),
+        ("port", ",".join(port or "5432" for _, port in hosts)),
+    ]
+    netloc = f"{userinfo}@" if userinfo else ""
+    return urlunsplit(("postgresql+psycopg2", netloc, parts.path, urlencode(query), ""))
 
 
 def parse_database_url(raw: str) -> DatabaseURL:
@@ -75,7 +112,7 @@ def parse_database_url(raw: str) -> DatabaseURL:
     if parts.scheme not in SCHEMES:
         raise ValueError("must start with postgresql:// or postgres://")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    _check_ports(parts.netloc, query.get("port"))
+    _check_structure(parts, query)
     connect_args: dict[str, Any] = {}
     if "connect_timeout" in query:
         timeout = query.pop("connect_timeout")
@@ -101,5 +138,5 @@ def parse_database_url(raw: str) -> DatabaseURL:
     if unknown:
         raise ValueError(f"parameter {unknown[0]!r} is not supported")
     dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
-    sync = urlunsplit(("postgresql+psycopg2", *parts[1:]))
-    return DatabaseURL(dsn, sync, connect_args, parts.hostname or query.get("host", ""))
+    host = parts.hostname or query.get("host", "")
+    return DatabaseURL(dsn, _sync_url(parts), connect_args, host)

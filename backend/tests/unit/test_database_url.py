@@ -57,6 +57,17 @@ def test_connect_timeout_becomes_the_drivers_timeout() -> None:
     assert "connect_timeout" not in parsed.dsn
 
 
+def test_a_host_list_reaches_psycopg2_as_libpq_parameters() -> None:
+    """SQLAlchemy reads one host and port from the URL (a list there was a
+    traceback in the migrations); asyncpg reads the list itself."""
+    url = "postgresql://u@h1:5433,[::1],h3:6000/db?sslmode=require"
+    parsed = parse_database_url(url)
+    assert parsed.dsn == "postgresql://u@h1:5433,[::1],h3:6000/db?sslmode=require"
+    assert unquote(parsed.sync_url) == (
+        "postgresql+psycopg2://u@/db?sslmode=require&host=h1,::1,h3&port=5433,5432,6000"
+    )
+
+
 def test_embedded_servers_socket_url_works() -> None:
     url = "postgresql://postgres:@/postgres?host=/tmp/pg"
     assert (
@@ -78,6 +89,14 @@ def test_embedded_servers_socket_url_works() -> None:
         ("postgresql://u@h/db?channel_binding=maybe", "channel_binding"),
         ("postgresql://u@h/db?sslmode=disable&channel_binding=require", "TLS"),
         ("postgresql://u@h/db?connect_timeout=soon", "connect_timeout"),
+        # A password with a character that ends its part of the URL: the drivers
+        # read part of it as the host, and quoted it in their errors.
+        ("postgresql://app:Tr0ub@dor#3xK@127.0.0.1:5432/db", "percent-encode"),
+        ("postgresql://app:p@ss@h/db", "percent-encode"),
+        ("postgresql://app:pa/ss@h/db", "percent-encode"),
+        # libpq and asyncpg would each take another one of the two.
+        ("postgresql://u@h/db?host=/tmp/pg", "host is given twice"),
+        ("postgresql://u@h:5432/db?port=5433", "port is given twice"),
     ],
 )
 def test_what_cannot_be_honoured_is_one_line(
@@ -90,6 +109,8 @@ def test_what_cannot_be_honoured_is_one_line(
     assert message.startswith("configuration error: DATABASE_URL: ")
     assert says in message
     assert "\n" not in message
+    assert "dor" not in message  # no part of a password
+    assert "ss@" not in message
 
 
 @pytest.mark.parametrize(
