@@ -92,7 +92,7 @@ class JsonCORSMiddleware(CORSMiddleware):
         if scope["type"] == "http" and scope["method"] == "OPTIONS":
             headers = Headers(scope=scope)
             if "origin" in headers and "access-control-request-method" in headers:
-                started = time.perf_counter()
+                started = _started(scope)
                 identifier = request_id(scope)
                 response = _identified(self._preflight(headers, identifier), identifier)
                 await response(scope, receive, send)
@@ -116,6 +116,17 @@ class JsonCORSMiddleware(CORSMiddleware):
 # Set in a request's scope state by the HTTP protocol's admission (`protocol.py`)
 # when the worker already holds HTTP_MAX_IN_FLIGHT requests, running or waiting.
 SHED = "shed"
+# Set there too: when its head was read (`time.perf_counter()`), before it waited
+# for a running place.
+ARRIVED = "arrived"
+
+
+def _started(scope: Scope) -> float:
+    """When the request's duration starts: its arrival, so that the time it
+    waited for admission counts (the log and the histogram showed requests that
+    waited seconds as served in milliseconds); now, if no protocol noted it."""
+    arrived: float | None = scope.get("state", {}).get(ARRIVED)
+    return arrived if arrived is not None else time.perf_counter()
 
 
 class LoadShedMiddleware:
@@ -166,7 +177,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         identifier = request_id(scope)
-        started = time.perf_counter()
+        started = _started(scope)
         status = 500
         response_started = False
 

@@ -18,6 +18,7 @@ import re
 import socket
 import sys
 import termios
+import time
 from collections import deque
 from functools import cache
 from typing import Any, cast
@@ -37,6 +38,7 @@ from uvicorn.server import ServerState
 
 from app.config import get_settings
 from app.edge.middleware import (
+    ARRIVED,
     MAX_BODY_BYTES,
     MAX_DRAIN_BYTES,
     SECURITY_HEADERS,
@@ -410,6 +412,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_begun = False
         self.head_bytes = 0
         self.heads_read += 1
+        self.scope["state"][ARRIVED] = time.perf_counter()
         super().on_headers_complete()
         if self.shutting_down:  # read in the shutdown's grace: the last one
             self.cycle.keep_alive = False
