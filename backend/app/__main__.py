@@ -86,6 +86,10 @@ def serve(settings: Settings, url: str) -> None:
     if config.workers > 1:  # what uvicorn.run does, with the supervisor above
         _Supervisor(config, sockets=[config.bind_socket()]).run()
         return
+    # SIGHUP (a process manager's "reload") restarts the workers of the supervisor
+    # above; one worker has none, and died at once, dropping what was in flight:
+    # it stops gracefully instead, as on SIGTERM.
+    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     server = uvicorn.Server(config)
     server.run()
     if not server.started:

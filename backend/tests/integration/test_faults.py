@@ -359,9 +359,19 @@ def _wait_until_connections_are_refused(url: str) -> None:
     pytest.fail("new connections were still served 5 s after SIGTERM")
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    ("workers", "signum"),
+    [
+        ("1", signal.SIGTERM),
+        ("2", signal.SIGTERM),
+        # One worker has no supervisor to restart it (two restart theirs on a
+        # SIGHUP, uvicorn's way): it stops as on SIGTERM. It died at once.
+        ("1", signal.SIGHUP),
+    ],
+    ids=["1-SIGTERM", "2-SIGTERM", "1-SIGHUP"],
+)
 def test_sigterm_lets_in_flight_requests_finish_then_exits(
-    database: str, engine: Engine, workers: str
+    database: str, engine: Engine, workers: str, signum: signal.Signals
 ) -> None:
     user = new_user_id()
     with server_process(database, WEB_CONCURRENCY=workers) as (base, process):
@@ -381,7 +391,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(
             "3 requests wait on the lock",
             lambda: sessions(engine, ours=True, on_a_lock=True) == 3,
         )
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         _wait_until_connections_are_refused(base + "/health")
         lock.commit()
         lock.close()
