@@ -225,16 +225,6 @@ class Settings(BaseSettings):
                     ) from None
         return value.replace(" ", "")
 
-    @model_validator(mode="after")
-    def _credentials_need_origins(self) -> "Settings":
-        """Browsers refuse `*` with credentials; echoing any origin instead would let
-        every site call the API as the signed-in user."""
-        if self.CORS_ALLOW_CREDENTIALS and "*" in self.cors_origins:
-            raise ValueError(
-                "CORS_ALLOW_CREDENTIALS=true needs explicit CORS_ORIGINS, not *"
-            )
-        return self
-
     @field_validator(
         "BETTER_AUTH_SECRET",
         "JWT_SECRET",
@@ -330,13 +320,24 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _production_rules(self) -> "Settings":
-        problems = self.production_problems()
+    def _rules_across_settings(self) -> "Settings":
+        """Raised together: the first alone hid the others (one start-up failure
+        per fix)."""
+        problems = self._production_problems()
+        if self.CORS_ALLOW_CREDENTIALS and "*" in self.cors_origins:
+            # Browsers refuse `*` with credentials; echoing any origin instead
+            # would let every site call the API as the signed-in user.
+            problems.append(
+                (
+                    frozenset({"CORS_ALLOW_CREDENTIALS", "CORS_ORIGINS"}),
+                    "CORS_ALLOW_CREDENTIALS=true needs explicit CORS_ORIGINS, not *",
+                )
+            )
         if problems:
             raise SettingsProblems(problems)
         return self
 
-    def production_problems(self) -> list[tuple[frozenset[str], str]]:
+    def _production_problems(self) -> list[tuple[frozenset[str], str]]:
         """Every setting production needs and lacks: (the variables, the line)."""
         if self.ENVIRONMENT != "production":
             return []

@@ -98,6 +98,22 @@ def test_production_requires_database_url(monkeypatch: pytest.MonkeyPatch) -> No
         load_settings(env_file=None)
 
 
+def test_every_rule_across_settings_is_reported_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CORS rule failing hid what production lacks: one fix per start-up."""
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://h/db")
+    monkeypatch.setenv("CORS_ORIGINS", "*")
+    monkeypatch.setenv("CORS_ALLOW_CREDENTIALS", "true")
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(env_file=None)
+    lines = str(excinfo.value).splitlines()
+    assert len(lines) == 3
+    for name in ("CURSOR_SECRET", "JWT_JWKS_URL", "CORS_ALLOW_CREDENTIALS"):
+        assert any(name in line for line in lines), name
+
+
 def test_production_requires_an_auth_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("DATABASE_URL", "postgresql://h/db")
