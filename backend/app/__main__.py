@@ -1,8 +1,10 @@
 """`python -m app`: check the configuration, start the embedded database when no
 DATABASE_URL is set, apply migrations, then serve with uvicorn."""
 
+import contextlib
 import logging
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -39,6 +41,35 @@ class _Supervisor(Multiprocess):
         super().terminate_all()
 
 
+# Descriptors a worker needs besides its client connections: its pool, the
+# health check's connection, Redis, log files, the listening socket, Python's own.
+_OTHER_FILES = 64
+
+
+def _open_files_for(settings: Settings) -> None:
+    """Raise this process's open-file limit (inherited by its workers) to the
+    hard limit, as Go's runtime does at start: systemd's default soft limit is
+    1,024, and a worker out of descriptors stops accepting, so past ~1,000 idle
+    clients /health went unanswered instead of HTTP_MAX_CONNECTIONS applying.
+    Warn when even the hard limit is below that bound."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # an unlimited hard limit, which the kernel caps lower, is refused
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    needed = settings.HTTP_MAX_CONNECTIONS + _OTHER_FILES
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        logger.warning(
+            "the open-file limit (%d) is below HTTP_MAX_CONNECTIONS + %d (%d): "
+            "past about %d connections a worker stops accepting; raise the limit "
+            "(ulimit -n, LimitNOFILE=) or lower HTTP_MAX_CONNECTIONS",
+            hard,
+            _OTHER_FILES,
+            needed,
+            hard - _OTHER_FILES,
+        )
+
+
 def serve(settings: Settings, url: str) -> None:
     # Workers inherit the resolved URL, so they join the same (embedded) database,
     # and one cursor secret: generated per worker, a cursor or sync token issued by
@@ -48,6 +79,7 @@ def serve(settings: Settings, url: str) -> None:
         os.environ["CURSOR_SECRET"] = secrets.token_urlsafe(32)
     # Migrations run once, in a process of their own: Alembic and psycopg2 never
     # load into the serving process.
+    _open_files_for(settings)
     migrated = subprocess.run([sys.executable, "-m", "app.db.migrations"], check=False)
     if migrated.returncode != 0:
         sys.exit(migrated.returncode)

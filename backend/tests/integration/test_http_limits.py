@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -465,3 +466,22 @@ def test_a_client_reading_large_responses_slowly_but_steadily_is_not_cut(
     response = b"".join(chunks)
     assert response.count(b"HTTP/1.1 200 ") == 3
     assert len(response) > 3 * size
+
+
+def test_a_low_open_file_limit_is_raised_and_a_hard_one_named(
+    database_url: str, engine: object, tmp_path: Path
+) -> None:
+    """Started under a soft limit of 80 descriptors (systemd's default is 1,024):
+    past it, the worker stopped accepting and /health went unanswered. The limit
+    is raised to the hard one; a hard one below HTTP_MAX_CONNECTIONS is named."""
+    log = tmp_path / "server.log"
+    command = ("prlimit", "--nofile=80:2048", sys.executable, "-m", "app")
+    with server_process(database_url, command=command, log=str(log)) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port))) for _ in range(120)]
+        try:
+            assert httpx.get(base + "/health", timeout=5).status_code == 200
+        finally:
+            for sock in idle:
+                sock.close()
+    assert "the open-file limit (2048) is below HTTP_MAX_CONNECTIONS" in log.read_text()
