@@ -77,17 +77,20 @@ def serve(settings: Settings, url: str) -> None:
     os.environ["DATABASE_URL"] = url
     if settings.CURSOR_SECRET is None:  # outside production only
         os.environ["CURSOR_SECRET"] = secrets.token_urlsafe(32)
+    _open_files_for(settings)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal
+    # again; these handlers make that a clean exit 0, not death by signal (and
+    # so the embedded database is stopped on the way out). Set before the
+    # migrations: a signal while they run (waiting on another instance's lock,
+    # say) exits as cleanly, and `subprocess.run` kills its process on the way
+    # (it was left running, orphaned).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     # Migrations run once, in a process of their own: Alembic and psycopg2 never
     # load into the serving process.
-    _open_files_for(settings)
     migrated = subprocess.run([sys.executable, "-m", "app.db.migrations"], check=False)
     if migrated.returncode != 0:
         sys.exit(migrated.returncode)
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal
-    # again; these handlers make that a clean exit 0, not death by signal (and
-    # so the embedded database is stopped on the way out).
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_cleanly)
     # What this instance may hold open: the figure to size against the database's
     # connection limit (README, "Sizing connections").
     per_worker = settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW + 1

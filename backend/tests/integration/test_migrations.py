@@ -1,6 +1,7 @@
 """C8: the migrations build exactly the models' schema, and run both ways."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from app.db.migrations import (
 )
 from tests.conftest import fresh_database
 from tests.server import BACKEND
+from tests.sessions import wait_for_a_lock_wait, wait_until
 
 
 def test_migrations_and_models_agree(engine: Engine) -> None:
@@ -139,3 +141,40 @@ def test_the_migration_command_reads_dot_env(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith("configuration error: DATABASE_URL")
+
+
+def test_sigterm_while_migrations_wait_exits_cleanly_and_stops_them(
+    database_url: str, engine: Engine
+) -> None:
+    """Another instance holds the migration lock; this one is stopped while it
+    waits. It died by the signal (143), and its migration process ran on."""
+    with engine.connect() as holder, holder.begin():
+        holder.execute(text("SELECT pg_advisory_xact_lock(7240001)"))
+        server = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=BACKEND,
+            env={
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "PYTHONPATH": str(BACKEND),
+            },
+        )
+        try:
+            wait_for_a_lock_wait(engine)
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=10) == 0
+        finally:
+            server.kill()
+
+    def migrating() -> int:
+        with engine.connect() as connection:
+            count: int = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE application_name = 'task-api-migrate'"
+                    " AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+            return count
+
+    wait_until("no migration session left", lambda: migrating() == 0)
