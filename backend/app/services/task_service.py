@@ -822,8 +822,8 @@ STORE_RESPONSE = compile_query(
 
 def _expire_keys_statement() -> Any:
     """Keys older than 24 h go without a cron: every keyed create deletes up to
-    100 expired keys (anyone's: the one statement not filtered by owner, and it
-    only deletes), oldest first. When none has expired this is a single probe of
+    100 expired keys (anyone's: not filtered by owner, like the tombstone sweep,
+    and it only deletes), oldest first. When none has expired this is a single probe of
     the created_at index (the order makes the planner take it whatever its
     statistics say); SKIP LOCKED keeps concurrent creates from queueing."""
     expired = IDEMPOTENCY.c.created_at < func.now() - IDEMPOTENCY_TTL
