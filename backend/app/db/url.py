@@ -70,40 +70,48 @@ def _hosts(netloc: str) -> list[tuple[str, str]]:
     ]
 
 
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text)
+
+
 def _check_structure(parts: SplitResult, query: dict[str, str]) -> None:
     """What the drivers would read differently, or fail on with a traceback or a
     message quoting part of the URL (a password with an unencoded `@` or `#`)."""
     if parts.fragment or parts.netloc.count("@") > 1:
         raise ValueError(f"the URL does not parse: {_ENCODE}")
     hosts = _hosts(parts.netloc)
-    ports = [port for _, port in hosts if port]
-    if "port" in query:
-        ports += query["port"].split(",")
-    for port in ports:
-        digits = port.isascii() and port.isdigit() and len(port) <= 5
-        if not (digits and 1 <= int(port) <= 65535):
-            raise ValueError(f"the port is not a number from 1 to 65535 ({_ENCODE})")
-    # libpq takes ?host= over the URL's host, asyncpg the other way round: the two
-    # drivers (migrations and requests) would reach different servers.
-    for index, name in enumerate(("host", "port")):
-        if name in query and any(host[index] for host in hosts):
-            raise ValueError(f"the {name} is given twice: in the URL and as ?{name}=")
+    if not all(_is_port(port) and int(port) <= 65535 for _, port in hosts if port):
+        raise ValueError(f"the port is not a number from 1 to 65535 ({_ENCODE})")
+    if "port" in query and not all(
+        _is_port(port) and int(port) <= 65535 for port in query["port"].split(",")
+    ):
+        raise ValueError("?port= takes numbers from 1 to 65535")
+    # With a host or port in the URL, libpq takes ?host= and ?port= over it and
+    # asyncpg does not: migrations and requests would reach different servers.
+    if ("host" in query or "port" in query) and any(h or p for h, p in hosts):
+        raise ValueError(
+            "give the host and port in the URL or as ?host= and ?port=, not both"
+        )
 
 
 def _sync_url(parts: SplitResult) -> str:
     """For SQLAlchemy + psycopg2, which reads one host and port from the URL: a
-    host list goes to `?host=` and `?port=`, libpq's other spelling of it."""
-    hosts = _hosts(parts.netloc)
-    if len(hosts) < 2:
-        return urlunsplit(("postgresql+psycopg2", *parts[1:]))
-    userinfo = parts.netloc.rpartition("@")[0]
-    query = [
-        *parse_qsl(parts.query, keep_blank_values=True),
-        ("host", ",".join(name.strip("[]") for name, _ in hosts)),
-        ("port", ",".join(port or "5432" for _, port in hosts)),
-    ]
-    netloc = f"{userinfo}@" if userinfo else ""
-    return urlunsplit(("postgresql+psycopg2", netloc, parts.path, urlencode(query), ""))
+    host list goes to `?host=` (and its ports to `?port=`), libpq's other
+    spelling of it. Written out here: `urlunsplit` drops the `//` of a URL
+    without an authority (`postgresql:///db?host=/socket`), which SQLAlchemy
+    cannot parse."""
+    netloc, query = parts.netloc, parts.query
+    hosts = _hosts(netloc)
+    if len(hosts) > 1:
+        userinfo = netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@" if userinfo else ""
+        listed = [("host", ",".join(name.strip("[]") for name, _ in hosts))]
+        if any(port for _, port in hosts):
+            listed.append(("port", ",".join(port or "5432" for _, port in hosts)))
+        query = urlencode([*parse_qsl(query, keep_blank_values=True), *listed])
+    return f"postgresql+psycopg2://{netloc}{parts.path}" + (
+        f"?{query}" if query else ""
+    )
 
 
 def parse_database_url(raw: str) -> DatabaseURL:

@@ -6,10 +6,14 @@ from urllib.parse import unquote
 
 import pytest
 
+from sqlalchemy import make_url
+from sqlalchemy.dialects.postgresql.psycopg2 import dialect as psycopg2_dialect
+
 from app.config import ConfigError, Settings, load_settings
 from app.db.gateway import Database
 from app.db.url import parse_database_url
 
+dialect = psycopg2_dialect()
 NEON = (
     "postgresql://alex:pw@ep-cool-1234-pooler.eu-central-1.aws.neon.tech/neondb"
     "?sslmode=require&channel_binding=require"
@@ -57,6 +61,27 @@ def test_connect_timeout_becomes_the_drivers_timeout() -> None:
     assert "connect_timeout" not in parsed.dsn
 
 
+@pytest.mark.parametrize(
+    ("url", "host", "port"),
+    [
+        ("postgresql://h1,h2/db", "h1,h2", ","),  # SQLAlchemy: the default ports
+        ("postgresql:///db?host=/var/run/postgresql", "/var/run/postgresql", None),
+        ("postgresql:///db?host=h1,h2&port=5432,5433", "h1,h2", "5432,5433"),
+        ("postgresql://u@h1:5433,h2/db", "h1,h2", "5433,5432"),
+        ("postgresql://u:p@h:5433/db", "h", 5433),
+    ],
+)
+def test_psycopg2_reads_the_same_hosts(url: str, host: str, port: object) -> None:
+    """What SQLAlchemy hands psycopg2 (it could not parse a URL without an
+    authority, `postgresql:///db`, nor a host list with ports)."""
+    _, arguments = dialect.create_connect_args(
+        make_url(parse_database_url(url).sync_url)
+    )
+    assert arguments["host"] == host
+    assert arguments.get("port") == port
+    assert arguments["dbname" if "dbname" in arguments else "database"] == "db"
+
+
 def test_a_host_list_reaches_psycopg2_as_libpq_parameters() -> None:
     """SQLAlchemy reads one host and port from the URL (a list there was a
     traceback in the migrations); asyncpg reads the list itself."""
@@ -95,8 +120,11 @@ def test_embedded_servers_socket_url_works() -> None:
         ("postgresql://app:p@ss@h/db", "percent-encode"),
         ("postgresql://app:pa/ss@h/db", "percent-encode"),
         # libpq and asyncpg would each take another one of the two.
-        ("postgresql://u@h/db?host=/tmp/pg", "host is given twice"),
-        ("postgresql://u@h:5432/db?port=5433", "port is given twice"),
+        ("postgresql://u@h/db?host=/tmp/pg", "not both"),
+        ("postgresql://u@h:5432/db?port=5433", "not both"),
+        ("postgresql://u@localhost/db?port=5433", "not both"),  # asyncpg: 5432
+        ("postgresql://u@:5433/db?host=/tmp/pg", "not both"),
+        ("postgresql://u@h1,h2/db?port=5433", "not both"),
     ],
 )
 def test_what_cannot_be_honoured_is_one_line(
