@@ -71,7 +71,9 @@ def _hosts(netloc: str) -> list[tuple[str, str]]:
 
 
 def _is_port(text: str) -> bool:
-    return text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text)
+    return (
+        text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536
+    )
 
 
 def _check_structure(parts: SplitResult, query: dict[str, str]) -> None:
@@ -80,11 +82,9 @@ def _check_structure(parts: SplitResult, query: dict[str, str]) -> None:
     if parts.fragment or parts.netloc.count("@") > 1:
         raise ValueError(f"the URL does not parse: {_ENCODE}")
     hosts = _hosts(parts.netloc)
-    if not all(_is_port(port) and int(port) <= 65535 for _, port in hosts if port):
+    if not all(_is_port(port) for _, port in hosts if port):
         raise ValueError(f"the port is not a number from 1 to 65535 ({_ENCODE})")
-    if "port" in query and not all(
-        _is_port(port) and int(port) <= 65535 for port in query["port"].split(",")
-    ):
+    if "port" in query and not all(map(_is_port, query["port"].split(","))):
         raise ValueError("?port= takes numbers from 1 to 65535")
     # With a host or port in the URL, libpq takes ?host= and ?port= over it and
     # asyncpg does not: migrations and requests would reach different servers.

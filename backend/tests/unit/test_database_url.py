@@ -5,7 +5,6 @@ import ssl
 from urllib.parse import unquote
 
 import pytest
-
 from sqlalchemy import make_url
 from sqlalchemy.dialects.postgresql.psycopg2 import dialect as psycopg2_dialect
 
