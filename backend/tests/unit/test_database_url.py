@@ -12,7 +12,7 @@ from app.config import ConfigError, Settings, load_settings
 from app.db.gateway import Database
 from app.db.url import parse_database_url
 
-dialect = psycopg2_dialect()
+dialect = psycopg2_dialect()  # type: ignore[no-untyped-call]
 NEON = (
     "postgresql://alex:pw@ep-cool-1234-pooler.eu-central-1.aws.neon.tech/neondb"
     "?sslmode=require&channel_binding=require"
@@ -73,7 +73,7 @@ def test_connect_timeout_becomes_the_drivers_timeout() -> None:
 def test_psycopg2_reads_the_same_hosts(url: str, host: str, port: object) -> None:
     """What SQLAlchemy hands psycopg2 (it could not parse a URL without an
     authority, `postgresql:///db`, nor a host list with ports)."""
-    _, arguments = dialect.create_connect_args(
+    _, arguments = dialect.create_connect_args(  # type: ignore[no-untyped-call]
         make_url(parse_database_url(url).sync_url)
     )
     assert arguments["host"] == host
