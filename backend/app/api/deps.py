@@ -193,13 +193,20 @@ def _bearer_token(request: Request) -> str:
 
 
 async def _authenticated(request: Request, verify: Callable[[], Awaitable[str]]) -> str:
-    """Runs `verify`; logs why a failure failed and counts it against the client's
-    address: past that address's budget, a failure is a 429 instead of a 401. A
-    token that verifies is served whatever the budget (users signing in, or
-    refreshing their token, behind an address that someone else spent it from)."""
+    """Runs `verify`; counts a failure against the client's address and logs why
+    it failed: past that address's budget, a failure is a 429 instead of a 401,
+    and is not logged again (its access line is). A token that verifies is
+    served whatever the budget (users signing in, or refreshing their token,
+    behind an address that someone else spent it from)."""
     try:
         return await verify()
     except UnauthorizedError as failure:
+        guard: RateLimiter | None = request.app.state.auth_failures
+        if guard is not None and failure.counts_as_failure:
+            await guard.check(
+                f"authfail:{client_address(request)}",
+                "Too many failed authentications from this address",
+            )
         logger.info(
             "authentication failed",
             extra={
@@ -210,12 +217,6 @@ async def _authenticated(request: Request, verify: Callable[[], Awaitable[str]])
                 **failure.context,
             },
         )
-        guard: RateLimiter | None = request.app.state.auth_failures
-        if guard is not None and failure.counts_as_failure:
-            await guard.check(
-                f"authfail:{client_address(request)}",
-                "Too many failed authentications from this address",
-            )
         raise
 
 

@@ -174,7 +174,10 @@ def forged(user: str = "u1") -> str:
     return hs_token(user, secret="not-the-secret-" + "x" * 32)
 
 
-def test_failed_authentications_are_limited_per_address(guarded: TestClient) -> None:
+def test_failed_authentications_are_limited_per_address(
+    guarded: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.auth")
     user = new_user_id()
     known = hs_token(user, jti="known")
     assert guarded.get(tasks_url(user), headers=bearer(known)).status_code == 200
@@ -183,7 +186,10 @@ def test_failed_authentications_are_limited_per_address(guarded: TestClient) -> 
         for _ in range(8)
     ]
     assert statuses == [401] * 5 + [429] * 3
+    # Past the budget a failure is not logged again: no log line per forged token.
+    assert caplog.messages.count("authentication failed") == 5
     refused = guarded.get(tasks_url(user), headers=bearer(forged(user)))
+    assert refused.status_code == 429
     body = refused.json()
     assert body["code"] == "rate_limited"
     assert "failed authentications" in body["detail"]
