@@ -5,7 +5,7 @@ import re
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -424,12 +424,13 @@ def _problems(exc: ValidationError) -> list[tuple[frozenset[str], str]]:
     return problems
 
 
-def load_settings(env_file: Path | str | None = ".env") -> Settings:
-    """The settings, or ConfigError listing every problem at once: a malformed value
-    would otherwise hide the rules that need every value (what production lacks),
-    so those are checked again with the malformed ones at their defaults."""
+def load_settings(env_file: Path | str | None = ".env", **given: Any) -> Settings:
+    """The settings (`given` ones over the environment's), or ConfigError listing
+    every problem at once: a malformed value would otherwise hide the rules that
+    need every value (what production lacks), so those are checked again with the
+    malformed ones at their defaults."""
     try:
-        return Settings(_env_file=env_file)
+        return Settings(_env_file=env_file, **given)
     except ValidationError as exc:
         problems = _problems(exc)
     malformed = frozenset().union(*(names for names, _ in problems))
@@ -440,7 +441,7 @@ def load_settings(env_file: Path | str | None = ".env") -> Settings:
     }
     if defaults:
         try:
-            Settings(_env_file=env_file, **defaults)
+            Settings(_env_file=env_file, **{**given, **defaults})
         except ValidationError as exc:
             problems += [p for p in _problems(exc) if not p[0] & malformed]
     lines = (f"configuration error: {line}" for _, line in problems)

@@ -62,15 +62,15 @@ def sync_engine(url: str) -> Engine:
 
 
 class ForeignSchema(Exception):
-    """The database's Alembic revision is not one of ours, and our tables are not
-    there: it is another application's database."""
+    """The database has an Alembic revision but not our tables: it is another
+    application's database."""
 
 
 def migrate(engine: Engine) -> None:
     """Upgrade to head in one transaction, holding a transaction-level
     advisory lock (which also works through PgBouncer's transaction pooling).
-    A database at a revision this release does not know, with our tables, was
-    migrated by a newer one (a rolling deploy ships additive migrations first):
+    A database at a revision this release does not know was migrated by a newer
+    one (a rolling deploy ships additive migrations first):
     it is left as it is, so an instance of the older release can still start."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
@@ -82,16 +82,17 @@ def migrate(engine: Engine) -> None:
         )
         config = alembic_config(connection)
         current = MigrationContext.configure(connection).get_current_revision()
+        # Every revision of ours has the task table (the first creates it).
+        if current is not None and not inspect(connection).has_table("task"):
+            raise ForeignSchema(
+                f"its alembic_version is at {current} and it has no task table: "
+                "it is another application's database (give this service a "
+                "database of its own)"
+            )
         scripts = ScriptDirectory.from_config(config)
         if current is not None and current not in {
             script.revision for script in scripts.walk_revisions()
         }:
-            if not inspect(connection).has_table("task"):
-                raise ForeignSchema(
-                    f"its alembic_version is at {current}, a revision this release "
-                    "does not know, and it has no task table: it is another "
-                    "application's database (give this service a database of its own)"
-                )
             logger.warning(
                 "the database's schema is at revision %s, newer than this "
                 "release's %s: not migrated",
@@ -145,7 +146,10 @@ def main() -> None:
     environment or `.env`) to head, or exit with one line saying why not."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    settings = load_settings()  # or one line per problem (ConfigError)
+    # Read as the server reads them (or one line per problem), but it only needs
+    # the database: production's other requirements (CURSOR_SECRET, an auth key)
+    # are the server's, and a migrate-only job need not carry them.
+    settings = load_settings(ENVIRONMENT="development")
     configure_logging(settings.LOG_LEVEL)
     if settings.DATABASE_URL is None:
         sys.exit(

@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql.base import PGInspector
 from sqlmodel import SQLModel
 
 from app.db.migrations import (
+    _MIGRATION_LOCK_KEY,
     SCHEMA_REVISION,
     ForeignSchema,
     alembic_config,
@@ -99,9 +100,12 @@ def _migrate_command(cwd: Path, **env: str) -> "subprocess.CompletedProcess[str]
     )
 
 
-def test_another_applications_database_is_refused_not_served() -> None:
-    """Its Alembic revision is not ours and it has no task table: not a newer
-    release's schema (which would have it). Served, every request was a 500."""
+@pytest.mark.parametrize("revision", ["ae1027a6acf", "0002"])
+def test_another_applications_database_is_refused_not_served(revision: str) -> None:
+    """An Alembic revision, unknown or one of ours by name (`0002` is common),
+    and no task table: another application's database, not a newer release's
+    schema (which would have it). Served, every request was a 500; at `0002`,
+    our `0003` ran against its schema."""
     with fresh_database() as url:
         engine = create_engine(url)
         try:
@@ -110,7 +114,7 @@ def test_another_applications_database_is_refused_not_served() -> None:
                     text("CREATE TABLE alembic_version (version_num varchar(32))")
                 )
                 connection.execute(
-                    text("INSERT INTO alembic_version VALUES ('ae1027a6acf')")
+                    text("INSERT INTO alembic_version VALUES (:v)"), {"v": revision}
                 )
             with pytest.raises(ForeignSchema):
                 migrate(engine)
@@ -119,17 +123,18 @@ def test_another_applications_database_is_refused_not_served() -> None:
         done = _migrate_command(BACKEND, DATABASE_URL=url)
         assert done.returncode != 0
         assert done.stderr.strip().splitlines()[-1] == (
-            "cannot prepare the database: its alembic_version is at ae1027a6acf, a "
-            "revision this release does not know, and it has no task table: it is "
-            "another application's database (give this service a database of its own)"
+            f"cannot prepare the database: its alembic_version is at {revision} and "
+            "it has no task table: it is another application's database (give this "
+            "service a database of its own)"
         )
 
 
 def test_the_migration_command_reads_dot_env(tmp_path: Path) -> None:
     """As the server does: the documented migrate-once step finds the same
-    settings (it read only the environment, and gave a KeyError traceback)."""
+    settings (it read only the environment, and gave a KeyError traceback). It
+    needs only the database: a migrate-only job carries no CURSOR_SECRET or key."""
     with fresh_database() as url:
-        (tmp_path / ".env").write_text(f"DATABASE_URL={url}\n")
+        (tmp_path / ".env").write_text(f"DATABASE_URL={url}\nENVIRONMENT=production\n")
         done = _migrate_command(tmp_path)
         assert done.returncode == 0, done.stderr
         engine = create_engine(url)
@@ -137,10 +142,11 @@ def test_the_migration_command_reads_dot_env(tmp_path: Path) -> None:
             assert "task" in inspect(engine).get_table_names()
         finally:
             engine.dispose()
-    done = _migrate_command(tmp_path / "..", DATABASE_URL="mysql://x/y")
-    assert done.returncode != 0
-    assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith("configuration error: DATABASE_URL")
+    for env in ({"DATABASE_URL": "mysql://x/y"}, {}):
+        done = _migrate_command(tmp_path / "..", **env)
+        assert done.returncode != 0
+        assert done.stderr.count("\n") == 1
+        assert done.stderr.startswith("configuration error: DATABASE_URL")
 
 
 def test_sigterm_while_migrations_wait_exits_cleanly_and_stops_them(
@@ -149,7 +155,9 @@ def test_sigterm_while_migrations_wait_exits_cleanly_and_stops_them(
     """Another instance holds the migration lock; this one is stopped while it
     waits. It died by the signal (143), and its migration process ran on."""
     with engine.connect() as holder, holder.begin():
-        holder.execute(text("SELECT pg_advisory_xact_lock(7240001)"))
+        holder.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+        )
         server = subprocess.Popen(
             [sys.executable, "-m", "app"],
             cwd=BACKEND,
