@@ -23,8 +23,21 @@ from app.observability.logging import configure_logging
 logger = logging.getLogger("app")
 
 
+# The exit status after a graceful stop: 0, or after a SIGHUP (a "reload" of a
+# single worker, stopped instead) what a process killed by it reports, so that a
+# supervisor restarting on failure (systemd's Restart=on-failure, Docker's
+# on-failure) starts it again, as it did when SIGHUP killed it outright.
+_exit_status = 0
+
+
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
-    sys.exit(0)
+    sys.exit(_exit_status)
+
+
+def _hang_up(_signum: int, _frame: FrameType | None) -> None:
+    global _exit_status
+    _exit_status = 128 + signal.SIGHUP
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful stop
 
 
 class _Supervisor(Multiprocess):
@@ -83,9 +96,13 @@ def serve(settings: Settings, url: str) -> None:
     # so the embedded database is stopped on the way out). Set before the
     # migrations: a signal while they run (waiting on another instance's lock,
     # say) exits as cleanly, and `subprocess.run` kills its process on the way
-    # (it was left running, orphaned).
+    # (it was left running, orphaned). SIGHUP (a process manager's "reload")
+    # restarts the workers of the supervisor below, which handles it once it
+    # runs; a single worker has none, and died at once, dropping what was in
+    # flight: it stops gracefully instead, to be started again.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
+    signal.signal(signal.SIGHUP, _hang_up)
     # Migrations run once, in a process of their own: Alembic and psycopg2 never
     # load into the serving process.
     migrated = subprocess.run([sys.executable, "-m", "app.db.migrations"], check=False)
@@ -121,10 +138,6 @@ def serve(settings: Settings, url: str) -> None:
     if config.workers > 1:  # what uvicorn.run does, with the supervisor above
         _Supervisor(config, sockets=[config.bind_socket()]).run()
         return
-    # SIGHUP (a process manager's "reload") restarts the workers of the supervisor
-    # above; one worker has none, and died at once, dropping what was in flight:
-    # it stops gracefully instead, as on SIGTERM.
-    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     server = uvicorn.Server(config)
     server.run()
     if not server.started:
