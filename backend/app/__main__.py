@@ -54,8 +54,8 @@ class _Supervisor(Multiprocess):
         super().terminate_all()
 
 
-# Descriptors a worker needs besides its client connections: its pool, the
-# health check's connection, Redis, log files, the listening socket, Python's own.
+# Descriptors a worker needs besides its client and database connections: Redis,
+# log files, the listening socket, Python's own.
 _OTHER_FILES = 64
 
 
@@ -64,22 +64,30 @@ def _open_files_for(settings: Settings) -> None:
     hard limit, as Go's runtime does at start: systemd's default soft limit is
     1,024, and a worker out of descriptors stops accepting, so past ~1,000 idle
     clients /health went unanswered instead of HTTP_MAX_CONNECTIONS applying.
-    Warn when even the hard limit is below that bound."""
+    Warn when the limit it has then is below what a worker may hold."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        # an unlimited hard limit, which the kernel caps lower, is refused
+    # An unlimited hard limit (macOS) is refused: then as much as is needed.
+    needed = (
+        settings.HTTP_MAX_CONNECTIONS
+        + settings.DB_POOL_SIZE
+        + settings.DB_MAX_OVERFLOW
+        + _OTHER_FILES
+    )
+    for wanted in (hard, needed):
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    needed = settings.HTTP_MAX_CONNECTIONS + _OTHER_FILES
-    if hard != resource.RLIM_INFINITY and hard < needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+            break
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit != resource.RLIM_INFINITY and limit < needed:
         logger.warning(
-            "the open-file limit (%d) is below HTTP_MAX_CONNECTIONS + %d (%d): "
-            "past about %d connections a worker stops accepting; raise the limit "
-            "(ulimit -n, LimitNOFILE=) or lower HTTP_MAX_CONNECTIONS",
-            hard,
-            _OTHER_FILES,
+            "the open-file limit (%d) is below what a worker may hold (%d: "
+            "HTTP_MAX_CONNECTIONS, the database pool and %d more): past about %d "
+            "connections it stops accepting; raise the limit (ulimit -n, "
+            "LimitNOFILE=) or lower HTTP_MAX_CONNECTIONS",
+            limit,
             needed,
-            hard - _OTHER_FILES,
+            _OTHER_FILES,
+            limit - needed + settings.HTTP_MAX_CONNECTIONS,
         )
 
 

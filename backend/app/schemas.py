@@ -107,7 +107,7 @@ _OUT_OF_RANGE = (
 # it, after either form). Python's parser, which reads the values, also takes junk
 # before the offset (`09:00:00xZ`), offsets with seconds, and a date and a time in
 # different forms. The offset is optional here so that a naive value gets its message.
-_OFFSET = r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?"
+_OFFSET = r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?"  # a final `z` is read as `Z`
 _ISO_DATETIME = re.compile(
     r"[0-9]{4}-(?:[0-9]{2}-[0-9]{2}|W[0-9]{2}-[0-9])[Tt ]"
     r"[0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?)?" + _OFFSET + "|"

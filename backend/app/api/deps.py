@@ -94,8 +94,9 @@ def _refuse_undecodable(query_string: bytes, names: Iterable[str]) -> None:
             unquote_to_bytes(value.replace(b"+", b" ")).decode()
         except UnicodeDecodeError:
             refused.add(unquote_plus(name.decode("latin-1")))
-    if refused & set(names):
-        raise refused_parameters(sorted(refused & set(names)), "must be UTF-8 text")
+    refused &= set(names)
+    if refused:
+        raise refused_parameters(sorted(refused), "must be UTF-8 text")
 
 
 def refused_parameters(names: list[str], message: str) -> RequestValidationError:

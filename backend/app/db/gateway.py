@@ -199,7 +199,8 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         # password): a refused login, a missing database, a pooler refusing a
         # setting or a certificate would otherwise look like an outage.
         reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        logger.warning("database unavailable: %s: %s", type(exc).__name__, reason)
+        cause = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        logger.warning("database unavailable: %s", cause)
         return DatabaseUnavailable()
     return exc
 
@@ -263,6 +264,14 @@ class Database:
         self._ping: asyncio.Future[None] | None = None
         statement_ms = self._statement_timeout_ms() or STATEMENT_TIMEOUT_MS
         self._operation_timeout = statement_ms / 1000 + _GRACE_SECONDS
+        if self._behind_neons_pooler() and settings.DB_STATEMENT_TIMEOUT_MS:
+            # A .env written from an older example still sets it.
+            logger.warning(
+                "DB_STATEMENT_TIMEOUT_MS=%d is sent to a -pooler host, whose "
+                "PgBouncer refuses it unless told to ignore it (every connection "
+                "fails): leave it unset and set the timeout on the role",
+                settings.DB_STATEMENT_TIMEOUT_MS,
+            )
 
     async def open(self) -> None:
         """Create the pool. No connection is opened until one is needed, so a

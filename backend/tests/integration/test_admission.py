@@ -457,15 +457,15 @@ def test_requests_queued_behind_a_waiting_one_stop_the_reading(
     assert response.count(b"HTTP/1.1 200 ") == 2
 
 
-def _served_slower_than_half_a_second(base_url: str) -> float:
-    """Lists that took over 0.5 s, as the latency histogram has them."""
+def _served_slower_than_a_second(base_url: str) -> float:
+    """Lists that took over 1 s, as the latency histogram has them."""
     metrics = httpx.get(f"{base_url}/metrics").text
     series = 'method="GET",route="/api/{user_id}/tasks"'
     count = re.search(
         rf"http_request_duration_seconds_count{{{series}}} (\S+)", metrics
     )
     fast = re.search(
-        rf'http_request_duration_seconds_bucket{{le="0.5",{series}}} (\S+)', metrics
+        rf'http_request_duration_seconds_bucket{{le="1.0",{series}}} (\S+)', metrics
     )
     return float(count[1]) - float(fast[1]) if count and fast else 0.0
 
@@ -476,10 +476,10 @@ def test_a_waiting_requests_duration_counts_its_wait(
     """The latency histogram and the access line measure from the request's
     arrival: they showed a request that waited seconds for a running place as
     served in milliseconds, hiding overload when it matters."""
-    before = _served_slower_than_half_a_second(base_url)
+    before = _served_slower_than_a_second(base_url)
     with _one_request_running(base_url, engine):
         waiting = _send(base_url, LIST)
-        time.sleep(0.6)
+        time.sleep(1.5)
     assert _response(waiting)[0] == 200
     waiting.close()
-    assert _served_slower_than_half_a_second(base_url) == before + 1
+    assert _served_slower_than_a_second(base_url) == before + 1

@@ -484,4 +484,6 @@ def test_a_low_open_file_limit_is_raised_and_a_hard_one_named(
         finally:
             for sock in idle:
                 sock.close()
-    assert "the open-file limit (2048) is below HTTP_MAX_CONNECTIONS" in log.read_text()
+    assert (
+        "the open-file limit (2048) is below what a worker may hold" in log.read_text()
+    )
