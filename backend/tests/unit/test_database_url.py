@@ -141,23 +141,31 @@ def test_what_cannot_be_honoured_is_one_line(
 
 
 @pytest.mark.parametrize(
-    ("url", "setting", "timeout"),
+    ("url", "name", "setting", "value"),
     [
-        (NEON, "", 0),  # its PgBouncer refuses the startup parameter
-        ("postgresql://u@db.internal/app", "", 15_000),
-        (NEON, "5000", 5000),  # an explicit setting wins (a pooler that ignores it)
-        ("postgresql://u@db.internal/app", "0", 0),
+        # Neon's pooler: no named prepared statements, and no statement timeout
+        # (its PgBouncer refuses the startup parameter)
+        (NEON, "DB_STATEMENT_CACHE_SIZE", "", 0),
+        (NEON, "DB_STATEMENT_TIMEOUT_MS", "", 0),
+        ("postgresql://u@db.internal/app", "DB_STATEMENT_CACHE_SIZE", "", 100),
+        ("postgresql://u@db.internal/app", "DB_STATEMENT_TIMEOUT_MS", "", 15_000),
+        # an explicit setting wins (a pooler that keeps them, or ignores it)
+        (NEON, "DB_STATEMENT_CACHE_SIZE", "50", 50),
+        (NEON, "DB_STATEMENT_TIMEOUT_MS", "5000", 5000),
+        ("postgresql://u@db.internal/app", "DB_STATEMENT_TIMEOUT_MS", "0", 0),
     ],
 )
-def test_statement_timeout_is_not_sent_to_neons_pooler_unless_set(
-    url: str, setting: str, timeout: int
+def test_neons_pooler_gets_what_its_pgbouncer_takes_unless_set(
+    url: str, name: str, setting: str, value: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(
-        _env_file=None, DATABASE_URL=url, DB_STATEMENT_TIMEOUT_MS=setting
-    )
+    monkeypatch.setenv(name, setting)
+    settings = Settings(_env_file=None, DATABASE_URL=url)
     database = Database(settings, parse_database_url(url))
-    assert database._statement_timeout_ms() == timeout
-    assert database._operation_timeout == (timeout or 15_000) / 1000 + 2
+    if name == "DB_STATEMENT_CACHE_SIZE":
+        assert database._statement_cache_size() == value
+    else:
+        assert database._statement_timeout_ms() == value
+        assert database._operation_timeout == (value or 15_000) / 1000 + 2
 
 
 @pytest.mark.parametrize(("setting", "warned"), [("15000", True), ("", False)])
@@ -171,21 +179,3 @@ def test_a_statement_timeout_set_for_neons_pooler_is_warned_about(
     Database(settings, parse_database_url(NEON))
     said = any("sent to a -pooler host" in message for message in caplog.messages)
     assert said is warned
-
-
-@pytest.mark.parametrize(
-    ("url", "setting", "size"),
-    [
-        (NEON, "", 0),  # Neon's pooler: no named prepared statements
-        ("postgresql://u@db.internal/app", "", 100),
-        (NEON, "50", 50),  # an explicit setting wins
-    ],
-)
-def test_statement_cache_is_off_behind_neons_pooler_unless_set(
-    url: str, setting: str, size: int
-) -> None:
-    settings = Settings(
-        _env_file=None, DATABASE_URL=url, DB_STATEMENT_CACHE_SIZE=setting
-    )
-    database = Database(settings, parse_database_url(url))
-    assert database._statement_cache_size() == size
