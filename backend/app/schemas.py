@@ -129,7 +129,10 @@ def _aware_datetime(value: object) -> datetime:
                 raise ValueError
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError("must be an ISO 8601 datetime") from None
+            raise ValueError(
+                "must be an ISO 8601 datetime with a UTC offset, e.g. "
+                "2026-01-31T09:00:00Z"
+            ) from None
         if parsed.tzinfo is None:
             raise ValueError("must include a UTC offset, e.g. 2026-01-31T09:00:00Z")
     else:

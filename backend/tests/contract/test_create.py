@@ -217,6 +217,16 @@ def test_create_rejects_due_at_without_offset(
     assert_validation_error(post(client, task_payload(due_at=due_at)), "due_at")
 
 
+@pytest.mark.parametrize("due_at", ["2026-12-01", "2026-12-01T09:30:00xZ"])
+def test_a_refused_datetime_says_what_is_expected(
+    client: TestClient, due_at: str
+) -> None:
+    """A date alone, or junk: the message names the form, offset included."""
+    response = post(client, task_payload(due_at=due_at))
+    [field] = response.json()["fields"]
+    assert "UTC offset, e.g. 2026-01-31T09:00:00Z" in field["message"]
+
+
 @pytest.mark.parametrize(
     "due_at",
     [
