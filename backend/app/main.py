@@ -18,6 +18,7 @@ from app.db.url import parse_database_url
 from app.edge.auth import TokenVerifier
 from app.edge.forwarded import ForwardedMiddleware
 from app.edge.middleware import (
+    EXPOSED_HEADERS,
     BodyGuardMiddleware,
     CanonicalRequestMiddleware,
     JsonCORSMiddleware,
@@ -32,14 +33,6 @@ from app.services.task_service import TaskService
 
 logger = logging.getLogger("app")
 
-EXPOSED_HEADERS = [
-    "ETag",
-    "Location",
-    "Link",
-    "X-Next-Cursor",
-    "X-Request-ID",
-    "Retry-After",
-]
 DESCRIPTION = """A user-scoped todo API. Every error has the body
 `{"error", "code", "detail", "fields"?, "request_id"?}`."""
 

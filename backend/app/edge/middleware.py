@@ -40,6 +40,17 @@ SECURITY_HEADERS = (
 )
 
 
+# Response headers a cross-origin page may read (CORS).
+EXPOSED_HEADERS = [
+    "ETag",
+    "Location",
+    "Link",
+    "X-Next-Cursor",
+    "X-Request-ID",
+    "Retry-After",
+]
+
+
 # Only the documentation may be cached: a stored task list, health status or
 # error would be stale (or another user's, in a shared cache) when served again.
 _CACHEABLE = ("/docs", "/openapi.json")

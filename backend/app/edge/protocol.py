@@ -20,6 +20,7 @@ import sys
 import termios
 import time
 from collections import deque
+from collections.abc import Iterable
 from functools import cache
 from typing import Any, cast
 
@@ -39,6 +40,7 @@ from uvicorn.server import ServerState
 from app.config import get_settings
 from app.edge.middleware import (
     ARRIVED,
+    EXPOSED_HEADERS,
     MAX_BODY_BYTES,
     MAX_DRAIN_BYTES,
     SECURITY_HEADERS,
@@ -81,10 +83,40 @@ TCP_INFO_SIZE = 128
 BYTES_ACKED = slice(120, 128)
 
 
-def canned_response(error: AppError, identifier: str | None = None) -> bytes:
+def _cors(request_headers: Iterable[tuple[bytes, bytes]] | None) -> list[bytes]:
+    """What the app's CORS layer gives an answer to an allowed origin, for the
+    canned ones: without it a page could not read them (a 431 for the cookies a
+    browser sent, a 503 when the server stopped), only "Failed to fetch"."""
+    origin = next((v for n, v in request_headers or () if n == b"origin"), None)
+    if origin is None:
+        return []
+    settings = get_settings()
+    if origin.decode("latin-1") in settings.cors_origins:
+        allowed = origin
+    elif "*" in settings.cors_origins:  # never with credentials (config.py)
+        allowed = b"*"
+    else:
+        return []
+    headers = [
+        b"access-control-allow-origin: %s\r\n" % allowed,
+        b"access-control-expose-headers: %s\r\n" % ", ".join(EXPOSED_HEADERS).encode(),
+        b"vary: Origin\r\n",
+    ]
+    if settings.CORS_ALLOW_CREDENTIALS:
+        headers.append(b"access-control-allow-credentials: true\r\n")
+    return headers
+
+
+def canned_response(
+    error: AppError,
+    identifier: str | None = None,
+    request_headers: Iterable[tuple[bytes, bytes]] | None = None,
+) -> bytes:
     """A complete `Connection: close` HTTP/1.1 response with the error's JSON body,
     and what the app gives every response: a request id (`identifier`, else a new
-    one), in the body and `X-Request-ID`, and the security headers."""
+    one), in the body and `X-Request-ID`, the security headers, and the CORS
+    headers for the request's origin (`request_headers`: as far as they were
+    read)."""
     identifier = identifier or os.urandom(16).hex()
     body = json.dumps(
         {
@@ -103,6 +135,7 @@ def canned_response(error: AppError, identifier: str | None = None) -> bytes:
         b"x-request-id: %s\r\n" % identifier.encode(),
     ]
     headers += [b"%s: %s\r\n" % header for header in SECURITY_HEADERS]
+    headers += _cors(request_headers)
     headers += [f"{k}: {v}\r\n".encode() for k, v in error.headers.items()]
     return b"".join([*headers, b"\r\n", body])
 
@@ -554,8 +587,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.body = bytearray()
             self.unread = None
             self.discarded = 0
-            identifier = request_id(cast(Scope, cycle.scope))
-            self.transport.write(canned_response(PayloadTooLarge(), identifier))
+            scope = cast(Scope, cycle.scope)
+            answer = canned_response(
+                PayloadTooLarge(), request_id(scope), scope["headers"]
+            )
+            self.transport.write(answer)
             self.flow.resume_reading()  # uvicorn stops at HIGH_WATER_LIMIT
 
     def _start_asgi_task(
@@ -695,6 +731,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         it answers, if its head was read), and the connection closed."""
         self._disarm_deadline()
         if not self.transport.is_closing():  # uvloop raises on writing to a closed one
-            identifier = request_id(cast(Scope, cycle.scope)) if cycle else None
-            self.transport.write(canned_response(error, identifier))
+            if cycle is None:  # the head being read, its headers as far as they came
+                answer = canned_response(error, None, self.headers)
+            else:
+                scope = cast(Scope, cycle.scope)
+                answer = canned_response(error, request_id(scope), scope["headers"])
+            self.transport.write(answer)
             self.transport.close()

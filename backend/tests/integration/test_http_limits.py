@@ -98,6 +98,32 @@ def test_an_oversized_head_is_refused_431_and_costs_no_memory(
     assert httpx.get(base_url + "/health").status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("origin", "granted"),
+    [("http://localhost:3000", True), ("https://elsewhere.example", False)],
+)
+def test_a_canned_error_carries_cors_headers_for_an_allowed_origin(
+    server: tuple[str, int], origin: str, granted: bool
+) -> None:
+    """A 431 (a browser's cookies, say) answered before the app: a page reads it
+    only with the CORS headers the app would have given it."""
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.sendall(
+            f"GET /health HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\n".encode()
+            + b"Cookie: "
+            + b"c" * 40_000
+            + b"\r\n\r\n"
+        )
+        status, headers, _ = _error(_read_all(sock))
+    assert status == 431
+    if granted:
+        assert headers["access-control-allow-origin"] == origin
+        assert "Retry-After" in headers["access-control-expose-headers"]
+    else:
+        assert "access-control-allow-origin" not in headers
+
+
 def test_a_head_trickled_in_pieces_is_cut_off_at_the_cap(
     server: tuple[str, int],
 ) -> None:
