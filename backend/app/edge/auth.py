@@ -53,6 +53,11 @@ _MAX_JWKS_BYTES = 1_000_000
 _LATEST_TIMESTAMP = 253_402_300_800
 
 
+# Signing key ids known not to be the provider's: how many, and for how long (s).
+MAX_ABSENT = 1_000
+ABSENT_FOR = 30.0
+
+
 class JwksCache:
     """Signing keys by `kid`, fetched from the JWKS URL.
 
@@ -63,7 +68,12 @@ class JwksCache:
       fetch. Between refreshes an unknown `kid` is a 503 with Retry-After (the key
       may have been published since the last fetch), never a 401, which frontends
       take as "sign the user out". A 401 comes only from a fetch that began after
-      the request arrived and still lacks the key.
+      the request arrived and still lacks the key; such a `kid` is then a 401 at
+      once for `ABSENT_FOR` (the last `MAX_ABSENT` of them): a provider publishes
+      a key before it signs with it, so one missing after a token carrying it
+      existed is not the provider's (a token of a reset or another Better Auth
+      instance, which a page polls with: it got 503s, and retried forever). Not
+      for longer: a key set served through a cache may lag behind its provider.
     - The fetch (urllib) runs on a thread of its own and is awaited for at most
       `timeout`; one that outlives it is abandoned, and no other starts until its
       thread is done. So a slow key server and a flood of made-up kids cost one
@@ -90,6 +100,9 @@ class JwksCache:
         self._refresh: asyncio.Task[bool] | None = None
         self._refresh_began = float("-inf")
         self._download: concurrent.futures.Future[Any] | None = None
+        # kids a fetch begun after a token carrying them arrived did not have,
+        # and when that fetch began
+        self._absent: dict[str | None, float] = {}
 
     async def key(self, kid: str | None) -> PyJWK:
         """The key for `kid`; AuthUnavailable (503) or UnauthorizedError (401)."""
@@ -99,6 +112,8 @@ class JwksCache:
             if arrived - self._fetched_at > self.ttl:
                 self._start_refresh(arrived)  # in the background: nobody waits
             return key
+        if arrived - self._absent.get(kid, float("-inf")) < ABSENT_FOR:
+            raise self._unknown()
         refresh = self._start_refresh(arrived)
         if refresh is None:
             raise self._not_yet(arrived)
@@ -111,7 +126,15 @@ class JwksCache:
             raise AuthUnavailable()
         if began < arrived:  # that fetch may predate the key: ask again shortly
             raise self._not_yet(time.monotonic())
-        raise UnauthorizedError(
+        self._absent.pop(kid, None)  # kept in the order of their fetches
+        self._absent[kid] = began
+        if len(self._absent) > MAX_ABSENT:  # made-up kids: forget the oldest
+            del self._absent[next(iter(self._absent))]
+        raise self._unknown()
+
+    @staticmethod
+    def _unknown() -> UnauthorizedError:
+        return UnauthorizedError(
             "unknown_key", "The token's signing key (kid) is not in the key set"
         )
 

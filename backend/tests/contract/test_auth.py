@@ -327,6 +327,18 @@ def test_unknown_kid_flood_costs_one_fetch_and_no_401_until_the_next(
     assert jwks.fetches == 1
 
 
+def test_a_kid_a_fresh_fetch_lacked_stays_401_between_fetches(
+    client: TestClient, jwks: JwksServer
+) -> None:
+    """A token from another (or a reset) key set, which a page polls with: once a
+    fetch begun after it arrived lacked its key, it is a 401 every time, not a
+    503 that tells the page to retry forever; and no further fetch is spent."""
+    foreign = signed_token(new_key("EdDSA"), "u1", kid="other-instance")
+    for _ in range(5):
+        assert_401(client.get(tasks_url("u1"), headers=bearer(foreign)), "kid")
+    assert jwks.fetches == 1
+
+
 def test_rotated_key_is_picked_up_on_an_unknown_kid(
     client: TestClient, jwks: JwksServer, keys: dict[str, SigningKey]
 ) -> None:
