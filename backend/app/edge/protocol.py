@@ -58,6 +58,7 @@ from app.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
+from app.observability import metrics
 
 # Request line and headers together; browsers send 1-4 KiB, a large JWT ~2 KiB.
 MAX_HEAD_BYTES = 32 * 1024
@@ -116,7 +117,8 @@ def canned_response(
     and what the app gives every response: a request id (`identifier`, else a new
     one), in the body and `X-Request-ID`, the security headers, and the CORS
     headers for the request's origin (`request_headers`: as far as they were
-    read)."""
+    read). Counted in `http_edge_refusals_total`: these have no access line."""
+    metrics.EDGE_REFUSALS.labels(str(error.status_code)).inc()
     identifier = identifier or os.urandom(16).hex()
     body = json.dumps(
         {

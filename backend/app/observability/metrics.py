@@ -28,6 +28,11 @@ DB_ERRORS = Counter(
 )
 RATE_LIMITED = Counter("rate_limited_total", "Requests refused by the rate limiter")
 SHED = Counter("shed_total", "Requests refused because the worker was at capacity")
+EDGE_REFUSALS = Counter(
+    "http_edge_refusals_total",
+    "Requests answered by the HTTP protocol before the app (not in the access log)",
+    ["status"],
+)
 
 
 # The labelled children, by (method, route, status): `labels()` takes a lock and

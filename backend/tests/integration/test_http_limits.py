@@ -96,6 +96,9 @@ def test_an_oversized_head_is_refused_431_and_costs_no_memory(
         assert body["code"] == "headers_too_large"
     assert worker.memory_info().rss - before < 10 * 1024 * 1024
     assert httpx.get(base_url + "/health").status_code == 200
+    # Not in the access log (answered before the app): counted instead.
+    metrics = httpx.get(base_url + "/metrics").text
+    assert 'http_edge_refusals_total{status="431"}' in metrics
 
 
 @pytest.mark.parametrize(
