@@ -9,7 +9,14 @@ translated here, or refused with one line naming it."""
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import (
+    SplitResult,
+    parse_qsl,
+    unquote,
+    urlencode,
+    urlsplit,
+    urlunsplit,
+)
 
 SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+asyncpg")
 
@@ -54,7 +61,7 @@ class DatabaseURL:
 
 # Said when the URL's structure is off, which is most often a password with a
 # character that ends its part of the URL. The message never repeats the URL.
-_ENCODE = "percent-encode any of : / @ # ? in the user name or password"
+_ENCODE = "percent-encode any of : / @ # ? [ ] in the user name or password"
 
 
 def _hosts(netloc: str) -> list[tuple[str, str]]:
@@ -96,13 +103,15 @@ def _check_structure(parts: SplitResult, query: dict[str, str]) -> None:
 
 def _sync_url(parts: SplitResult) -> str:
     """For SQLAlchemy + psycopg2, which reads one host and port from the URL: a
-    host list goes to `?host=` (and its ports to `?port=`), libpq's other
-    spelling of it. Written out here: `urlunsplit` drops the `//` of a URL
+    host list, or a socket directory, goes to `?host=` (and ports to `?port=`),
+    libpq's other spelling of it. Written out here: `urlunsplit` drops the `//` of a URL
     without an authority (`postgresql:///db?host=/socket`), which SQLAlchemy
     cannot parse."""
     netloc, query = parts.netloc, parts.query
-    hosts = _hosts(netloc)
-    if len(hosts) > 1:
+    hosts = [(unquote(name), port) for name, port in _hosts(netloc)]
+    # libpq also reads a socket directory as the host, percent-encoded
+    # (`postgresql://%2Fvar%2Frun%2Fpostgresql/db`); SQLAlchemy hands it on encoded
+    if len(hosts) > 1 or any(name.startswith("/") for name, _ in hosts):
         userinfo = netloc.rpartition("@")[0]
         netloc = f"{userinfo}@" if userinfo else ""
         listed = [("host", ",".join(name.strip("[]") for name, _ in hosts))]
@@ -116,7 +125,10 @@ def _sync_url(parts: SplitResult) -> str:
 
 def parse_database_url(raw: str) -> DatabaseURL:
     """Translate, or ValueError with one line saying what cannot be honoured."""
-    parts = urlsplit(raw.strip())
+    try:
+        parts = urlsplit(raw.strip())
+    except ValueError:  # its message quotes the part in brackets: a password, say
+        raise ValueError(f"the URL does not parse: {_ENCODE}") from None
     if parts.scheme not in SCHEMES:
         raise ValueError("must start with postgresql:// or postgres://")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))

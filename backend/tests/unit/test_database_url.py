@@ -68,6 +68,8 @@ def test_connect_timeout_becomes_the_drivers_timeout() -> None:
         ("postgresql:///db?host=h1,h2&port=5432,5433", "h1,h2", "5432,5433"),
         ("postgresql://u@h1:5433,h2/db", "h1,h2", "5433,5432"),
         ("postgresql://u:p@h:5433/db", "h", 5433),
+        # libpq's percent-encoded socket directory as the host
+        ("postgresql://%2Fvar%2Frun%2Fpostgresql/db", "/var/run/postgresql", None),
     ],
 )
 def test_psycopg2_reads_the_same_hosts(url: str, host: str, port: object) -> None:
@@ -118,6 +120,8 @@ def test_embedded_servers_socket_url_works() -> None:
         ("postgresql://app:Tr0ub@dor#3xK@127.0.0.1:5432/db", "percent-encode"),
         ("postgresql://app:p@ss@h/db", "percent-encode"),
         ("postgresql://app:pa/ss@h/db", "percent-encode"),
+        # Supabase's template, `postgres:[YOUR-PASSWORD]@…`, with its brackets kept
+        ("postgresql://postgres:[dor3xK]@db.x.supabase.co:5432/db", "percent-encode"),
         # libpq and asyncpg would each take another one of the two.
         ("postgresql://u@h/db?host=/tmp/pg", "not both"),
         ("postgresql://u@h:5432/db?port=5433", "not both"),
