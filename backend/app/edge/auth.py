@@ -53,9 +53,11 @@ _MAX_JWKS_BYTES = 1_000_000
 _LATEST_TIMESTAMP = 253_402_300_800
 
 
-# Signing key ids known not to be the provider's: how many, and for how long (s).
-MAX_ABSENT = 1_000
-ABSENT_FOR = 30.0
+# Unknown signing key ids remembered with when a token carrying one first came: at
+# most this many, for this long (s), none longer than MAX_KID (no provider's is).
+MAX_UNKNOWN = 1_000
+UNKNOWN_KEPT = 300.0
+MAX_KID = 128
 
 
 class JwksCache:
@@ -67,13 +69,13 @@ class JwksCache:
       `min_refresh_interval`, single-flight: concurrent requests wait for the same
       fetch. Between refreshes an unknown `kid` is a 503 with Retry-After (the key
       may have been published since the last fetch), never a 401, which frontends
-      take as "sign the user out". A 401 comes only from a fetch that began after
-      the request arrived and still lacks the key; such a `kid` is then a 401 at
-      once for `ABSENT_FOR` (the last `MAX_ABSENT` of them): a provider publishes
-      a key before it signs with it, so one missing after a token carrying it
-      existed is not the provider's (a token of a reset or another Better Auth
-      instance, which a page polls with: it got 503s, and retried forever). Not
-      for longer: a key set served through a cache may lag behind its provider.
+      take as "sign the user out". A 401 comes from a fetch that began after the
+      request arrived and still lacks the key, and, between fetches too, once a
+      fetch begun `absent_after` after a token with that `kid` first came lacked
+      it: a provider publishes a key before it signs with it, and a key set seen
+      through a cache may lag behind it, but not for that long: such a `kid` is
+      not the provider's (a token of a reset or another Better Auth instance,
+      which a page polls with: it got 503s between fetches, and retried forever).
     - The fetch (urllib) runs on a thread of its own and is awaited for at most
       `timeout`; one that outlives it is abandoned, and no other starts until its
       thread is done. So a slow key server and a flood of made-up kids cost one
@@ -89,20 +91,23 @@ class JwksCache:
         ttl: float = 900.0,
         min_refresh_interval: float = 2.0,
         timeout: float = 3.0,
+        absent_after: float = 10.0,
     ) -> None:
         self.url = url
         self.ttl = ttl
         self.min_refresh_interval = min_refresh_interval
         self.timeout = timeout
+        self.absent_after = absent_after
         self._keys: dict[str | None, PyJWK] = {}
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
         self._refresh: asyncio.Task[bool] | None = None
         self._refresh_began = float("-inf")
         self._download: concurrent.futures.Future[Any] | None = None
-        # kids a fetch begun after a token carrying them arrived did not have,
-        # and when that fetch began
-        self._absent: dict[str | None, float] = {}
+        # when the last fetch that succeeded began
+        self._listed_began = float("-inf")
+        # unknown kids, with when a token carrying each first came (in that order)
+        self._unknown: dict[str, float] = {}
 
     async def key(self, kid: str | None) -> PyJWK:
         """The key for `kid`; AuthUnavailable (503) or UnauthorizedError (401)."""
@@ -112,31 +117,39 @@ class JwksCache:
             if arrived - self._fetched_at > self.ttl:
                 self._start_refresh(arrived)  # in the background: nobody waits
             return key
-        if arrived - self._absent.get(kid, float("-inf")) < ABSENT_FOR:
-            raise self._unknown()
+        seen = self._first_seen(kid, arrived)
         refresh = self._start_refresh(arrived)
-        if refresh is None:
-            raise self._not_yet(arrived)
-        began = self._refresh_began
-        fetched = await asyncio.shield(refresh)
-        key = self._lookup(kid)
-        if key is not None:
-            return key
-        if not fetched:
-            raise AuthUnavailable()
-        if began < arrived:  # that fetch may predate the key: ask again shortly
-            raise self._not_yet(time.monotonic())
-        self._absent.pop(kid, None)  # kept in the order of their fetches
-        self._absent[kid] = began
-        if len(self._absent) > MAX_ABSENT:  # made-up kids: forget the oldest
-            del self._absent[next(iter(self._absent))]
-        raise self._unknown()
+        after_arrival = False
+        if refresh is not None:
+            after_arrival = self._refresh_began >= arrived
+            fetched = await asyncio.shield(refresh)
+            key = self._lookup(kid)
+            if key is not None:
+                return key
+            if not fetched:
+                raise AuthUnavailable()
+        if after_arrival or self._listed_began - seen >= self.absent_after:
+            raise UnauthorizedError(
+                "unknown_key", "The token's signing key (kid) is not in the key set"
+            )
+        # the last fetch may predate the key: ask again shortly
+        raise self._not_yet(time.monotonic())
 
-    @staticmethod
-    def _unknown() -> UnauthorizedError:
-        return UnauthorizedError(
-            "unknown_key", "The token's signing key (kid) is not in the key set"
-        )
+    def _first_seen(self, kid: str | None, now: float) -> float:
+        """When a token with this unknown `kid` first came (`now` if new, or not
+        remembered: no `kid`, or one longer than any provider's)."""
+        if kid is None or len(kid) > MAX_KID:
+            return now
+        seen = self._unknown.get(kid)
+        if seen is None:
+            unknown = self._unknown
+            while unknown and (
+                len(unknown) >= MAX_UNKNOWN
+                or now - next(iter(unknown.values())) > UNKNOWN_KEPT
+            ):
+                del unknown[next(iter(unknown))]
+            unknown[kid] = seen = now
+        return seen
 
     def _not_yet(self, now: float) -> AuthUnavailable:
         wait = self.min_refresh_interval - (now - self._attempted_at)
@@ -181,12 +194,16 @@ class JwksCache:
             self._refresh = None
         self._keys = keys
         self._fetched_at = time.monotonic()
+        self._listed_began = self._refresh_began
         return True
 
     def _fetch(self) -> Any:
         """The parsed JWKS document (on the fetch thread: no parsing on the loop)."""
+        # no-cache: a cache in between must not answer with a set older than
+        # the provider's (a key it has just published)
         request = urllib.request.Request(
-            self.url, headers={"Accept": "application/json"}
+            self.url,
+            headers={"Accept": "application/json", "Cache-Control": "no-cache"},
         )
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
             body: bytes = response.read(_MAX_JWKS_BYTES + 1)
