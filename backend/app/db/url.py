@@ -89,6 +89,8 @@ def _check_structure(parts: SplitResult, query: dict[str, str]) -> None:
     if parts.fragment or parts.netloc.count("@") > 1:
         raise ValueError(f"the URL does not parse: {_ENCODE}")
     hosts = _hosts(parts.netloc)
+    if any("," in unquote(name) for name, _ in hosts):  # it would be two hosts
+        raise ValueError("a host name has no comma (%2C): hosts are listed with one")
     if not all(_is_port(port) for _, port in hosts if port):
         raise ValueError(f"the port is not a number from 1 to 65535 ({_ENCODE})")
     if "port" in query and not all(map(_is_port, query["port"].split(","))):
@@ -103,15 +105,17 @@ def _check_structure(parts: SplitResult, query: dict[str, str]) -> None:
 
 def _sync_url(parts: SplitResult) -> str:
     """For SQLAlchemy + psycopg2, which reads one host and port from the URL: a
-    host list, or a socket directory, goes to `?host=` (and ports to `?port=`),
-    libpq's other spelling of it. Written out here: `urlunsplit` drops the `//` of a URL
-    without an authority (`postgresql:///db?host=/socket`), which SQLAlchemy
-    cannot parse."""
+    host list, or a host written percent-encoded, goes to `?host=` (and ports to
+    `?port=`), libpq's other spelling of it. Written out here: `urlunsplit` drops
+    the `//` of a URL without an authority (`postgresql:///db?host=/socket`),
+    which SQLAlchemy cannot parse."""
     netloc, query = parts.netloc, parts.query
-    hosts = [(unquote(name), port) for name, port in _hosts(netloc)]
-    # libpq also reads a socket directory as the host, percent-encoded
-    # (`postgresql://%2Fvar%2Frun%2Fpostgresql/db`); SQLAlchemy hands it on encoded
-    if len(hosts) > 1 or any(name.startswith("/") for name, _ in hosts):
+    written = _hosts(netloc)
+    hosts = [(unquote(name), port) for name, port in written]
+    # A host written percent-encoded (libpq's socket directory,
+    # `postgresql://%2Fvar%2Frun%2Fpostgresql/db`, or an IPv6 zone, `%25eth0`):
+    # asyncpg decodes it, SQLAlchemy hands it on encoded
+    if len(hosts) > 1 or hosts != written:
         userinfo = netloc.rpartition("@")[0]
         netloc = f"{userinfo}@" if userinfo else ""
         listed = [("host", ",".join(name.strip("[]") for name, _ in hosts))]

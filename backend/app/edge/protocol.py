@@ -515,6 +515,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _StopReading  # what follows in this read is not a request
         super().on_message_complete()
         self._submit_unread()
+        if self.cycle.response_complete and not self.pipeline:
+            # Answered before its body ended (a declared body over the cap,
+            # refused unread): idle only now. uvicorn armed the keep-alive timer
+            # at the answer, and the body's arrival disarmed it: such a
+            # connection was never closed.
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+            self._forget_answered()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -734,7 +744,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_deadline()
         if not self.transport.is_closing():  # uvloop raises on writing to a closed one
             if cycle is None:  # the head being read, its headers as far as they came
-                answer = canned_response(error, None, self.headers)
+                # (none if no head has begun: those would be the last request's)
+                headers = self.headers if self.head_begun else None
+                answer = canned_response(error, None, headers)
             else:
                 scope = cast(Scope, cycle.scope)
                 answer = canned_response(error, request_id(scope), scope["headers"])

@@ -127,6 +127,49 @@ def test_a_canned_error_carries_cors_headers_for_an_allowed_origin(
         assert "access-control-allow-origin" not in headers
 
 
+def test_a_canned_error_carries_no_earlier_requests_origin(
+    server: tuple[str, int],
+) -> None:
+    """A 408 for bytes that start no request, after a request with an allowed
+    Origin on the same connection: the CORS headers are those of the head being
+    read (none), not the last request's."""
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.sendall(
+            b"POST /api/u1/tasks HTTP/1.1\r\nHost: t\r\n"
+            b"Origin: http://localhost:3000\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 70000\r\n\r\n"
+        )
+        assert _read_response(sock) == 413  # refused unread, then read and dropped
+        sock.sendall(b"x" * 70_000)
+        time.sleep(0.2)  # the body is read and dropped
+        sock.sendall(b"\r\n")  # bytes that begin no request, then nothing
+        status, headers, _ = _error(_read_all(sock))
+    assert status == 408
+    assert "access-control-allow-origin" not in headers
+
+
+def test_a_connection_answered_before_its_body_ended_is_closed_when_idle(
+    server: tuple[str, int],
+) -> None:
+    """A declared body over the cap is refused unread (413); once the client has
+    sent it anyway, the connection is idle and closed after the keep-alive
+    timeout (3 s here). It was never closed: the body's arrival disarmed the
+    timer armed at the answer, so such connections could pile up to the cap."""
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"POST /api/u1/tasks HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 70000\r\n\r\n"
+        )
+        assert _read_response(sock) == 413
+        sock.sendall(b"x" * 70_000)
+        sent = time.monotonic()
+        assert _read_all(sock) == b""  # closed, not answered
+    assert time.monotonic() - sent < 8
+
+
 def test_a_head_trickled_in_pieces_is_cut_off_at_the_cap(
     server: tuple[str, int],
 ) -> None:

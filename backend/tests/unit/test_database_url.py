@@ -68,8 +68,11 @@ def test_connect_timeout_becomes_the_drivers_timeout() -> None:
         ("postgresql:///db?host=h1,h2&port=5432,5433", "h1,h2", "5432,5433"),
         ("postgresql://u@h1:5433,h2/db", "h1,h2", "5433,5432"),
         ("postgresql://u:p@h:5433/db", "h", 5433),
-        # libpq's percent-encoded socket directory as the host
+        # libpq's percent-encoded socket directory as the host, an IPv6 zone, any
+        # encoded name: decoded, as asyncpg decodes them
         ("postgresql://%2Fvar%2Frun%2Fpostgresql/db", "/var/run/postgresql", None),
+        ("postgresql://u@[fe80::1%25eth0]:5433/db", "fe80::1%eth0", "5433"),
+        ("postgresql://u@my%2Dhost/db", "my-host", None),
     ],
 )
 def test_psycopg2_reads_the_same_hosts(url: str, host: str, port: object) -> None:
@@ -128,6 +131,7 @@ def test_embedded_servers_socket_url_works() -> None:
         ("postgresql://u@localhost/db?port=5433", "not both"),  # asyncpg: 5432
         ("postgresql://u@:5433/db?host=/tmp/pg", "not both"),
         ("postgresql://u@h1,h2/db?port=5433", "not both"),
+        ("postgresql://u@%2Ftmp%2Cx/db", "comma"),  # asyncpg: one host; libpq: two
     ],
 )
 def test_what_cannot_be_honoured_is_one_line(
