@@ -417,6 +417,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.head_begun = True
         self.head_size = 0
+        # A request is coming: its deadline bounds it, not the keep-alive timer,
+        # which the end of the last one may have armed in this very read (after a
+        # 413 sent before its body ended): it closed the connection under this
+        # request, whose response was then lost.
+        self._unset_keepalive_if_required()
         if self.deadline is None:  # begun in the read that ended the last request
             self._arm_deadline()
 

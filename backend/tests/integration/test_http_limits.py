@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from sqlalchemy import Engine, text
 
 from tests.factories import new_user_id
 from tests.server import logs_no_traceback, server_process
@@ -168,6 +169,35 @@ def test_a_connection_answered_before_its_body_ended_is_closed_when_idle(
         sent = time.monotonic()
         assert _read_all(sock) == b""  # closed, not answered
     assert time.monotonic() - sent < 8
+
+
+def test_a_request_read_with_the_end_of_a_refused_body_is_answered(
+    server: tuple[str, int], engine: Engine
+) -> None:
+    """After a 413 sent before its body ended, the body's last bytes and the next
+    request come in one read; that request runs longer than the keep-alive
+    timeout (3 s here, waiting on a row lock). Its answer arrives: the timer armed
+    at the end of the body closed the connection under it, and a create was made
+    whose 201 never came."""
+    base_url, _ = server
+    user = new_user_id()
+    task = httpx.post(f"{base_url}/api/{user}/tasks", json={"title": "held"}).json()
+    toggle = f"PATCH /api/{user}/tasks/{task['id']}/complete HTTP/1.1\r\nHost: t\r\n"
+    with engine.connect() as admin, admin.begin(), _connect(base_url) as sock:
+        admin.execute(
+            text("SELECT 1 FROM task WHERE user_id = :u AND id = :i FOR UPDATE"),
+            {"u": user, "i": task["id"]},
+        )
+        sock.settimeout(15)
+        sock.sendall(
+            b"POST /api/u1/tasks HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 70000\r\n\r\n"
+        )
+        assert _read_response(sock) == 413
+        sock.sendall(b"x" * 70_000 + (toggle + "Content-Length: 0\r\n\r\n").encode())
+        time.sleep(4)  # past the keep-alive timeout, the toggle still waiting
+        admin.rollback()
+        assert _read_response(sock) == 200
 
 
 def test_a_head_trickled_in_pieces_is_cut_off_at_the_cap(
