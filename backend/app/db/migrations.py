@@ -70,8 +70,8 @@ def migrate(engine: Engine) -> None:
     """Upgrade to head in one transaction, holding a transaction-level
     advisory lock (which also works through PgBouncer's transaction pooling).
     A database at a revision this release does not know was migrated by a newer
-    one (a rolling deploy ships additive migrations first):
-    it is left as it is, so an instance of the older release can still start."""
+    one (a rolling deploy ships additive migrations first): it is left as it is,
+    so an instance of the older release can still start."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory

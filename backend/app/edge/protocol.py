@@ -320,6 +320,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.connections) > self.max_connections:
             self.close_with(TOO_MANY_CONNECTIONS)
             return
+        self._arm_keep_alive()
+
+    def _arm_keep_alive(self) -> None:
+        """Close the connection if it stays idle for `timeout_keep_alive`."""
+        self._unset_keepalive_if_required()
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
@@ -525,10 +530,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # refused unread): idle only now. uvicorn armed the keep-alive timer
             # at the answer, and the body's arrival disarmed it: such a
             # connection was never closed.
-            self._unset_keepalive_if_required()
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
+            self._arm_keep_alive()
             self._forget_answered()
 
     def on_response_complete(self) -> None:
