@@ -54,7 +54,8 @@ _LATEST_TIMESTAMP = 253_402_300_800
 
 
 # Unknown signing key ids remembered with when a token carrying one first came: at
-# most this many, for this long (s), none longer than MAX_KID (no provider's is).
+# most this many, for this long (s); one longer than MAX_KID (no provider's is) is
+# remembered as no `kid`.
 MAX_UNKNOWN = 1_000
 UNKNOWN_KEPT = 300.0
 MAX_KID = 128
@@ -107,7 +108,7 @@ class JwksCache:
         # when the last fetch that succeeded began
         self._listed_began = float("-inf")
         # unknown kids, with when a token carrying each first came (in that order)
-        self._unknown: dict[str, float] = {}
+        self._unknown: dict[str | None, float] = {}
 
     async def key(self, kid: str | None) -> PyJWK:
         """The key for `kid`; AuthUnavailable (503) or UnauthorizedError (401)."""
@@ -136,11 +137,11 @@ class JwksCache:
         raise self._not_yet(time.monotonic())
 
     def _first_seen(self, kid: str | None, now: float) -> float:
-        """When a token with this unknown `kid` first came (`now` if new, or not
-        remembered: no `kid`, or one longer than any provider's)."""
-        if kid is None or len(kid) > MAX_KID:
-            return now
-        seen = self._unknown.get(kid)
+        """When a token with this unknown `kid` first came (`now` if new). Tokens
+        without a `kid` (the set has several keys), or with one longer than any
+        provider's, are remembered as one (None)."""
+        name = kid if kid is not None and len(kid) <= MAX_KID else None
+        seen = self._unknown.get(name)
         if seen is None:
             unknown = self._unknown
             while unknown and (
@@ -148,7 +149,7 @@ class JwksCache:
                 or now - next(iter(unknown.values())) > UNKNOWN_KEPT
             ):
                 del unknown[next(iter(unknown))]
-            unknown[kid] = seen = now
+            unknown[name] = seen = now
         return seen
 
     def _not_yet(self, now: float) -> AuthUnavailable:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from app.edge.auth import MAX_KID
 from tests.conftest import ClientFactory
 from tests.factories import new_user_id, tasks_url
 from tests.jwt_helpers import (
@@ -335,15 +336,25 @@ def _poll(client: TestClient, token: str, seconds: float) -> list[int]:
     return statuses
 
 
+@pytest.mark.parametrize(
+    "kid", ["other-instance", None, "k" * (MAX_KID + 1)], ids=["kid", "none", "long"]
+)
 def test_a_kid_long_missing_from_the_key_set_is_401_between_fetches(
-    client: TestClient, jwks: JwksServer
+    client: TestClient, jwks: JwksServer, kid: str | None
 ) -> None:
     """A token from another (or a reset) key set, which a page polls with: once a
     fetch begun `absent_after` after its first request still lacks the key, it is
-    a 401 every time, not a 503 telling the page to retry it forever."""
+    a 401 every time, not a 503 telling the page to retry it forever. So too for
+    a token without a `kid` (the key set has several keys), or with one longer
+    than any provider's."""
     cache = client.app.state.verifier.jwks  # type: ignore[attr-defined]
     cache.min_refresh_interval, cache.absent_after = 0.5, 0.3  # polled faster
-    foreign = signed_token(new_key("EdDSA"), "u1", kid="other-instance")
+    key = new_key("EdDSA")
+    foreign = (
+        signed_token(key, "u1", kid=kid)
+        if kid is not None
+        else jwt.encode(claims("u1"), key.private, algorithm=key.algorithm)
+    )
     statuses = _poll(client, foreign, 1.5)
     assert set(statuses) <= {401, 503}
     assert statuses[-5:] == [401] * 5
