@@ -2,6 +2,7 @@
 access logs, the request body guard, and canonical requests (trailing slash, HEAD)."""
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -278,6 +279,29 @@ def _carries_a_body(scope: Scope) -> bool:
     )
 
 
+class _NotJsonNumber(Exception):
+    pass
+
+
+def _refuse_constant(constant: str) -> None:
+    raise _NotJsonNumber(constant)
+
+
+def _holds_nan_or_infinity(body: bytes) -> bool:
+    """NaN, Infinity or -Infinity as a value (not inside a string): Python's json
+    reads them, JSON (RFC 8259) has no such numbers. Parsed only when one of the
+    words occurs; a body malformed otherwise is left to the route's 400."""
+    if b"NaN" not in body and b"Infinity" not in body:
+        return False
+    try:
+        json.loads(body, parse_constant=_refuse_constant)
+    except _NotJsonNumber:
+        return True
+    except (ValueError, RecursionError):
+        return False
+    return False
+
+
 class BodyGuardMiddleware:
     """Reads the whole body (at most 64 KiB, whatever Content-Length claims) before
     the app sees it, and rejects non-JSON bodies: of any request that has one,
@@ -331,6 +355,8 @@ class BodyGuardMiddleware:
             error = TransferCodingNotImplemented()
         elif body[:1] in (b"\xfe", b"\xff") or b"\x00" in body[:4]:
             error = InvalidJSON.unreadable("The body is not valid UTF-8")
+        elif _holds_nan_or_infinity(body):
+            error = InvalidJSON.unreadable("NaN and Infinity are not JSON numbers")
         if error is not None:
             await error_response(error, request_id)(scope, receive, send)
             return

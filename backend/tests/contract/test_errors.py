@@ -111,6 +111,44 @@ def test_non_object_body_is_400_invalid_json(client: TestClient, body: str) -> N
     assert client.get(tasks_url(user)).json() == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "", '{"title": "x", "priority": NaN}'),
+        ("POST", "", '{"title": "x", "id": Infinity}'),  # a field ignored, even so
+        ("PUT", "/{id}", '{"title": "x", "updated_at": -Infinity}'),
+        ("PATCH", "/{id}/complete", '{"completed_at": NaN}'),
+        ("POST", "/batch", '{"operations": [{"op": "create", "body": {"x": NaN}}]}'),
+    ],
+)
+def test_nan_and_infinity_are_not_json(
+    client: TestClient, method: str, path: str, body: str
+) -> None:
+    """RFC 8259 has no NaN or Infinity (Python's json reads them): the body is
+    malformed JSON, whichever field holds them, and nothing changes."""
+    user = new_user_id()
+    task = create_task(client, user)
+    response = client.request(
+        method,
+        tasks_url(user) + path.format(id=task["id"]),
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    error = assert_error(response, 400, "invalid_json")
+    assert "NaN" in str(error["detail"])
+    assert client.get(tasks_url(user)).json() == [task]
+
+
+def test_nan_and_infinity_inside_strings_are_text(client: TestClient) -> None:
+    response = client.post(
+        tasks_url(new_user_id()),
+        content='{"title": "NaN", "description": "Infinity, -Infinity"}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["title"] == "NaN"
+
+
 def test_non_object_body_on_update_is_400_invalid_json(client: TestClient) -> None:
     user = new_user_id()
     task = create_task(client, user)
