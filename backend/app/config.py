@@ -80,8 +80,13 @@ RATE_PATTERN = re.compile(
 
 
 class Settings(BaseSettings):
+    # `NAME=` (blank, as .env.example writes them) is unset, for every setting.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
     )
 
     DATABASE_URL: SecretStr | None = None

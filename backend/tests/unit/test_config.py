@@ -259,3 +259,20 @@ def test_metrics_token_must_be_long(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_redis_urls_of_every_scheme_are_accepted(url: str) -> None:
     settings = Settings(REDIS_URL=url, _env_file=None)
     assert url == settings.REDIS_URL
+
+
+_EVERY_SETTING = sorted(Settings.model_fields)
+
+
+@pytest.mark.parametrize("name", _EVERY_SETTING)
+def test_a_blank_setting_means_its_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    """`NAME=`, in the environment or in .env (as .env.example writes them), is
+    unset: the default, for every setting (some were configuration errors)."""
+    default = Settings(_env_file=None)
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"{name}=\n")
+    assert getattr(Settings(_env_file=dotenv), name) == getattr(default, name)
+    monkeypatch.setenv(name, "")
+    assert getattr(Settings(_env_file=None), name) == getattr(default, name)
