@@ -98,6 +98,15 @@ class PrivatePostgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def crash(self) -> None:
+        """Stop as a crash does: no checkpoint, what is not on disk is lost."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def configure(self, **settings: str) -> None:
+        """postgresql.conf settings, taken at the next start."""
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
+
     def url(self, **query: str) -> str:
         params = "&".join(f"{k}={v}" for k, v in query.items())
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres" + (

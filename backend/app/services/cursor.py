@@ -38,9 +38,9 @@ class CursorCodec:
         return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
 
     def decode(
-        self, cursor: str, binding: dict[str, Any], length: int = 2
+        self, cursor: str, binding: dict[str, Any], lengths: tuple[int, ...] = (2,)
     ) -> list[Any]:
-        """The position `encode` was given (a list of `length` items)."""
+        """The position `encode` was given (a list of one of `lengths` items)."""
         if not _ALPHABET.fullmatch(cursor):
             raise InvalidCursor()
         try:
@@ -53,6 +53,6 @@ class CursorCodec:
         ):
             raise InvalidCursor()
         position = json.loads(payload)
-        if not (isinstance(position, list) and len(position) == length):
+        if not (isinstance(position, list) and len(position) in lengths):
             raise InvalidCursor()
         return position

@@ -51,6 +51,7 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    extract,
     false,
     func,
     literal_column,
@@ -119,6 +120,10 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 IDEMPOTENCY_WAIT_MS = 5000
 # The upper bound of a sync's transaction ids before its first page: none.
 NO_CEILING = 2**63 - 1
+# The transactions in flight a token's snapshot lists at most (each ~25 characters
+# once encoded, two snapshots a token): more, and it is taken as of the earliest
+# left out (`_Snapshot.short`).
+MAX_IN_FLIGHT = 256
 # Runs of a batch or a clear that PostgreSQL rolled back to break a deadlock with
 # another transaction, before a 503.
 CONFLICT_ATTEMPTS = 3
@@ -226,18 +231,37 @@ class SyncToken:
     `pg_snapshot` text) of the sync it last finished, taken at `since_at` (Unix
     seconds); None before its first. While a sync continues over several pages,
     `upto` is the snapshot its first page ran in (at `upto_at`), and `after` the
-    (change_xid, id) of the last change sent."""
+    (change_xid, id) of the last change sent. `origin`: the server the snapshots
+    were taken on (None in tokens issued before 2026-12-07)."""
 
     since_at: int
     since: str | None = None
     upto_at: int | None = None
     upto: str | None = None
     after: tuple[int, int] | None = None
+    origin: "_Origin | None" = None
 
     def encode(self, codec: CursorCodec, user_id: str) -> str:
         after = list(self.after) if self.after else None
-        state = [self.since_at, self.since, self.upto_at, self.upto, after]
+        origin = list(self.origin) if self.origin else None
+        state = [self.since_at, self.since, self.upto_at, self.upto, after, origin]
         return codec.encode(state, _sync_binding(user_id))
+
+    def restarted(self, origin: "_Origin") -> "SyncToken | None":
+        """None if the server is the one the snapshots were taken on; else this
+        token with them cut back to the transaction ids that outlive any crash:
+        PostgreSQL does not flush a rolled-back transaction's records, so after
+        a crash it may hand that id out again, to a write the snapshots would
+        count as seen. The versions between are sent again (twice, perhaps):
+        none is missed."""
+        if self.origin is None or self.origin.started == origin.started:
+            return None
+        durable = self.origin.checkpoint
+        since, upto = (
+            str(_Snapshot.parse(s).before(durable)) if s else None
+            for s in (self.since, self.upto)
+        )
+        return SyncToken(self.since_at, since, self.upto_at, upto, self.after)
 
     def statement(self, limit: int) -> tuple["Query[_Change]", dict[str, Any]]:
         """The changes statement that goes on from here, and its values (all but
@@ -260,13 +284,17 @@ class SyncToken:
     @classmethod
     def decode(cls, codec: CursorCodec, user_id: str, token: str) -> "SyncToken":
         try:
-            state = codec.decode(token, _sync_binding(user_id), length=5)
+            state = codec.decode(token, _sync_binding(user_id), lengths=(5, 6))
         except InvalidCursor:
             raise InvalidCursor("since") from None
-        try:
-            return cls(*_TOKEN_STATE.validate_python(state))
+        try:  # a token issued before 2026-12-07 has no origin
+            since_at, since, upto_at, upto, after, origin = (
+                _TOKEN_STATE.validate_python([*state, None][:6])
+            )
         except ValidationError:  # signed, but not this release's shape
             raise InvalidCursor("since") from None
+        origin_ = _Origin(*origin) if origin else None
+        return cls(since_at, since, upto_at, upto, after, origin_)
 
 
 # A sync token's state, as `SyncToken.encode` writes it: `pg_snapshot` text,
@@ -285,6 +313,7 @@ _TOKEN_STATE = TypeAdapter(
         StrictInt | None,
         _SnapshotText | None,
         tuple[_Xid, JsonTaskId] | None,
+        tuple[StrictInt, _Xid] | None,
     ]
 )
 
@@ -307,6 +336,38 @@ class _Snapshot(NamedTuple):
     def parse(cls, text: str) -> "_Snapshot":
         xmin, xmax, xip = text.split(":")
         return cls(int(xmin), int(xmax), [int(x) for x in xip.split(",") if x])
+
+    def __str__(self) -> str:
+        return f"{self.xmin}:{self.xmax}:{','.join(map(str, self.xip))}"
+
+    def before(self, xid: int) -> "_Snapshot":
+        """This snapshot as if no transaction from `xid` on had begun when it was
+        taken: it sees less, never more, and a later sync sends what it does not
+        see."""
+        if self.xmax <= xid:
+            return self
+        return _Snapshot(min(self.xmin, xid), xid, [x for x in self.xip if x < xid])
+
+    def short(self) -> "_Snapshot":
+        """At most MAX_IN_FLIGHT transactions in flight (those of lowest ids), so a
+        token, which carries two, stays under the 16,000 characters `since` takes."""
+        if len(self.xip) <= MAX_IN_FLIGHT:
+            return self
+        return self.before(self.xip[MAX_IN_FLIGHT])
+
+
+class _Origin(NamedTuple):
+    """The PostgreSQL server a snapshot was taken on: its start (microseconds
+    since the epoch), and its last checkpoint's next transaction id, below which
+    every id handed out outlives a crash (recovery starts from that checkpoint)."""
+
+    started: int
+    checkpoint: int
+
+    @classmethod
+    def parse(cls, started: str, checkpoint: str) -> "_Origin":
+        epoch, xid = checkpoint.split(":")  # pg_control's `epoch:xid`
+        return cls(int(started), (int(epoch) << 32) + int(xid))
 
 
 def _owned(*, table: Table = TASK, by_id: bool = False) -> ColumnElement[bool]:
@@ -631,8 +692,18 @@ def _changes_query(since: bool, continuing: bool) -> Query[_Change]:
     # start at 3), not in each of 1,000 rows: ~0.2 ms of PostgreSQL's time and
     # ~0.1 ms of the worker's a page. Both parts are ordered by (change_xid, id):
     # PostgreSQL merges them without sorting.
+    # `xmin:xmax:xip/started/epoch:xid`: the snapshot and its _Origin.
+    snapshot_and_origin = func.concat_ws(
+        literal_column("'/'"),
+        func.pg_current_snapshot().cast(Text),
+        (
+            extract("epoch", func.pg_postmaster_start_time())
+            * literal_column("1000000")
+        ).cast(BigInteger),
+        literal_column("(pg_control_checkpoint()).next_xid"),
+    )
     snapshot = select(  # owner-filter: exempt (reads no table)
-        func.pg_current_snapshot().cast(Text).label("snapshot"),
+        snapshot_and_origin.label("snapshot"),
         literal_column("0").cast(BigInteger).label("change_xid"),
         null().cast(Boolean).label("deleted"),
         *(_blank(c) for c in COLUMNS),
@@ -882,22 +953,33 @@ class TaskService:
             token = SyncToken.decode(self._cursors, user_id, since)
         if token.since_at < now - self._sync_retention.total_seconds():
             raise SyncTokenExpired()
-        query, params = token.statement(limit)
-        rows = await self._db.fetch(query, user_id=user_id, **params)
-        snapshot = rows[0]["snapshot"]
-        assert snapshot is not None  # the statement's first row
-        xmax = _Snapshot.parse(snapshot).xmax
-        if any(_Snapshot.parse(s).xmax > xmax for s in (token.since, token.upto) if s):
+        while True:
+            query, params = token.statement(limit)
+            rows = await self._db.fetch(query, user_id=user_id, **params)
+            first = rows[0]["snapshot"]
+            assert first is not None  # the statement's first row
+            text, started, checkpoint = first.split("/")
+            snapshot, origin = _Snapshot.parse(text), _Origin.parse(started, checkpoint)
+            restarted = token.restarted(origin)
+            if restarted is None:
+                break
+            token = restarted  # and once more, from the cut-back snapshots
+        taken = (_Snapshot.parse(s) for s in (token.since, token.upto) if s)
+        if any(earlier.xmax > snapshot.xmax for earlier in taken):
             # Taken on another cluster (a logical restore): the ids mean nothing.
             raise SyncTokenExpired()
         changed = rows[1:]
+        if token.upto is None:  # a first page: its snapshot goes into the token
+            snapshot = snapshot.short()
+            # rows are in change_xid order: those it does not see end the page
+            changed = [row for row in changed if row["change_xid"] < snapshot.xmax]
         page, has_more = changed[:limit], len(changed) > limit
-        upto_at, upto = token.upto_at or now, token.upto or snapshot
+        upto_at, upto = token.upto_at or now, token.upto or str(snapshot)
         if has_more:
             last = (page[-1]["change_xid"], page[-1]["id"])
-            after = SyncToken(token.since_at, token.since, upto_at, upto, last)
+            after = SyncToken(token.since_at, token.since, upto_at, upto, last, origin)
         else:
-            after = SyncToken(upto_at, upto)
+            after = SyncToken(upto_at, upto, origin=origin)
         tasks: list[TaskRecord] = []
         deleted: list[int] = []
         for row in page:

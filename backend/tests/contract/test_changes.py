@@ -1,6 +1,7 @@
 """C9 E10: delta sync. Every change once, at its latest version; deletions as ids;
 pages; signed tokens; expiry (410)."""
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
+from app.services import task_service
 from app.services.cursor import CursorCodec
 from app.services.task_service import SyncToken
 from tests.conftest import ClientFactory
@@ -168,6 +170,34 @@ def test_default_limit_is_1000(client: TestClient, engine: Engine) -> None:
     assert (len(rest["tasks"]), rest["has_more"]) == (1, False)
 
 
+def test_a_token_lists_few_transactions_in_flight_and_misses_nothing(
+    make_client: ClientFactory, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot lists the transactions in flight when it was taken: with ~1,000
+    a `next` was longer than `since` takes (an outside trial). A token lists at
+    most MAX_IN_FLIGHT, as if taken before the next began: a change it does not
+    see comes in the next sync, once."""
+    monkeypatch.setattr(task_service, "MAX_IN_FLIGHT", 2)
+    client = _client_with_known_secret(make_client)
+    codec = CursorCodec(CURSOR_SECRET.encode())
+    user = new_user_id()
+    insert = text("INSERT INTO task (user_id, title) VALUES (:u, :t)")
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(engine.connect()) for _ in range(4)]
+        for n, writer in enumerate(writers):  # in flight, ids taken in this order
+            writer.execute(insert, {"u": user, "t": f"slow {n}"})
+        done = create_task(client, user)  # after them all, committed
+        first = changes(client, user)
+        snapshot = SyncToken.decode(codec, user, first["next"]).since
+        assert snapshot is not None
+        assert len(snapshot.split(":")[2].split(",")) == 2
+        for writer in writers:
+            writer.commit()
+    rest = changes(client, user, first["next"])
+    sent = [task["title"] for task in first["tasks"] + rest["tasks"]]
+    assert sorted(sent) == sorted([done["title"], *(f"slow {n}" for n in range(4))])
+
+
 @pytest.mark.parametrize("limit", ["0", "1001", "-1", "x", "+5", "1_0", "1.0"])
 def test_limit_out_of_range_is_400(client: TestClient, limit: str) -> None:
     response = client.get(tasks_url(new_user_id()) + "/changes?limit=" + limit)
@@ -260,6 +290,18 @@ def test_token_from_another_database_cluster_is_410(make_client: ClientFactory) 
 
 
 NOW = int(time.time())
+
+
+def test_a_token_issued_before_origins_still_syncs(make_client: ClientFactory) -> None:
+    """A token of five items (no `origin`, issued before 2026-12-07) goes on as
+    before: a client updated across that release keeps its replica."""
+    client = _client_with_known_secret(make_client)
+    user = new_user_id()
+    codec = CursorCodec(CURSOR_SECRET.encode())
+    since = SyncToken.decode(codec, user, changes(client, user)["next"]).since
+    task = create_task(client, user)
+    old = codec.encode([NOW, since, None, None, None], {"user": user, "sync": True})
+    assert changes(client, user, old)["tasks"] == [task]
 
 
 def test_a_page_may_end_at_any_task_id(make_client: ClientFactory) -> None:
