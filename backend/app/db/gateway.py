@@ -70,6 +70,12 @@ _CANCELED = "57014"
 STATEMENT_TIMEOUT_MS = 15_000
 _GRACE_SECONDS = 2.0
 NO_ANSWER = "The database did not answer in time; retry after Retry-After seconds"
+# A write sent before the server stopped answering may still be applied by it.
+NO_ANSWER_TO_A_WRITE = (
+    "The database did not answer in time: the change may have been made. Retry "
+    "after Retry-After seconds with the same Idempotency-Key (or If-Match) to "
+    "make it once"
+)
 
 
 class LockTimeout(DatabaseUnavailable):
@@ -355,7 +361,7 @@ class Database:
 
     async def write_one(self, query: Query[R], **params: Any) -> R | None:
         """Run one statement outside any transaction block; its RETURNING row."""
-        async with self._connection() as connection:
+        async with self._connection(writes=True) as connection:
             with _driver_errors(connection):
                 record = await connection.fetchrow(query.sql, *query.args(params))
         return None if record is None else cast(R, dict(record))
@@ -365,7 +371,7 @@ class Database:
         self, *, lock_timeout_ms: int | None = None
     ) -> AsyncIterator[Transaction]:
         """BEGIN … COMMIT around the block (ROLLBACK when it raises)."""
-        async with self._connection() as connection:
+        async with self._connection(writes=True) as connection:
             with _driver_errors(connection):
                 async with connection.transaction():
                     if lock_timeout_ms is not None:
@@ -427,11 +433,12 @@ class Database:
         raise AssertionError("unreachable")
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
+    async def _connection(self, *, writes: bool = False) -> AsyncIterator[Connection]:
         """A pooled connection within DB_POOL_TIMEOUT (waiters served in arrival
         order), or DatabaseUnavailable; and DatabaseUnavailable when the block
         (a read, a write, a transaction) has not finished `_operation_timeout`
-        later: the server stopped answering, the connection is dropped."""
+        later: the server stopped answering, the connection is dropped (a block
+        that `writes` may have been applied: its 503 says so)."""
         pool = self.pool
         waiting = asyncio.timeout(self._settings.DB_POOL_TIMEOUT)
         try:
@@ -447,6 +454,7 @@ class Database:
             raise _translate(exc, None) from exc
         reusable = False  # cancelled or timed out mid-statement: still talking
         silent = False
+        no_answer = NO_ANSWER_TO_A_WRITE if writes else NO_ANSWER
 
         def abandon() -> None:
             """No answer in time: the connection is dropped, so whatever awaits it
@@ -468,10 +476,10 @@ class Database:
         except Exception:
             reusable = True  # an error reported in full: the connection is idle again
             if silent:
-                raise DatabaseUnavailable(detail=NO_ANSWER) from None
+                raise DatabaseUnavailable(detail=no_answer) from None
             raise
         finally:
             deadline.cancel()
             pool.release(connection, reusable=reusable)
         if silent:  # a read gave up on the dropped connection: not retried
-            raise DatabaseUnavailable(detail=NO_ANSWER)
+            raise DatabaseUnavailable(detail=no_answer)
