@@ -322,6 +322,13 @@ class DatabaseUnavailable(AppError):
     retry_after = 2
 
 
+# A worker started while the database was down, until it has checked the schema.
+SCHEMA_NOT_CHECKED = (
+    "The database's schema is not checked yet (the database was unreachable when "
+    "this server started); retry after Retry-After seconds"
+)
+
+
 def request_id_of(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 

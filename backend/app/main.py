@@ -1,5 +1,6 @@
 """create_app(): routers, middleware, exception handlers, lifespan."""
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,7 +14,7 @@ from app.api.openapi import openapi_schema, operation_id
 from app.api.routes import docs, health, sync, tasks
 from app.config import Settings, get_settings
 from app.db.gateway import Database
-from app.db.migrations import ensure_schema
+from app.db.migrations import ensure_schema, ensure_schema_once_reachable
 from app.db.url import parse_database_url
 from app.edge.auth import TokenVerifier
 from app.edge.forwarded import ForwardedMiddleware
@@ -76,6 +77,11 @@ def _startup_heap_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+async def _schema_checked_later(app: FastAPI, url: str) -> None:
+    if await ensure_schema_once_reachable(app.state.database, url):
+        app.state.schema_checked = True
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.LOG_LEVEL)
@@ -91,11 +97,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.open()
+        checking: asyncio.Task[None] | None = None
         try:
-            await ensure_schema(database, url)
+            if not await ensure_schema(database, url):
+                app.state.schema_checked = False
+                checking = asyncio.create_task(_schema_checked_later(app, url))
             with _startup_heap_frozen():
                 yield
         finally:
+            if checking is not None:
+                checking.cancel()
             await database.close()
             limiter = app.state.rate_limiter or app.state.auth_failures
             if limiter is not None:  # both share one store
@@ -125,6 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.database = database
+    # False from a start-up that could not reach the database until it has
+    # (`ensure_schema_once_reachable`): /api requests and /health are 503s.
+    app.state.schema_checked = True
     cursor_secret = settings.CURSOR_SECRET
     cursors = CursorCodec(
         cursor_secret.get_secret_value().encode() if cursor_secret else None

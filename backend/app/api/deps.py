@@ -18,7 +18,9 @@ from app.api.openapi import optional_header
 from app.edge.auth import TokenVerifier
 from app.edge.ratelimit import RateLimiter
 from app.errors import (
+    SCHEMA_NOT_CHECKED,
     SENT_ONCE,
+    DatabaseUnavailable,
     ForbiddenError,
     NotFoundError,
     UnauthorizedError,
@@ -267,7 +269,10 @@ async def rate_limit(request: Request) -> None:
 
 async def admit(request: Request) -> None:
     """What every /api route runs first (`routes.AdmittedRoute`): authentication,
-    then the rate limit. Not FastAPI dependencies: FastAPI's resolution of each
-    costs more per request than the check it runs (specs/005-performance)."""
+    the schema's check (`app.main`), then the rate limit. Not FastAPI
+    dependencies: FastAPI's resolution of each costs more per request than the
+    check it runs (specs/005-performance)."""
     await authorize(request)
+    if not request.app.state.schema_checked:
+        raise DatabaseUnavailable(detail=SCHEMA_NOT_CHECKED)
     await rate_limit(request)

@@ -127,18 +127,45 @@ _REVISION = compile_query(
 )
 
 
-async def ensure_schema(database: Database, url: str) -> None:
-    """The database is at SCHEMA_REVISION, or is migrated now (on a thread). A
-    database that is down does not stop the worker: it answers 503 until the
-    database is back (`python -m app` has migrated it before starting workers)."""
+# How often a worker that could not check the schema at start-up tries again.
+SCHEMA_RETRY_SECONDS = 1.0
+
+
+async def ensure_schema(database: Database, url: str) -> bool:
+    """The database is at SCHEMA_REVISION, or is migrated now (on a thread): True.
+    False when it cannot be reached (`python -m app` has migrated it before
+    starting workers; a worker started otherwise checks again later)."""
     try:
         table = await database.fetch_one(_HAS_VERSION_TABLE)
+        present = table is not None and table["present"]
+        row = await database.fetch_one(_REVISION) if present else None
     except DatabaseUnavailable:
-        logger.warning("database unavailable at start-up: schema not checked")
-        return
-    row = await database.fetch_one(_REVISION) if table and table["present"] else None
+        return False
     if row is None or row["revision"] != SCHEMA_REVISION:
         await anyio.to_thread.run_sync(migrate_url, url)
+    return True
+
+
+async def ensure_schema_once_reachable(database: Database, url: str) -> bool:
+    """`ensure_schema`, again every SCHEMA_RETRY_SECONDS until the database
+    answers (True), for a worker started while it was down (`uvicorn
+    app.main:app`): it serves 503s meanwhile, its requests reach the database
+    only once the schema is known to be this release's. False, and an error
+    logged, for another application's database."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    logger.warning("database unavailable at start-up: schema not checked yet")
+    while True:
+        await anyio.sleep(SCHEMA_RETRY_SECONDS)
+        try:
+            if await ensure_schema(database, url):
+                logger.info("database reachable: schema checked")
+                return True
+        except ForeignSchema as exc:
+            logger.error("cannot prepare the database: %s", exc)
+            return False
+        except SQLAlchemyError as exc:  # gone again while migrating: next round
+            logger.warning("schema not migrated: %s", str(getattr(exc, "orig", exc)))
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """C3/C7/C8 under real faults: connections killed (Neon scaling to zero), the
 database restarted, the pool exhausted, SIGTERM under load, TLS required."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +21,7 @@ from sqlalchemy import Engine, create_engine, text
 from tests.conftest import fresh_database
 from tests.factories import new_user_id, tasks_url
 from tests.pg import PrivatePostgres
-from tests.server import BACKEND, running_server, server_process
+from tests.server import BACKEND, free_port, running_server, server_process, stop
 from tests.sessions import sessions, wait_until
 
 C3_KEYS = {"error", "code", "detail", "fields", "request_id"}
@@ -199,6 +201,52 @@ def test_a_sync_misses_no_write_across_a_database_crash(
             time.sleep(0.2)
         synced = c.get(changes, params={"since": token}).json()
     assert "after" in [task["title"] for task in synced["tasks"]]
+
+
+def test_a_worker_started_while_the_database_is_down_checks_the_schema_later(
+    private_pg: PrivatePostgres, tmp_path: Path
+) -> None:
+    """`uvicorn app.main:app` (no `python -m app` to migrate first) started while
+    the database is down: 503s, then, once it is back, the schema is checked (and
+    migrated) before any request reaches it. It was never checked: every request
+    was a 500 (no task table) behind a healthy /health (an outside trial)."""
+    private_pg.stop()
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": private_pg.url(),
+        "ENVIRONMENT": "test",
+        "PYTHONPATH": str(BACKEND),
+    }
+    uvicorn = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]
+    log = (tmp_path / "server.log").open("wb")
+    process = subprocess.Popen(
+        uvicorn, cwd=BACKEND, env=environment, stdout=log, stderr=subprocess.STDOUT
+    )
+    user = new_user_id()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            wait_until("the server answers", lambda: _answers(c))
+            assert_503(c.post(tasks_url(user), json={"title": "down"}))
+            assert c.get("/health").status_code == 503
+            private_pg.start()
+            deadline = time.monotonic() + 20
+            while (response := c.post(tasks_url(user), json={"title": "x"})).is_error:
+                assert response.status_code == 503, response.text  # never a 500
+                assert time.monotonic() < deadline, "the schema was never checked"
+                time.sleep(0.2)
+            assert c.get("/health").status_code == 200
+    finally:
+        stop(process, timeout=30)
+        log.close()
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        client.get("/health")
+    except httpx.TransportError:
+        return False
+    return True
 
 
 def _signal_postgres(server: PrivatePostgres, signum: signal.Signals) -> None:

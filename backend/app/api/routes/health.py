@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import authorize_metrics
 from app.db.gateway import Database
-from app.errors import DatabaseUnavailable
+from app.errors import SCHEMA_NOT_CHECKED, DatabaseUnavailable
 from app.observability import metrics
 from app.schemas import Health
 
@@ -28,7 +28,9 @@ async def health(request: Request) -> JSONResponse:
     with anyio.move_on_after(HEALTH_TIMEOUT_SECONDS):
         try:
             await database.ping()
-            return JSONResponse({"status": "healthy", "database": "connected"})
+            if request.app.state.schema_checked:
+                return JSONResponse({"status": "healthy", "database": "connected"})
+            error, detail = "database schema not checked yet", SCHEMA_NOT_CHECKED
         except Exception:  # whatever failed, health answers (503), never a 500
             error = "database unreachable"
             detail = "No connection to the database, or SELECT 1 failed on it"
