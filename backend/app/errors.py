@@ -422,6 +422,8 @@ def register_exception_handlers(app: FastAPI) -> None:
         assert isinstance(exc, AppError)
         if isinstance(exc, RateLimited):
             metrics.RATE_LIMITED.inc()
+        elif isinstance(exc, DatabaseUnavailable):
+            metrics.DB_ERRORS.inc()
         return error_response(exc, request_id_of(request))
 
     async def request_validation(request: Request, exc: Exception) -> JSONResponse:

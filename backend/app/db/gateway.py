@@ -200,7 +200,6 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
             and sqlstate != _CANCELED
         ):
             connection.terminate()
-        metrics.DB_ERRORS.inc()
         # With the server's or the driver's own words (which never carry the
         # password): a refused login, a missing database, a pooler refusing a
         # setting or a certificate would otherwise look like an outage.
@@ -448,7 +447,6 @@ class Database:
             if not waiting.expired():  # the connect's own timeout: no answer
                 raise _translate(exc, None) from exc
             metrics.POOL_TIMEOUTS.inc()
-            metrics.DB_ERRORS.inc()
             raise DatabaseUnavailable(detail="no database connection free") from None
         except _DRIVER_ERRORS as exc:
             raise _translate(exc, None) from exc

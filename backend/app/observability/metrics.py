@@ -24,7 +24,9 @@ POOL_TIMEOUTS = Counter(
     "db_pool_timeouts_total", "Requests that waited too long for a connection"
 )
 DB_ERRORS = Counter(
-    "db_errors_total", "Requests failed by the database being unavailable"
+    "db_errors_total",
+    "Requests answered 503 database_unavailable (unreachable, no answer in time, "
+    "no connection free, a lock or conflict given up on, schema not checked)",
 )
 RATE_LIMITED = Counter("rate_limited_total", "Requests refused by the rate limiter")
 SHED = Counter("shed_total", "Requests refused because the worker was at capacity")

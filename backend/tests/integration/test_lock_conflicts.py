@@ -131,6 +131,7 @@ def test_a_write_waiting_past_the_databases_lock_timeout_is_a_503(
     )
     user = new_user_id()
     task = create_task(client, user)
+    errors = _db_errors(client)
     with engine.connect() as other:
         other.execute(LOCK, {"u": user, "id": task["id"]})
         response = client.patch(tasks_url(user, task["id"]) + "/complete")
@@ -140,3 +141,12 @@ def test_a_write_waiting_past_the_databases_lock_timeout_is_a_503(
     assert "locked" in response.json()["detail"]
     assert response.headers["Retry-After"]
     assert client.get(tasks_url(user, task["id"])).json() == task
+    # counted as every 503 database_unavailable is (it was not: an outside trial)
+    assert _db_errors(client) == errors + 1
+
+
+def _db_errors(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("db_errors_total "):
+            return float(line.split()[1])
+    raise AssertionError("no db_errors_total in /metrics")
