@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from typing import Protocol
 
 from app.errors import RateLimited
+from app.observability import metrics
 
 logger = logging.getLogger("app.ratelimit")
 
@@ -90,9 +91,13 @@ class RateLimiter:
         try:
             return await counting
         except Exception as exc:  # the limiter is down: allow, and say so
+            metrics.RATE_LIMITER_ERRORS.inc()
             if time.monotonic() - self._warned_at > 10:
                 self._warned_at = time.monotonic()
+                reason = (str(exc).strip().splitlines() or [""])[0][:200]
                 logger.warning(
-                    "rate limiter unavailable, allowing: %s", type(exc).__name__
+                    "rate limiter unavailable, allowing: %s: %s",
+                    type(exc).__name__,
+                    reason,
                 )
             return 0

@@ -29,6 +29,10 @@ DB_ERRORS = Counter(
     "no connection free, a lock or conflict given up on, schema not checked)",
 )
 RATE_LIMITED = Counter("rate_limited_total", "Requests refused by the rate limiter")
+RATE_LIMITER_ERRORS = Counter(
+    "rate_limiter_errors_total",
+    "Requests let through unchecked because the rate limit's store (Redis) failed",
+)
 SHED = Counter("shed_total", "Requests refused because the worker was at capacity")
 EDGE_REFUSALS = Counter(
     "http_edge_refusals_total",
