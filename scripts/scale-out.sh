@@ -101,6 +101,9 @@ defaults
     retries 3
     option redispatch
     retry-on conn-failure empty-response
+    # No instance up (their /health checks the database: when it is down, every
+    # check fails): the API's JSON error with Retry-After, not HAProxy's HTML page.
+    http-error status 503 content-type application/json hdr Retry-After 2 string '{"error": "The database is unavailable, try again shortly", "code": "database_unavailable", "detail": "No instance of the service can reach the database; retry after Retry-After seconds"}'
 frontend api
     bind 127.0.0.1:$SCALE_PORT
     # The client's address, appended to its X-Forwarded-For: the instances trust

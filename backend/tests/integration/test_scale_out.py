@@ -103,6 +103,18 @@ def test_scale_out_script_moves_a_killed_instances_traffic_and_stops_cleanly(
             after = [client.get("/health") for _ in range(20)]
             assert [r.status_code for r in after] == [200] * 20
             assert {r.headers["x-served-by"] for r in after} == {"app2", "app3"}
+            # The database down: every instance's /health fails, none is left in
+            # HAProxy, whose own 503 is still the API's JSON error (it was an
+            # HTML page without Retry-After: an outside trial).
+            postgres.stop()
+            deadline = time.monotonic() + 10
+            while "x-served-by" in (response := client.get("/health")).headers:
+                assert time.monotonic() < deadline, "the instances stayed up"
+                time.sleep(0.2)
+            response = client.get("/api/alice/tasks")
+            assert response.status_code == 503
+            assert response.json()["code"] == "database_unavailable"
+            assert response.headers["retry-after"] == "2"
         assert _stop(script) == 0
         assert not any(_accepts(port) for port in ports)
     finally:
