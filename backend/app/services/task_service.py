@@ -293,8 +293,9 @@ class SyncToken:
             )
         except ValidationError:  # signed, but not this release's shape
             raise InvalidCursor("since") from None
-        origin_ = _Origin(*origin) if origin else None
-        return cls(since_at, since, upto_at, upto, after, origin_)
+        return cls(
+            since_at, since, upto_at, upto, after, _Origin(*origin) if origin else None
+        )
 
 
 # A sync token's state, as `SyncToken.encode` writes it: `pg_snapshot` text,
@@ -970,9 +971,10 @@ class TaskService:
             raise SyncTokenExpired()
         changed = rows[1:]
         if token.upto is None:  # a first page: its snapshot goes into the token
-            snapshot = snapshot.short()
-            # rows are in change_xid order: those it does not see end the page
-            changed = [row for row in changed if row["change_xid"] < snapshot.xmax]
+            short = snapshot.short()
+            if short is not snapshot:  # in change_xid order: what it does not see
+                changed = [row for row in changed if row["change_xid"] < short.xmax]
+            snapshot = short
         page, has_more = changed[:limit], len(changed) > limit
         upto_at, upto = token.upto_at or now, token.upto or str(snapshot)
         if has_more:
