@@ -112,7 +112,9 @@ def serve(settings: Settings, url: str) -> None:
         signal.signal(signum, _exit_cleanly)
     signal.signal(signal.SIGHUP, _hang_up)
     # Migrations run once, in a process of their own: Alembic and psycopg2 never
-    # load into the serving process.
+    # load into the serving process. Said first: a start that waits (on another
+    # instance's migration lock, a paused pooler) said nothing at all.
+    logger.info("migrating the database, if it is behind this release")
     migrated = subprocess.run([sys.executable, "-m", "app.db.migrations"], check=False)
     if migrated.returncode != 0:
         sys.exit(migrated.returncode)
