@@ -358,9 +358,10 @@ class _Snapshot(NamedTuple):
 
 
 class _Origin(NamedTuple):
-    """The PostgreSQL server a snapshot was taken on: its start (microseconds
-    since the epoch), and its last checkpoint's next transaction id, below which
-    every id handed out outlives a crash (recovery starts from that checkpoint)."""
+    """The PostgreSQL server a snapshot was taken on: when it last started from
+    its write-ahead log (microseconds since the epoch: `_STARTS`), and its last
+    checkpoint's next transaction id, below which every id handed out outlives a
+    crash (recovery starts from that checkpoint)."""
 
     started: int
     checkpoint: int
@@ -649,6 +650,14 @@ def _blank(column: Column[Any]) -> ColumnElement[Any]:
     return null().cast(column.type).label(column.name)
 
 
+# When the server last started from its write-ahead log: its own start, or a crash
+# recovery without one (a backend killed, by the OOM killer say, takes every other
+# down and replays the log), which discards the shared statistics and so resets
+# their time (any other reset of them is taken for one too: a few versions sent
+# twice, nothing missed).
+_STARTS = (func.pg_postmaster_start_time(), func.pg_stat_get_bgwriter_stat_reset_time())
+
+
 @cache
 def _changes_query(since: bool, continuing: bool) -> Query[_Change]:
     """One statement, whatever the answer: first a row with the snapshot it runs
@@ -697,10 +706,9 @@ def _changes_query(since: bool, continuing: bool) -> Query[_Change]:
     snapshot_and_origin = func.concat_ws(
         literal_column("'/'"),
         func.pg_current_snapshot().cast(Text),
-        (
-            extract("epoch", func.pg_postmaster_start_time())
-            * literal_column("1000000")
-        ).cast(BigInteger),
+        (extract("epoch", func.greatest(*_STARTS)) * literal_column("1000000")).cast(
+            BigInteger
+        ),
         literal_column("(pg_control_checkpoint()).next_xid"),
     )
     snapshot = select(  # owner-filter: exempt (reads no table)
