@@ -120,10 +120,9 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 IDEMPOTENCY_WAIT_MS = 5000
 # The upper bound of a sync's transaction ids before its first page: none.
 NO_CEILING = 2**63 - 1
-# The transactions in flight a token's snapshot lists at most (each ~25 characters
-# once encoded, two snapshots a token): more, and it is taken as of the earliest
-# left out (`_Snapshot.short`).
-MAX_IN_FLIGHT = 256
+# A token's snapshot as text, at most: a token carries two, with ~150 characters
+# more, and its base64 must stay under the 16,000 characters `since` takes.
+MAX_SNAPSHOT_TEXT = 5_800
 # Runs of a batch or a clear that PostgreSQL rolled back to break a deadlock with
 # another transaction, before a 503.
 CONFLICT_ATTEMPTS = 3
@@ -350,11 +349,16 @@ class _Snapshot(NamedTuple):
         return _Snapshot(min(self.xmin, xid), xid, [x for x in self.xip if x < xid])
 
     def short(self) -> "_Snapshot":
-        """At most MAX_IN_FLIGHT transactions in flight (those of lowest ids), so a
-        token, which carries two, stays under the 16,000 characters `since` takes."""
-        if len(self.xip) <= MAX_IN_FLIGHT:
-            return self
-        return self.before(self.xip[MAX_IN_FLIGHT])
+        """At most MAX_SNAPSHOT_TEXT characters as text: past that (some 500 to
+        800 transactions in flight at once), as if taken before the first in
+        flight that does not fit. Commits after it wait for those before it to
+        end: a token that lists them all would be refused."""
+        length = len(f"{self.xmin}:{self.xmax}:") - 1  # no comma before the first
+        for xid in self.xip:
+            length += 1 + len(str(xid))
+            if length > MAX_SNAPSHOT_TEXT:
+                return self.before(xid)
+        return self
 
 
 class _Origin(NamedTuple):

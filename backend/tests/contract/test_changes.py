@@ -174,10 +174,10 @@ def test_a_token_lists_few_transactions_in_flight_and_misses_nothing(
     make_client: ClientFactory, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A snapshot lists the transactions in flight when it was taken: with ~1,000
-    a `next` was longer than `since` takes (an outside trial). A token lists at
-    most MAX_IN_FLIGHT, as if taken before the next began: a change it does not
-    see comes in the next sync, once."""
-    monkeypatch.setattr(task_service, "MAX_IN_FLIGHT", 2)
+    a `next` was longer than `since` takes (an outside trial). Past
+    MAX_SNAPSHOT_TEXT characters, a token's snapshot is taken as if before the
+    first in flight that does not fit: a change it does not see comes in the
+    next sync, once. (Here room for two.)"""
     client = _client_with_known_secret(make_client)
     codec = CursorCodec(CURSOR_SECRET.encode())
     user = new_user_id()
@@ -187,6 +187,13 @@ def test_a_token_lists_few_transactions_in_flight_and_misses_nothing(
         for n, writer in enumerate(writers):  # in flight, ids taken in this order
             writer.execute(insert, {"u": user, "t": f"slow {n}"})
         done = create_task(client, user)  # after them all, committed
+        with engine.connect() as reader:
+            now = reader.execute(text("SELECT pg_current_snapshot()::text")).scalar()
+        xmin, xmax, in_flight = str(now).split(":")
+        two = ",".join(in_flight.split(",")[:2])
+        monkeypatch.setattr(
+            task_service, "MAX_SNAPSHOT_TEXT", len(f"{xmin}:{xmax}:{two}")
+        )
         first = changes(client, user)
         snapshot = SyncToken.decode(codec, user, first["next"]).since
         assert snapshot is not None
