@@ -57,6 +57,30 @@ class _Supervisor(Multiprocess):
 # Descriptors a worker needs besides its client and database connections: Redis,
 # log files, the listening socket, Python's own.
 _OTHER_FILES = 64
+# Migrations that take longer are said to (a start that waited said nothing).
+MIGRATION_NOTICE_SECONDS = 5
+
+
+def _migrate() -> int:
+    """`python -m app.db.migrations`, in a process of its own (Alembic and
+    psycopg2 never load into the serving process): its exit status. One that
+    takes long (waiting on another instance's migration lock, or on a paused
+    pooler) is logged; it is killed if this process is stopped meanwhile."""
+    migrating = subprocess.Popen([sys.executable, "-m", "app.db.migrations"])
+    try:
+        try:
+            return migrating.wait(MIGRATION_NOTICE_SECONDS)
+        except subprocess.TimeoutExpired:
+            logger.warning(
+                "still migrating the database after %d s: waiting on another "
+                "instance's migration, or on the database (a paused pooler?)",
+                MIGRATION_NOTICE_SECONDS,
+            )
+            return migrating.wait()
+    finally:
+        if migrating.poll() is None:  # a signal stops this process meanwhile
+            migrating.kill()
+            migrating.wait()
 
 
 def _open_files_for(settings: Settings) -> None:
@@ -103,21 +127,17 @@ def serve(settings: Settings, url: str) -> None:
     # again; these handlers make that a clean exit 0, not death by signal (and
     # so the embedded database is stopped on the way out). Set before the
     # migrations: a signal while they run (waiting on another instance's lock,
-    # say) exits as cleanly, and `subprocess.run` kills its process on the way
-    # (it was left running, orphaned). SIGHUP (a process manager's "reload")
+    # say) exits as cleanly, and `_migrate` kills its process on the way (it was
+    # left running, orphaned). SIGHUP (a process manager's "reload")
     # restarts the workers of the supervisor below, which handles it once it
     # runs; a single worker has none, and died at once, dropping what was in
     # flight: it stops gracefully instead, to be started again.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
     signal.signal(signal.SIGHUP, _hang_up)
-    # Migrations run once, in a process of their own: Alembic and psycopg2 never
-    # load into the serving process. Said first: a start that waits (on another
-    # instance's migration lock, a paused pooler) said nothing at all.
-    logger.info("migrating the database, if it is behind this release")
-    migrated = subprocess.run([sys.executable, "-m", "app.db.migrations"], check=False)
-    if migrated.returncode != 0:
-        sys.exit(migrated.returncode)
+    migrated = _migrate()
+    if migrated != 0:
+        sys.exit(migrated)
     # What this instance may hold open: the figure to size against the database's
     # connection limit (README, "Sizing connections").
     per_worker = settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW + 1

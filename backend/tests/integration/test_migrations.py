@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.dialects.postgresql.base import PGInspector
 from sqlmodel import SQLModel
 
+from app.__main__ import MIGRATION_NOTICE_SECONDS
 from app.db.migrations import (
     _MIGRATION_LOCK_KEY,
     SCHEMA_REVISION,
@@ -151,11 +153,13 @@ def test_the_migration_command_reads_dot_env(tmp_path: Path) -> None:
 
 
 def test_sigterm_while_migrations_wait_exits_cleanly_and_stops_them(
-    database_url: str, engine: Engine
+    database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    """Another instance holds the migration lock; this one is stopped while it
-    waits. It died by the signal (143), and its migration process ran on."""
-    with engine.connect() as holder, holder.begin():
+    """Another instance holds the migration lock; this one says it waits (it said
+    nothing), and is stopped while it waits. It died by the signal (143), and its
+    migration process ran on."""
+    log = tmp_path / "server.log"
+    with engine.connect() as holder, holder.begin(), log.open("wb") as output:
         holder.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
         )
@@ -167,10 +171,15 @@ def test_sigterm_while_migrations_wait_exits_cleanly_and_stops_them(
                 "DATABASE_URL": database_url,
                 "PYTHONPATH": str(BACKEND),
             },
+            stderr=output,
         )
         try:
             wait_for_a_lock_wait(engine)
             [migration] = psutil.Process(server.pid).children()
+            deadline = time.monotonic() + MIGRATION_NOTICE_SECONDS + 10
+            while b"still migrating" not in log.read_bytes():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
             server.send_signal(signal.SIGTERM)
             assert server.wait(timeout=10) == 0
             # Stopped while the lock is still held: not left to run on after it.
