@@ -70,11 +70,11 @@ _CANCELED = "57014"
 STATEMENT_TIMEOUT_MS = 15_000
 _GRACE_SECONDS = 2.0
 NO_ANSWER = "The database did not answer in time; retry after Retry-After seconds"
-# A write sent before the server stopped answering may still be applied by it.
-NO_ANSWER_TO_A_WRITE = (
-    "The database did not answer in time: the change may have been made. Retry "
-    "after Retry-After seconds with the same Idempotency-Key (or If-Match) to "
-    "make it once"
+# A write whose connection failed, or got no answer, after it was sent: the server
+# may have applied it, or may still.
+WRITE_UNKNOWN = (
+    "The database failed during the change, which may have been made: retry after "
+    "Retry-After seconds with the same Idempotency-Key (or If-Match) to make it once"
 )
 
 
@@ -436,8 +436,9 @@ class Database:
         """A pooled connection within DB_POOL_TIMEOUT (waiters served in arrival
         order), or DatabaseUnavailable; and DatabaseUnavailable when the block
         (a read, a write, a transaction) has not finished `_operation_timeout`
-        later: the server stopped answering, the connection is dropped (a block
-        that `writes` may have been applied: its 503 says so)."""
+        later: the server stopped answering, the connection is dropped. A block
+        that `writes` and fails so, or on a failed connection, may have been
+        applied: its 503 says so."""
         pool = self.pool
         waiting = asyncio.timeout(self._settings.DB_POOL_TIMEOUT)
         try:
@@ -452,7 +453,7 @@ class Database:
             raise _translate(exc, None) from exc
         reusable = False  # cancelled or timed out mid-statement: still talking
         silent = False
-        no_answer = NO_ANSWER_TO_A_WRITE if writes else NO_ANSWER
+        no_answer = WRITE_UNKNOWN if writes else NO_ANSWER
 
         def abandon() -> None:
             """No answer in time: the connection is dropped, so whatever awaits it
@@ -471,9 +472,11 @@ class Database:
             reusable = True
         except TimeoutError:
             raise
-        except Exception:
+        except Exception as exc:
             reusable = True  # an error reported in full: the connection is idle again
-            if silent:
+            if silent or (writes and type(exc) is DatabaseUnavailable):
+                # no answer, or the connection failed (not a lock or a conflict,
+                # which roll back): a write's outcome is unknown
                 raise DatabaseUnavailable(detail=no_answer) from None
             raise
         finally:

@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from pydantic import SecretStr
@@ -143,6 +144,33 @@ def test_a_write_waiting_past_the_databases_lock_timeout_is_a_503(
     assert client.get(tasks_url(user, task["id"])).json() == task
     # counted as every 503 database_unavailable is (it was not: an outside trial)
     assert _db_errors(client) == errors + 1
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["statement", "transaction"])
+def test_a_write_whose_connection_dies_says_it_may_have_been_made(
+    client: TestClient, engine: Engine, batch: bool
+) -> None:
+    """The server went away while the write was on its way (its backend killed,
+    here while it waits on a row lock): it may have committed, so the 503 says
+    to retry only with the Idempotency-Key or If-Match (it said "retry": a client
+    made the write twice)."""
+    user = new_user_id()
+    task = create_task(client, user)
+    toggle = (
+        _batch(client, user, [{"op": "toggle", "id": task["id"]}])
+        if batch
+        else lambda: client.patch(tasks_url(user, task["id"]) + "/complete")
+    )
+    with _waiting_on(engine, user, task["id"], toggle) as (other, response):
+        other.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+        answer = response.result()
+    assert answer.status_code == 503, answer.text
+    assert "may have been made" in answer.json()["detail"]
 
 
 def _db_errors(client: TestClient) -> float:
