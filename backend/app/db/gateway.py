@@ -45,6 +45,7 @@ from app.db.pool import Connection, Pool
 from app.db.url import DatabaseURL
 from app.errors import DatabaseUnavailable
 from app.observability import metrics
+from app.observability.logging import failure
 
 logger = logging.getLogger("app.db")
 R = TypeVar("R", bound=Mapping[str, Any])
@@ -203,9 +204,7 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         # With the server's or the driver's own words (which never carry the
         # password): a refused login, a missing database, a pooler refusing a
         # setting or a certificate would otherwise look like an outage.
-        reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        cause = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-        logger.warning("database unavailable: %s", cause)
+        logger.warning("database unavailable: %s", failure(exc))
         return DatabaseUnavailable()
     return exc
 

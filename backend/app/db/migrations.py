@@ -16,7 +16,7 @@ from app.config import load_settings
 from app.db.gateway import Database, compile_query
 from app.db.url import parse_database_url
 from app.errors import DatabaseUnavailable
-from app.observability.logging import configure_logging
+from app.observability.logging import configure_logging, failure
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -152,8 +152,6 @@ async def ensure_schema_once_reachable(database: Database, url: str) -> bool:
     app.main:app`): it serves 503s meanwhile, its requests reach the database
     only once the schema is known to be this release's. False, and an error
     logged, for another application's database."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     logger.warning("database unavailable at start-up: schema not checked yet")
     while True:
         await anyio.sleep(SCHEMA_RETRY_SECONDS)
@@ -164,8 +162,9 @@ async def ensure_schema_once_reachable(database: Database, url: str) -> bool:
         except ForeignSchema as exc:
             logger.error("cannot prepare the database: %s", exc)
             return False
-        except SQLAlchemyError as exc:  # gone again while migrating: next round
-            logger.warning("schema not migrated: %s", str(getattr(exc, "orig", exc)))
+        except Exception as exc:  # gone again while migrating, say: next round
+            cause = getattr(exc, "orig", exc)  # SQLAlchemy's wrapping of psycopg2's
+            logger.warning("schema not checked: %s", failure(cause))
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from app.errors import RateLimited
 from app.observability import metrics
+from app.observability.logging import failure
 
 logger = logging.getLogger("app.ratelimit")
 
@@ -94,10 +95,5 @@ class RateLimiter:
             metrics.RATE_LIMITER_ERRORS.inc()
             if time.monotonic() - self._warned_at > 10:
                 self._warned_at = time.monotonic()
-                reason = (str(exc).strip().splitlines() or [""])[0][:200]
-                logger.warning(
-                    "rate limiter unavailable, allowing: %s: %s",
-                    type(exc).__name__,
-                    reason,
-                )
+                logger.warning("rate limiter unavailable, allowing: %s", failure(exc))
             return 0

@@ -14,6 +14,14 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {
 }
 
 
+def failure(exc: BaseException) -> str:
+    """An exception as a log line says why something failed: its type and the
+    first line of its message (a driver's may run to several), at most 300
+    characters of it."""
+    reason = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
