@@ -1,4 +1,5 @@
-"""Liveness with a real database round trip, answered within 2 s either way."""
+"""Readiness: a real database round trip (and the schema checked), answered within
+2 s either way. Not for liveness: the database down makes every instance unready."""
 
 import anyio
 from fastapi import APIRouter, Depends, Request
@@ -18,11 +19,17 @@ HEALTH_TIMEOUT_SECONDS = 1.5
 @router.get(
     "/health",
     response_model=Health,
-    responses={503: {"model": Health, "description": "Database unreachable"}},
+    responses={
+        503: {
+            "model": Health,
+            "description": "Database unreachable, or its schema not checked yet",
+        }
+    },
 )
 async def health(request: Request) -> JSONResponse:
     """Report whether the service can reach its database."""
     database: Database = request.app.state.database
+    connected = False
     error = "database did not answer in time"
     detail = f"SELECT 1 did not complete within {HEALTH_TIMEOUT_SECONDS} s"
     with anyio.move_on_after(HEALTH_TIMEOUT_SECONDS):
@@ -30,13 +37,14 @@ async def health(request: Request) -> JSONResponse:
             await database.ping()
             if request.app.state.schema_checked:
                 return JSONResponse({"status": "healthy", "database": "connected"})
+            connected = True
             error, detail = "database schema not checked yet", SCHEMA_NOT_CHECKED
         except Exception:  # whatever failed, health answers (503), never a 500
             error = "database unreachable"
             detail = "No connection to the database, or SELECT 1 failed on it"
     body = Health(
         status="unhealthy",
-        database="disconnected",
+        database="connected" if connected else "disconnected",
         error=error,
         code="database_unavailable",
         detail=detail,
