@@ -103,7 +103,7 @@ defaults
     retry-on conn-failure empty-response
     # No instance up (their /health checks the database: when it is down, every
     # check fails): the API's JSON error with Retry-After, not HAProxy's HTML page.
-    http-error status 503 content-type application/json hdr Retry-After 2 string '{"error": "The database is unavailable, try again shortly", "code": "database_unavailable", "detail": "No instance of the service can reach the database; retry after Retry-After seconds"}'
+    http-error status 503 content-type application/json hdr Retry-After 2 string '{"error": "The database is unavailable, try again shortly", "code": "database_unavailable", "detail": "No instance of the service is up (their health checks fail, as when the database is down); retry after Retry-After seconds"}'
 frontend api
     bind 127.0.0.1:$SCALE_PORT
     # The client's address, appended to its X-Forwarded-For: the instances trust

@@ -57,8 +57,9 @@ class _Supervisor(Multiprocess):
 # Descriptors a worker needs besides its client and database connections: Redis,
 # log files, the listening socket, Python's own.
 _OTHER_FILES = 64
-# Migrations that take longer are said to (a start that waited said nothing).
-MIGRATION_NOTICE_SECONDS = 5
+# Migrations that take longer are said to (a start that waited said nothing): past
+# the 5 s a connection may take, so a database that never answers fails in one line.
+MIGRATION_NOTICE_SECONDS = 10
 
 
 def _migrate() -> int:
@@ -136,8 +137,8 @@ def serve(settings: Settings, url: str) -> None:
         signal.signal(signum, _exit_cleanly)
     signal.signal(signal.SIGHUP, _hang_up)
     migrated = _migrate()
-    if migrated != 0:
-        sys.exit(migrated)
+    if migrated != 0:  # killed by signal N: exit as a shell reports it, 128 + N
+        sys.exit(migrated if migrated > 0 else 128 - migrated)
     # What this instance may hold open: the figure to size against the database's
     # connection limit (README, "Sizing connections").
     per_worker = settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW + 1
