@@ -23,3 +23,11 @@ def create_task(client: Any, user_id: str, **overrides: Any) -> dict[str, Any]:
 def tasks_url(user_id: str, task_id: int | str | None = None) -> str:
     base = f"/api/{user_id}/tasks"
     return base if task_id is None else f"{base}/{task_id}"
+
+
+def metric(client: Any, name: str) -> float:
+    """A metric's value, as the client's server serves it at /metrics (unlabelled)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")

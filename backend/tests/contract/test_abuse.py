@@ -6,7 +6,7 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from tests.conftest import ClientFactory
-from tests.factories import create_task, new_user_id, tasks_url
+from tests.factories import create_task, metric, new_user_id, tasks_url
 from tests.jwt_helpers import SECRET, hs_token
 
 
@@ -44,20 +44,13 @@ def test_redis_outage_allows_requests(
     the limit off unseen: an outside trial)."""
     client = make_client(RATE_LIMIT="1/minute", REDIS_URL="redis://127.0.0.1:9/0")
     user = new_user_id()
-    allowed = _metric(client, "rate_limiter_errors_total")
+    allowed = metric(client, "rate_limiter_errors_total")
     assert [client.get(tasks_url(user)).status_code for _ in range(3)] == [200] * 3
-    assert _metric(client, "rate_limiter_errors_total") == allowed + 3
+    assert metric(client, "rate_limiter_errors_total") == allowed + 3
     [warning] = [
         line for line in capsys.readouterr().err.splitlines() if "app.ratelimit" in line
     ]
     assert "connecting to 127.0.0.1:9" in warning
-
-
-def _metric(client: TestClient, name: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    raise AssertionError(f"no {name} in /metrics")
 
 
 @pytest.mark.parametrize("value", ["lots", "10/fortnight", "0/minute", "-1/second"])

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from tests.conftest import fresh_database
-from tests.factories import new_user_id, tasks_url
+from tests.factories import metric, new_user_id, tasks_url
 from tests.pg import PrivatePostgres
 from tests.server import BACKEND, free_port, running_server, server_process, stop
 from tests.sessions import sessions, wait_until
@@ -301,13 +301,6 @@ def test_a_database_that_stops_answering_gives_503_not_a_hang(
         assert c.post(tasks_url(user), json={"title": "after"}).status_code == 201
 
 
-def _pool_in_use(client: httpx.Client) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("db_pool_connections_in_use "):
-            return float(line.split()[1])
-    raise AssertionError("no pool gauge in /metrics")
-
-
 def test_health_checks_at_once_share_one_round_trip_outside_the_pool(
     private_pg: PrivatePostgres,
 ) -> None:
@@ -327,7 +320,7 @@ def test_health_checks_at_once_share_one_round_trip_outside_the_pool(
         try:
             checks = [pool.submit(c.get, "/health") for _ in range(6)]
             time.sleep(0.7)
-            assert _pool_in_use(c) == 0
+            assert metric(c, "db_pool_connections_in_use") == 0
             assert {check.result().status_code for check in checks} == {503}
         finally:
             _signal_postgres(private_pg, signal.SIGCONT)

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, make_url, text
 
 from app.config import Settings
 from tests.conftest import ClientFactory
-from tests.factories import create_task, new_user_id, tasks_url
+from tests.factories import create_task, metric, new_user_id, tasks_url
 from tests.sessions import wait_for_a_lock_wait
 
 LOCK = text("SELECT 1 FROM task WHERE user_id = :u AND id = :id FOR UPDATE")
@@ -132,7 +132,7 @@ def test_a_write_waiting_past_the_databases_lock_timeout_is_a_503(
     )
     user = new_user_id()
     task = create_task(client, user)
-    errors = _db_errors(client)
+    errors = metric(client, "db_errors_total")
     with engine.connect() as other:
         other.execute(LOCK, {"u": user, "id": task["id"]})
         response = client.patch(tasks_url(user, task["id"]) + "/complete")
@@ -143,7 +143,7 @@ def test_a_write_waiting_past_the_databases_lock_timeout_is_a_503(
     assert response.headers["Retry-After"]
     assert client.get(tasks_url(user, task["id"])).json() == task
     # counted as every 503 database_unavailable is (it was not: an outside trial)
-    assert _db_errors(client) == errors + 1
+    assert metric(client, "db_errors_total") == errors + 1
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["statement", "transaction"])
@@ -171,10 +171,3 @@ def test_a_write_whose_connection_dies_says_it_may_have_been_made(
         answer = response.result()
     assert answer.status_code == 503, answer.text
     assert "may have been made" in answer.json()["detail"]
-
-
-def _db_errors(client: TestClient) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("db_errors_total "):
-            return float(line.split()[1])
-    raise AssertionError("no db_errors_total in /metrics")
