@@ -64,6 +64,9 @@ _CONFLICTS = ("40P01", "40001")
 _READ_ONLY = "25006"
 # query_canceled (statement_timeout): unavailable, but the connection is fine.
 _CANCELED = "57014"
+# insufficient_privilege, undefined_function: the statement calls what this
+# server does not let the role call, or does not have.
+_REFUSED = ("42501", "42883")
 # The statement timeout sent unless set or behind Neon's pooler. A server that stops
 # answering (paused, partitioned) never cancels anything itself: what the client
 # waits for one operation is the statement timeout (this one when none is sent,
@@ -77,6 +80,11 @@ WRITE_UNKNOWN = (
     "The database failed during the change, which may have been made: retry after "
     "Retry-After seconds with the same Idempotency-Key (or If-Match) to make it once"
 )
+
+
+class Refused(Exception):
+    """The server refused the statement: it calls a function the role may not
+    call, or that this server lacks (a managed PostgreSQL's restrictions)."""
 
 
 class LockTimeout(DatabaseUnavailable):
@@ -173,12 +181,14 @@ def _dicts_for(names: tuple[str, ...]) -> _Dicts:
 
 
 def _translate(exc: Exception, connection: Connection | None) -> Exception:
-    """A driver error as the service sees it: LockTimeout, Conflict,
+    """A driver error as the service sees it: LockTimeout, Conflict, Refused,
     DatabaseUnavailable when the connection or the server failed (rather than the
     statement), else itself."""
     sqlstate = getattr(exc, "sqlstate", None) or ""
     if sqlstate == _LOCK_NOT_AVAILABLE:
         return LockTimeout()
+    if sqlstate in _REFUSED:
+        return Refused(failure(exc))
     if sqlstate in _CONFLICTS or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return Conflict()
     if (

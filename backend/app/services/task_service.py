@@ -8,6 +8,7 @@ import copy
 import hashlib
 import itertools
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext, suppress
@@ -70,6 +71,7 @@ from app.db.gateway import (
     Database,
     LockTimeout,
     Query,
+    Refused,
     Transaction,
     compile_query,
 )
@@ -99,6 +101,8 @@ from app.schemas import (
     ToggleBody,
 )
 from app.services.cursor import CursorCodec
+
+logger = logging.getLogger("app.sync")
 
 TASK: Table = Task.__table__  # type: ignore[attr-defined]
 # What a statement returns of a task: TaskRecord's fields (never change_xid).
@@ -262,9 +266,12 @@ class SyncToken:
         )
         return SyncToken(self.since_at, since, self.upto_at, upto, self.after)
 
-    def statement(self, limit: int) -> tuple["Query[_Change]", dict[str, Any]]:
+    def statement(
+        self, limit: int, origin: bool
+    ) -> tuple["Query[_Change]", dict[str, Any]]:
         """The changes statement that goes on from here, and its values (all but
-        the user's): `limit` changes and one more, to tell whether more remain."""
+        the user's): `limit` changes and one more, to tell whether more remain;
+        with the server's `origin` unless the server refuses it."""
         upto = _Snapshot.parse(self.upto) if self.upto else None
         params: dict[str, Any] = {
             "limit": limit + 1,
@@ -278,7 +285,8 @@ class SyncToken:
         if upto is not None and self.after is not None:
             params["upto_xip"] = upto.xip
             params["after_xid"], params["after_id"] = self.after
-        return _changes_query(self.since is not None, self.upto is not None), params
+        query = _changes_query(self.since is not None, self.upto is not None, origin)
+        return query, params
 
     @classmethod
     def decode(cls, codec: CursorCodec, user_id: str, token: str) -> "SyncToken":
@@ -663,10 +671,10 @@ _STARTS = (func.pg_postmaster_start_time(), func.pg_stat_get_bgwriter_stat_reset
 
 
 @cache
-def _changes_query(since: bool, continuing: bool) -> Query[_Change]:
+def _changes_query(since: bool, continuing: bool, origin: bool) -> Query[_Change]:
     """One statement, whatever the answer: first a row with the snapshot it runs
-    in, then up to `limit` changes in (change_xid, id) order (tasks and, after a
-    first sync, tombstones)."""
+    in (and its `origin`), then up to `limit` changes in (change_xid, id) order
+    (tasks and, after a first sync, tombstones)."""
     limit: BindParameter[int] = bindparam("limit")
     no_snapshot = null().cast(Text).label("snapshot")
     changes: Any = (
@@ -715,8 +723,9 @@ def _changes_query(since: bool, continuing: bool) -> Query[_Change]:
         ),
         literal_column("(pg_control_checkpoint()).next_xid"),
     )
+    first = snapshot_and_origin if origin else func.pg_current_snapshot().cast(Text)
     snapshot = select(  # owner-filter: exempt (reads no table)
-        snapshot_and_origin.label("snapshot"),
+        first.label("snapshot"),
         literal_column("0").cast(BigInteger).label("change_xid"),
         null().cast(Boolean).label("deleted"),
         *(_blank(c) for c in COLUMNS),
@@ -939,6 +948,9 @@ class TaskService:
             "sweep_limit": SWEEP_BATCH,
         }
         self._deletes = itertools.count()  # shared with `_within`'s copies
+        # Whether syncs read the server's origin (crash safety, specs/008): until
+        # the server refuses it (a managed PostgreSQL's restriction).
+        self._origin = True
 
     async def list(self, *, user_id: str, query: TaskListQuery) -> Page:
         """One page of the user's tasks, filtered and sorted (keyset pagination)."""
@@ -967,13 +979,21 @@ class TaskService:
         if token.since_at < now - self._sync_retention.total_seconds():
             raise SyncTokenExpired()
         while True:
-            query, params = token.statement(limit)
-            rows = await self._db.fetch(query, user_id=user_id, **params)
+            query, params = token.statement(limit, self._origin)
+            try:
+                rows = await self._db.fetch(query, user_id=user_id, **params)
+            except Refused as exc:
+                if not self._origin:
+                    raise
+                logger.warning("delta sync not safe across a crash: %s", exc)
+                self._origin = False  # the server refuses `_STARTS` or its checkpoint
+                continue
             first = rows[0]["snapshot"]
             assert first is not None  # the statement's first row
-            text, started, checkpoint = first.split("/")
-            snapshot, origin = _Snapshot.parse(text), _Origin.parse(started, checkpoint)
-            restarted = token.restarted(origin)
+            text, *server = first.split("/")
+            snapshot = _Snapshot.parse(text)
+            origin = _Origin.parse(*server) if server else None
+            restarted = token.restarted(origin) if origin else None
             if restarted is None:
                 break
             token = restarted  # and once more, from the cut-back snapshots

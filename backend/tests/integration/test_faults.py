@@ -210,6 +210,36 @@ def test_a_sync_misses_no_write_across_a_database_crash(
     assert "after" in [task["title"] for task in synced["tasks"]]
 
 
+def test_delta_sync_works_where_the_server_state_functions_are_refused(
+    private_pg: PrivatePostgres,
+) -> None:
+    """A managed PostgreSQL may refuse `pg_control_checkpoint()` to its users: a
+    sync then goes on without its crash safety (a warning says so), never a 500
+    on every sync (a review)."""
+    admin = psycopg2.connect(private_pg.url())
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("CREATE ROLE app LOGIN")
+        cursor.execute("CREATE DATABASE app OWNER app")
+    admin.close()
+    database = private_pg.url().rsplit("/", 1)[0] + "/app"
+    with psycopg2.connect(database) as admin, admin.cursor() as cursor:  # its own
+        cursor.execute("REVOKE EXECUTE ON FUNCTION pg_control_checkpoint() FROM PUBLIC")
+    url = database.replace("postgres@", "app@")
+    user = new_user_id()
+    changes = tasks_url(user) + "/changes"
+    with (
+        running_server(url) as base,
+        httpx.Client(base_url=base, timeout=10) as c,
+    ):
+        first = c.get(changes)
+        assert first.status_code == 200, first.text
+        task = c.post(tasks_url(user), json={"title": "synced"}).json()
+        after = c.get(changes, params={"since": first.json()["next"]})
+        assert after.status_code == 200, after.text
+        assert after.json()["tasks"] == [task]
+
+
 def test_a_worker_started_while_the_database_is_down_checks_the_schema_later(
     private_pg: PrivatePostgres, tmp_path: Path
 ) -> None:

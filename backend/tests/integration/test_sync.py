@@ -331,7 +331,7 @@ def test_a_page_of_changes_reads_no_more_rows_than_it_sends(
     first = SyncToken(0, since)
     going_on = SyncToken(0, since, 0, upto, (after.change_xid, after.id))
     for token in (first, going_on):
-        query, params = token.statement(limit=10)
+        query, params = token.statement(limit=10, origin=True)
         plan = _explain(database_url, query, {**params, "user_id": user})
         for table in ("task", "task_tombstone"):
             assert _rows_read(plan, table), f"{table} is not read"
