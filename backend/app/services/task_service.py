@@ -978,6 +978,8 @@ class TaskService:
             token = SyncToken.decode(self._cursors, user_id, since)
         if token.since_at < now - self._sync_retention.total_seconds():
             raise SyncTokenExpired()
+        # Runs once; twice when the token predates a restart (the cut-back token
+        # has no origin) or the server refuses the origin (then never asked again).
         while True:
             query, params = token.statement(limit, self._origin)
             try:
