@@ -357,7 +357,7 @@ class _Snapshot(NamedTuple):
         return _Snapshot(min(self.xmin, xid), xid, [x for x in self.xip if x < xid])
 
     def short(self) -> "_Snapshot":
-        """At most MAX_SNAPSHOT_TEXT characters as text: past that (some 500 to
+        """At most MAX_SNAPSHOT_TEXT characters as text: past that (some 300 to
         800 transactions in flight at once), as if taken before the first in
         flight that does not fit. Commits after it wait for those before it to
         end: a token that lists them all would be refused."""
