@@ -9,6 +9,7 @@ import re
 import time
 from urllib.parse import unquote
 
+import orjson
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
@@ -108,7 +109,9 @@ class JsonCORSMiddleware(CORSMiddleware):
                 identifier = request_id(scope)
                 response = _identified(self._preflight(headers, identifier), identifier)
                 await response(scope, receive, send)
-                _access_line(scope, response.status_code, started, identifier)
+                status = response.status_code
+                code = _error_code(bytes(response.body)) if status >= 400 else None
+                _access_line(scope, status, started, identifier, code)
                 return
         await super().__call__(scope, receive, send)
 
@@ -192,6 +195,7 @@ class RequestContextMiddleware:
         started = _started(scope)
         status = 500
         response_started = False
+        code: str | None = None  # an error's, from its body
 
         async def receive_noting_hang_up() -> Message:
             nonlocal status
@@ -201,7 +205,9 @@ class RequestContextMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, code
+            if status >= 400 and message["type"] == "http.response.body":
+                code = code or _error_code(message.get("body", b""))
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -226,24 +232,37 @@ class RequestContextMiddleware:
                     scope, receive, send_with_id
                 )
         finally:
-            _access_line(scope, status, started, identifier)
+            _access_line(scope, status, started, identifier, code)
 
 
-def _access_line(scope: Scope, status: int, started: float, identifier: str) -> None:
-    """The request's metrics and its one access-log line."""
+def _error_code(body: bytes) -> str | None:
+    """The `code` of an error's JSON body (C3), if it has one."""
+    try:
+        error = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _access_line(
+    scope: Scope, status: int, started: float, identifier: str, code: str | None
+) -> None:
+    """The request's metrics and its one access-log line (with an error's code:
+    a 503 says whether the database, a lock or the load refused it)."""
     route = getattr(scope.get("route"), "path", "<unmatched>")
     seconds = time.perf_counter() - started
     metrics.observe(scope["method"], route, status, seconds)
-    logger.info(
-        "request",
-        extra={
-            "method": scope["method"],
-            "path": route,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 2),
-            "request_id": identifier,
-        },
-    )
+    extra = {
+        "method": scope["method"],
+        "path": route,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+        "request_id": identifier,
+    }
+    if code is not None:
+        extra["code"] = code
+    logger.info("request", extra=extra)
 
 
 async def _drain(receive: Receive, more: bool) -> None:

@@ -315,6 +315,25 @@ def test_head_and_slash_requests_are_logged_with_their_route(
     ]
 
 
+def test_an_error_is_logged_with_its_code(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From the access line alone, a 404 not_found from a 405, a 503 lock timeout
+    from a 503 overloaded (an operator trial: the status was all it said)."""
+    user = new_user_id()
+    task = create_task(client, user)
+    with caplog.at_level(logging.INFO, logger="app.request"):
+        client.get(tasks_url(user, task["id"]))
+        client.get(tasks_url(user, task["id"] + 1))
+        client.post(
+            tasks_url(user), content="{", headers={"content-type": "application/json"}
+        )
+    codes = [
+        getattr(r, "code", None) for r in caplog.records if r.name == "app.request"
+    ]
+    assert codes[-3:] == [None, "not_found", "invalid_json"]
+
+
 # --- the OpenAPI document for generated clients ---------------------------------
 
 
