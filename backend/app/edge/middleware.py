@@ -249,7 +249,8 @@ def _access_line(
     scope: Scope, status: int, started: float, identifier: str, code: str | None
 ) -> None:
     """The request's metrics and its one access-log line (with an error's code:
-    a 503 says whether the database, a lock or the load refused it)."""
+    `database_unavailable` or `auth_unavailable`, a 404's `not_found` or a
+    route's)."""
     route = getattr(scope.get("route"), "path", "<unmatched>")
     seconds = time.perf_counter() - started
     metrics.observe(scope["method"], route, status, seconds)
