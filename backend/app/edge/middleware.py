@@ -110,8 +110,8 @@ class JsonCORSMiddleware(CORSMiddleware):
                 response = _identified(self._preflight(headers, identifier), identifier)
                 await response(scope, receive, send)
                 status = response.status_code
-                code = _error_code(bytes(response.body)) if status >= 400 else None
-                _access_line(scope, status, started, identifier, code)
+                error = _error_of(status, bytes(response.body)) if status >= 400 else {}
+                _access_line(scope, status, started, identifier, error)
                 return
         await super().__call__(scope, receive, send)
 
@@ -195,7 +195,7 @@ class RequestContextMiddleware:
         started = _started(scope)
         status = 500
         response_started = False
-        code: str | None = None  # an error's, from its body
+        error: dict[str, str] = {}  # an error's code (and detail), from its body
 
         async def receive_noting_hang_up() -> Message:
             nonlocal status
@@ -205,9 +205,9 @@ class RequestContextMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started, code
+            nonlocal status, response_started, error
             if status >= 400 and message["type"] == "http.response.body":
-                code = code or _error_code(message.get("body", b""))
+                error = error or _error_of(status, message.get("body", b""))
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -232,38 +232,41 @@ class RequestContextMiddleware:
                     scope, receive, send_with_id
                 )
         finally:
-            _access_line(scope, status, started, identifier, code)
+            _access_line(scope, status, started, identifier, error)
 
 
-def _error_code(body: bytes) -> str | None:
-    """The `code` of an error's JSON body (C3), if it has one."""
+def _error_of(status: int, body: bytes) -> dict[str, str]:
+    """What an access line says of an error: its body's `code` (C3), and for a
+    5xx its `detail` too (the server's condition: a database unreachable, a lock,
+    no connection free, the schema not checked yet), never a client's input."""
     try:
         error = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
+        return {}
+    if not isinstance(error, dict):
+        return {}
+    keys = ("code", "detail") if status >= 500 else ("code",)
+    return {k: v for k in keys if isinstance(v := error.get(k), str)}
 
 
 def _access_line(
-    scope: Scope, status: int, started: float, identifier: str, code: str | None
+    scope: Scope, status: int, started: float, identifier: str, error: dict[str, str]
 ) -> None:
-    """The request's metrics and its one access-log line (with an error's code:
-    `database_unavailable` or `auth_unavailable`, a 404's `not_found` or a
-    route's)."""
+    """The request's metrics and its one access-log line (`_error_of` an error)."""
     route = getattr(scope.get("route"), "path", "<unmatched>")
     seconds = time.perf_counter() - started
     metrics.observe(scope["method"], route, status, seconds)
-    extra = {
-        "method": scope["method"],
-        "path": route,
-        "status": status,
-        "duration_ms": round(seconds * 1000, 2),
-        "request_id": identifier,
-    }
-    if code is not None:
-        extra["code"] = code
-    logger.info("request", extra=extra)
+    logger.info(
+        "request",
+        extra={
+            "method": scope["method"],
+            "path": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+            "request_id": identifier,
+            **error,
+        },
+    )
 
 
 async def _drain(receive: Receive, more: bool) -> None:

@@ -3,6 +3,7 @@ in id order, a batch or a clear that PostgreSQL rolls back to break a deadlock i
 run again, and a write that waits past a lock_timeout an operator set on the
 database is a 503; never a 500."""
 
+import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -119,7 +120,10 @@ def test_a_clear_chosen_as_deadlock_victim_is_run_again(
 
 
 def test_a_write_waiting_past_the_databases_lock_timeout_is_a_503(
-    make_client: ClientFactory, settings: Settings, engine: Engine
+    make_client: ClientFactory,
+    settings: Settings,
+    engine: Engine,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`lock_timeout` set by an operator (here in the URL's `options`; on the role
     or the database alike): the toggle gives up on the held row, nothing changes."""
@@ -144,6 +148,13 @@ def test_a_write_waiting_past_the_databases_lock_timeout_is_a_503(
     assert client.get(tasks_url(user, task["id"])).json() == task
     # counted as every 503 database_unavailable is (it was not: an outside trial)
     assert metric(client, "db_errors_total") == errors + 1
+    # and its access line says why (a lock), not only 503 (an operator trial)
+    [line] = [
+        json.loads(x)
+        for x in capsys.readouterr().err.splitlines()
+        if '"status":503' in x
+    ]
+    assert (line["code"], "locked" in line["detail"]) == ("database_unavailable", True)
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["statement", "transaction"])
