@@ -321,7 +321,7 @@ def _holds_nan_or_infinity(body: bytes) -> bool:
     except _NotJsonNumber:
         return True
     except (ValueError, RecursionError):
-        return False
+        pass  # malformed otherwise: the route's 400 says where
     return False
 
 
