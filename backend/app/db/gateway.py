@@ -82,9 +82,13 @@ WRITE_UNKNOWN = (
 )
 
 
-class Refused(Exception):
-    """The server refused the statement: it calls a function the role may not
-    call, or that this server lacks (a managed PostgreSQL's restrictions)."""
+class Refused(DatabaseUnavailable):
+    """The server refused the statement: the role may not touch a table (a
+    read-only role) or call a function, or the server lacks the function (a
+    managed PostgreSQL's restrictions). It serves again once an operator grants
+    what is missing, without a restart."""
+
+    detail = "The database refused this operation; retry after Retry-After seconds"
 
 
 class LockTimeout(DatabaseUnavailable):
@@ -188,7 +192,8 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
     if sqlstate == _LOCK_NOT_AVAILABLE:
         return LockTimeout()
     if sqlstate in _REFUSED:
-        return Refused(failure(exc))
+        logger.error("database refused the statement: %s", failure(exc))
+        return Refused()
     if sqlstate in _CONFLICTS or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return Conflict()
     if (

@@ -984,10 +984,10 @@ class TaskService:
             query, params = token.statement(limit, self._origin)
             try:
                 rows = await self._db.fetch(query, user_id=user_id, **params)
-            except Refused as exc:
+            except Refused:
                 if not self._origin:
                     raise
-                logger.warning("delta sync not safe across a crash: %s", exc)
+                logger.warning("delta sync not safe across a crash (refused above)")
                 self._origin = False  # the server refuses `_STARTS` or its checkpoint
                 continue
             first = rows[0]["snapshot"]

@@ -16,9 +16,10 @@ import httpx
 import psutil
 import psycopg2
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
 
-from tests.conftest import fresh_database
+from tests.conftest import ClientFactory, fresh_database
 from tests.factories import metric, new_user_id, tasks_url
 from tests.pg import PrivatePostgres
 from tests.server import BACKEND, free_port, running_server, server_process, stop
@@ -238,6 +239,30 @@ def test_delta_sync_works_where_the_server_state_functions_are_refused(
         after = c.get(changes, params={"since": first.json()["next"]})
         assert after.status_code == 200, after.text
         assert after.json()["tasks"] == [task]
+
+
+def test_a_role_the_database_refuses_writes_gets_503_never_500(
+    private_pg: PrivatePostgres,
+    make_client: ClientFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Deployed with a role that may only read (a read-only user, a replica's):
+    a write is refused by PostgreSQL (insufficient_privilege). A 503 whose log
+    line names the refusal, as for any database fault, never a 500 (a trial)."""
+    make_client(DATABASE_URL=SecretStr(private_pg.url()))  # migrates, as the owner
+    with psycopg2.connect(private_pg.url()) as admin, admin.cursor() as cursor:
+        cursor.execute("CREATE ROLE reader LOGIN")
+        cursor.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
+    reader = make_client(
+        DATABASE_URL=SecretStr(private_pg.url().replace("postgres@", "reader@"))
+    )
+    user = new_user_id()
+    assert reader.get(tasks_url(user)).status_code == 200
+    refused = reader.post(tasks_url(user), json={"title": "nope"})
+    assert_503(refused)
+    assert "refused" in refused.json()["detail"]
+    assert "permission denied for table task" in capsys.readouterr().err
+    assert reader.get(tasks_url(user)).json() == []
 
 
 def test_a_worker_started_while_the_database_is_down_checks_the_schema_later(
