@@ -34,7 +34,7 @@ from app.db.gateway import Database
 from app.db.migrations import migrate, sync_engine
 from app.db.url import parse_database_url
 from app.schemas import TaskListQuery
-from app.services.task_service import GET, TASK, _toggle_query, list_query
+from app.services.statements import GET, TASK, list_query, toggle_query
 
 USER = "bench-user"
 Op = Callable[[], Awaitable[Any]]
@@ -156,7 +156,7 @@ async def run(url: str, ops: int) -> None:
             await cur.execute(pg3_list, pg3_list_params, prepare=True)
             return await cur.fetchall()
 
-    toggle = _toggle_query(False)
+    toggle = toggle_query(False)
 
     async def gw_toggle() -> Any:
         return await gateway.write_one(toggle, user_id=USER, task_id=task_id)

@@ -16,7 +16,7 @@ import asyncpg
 from app.db.migrations import migrate, sync_engine
 from app.db.url import parse_database_url
 from app.schemas import SortKey, TaskListQuery
-from app.services.task_service import list_query
+from app.services.statements import list_query
 
 HEAVY = "heavy"
 SEED = """

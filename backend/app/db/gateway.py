@@ -49,6 +49,7 @@ from app.observability.logging import failure
 
 logger = logging.getLogger("app.db")
 R = TypeVar("R", bound=Mapping[str, Any])
+A = TypeVar("A")
 _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 # SQLSTATE classes of a server that cannot serve us now: 08 connection exception,
 # 53 insufficient resources (too many connections), 57 operator intervention
@@ -107,6 +108,24 @@ class Conflict(DatabaseUnavailable):
     transaction."""
 
     detail = "Another operation conflicted with this one; retry after Retry-After s"
+
+
+# Runs of a batch or a clear that PostgreSQL rolled back to break a deadlock with
+# another transaction, before a 503.
+CONFLICT_ATTEMPTS = 3
+
+
+async def again_on_conflict(attempt: Callable[[], Awaitable[A]]) -> A:
+    """Two transactions may lock the same tasks in opposite orders (two batches,
+    a batch and a clear); PostgreSQL then rolls one back whole, and it is run
+    again, up to CONFLICT_ATTEMPTS times (then the Conflict is a 503). So is a
+    transaction whose prepared statement a schema change made stale."""
+    for _ in range(CONFLICT_ATTEMPTS - 1):
+        try:
+            return await attempt()
+        except Conflict:
+            continue
+    return await attempt()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from app.services import task_service
+from app.services import idempotency
 from tests.factories import create_task, new_user_id, tasks_url
 
 
@@ -401,7 +401,7 @@ def test_a_key_still_in_flight_is_409(
     client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another request holds the key (its claim not yet committed)."""
-    monkeypatch.setattr(task_service, "IDEMPOTENCY_WAIT_MS", 200)
+    monkeypatch.setattr(idempotency, "IDEMPOTENCY_WAIT_MS", 200)
     user = new_user_id()
     with engine.connect() as holder:
         holder.execute(
@@ -425,7 +425,7 @@ def test_a_keyed_batch_waiting_on_a_locked_task_is_503_not_409(
 ) -> None:
     """The key is free; the work waits on another transaction's row lock: the
     database is busy (503), no request with the key is in flight (not 409)."""
-    monkeypatch.setattr(task_service, "IDEMPOTENCY_WAIT_MS", 200)
+    monkeypatch.setattr(idempotency, "IDEMPOTENCY_WAIT_MS", 200)
     user = new_user_id()
     task = create_task(client, user, title="locked")
     patch = [{"op": "patch", "id": task["id"], "body": {"title": "x"}}]

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
-from app.services import task_service
+from app.services import sync
 from app.services.cursor import CursorCodec
-from app.services.task_service import SyncToken
+from app.services.sync import SyncToken
 from tests.conftest import ClientFactory
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.jwt_helpers import SECRET, hs_token
@@ -191,9 +191,7 @@ def test_a_token_lists_few_transactions_in_flight_and_misses_nothing(
             now = reader.execute(text("SELECT pg_current_snapshot()::text")).scalar()
         xmin, xmax, in_flight = str(now).split(":")
         two = ",".join(in_flight.split(",")[:2])
-        monkeypatch.setattr(
-            task_service, "MAX_SNAPSHOT_TEXT", len(f"{xmin}:{xmax}:{two}")
-        )
+        monkeypatch.setattr(sync, "MAX_SNAPSHOT_TEXT", len(f"{xmin}:{xmax}:{two}"))
         first = changes(client, user)
         snapshot = SyncToken.decode(codec, user, first["next"]).since
         assert snapshot is not None

@@ -19,12 +19,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import BigInteger, Engine, column, select, text, values
 
 from app.db.gateway import Query
-from app.services.task_service import (
-    SWEEP_BATCH,
-    SWEEP_EVERY,
-    SyncToken,
-    not_seen,
-)
+from app.services.sync import SyncToken, not_seen
+from app.services.task_service import SWEEP_BATCH, SWEEP_EVERY
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import running_server
 from tests.sessions import wait_for_a_lock_wait

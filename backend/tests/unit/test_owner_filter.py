@@ -1,16 +1,18 @@
 """Every statement on user data starts from the owner filter helper (STYLE §2).
 
-A lint as a test: a new query written without `_owned(...)` as its first condition
-fails here before it can ever show one user's tasks to another. The one exception
-(the cross-user sweep of expired idempotency keys) is marked `owner-filter: exempt`."""
+A lint as a test: a new query written in the services without `owned(...)` as its
+first condition fails here before it can ever show one user's tasks to another. The
+exceptions (the cross-user sweeps of expired idempotency keys and tombstones, and
+statements over rows already filtered) are marked `owner-filter: exempt`."""
 
 import ast
 from pathlib import Path
 
 import app
-from app.services import task_service
+from app import services
 
 APP_DIR = Path(app.__file__).parent
+SERVICES = sorted(Path(services.__file__).parent.glob("*.py"))
 STATEMENTS = {"select", "update", "delete"}
 EXEMPT = "owner-filter: exempt"
 
@@ -19,8 +21,10 @@ def _name(node: ast.AST) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
-def test_every_select_update_delete_is_filtered_by_owner() -> None:
-    source = Path(task_service.__file__).read_text()
+def _unfiltered(path: Path) -> tuple[int, list[int]]:
+    """How many select/update/delete calls `path` makes (exempt ones aside), and
+    the lines of those whose first `.where(...)` is not `owned(...)`."""
+    source = path.read_text()
     lines = source.splitlines()
     tree = ast.parse(source)
     statements = [
@@ -38,11 +42,18 @@ def test_every_select_update_delete_is_filtered_by_owner() -> None:
         and n.func.attr == "where"
         and n.args
         and isinstance(n.args[0], ast.Call)
-        and _name(n.args[0].func) == "_owned"
+        and _name(n.args[0].func) == "owned"
     }
-    assert len(statements) >= 6, "the service should build its statements here"
-    for statement in statements:
-        assert id(statement) in filtered, f"line {statement.lineno}: no _owned() first"
+    return len(statements), [s.lineno for s in statements if id(s) not in filtered]
+
+
+def test_every_select_update_delete_is_filtered_by_owner() -> None:
+    found = 0
+    for path in SERVICES:
+        count, unfiltered = _unfiltered(path)
+        found += count
+        assert not unfiltered, f"{path.name}, lines {unfiltered}: no owned() first"
+    assert found >= 10, "the services should build their statements"
 
 
 def test_no_primary_key_lookups_bypass_the_owner() -> None:

@@ -69,7 +69,7 @@ def test_service_records_have_exactly_the_documented_fields() -> None:
     """Responses are built from table rows (fast path); the documented shape is
     TaskPublic. Any column added to the table must be added to the docs, too."""
     from app.schemas import TaskPublic
-    from app.services.task_service import COLUMNS, TASK
+    from app.services.statements import COLUMNS, TASK
 
     assert [column.name for column in COLUMNS] == list(TaskPublic.model_fields)
     assert {column.name for column in TASK.c} - set(TaskPublic.model_fields) == {

@@ -29,7 +29,7 @@ from app.schemas import (
     ClearQuery,
     TaskListQuery,
 )
-from app.services.task_service import BatchStep
+from app.services.batch import BatchStep
 
 router = api_router("sync")
 
