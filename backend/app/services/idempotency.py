@@ -114,46 +114,38 @@ async def once(
     run: Callable[[Transaction], Awaitable[_Answer]],
     replay: Callable[[str], _Answer],
 ) -> _Answer:
-    """Idempotency-Key (E1, E11): `_claim_and_run`, run again on a Conflict
-    (the whole transaction, claim included, was rolled back)."""
-    return await again_on_conflict(
-        lambda: _claim_and_run(database, user_id, key, request_hash, run, replay)
-    )
-
-
-async def _claim_and_run(
-    database: Database,
-    user_id: str,
-    key: str,
-    request_hash: str,
-    run: Callable[[Transaction], Awaitable[_Answer]],
-    replay: Callable[[str], _Answer],
-) -> _Answer:
     """Claim (user, key) by inserting its row, `run` and store the answer in
     the same transaction. A concurrent request with the same key waits on that
     row until this transaction ends (409 after IDEMPOTENCY_WAIT_MS), then
     `replay`s the stored answer; another body under the key is a 422. An
-    expired key (older than 24 h) is claimed afresh."""
+    expired key (older than 24 h) is claimed afresh. Run again on a Conflict
+    (the whole transaction, claim included, was rolled back)."""
     owner = {"user_id": user_id, "key": key}
-    claiming = True
-    try:
-        async with database.transaction(lock_timeout_ms=IDEMPOTENCY_WAIT_MS) as tx:
-            claimed = await tx.fetch_one(CLAIM_KEY, **owner, request_hash=request_hash)
-            claiming = False
-            if claimed is None:
-                first = await tx.fetch_one(FIRST_RESPONSE, **owner)
-                # The claim conflicted with this row, committed with its answer.
-                assert first is not None
-                assert first["response"] is not None
-                if first["request_hash"] != request_hash:
-                    raise IdempotencyKeyReused()
-                return replay(first["response"])
-            answer = await run(tx)
-            response = orjson.dumps(answer, option=orjson.OPT_UTC_Z).decode()
-            await tx.execute(STORE_RESPONSE, **owner, response=response)
-            await tx.execute(EXPIRE_KEYS)
-    except LockTimeout:
-        if claiming:  # on the key's row: its first request is still running
-            raise IdempotencyKeyInUse() from None
-        raise  # the work itself waited on another lock (a task's row): a 503
-    return answer
+
+    async def claim_and_run() -> _Answer:
+        claiming = True
+        try:
+            async with database.transaction(lock_timeout_ms=IDEMPOTENCY_WAIT_MS) as tx:
+                claimed = await tx.fetch_one(
+                    CLAIM_KEY, **owner, request_hash=request_hash
+                )
+                claiming = False
+                if claimed is None:
+                    first = await tx.fetch_one(FIRST_RESPONSE, **owner)
+                    # The claim conflicted with this row, committed with its answer.
+                    assert first is not None
+                    assert first["response"] is not None
+                    if first["request_hash"] != request_hash:
+                        raise IdempotencyKeyReused()
+                    return replay(first["response"])
+                answer = await run(tx)
+                response = orjson.dumps(answer, option=orjson.OPT_UTC_Z).decode()
+                await tx.execute(STORE_RESPONSE, **owner, response=response)
+                await tx.execute(EXPIRE_KEYS)
+        except LockTimeout:
+            if claiming:  # on the key's row: its first request is still running
+                raise IdempotencyKeyInUse() from None
+            raise  # the work itself waited on another lock (a task's row): a 503
+        return answer
+
+    return await again_on_conflict(claim_and_run)
