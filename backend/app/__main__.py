@@ -121,7 +121,7 @@ def serve(settings: Settings, url: str) -> None:
     # and one cursor secret: generated per worker, a cursor or sync token issued by
     # one was refused (400) by the next a connection reached.
     os.environ["DATABASE_URL"] = url
-    if settings.CURSOR_SECRET is None:  # outside production only
+    if settings.cursor_key is None:  # outside production, without an auth secret
         os.environ["CURSOR_SECRET"] = secrets.token_urlsafe(32)
     _open_files_for(settings)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal

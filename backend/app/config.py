@@ -1,5 +1,7 @@
 """Settings: one class, read from the environment (and `.env`) once."""
 
+import hashlib
+import hmac
 import ipaddress
 import re
 import socket
@@ -375,6 +377,18 @@ class Settings(BaseSettings):
     @property
     def jwt_secret(self) -> SecretStr | None:
         return self.BETTER_AUTH_SECRET or self.JWT_SECRET
+
+    @property
+    def cursor_key(self) -> bytes | None:
+        """The key that signs list cursors and sync tokens: CURSOR_SECRET; without
+        it (outside production), one derived from the auth shared secret, so the
+        workers of a server, and the server restarted, share it; else None."""
+        if self.CURSOR_SECRET is not None:
+            return self.CURSOR_SECRET.get_secret_value().encode()
+        if self.jwt_secret is not None:
+            secret = self.jwt_secret.get_secret_value().encode()
+            return hmac.new(secret, b"task-api cursor key", hashlib.sha256).digest()
+        return None
 
     @property
     def auth_enabled(self) -> bool:

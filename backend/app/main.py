@@ -139,10 +139,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # False from a start-up that could not reach the database until it has
     # (`ensure_schema_once_reachable`): /api requests and /health are 503s.
     app.state.schema_checked = True
-    cursor_secret = settings.CURSOR_SECRET
-    cursors = CursorCodec(
-        cursor_secret.get_secret_value().encode() if cursor_secret else None
-    )
+    if settings.cursor_key is None:
+        logger.warning(
+            "CURSOR_SECRET is not set: cursors and sync tokens are signed with this "
+            "process's own key, refused by other workers and after a restart"
+        )
+    cursors = CursorCodec(settings.cursor_key)
     retention = timedelta(days=settings.SYNC_RETENTION_DAYS)
     app.state.tasks = TaskService(database, cursors, retention)
     app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None
