@@ -28,7 +28,7 @@ from app.edge.middleware import (
 )
 from app.edge.ratelimit import MemoryStore, RateLimiter, RedisStore
 from app.errors import register_exception_handlers
-from app.observability.logging import configure_logging
+from app.observability.logging import adopt_uvicorn_loggers, configure_logging
 from app.services.cursor import CursorCodec
 from app.services.task_service import TaskService
 
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        adopt_uvicorn_loggers()
         await database.open()
         checking: asyncio.Task[None] | None = None
         try:

@@ -44,6 +44,16 @@ class _StderrHandler(logging.StreamHandler[Any]):
         super().emit(record)
 
 
+def adopt_uvicorn_loggers() -> None:
+    """uvicorn's lines go through ours (JSON), but for its access lines: ours
+    (`app.request`) replace them. Again as the app starts: a start command may
+    configure uvicorn's loggers after it built the app (`fastapi run` does)."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+
+
 def configure_logging(level: str) -> None:
     # Per record, skip what no line of ours carries (the logging documentation's
     # "Optimization" section): the caller's file and line (a stack walk), thread,
@@ -57,10 +67,7 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").disabled = True
+    adopt_uvicorn_loggers()
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     # Alembic announces each of its plugins at info on every run.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

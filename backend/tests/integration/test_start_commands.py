@@ -32,16 +32,25 @@ COMMANDS = {
 
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_start_command_serves_the_api(
-    database_url: str, engine: object, name: str
+    database_url: str, engine: object, name: str, tmp_path: Path
 ) -> None:
-    with server_process(database_url, command=COMMANDS[name]) as (base_url, process):
-        with httpx.Client(base_url=base_url) as client:
+    """Once the app has started, every line it writes is JSON: `fastapi run`
+    configured uvicorn's loggers after building the app, and printed a plain-text
+    access line beside each JSON one (a trial)."""
+    log = tmp_path / "server.log"
+    command = COMMANDS[name]
+    with server_process(database_url, command=command, log=str(log)) as (base, process):
+        with httpx.Client(base_url=base) as client:
             user = new_user_id()
             task = create_task(client, user, title=name)
             got = client.get(tasks_url(user, task["id"]))
             assert got.json()["title"] == name
             assert "x-request-id" in got.headers  # our middleware, so our app
         assert process.poll() is None
+        time.sleep(0.2)  # the last access line
+        lines = log.read_text().splitlines()
+    started = next(i for i, line in enumerate(lines) if "startup complete" in line)
+    assert [line for line in lines[started:] if not line.startswith("{")] == []
 
 
 def _unrouted_posts(base_url: str) -> dict[str, float]:
