@@ -13,6 +13,7 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import (
@@ -249,11 +250,29 @@ def _error_of(status: int, body: bytes) -> dict[str, str]:
     return {k: v for k in keys if isinstance(v := error.get(k), str)}
 
 
+def _route_of(scope: Scope) -> str:
+    """The route template a request is counted and logged under: its route's;
+    for one answered before routing (a 413, a 415, a client gone mid-body), not
+    matched for its method (405), or served by a route of Starlette's own
+    (/openapi.json, the /docs assets), the first whose path matches; else
+    `<unmatched>` (never a raw path: metrics' labels stay few)."""
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    # As before routing: a mount (the assets) moved its prefix into root_path.
+    root_path = scope.get("app_root_path", scope.get("root_path", ""))
+    unrouted = {**scope, "root_path": root_path}
+    for candidate in getattr(scope.get("app"), "routes", ()):
+        if candidate.matches(unrouted)[0] is not Match.NONE:
+            return str(candidate.path)
+    return "<unmatched>"
+
+
 def _access_line(
     scope: Scope, status: int, started: float, identifier: str, error: dict[str, str]
 ) -> None:
     """The request's metrics and its one access-log line (`_error_of` an error)."""
-    route = getattr(scope.get("route"), "path", "<unmatched>")
+    route = _route_of(scope)
     seconds = time.perf_counter() - started
     metrics.observe(scope["method"], route, status, seconds)
     logger.info(

@@ -97,3 +97,27 @@ def test_metrics_expose_requests_pool_and_errors(client: TestClient) -> None:
     ):
         assert name in text
     assert 'route="/api/{user_id}/tasks"' in text
+
+
+def test_requests_answered_before_routing_are_counted_under_their_route(
+    client: TestClient,
+) -> None:
+    """A 415 or 413 (answered before routing), a wrong method, and the pages the
+    framework serves itself are counted (and logged) under their route template,
+    not `<unmatched>` (a trial); a path no route has stays `<unmatched>`."""
+    tasks = tasks_url(new_user_id())
+    plain = {"Content-Type": "text/plain"}
+    assert client.post(tasks, content=b"x", headers=plain).status_code == 415
+    assert client.put(tasks, json={}).status_code == 405
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert client.get("/no/such/path").status_code == 404
+    text = client.get("/metrics").text
+    for labels in (
+        'method="POST",route="/api/{user_id}/tasks",status="415"',
+        'method="PUT",route="/api/{user_id}/tasks",status="405"',
+        'method="GET",route="/openapi.json",status="200"',
+        'method="GET",route="/docs/assets",status="200"',
+        'method="GET",route="<unmatched>",status="404"',
+    ):
+        assert f"http_requests_total{{{labels}}}" in text, labels
