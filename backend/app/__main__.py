@@ -9,10 +9,13 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from contextlib import ExitStack
 from types import FrameType
 
 import uvicorn
+from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
@@ -52,6 +55,16 @@ class _Supervisor(Multiprocess):
         for sock in self.sockets:
             sock.close()
         super().terminate_all()
+
+    def keep_subprocess_alive(self) -> None:
+        """Also forgets a dead worker's share of the live gauges (connections in
+        use): its counts stay in the totals, they only ever grow."""
+        running = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            for pid in running - {process.pid for process in self.processes}:
+                if pid is not None:
+                    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 # Descriptors a worker needs besides its client and database connections: Redis,
@@ -116,6 +129,20 @@ def _open_files_for(settings: Settings) -> None:
         )
 
 
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """Workers write their metrics into one new directory, so that a scrape adds
+    them up (a scrape reached one worker: its counts alone, and Prometheus saw
+    counters go back each time another answered); unless the operator names one
+    (PROMETHEUS_MULTIPROC_DIR, which must then be emptied before each start)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="task-api-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        yield
+
+
 def serve(settings: Settings, url: str) -> None:
     # Workers inherit the resolved URL, so they join the same (embedded) database,
     # and one cursor secret: generated per worker, a cursor or sync token issued by
@@ -167,7 +194,8 @@ def serve(settings: Settings, url: str) -> None:
         backlog=settings.HTTP_BACKLOG,
     )
     if config.workers > 1:  # what uvicorn.run does, with the supervisor above
-        _Supervisor(config, sockets=[config.bind_socket()]).run()
+        with _shared_metrics():
+            _Supervisor(config, sockets=[config.bind_socket()]).run()
         return
     server = uvicorn.Server(config)
     server.run()

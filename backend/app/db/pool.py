@@ -21,6 +21,8 @@ from typing import TypeAlias
 
 import asyncpg
 
+from app.observability import metrics
+
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 
 
@@ -52,12 +54,14 @@ class Pool:
             self._turns.release()
             raise
         self.in_use += 1
+        metrics.POOL_IN_USE.inc()
         return connection
 
     def release(self, connection: Connection, *, reusable: bool = True) -> None:
         """Back on the stack, unless it must not be used again: closed, left in a
         transaction, or interrupted mid-operation (`reusable=False`)."""
         self.in_use -= 1
+        metrics.POOL_IN_USE.dec()
         if connection.is_closed():
             connection.terminate()  # frees what asyncpg still holds for it
         elif reusable and not self._closed and not connection.is_in_transaction():

@@ -1,11 +1,17 @@
-"""Prometheus metrics (per process; scrape each worker, or run one per container)."""
+"""Prometheus metrics. Each worker counts its own; workers that share a
+PROMETHEUS_MULTIPROC_DIR (`python -m app` with WEB_CONCURRENCY > 1 makes one) write
+them there, and a scrape, whichever worker answers it, adds up all of them."""
+
+import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 REQUESTS = Counter(
@@ -19,7 +25,11 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-POOL_IN_USE = Gauge("db_pool_connections_in_use", "Connections checked out")
+POOL_IN_USE = Gauge(
+    "db_pool_connections_in_use",
+    "Connections checked out",
+    multiprocess_mode="livesum",  # the live workers' together
+)
 POOL_TIMEOUTS = Counter(
     "db_pool_timeouts_total", "Requests that waited too long for a connection"
 )
@@ -60,6 +70,9 @@ def observe(method: str, route: str, status: int, seconds: float) -> None:
     children[1].observe(seconds)
 
 
-def render(connections_in_use: int) -> tuple[bytes, str]:
-    POOL_IN_USE.set(connections_in_use)
-    return generate_latest(), CONTENT_TYPE_LATEST
+def render() -> tuple[bytes, str]:
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(), CONTENT_TYPE_LATEST
+    every_worker = CollectorRegistry()
+    multiprocess.MultiProcessCollector(every_worker)  # type: ignore[no-untyped-call]
+    return generate_latest(every_worker), CONTENT_TYPE_LATEST

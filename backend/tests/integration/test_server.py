@@ -313,3 +313,29 @@ def _wait_until_refused(host: str, port: int) -> None:
             return
         time.sleep(0.005)
     raise AssertionError("the server kept listening")
+
+
+def _requests_total(base_url: str, route: str) -> float:
+    """http_requests_total of GETs on `route`, as one scrape (a new connection,
+    so any worker may answer it) says."""
+    total = 0.0
+    for line in httpx.get(base_url + "/metrics").text.splitlines():
+        if line.startswith("http_requests_total{") and f'route="{route}"' in line:
+            total += float(line.rsplit(" ", 1)[1]) if 'method="GET"' in line else 0
+    return total
+
+
+def test_metrics_add_up_every_workers_requests(
+    database_url: str, engine: object
+) -> None:
+    """With several workers, a scrape (answered by any one of them) counts every
+    worker's requests: each counted its own, so scrapes went 7, 13, 7, 13, and
+    Prometheus saw counters reset (a trial)."""
+    with running_server(database_url, WEB_CONCURRENCY="2") as base:
+        user = new_user_id()
+        route = "/api/{user_id}/tasks"
+        before = _requests_total(base, route)
+        for _ in range(20):  # each on a new connection: both workers take some
+            assert httpx.get(base + tasks_url(user)).status_code == 200
+        scrapes = [_requests_total(base, route) for _ in range(10)]
+    assert scrapes == [before + 20] * 10

@@ -59,8 +59,7 @@ async def health(request: Request) -> JSONResponse:
 @router.get(
     "/metrics", include_in_schema=False, dependencies=[Depends(authorize_metrics)]
 )
-async def prometheus_metrics(request: Request) -> Response:
+async def prometheus_metrics() -> Response:
     """Prometheus exposition: requests, latency, pool and database errors."""
-    database: Database = request.app.state.database
-    body, content_type = metrics.render(database.connections_in_use())
+    body, content_type = metrics.render()
     return Response(body, media_type=content_type)
