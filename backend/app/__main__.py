@@ -6,6 +6,7 @@ import logging
 import os
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,9 +139,17 @@ def _shared_metrics() -> Iterator[None]:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         yield
         return
-    with tempfile.TemporaryDirectory(prefix="task-api-metrics-") as directory:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        directory = tempfile.mkdtemp(prefix="task-api-metrics-")
+    except OSError as exc:  # a read-only file system, say: serve all the same
+        logger.warning("metrics stay per worker: %s", exc)
         yield
+        return
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def serve(settings: Settings, url: str) -> None:
