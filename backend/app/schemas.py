@@ -308,9 +308,11 @@ class ClearQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    completed: Literal["true"] = Field(
-        description="Required, and only `true`: never delete everything"
-    )
+    # A boolean in the document, as E2's `completed` is: generated clients take
+    # `true` (they typed the string "true", and refused `true`), and send "true".
+    completed: Annotated[
+        Literal["true"], WithJsonSchema({"type": "boolean", "const": True})
+    ] = Field(description="Required, and only `true`: never delete everything")
 
 
 # Absent: unchanged (PATCH, PUT) or false (POST); null: false, as "cleared".

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from task_api_client import AuthenticatedClient
 from task_api_client.api.health import health
+from task_api_client.api.sync import clear_completed
 from task_api_client.api.tasks import (
     create_task,
     delete_task,
@@ -18,6 +19,7 @@ from task_api_client.api.tasks import (
     toggle_task,
 )
 from task_api_client.models import (
+    Cleared,
     ErrorBody,
     Priority,
     TaskCreate,
@@ -78,6 +80,12 @@ def main(base_url: str, token: str, user: str) -> None:
     assert task(done).completed is True
     undone = toggle_task.sync(user, first.id, client=client, body=ToggleBody())
     assert task(undone).completed is False
+
+    done_body = TaskCreate(title="done", completed=True)
+    assert create_task.sync_detailed(user, client=client, body=done_body).parsed
+    cleared = clear_completed.sync(user, client=client, completed=True)
+    assert isinstance(cleared, Cleared), cleared
+    assert cleared.deleted == 1
 
     deleted = delete_task.sync_detailed(user, first.id, client=client)
     assert deleted.status_code == 204

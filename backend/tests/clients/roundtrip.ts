@@ -3,6 +3,7 @@
 // `tsc --noEmit`, then compiled and run with Node; any failed check throws.
 import { client } from "./client/client.gen";
 import {
+  clearCompleted,
   createTask,
   deleteTask,
   getTask,
@@ -82,6 +83,13 @@ async function main(): Promise<void> {
   check(task(done.data, "toggle").completed === true, "toggle without a body");
   const undone = await toggleTask({ path: ids, body: {} });
   check(task(undone.data, "toggle").completed === false, "toggle with {}");
+
+  await createTask({ path: { user_id: USER_ID }, body: { title: "done", completed: true } });
+  const cleared = await clearCompleted({
+    path: { user_id: USER_ID },
+    query: { completed: true },
+  });
+  check(cleared.data?.deleted === 1, `clear completed: ${cleared.response.status}`);
 
   const deleted = await deleteTask({ path: ids });
   check(deleted.response.status === 204, `delete: ${deleted.response.status}`);
