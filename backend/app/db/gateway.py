@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -63,6 +65,11 @@ _CONFLICTS = ("40P01", "40001")
 # read_only_sql_transaction: the server is (or has just become) a standby, as
 # during a failover; a new connection may reach the new primary.
 _READ_ONLY = "25006"
+# invalid_sql_statement_name, duplicate_prepared_statement: a transaction pooler
+# (PgBouncer before 1.21, or without max_prepared_statements) ran the statement on
+# a server connection that lacks the prepared statement asyncpg named, or has
+# another client's of that name. Nothing ran.
+_STATEMENT_LOST = ("26000", "42P05")
 # query_canceled (statement_timeout): unavailable, but the connection is fine.
 _CANCELED = "57014"
 # insufficient_privilege, undefined_function: the statement calls what this
@@ -126,6 +133,30 @@ async def again_on_conflict(attempt: Callable[[], Awaitable[A]]) -> A:
         except Conflict:
             continue
     return await attempt()
+
+
+# Makes this process's prepared statements' names its own (`_Connection`).
+_PROCESS = secrets.token_hex(4)
+
+
+class _Connection(asyncpg.Connection):
+    """An asyncpg connection whose prepared statements' names no other process
+    (worker, instance) uses: asyncpg numbers them per process, so behind a
+    transaction pooler that keeps no prepared statements, a statement sent to
+    another server connection found another process's of the same name there,
+    and ran it with its own values, or was refused them (08P01). Now it finds
+    none (`_STATEMENT_LOST`: nothing ran)."""
+
+    # Whether it names and caches its prepared statements (`Database.open`).
+    prepares = True
+
+    def _get_unique_id(self, prefix: str) -> str:
+        name: str = super()._get_unique_id(prefix)  # type: ignore[misc]
+        return f"{name}{_PROCESS}_{os.getpid():x}"  # forked workers share _PROCESS
+
+
+def _lost_statement(exc: BaseException | None) -> bool:
+    return getattr(exc, "sqlstate", None) in _STATEMENT_LOST
 
 
 @dataclass(frozen=True)
@@ -213,6 +244,10 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
     if sqlstate in _REFUSED:
         logger.error("database refused the statement: %s", failure(exc))
         return Refused()
+    if sqlstate in _STATEMENT_LOST:
+        if connection is not None:
+            connection.terminate()  # its statement cache is no good
+        return Conflict()
     if sqlstate in _CONFLICTS or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return Conflict()
     if (
@@ -302,14 +337,6 @@ class Database:
         self._ping: asyncio.Future[None] | None = None
         statement_ms = self._statement_timeout_ms() or STATEMENT_TIMEOUT_MS
         self._operation_timeout = statement_ms / 1000 + _GRACE_SECONDS
-        if self._behind_neons_pooler() and settings.DB_STATEMENT_TIMEOUT_MS:
-            # A .env written from an older example still sets it.
-            logger.warning(
-                "DB_STATEMENT_TIMEOUT_MS=%d is sent to a -pooler host, whose "
-                "PgBouncer refuses it unless told to ignore it (every connection "
-                "fails): leave it unset and set the timeout on the role",
-                settings.DB_STATEMENT_TIMEOUT_MS,
-            )
 
     async def open(self) -> None:
         """Create the pool. No connection is opened until one is needed, so a
@@ -324,15 +351,30 @@ class Database:
         if statement_ms := self._statement_timeout_ms():
             server_settings["statement_timeout"] = str(statement_ms)
         connect_args = {"timeout": 5, **self._url.connect_args}
-        statement_cache_size = self._statement_cache_size()
+        self._cache_size = self._statement_cache_size()
 
         async def connect() -> Connection:
-            connection: Connection = await asyncpg.connect(
-                self._url.dsn,
-                statement_cache_size=statement_cache_size,
-                server_settings=server_settings,
-                **connect_args,
-            )
+            while True:
+                try:
+                    connection: Connection = await asyncpg.connect(
+                        self._url.dsn,
+                        statement_cache_size=self._cache_size,
+                        connection_class=_Connection,
+                        server_settings=server_settings,
+                        **connect_args,
+                    )
+                    break
+                except asyncpg.ProtocolViolationError as exc:
+                    refused = "statement_timeout" in str(exc)
+                    if not refused or "statement_timeout" not in server_settings:
+                        raise
+                    del server_settings["statement_timeout"]
+                    logger.warning(
+                        "the database (a pooler: PgBouncer) refuses statement_timeout "
+                        "as a startup setting: connecting without it; set "
+                        "DB_STATEMENT_TIMEOUT_MS=0 and the timeout on the role"
+                    )
+            cast(_Connection, connection).prepares = self._cache_size > 0
             try:
                 await _read_timestamps_as_text(connection)
             except BaseException:  # failed or cancelled: never left open
@@ -359,8 +401,8 @@ class Database:
 
     def _statement_timeout_ms(self) -> int:
         """Sent as a startup parameter, which PgBouncer refuses unless configured
-        to ignore it: a connection to Neon's was refused every time (a 503 to
-        every request) when not set to 0."""
+        to ignore it (a connection is then made again without it: `open`), so
+        none behind Neon's, known by its host, unless set."""
         if self._settings.DB_STATEMENT_TIMEOUT_MS is not None:
             return self._settings.DB_STATEMENT_TIMEOUT_MS
         return 0 if self._behind_neons_pooler() else STATEMENT_TIMEOUT_MS
@@ -382,20 +424,23 @@ class Database:
         return self._pool
 
     async def fetch(self, query: Query[R], **params: Any) -> list[R]:
-        """All rows of a read (retried once on a dropped connection)."""
-        records = await self._read(lambda c: c.fetch(query.sql, *query.args(params)))
+        """All rows of a read (`_single`)."""
+        records = await self._single(lambda c: c.fetch(query.sql, *query.args(params)))
         return cast(list[R], _rows(records))
 
     async def fetch_one(self, query: Query[R], **params: Any) -> R | None:
-        """The first row of a read, or None (retried once on a dropped connection)."""
-        record = await self._read(lambda c: c.fetchrow(query.sql, *query.args(params)))
+        """The first row of a read, or None (`_single`)."""
+        record = await self._single(
+            lambda c: c.fetchrow(query.sql, *query.args(params))
+        )
         return None if record is None else cast(R, dict(record))
 
     async def write_one(self, query: Query[R], **params: Any) -> R | None:
-        """Run one statement outside any transaction block; its RETURNING row."""
-        async with self._connection(writes=True) as connection:
-            with _driver_errors(connection):
-                record = await connection.fetchrow(query.sql, *query.args(params))
+        """Run one statement outside any transaction block (`_single`); its
+        RETURNING row."""
+        record = await self._single(
+            lambda c: c.fetchrow(query.sql, *query.args(params)), writes=True
+        )
         return None if record is None else cast(R, dict(record))
 
     @asynccontextmanager
@@ -453,16 +498,40 @@ class Database:
     def connections_in_use(self) -> int:
         return 0 if self._pool is None else self._pool.in_use
 
-    async def _read(self, run: Callable[[Connection], Awaitable[Any]]) -> Any:
+    async def _single(
+        self, run: Callable[[Connection], Awaitable[Any]], *, writes: bool = False
+    ) -> Any:
+        """One statement on a pooled connection, run again once on another when
+        it cannot have run: a read whose connection was dropped (a write's may
+        have been applied), or any whose prepared statement a pooler lost."""
         for attempt in (1, 2):
-            async with self._connection() as connection:
+            async with self._connection(writes=writes) as connection:
                 try:
                     return await run(connection)
-                except _DRIVER_ERRORS:
-                    if attempt == 2 or not connection.is_closed():
+                except _DRIVER_ERRORS as exc:
+                    lost = _lost_statement(exc)
+                    again = lost or (not writes and connection.is_closed())
+                    if attempt == 2 or not again:
                         with _driver_errors(connection):
                             raise
+                    if lost:
+                        connection.terminate()
+                        self._without_prepared_statements()
         raise AssertionError("unreachable")
+
+    def _without_prepared_statements(self) -> None:
+        """A transaction pooler that keeps no prepared statements (PgBouncer
+        before 1.21, or without max_prepared_statements) is in between: new
+        connections keep none (asyncpg's statement cache off), and the idle ones,
+        whose caches name statements the pooler may not find, are closed."""
+        if self._cache_size:
+            self._cache_size = 0
+            self.pool.close_idle()
+            logger.warning(
+                "the database is reached through a pooler that keeps no prepared "
+                "statements (PgBouncer): statement cache off; set "
+                "DB_STATEMENT_CACHE_SIZE=0 to start so"
+            )
 
     @asynccontextmanager
     async def _connection(self, *, writes: bool = False) -> AsyncIterator[Connection]:
@@ -507,6 +576,8 @@ class Database:
             raise
         except Exception as exc:
             reusable = True  # an error reported in full: the connection is idle again
+            if _lost_statement(exc.__cause__):  # in a transaction: a Conflict
+                self._without_prepared_statements()
             if silent or (writes and type(exc) is DatabaseUnavailable):
                 # no answer, or the connection failed (not a lock or a conflict,
                 # which roll back): a write's outcome is unknown
@@ -514,6 +585,9 @@ class Database:
             raise
         finally:
             deadline.cancel()
-            pool.release(connection, reusable=reusable)
+            # One that names its statements, once a pooler was found to lose
+            # them (`_without_prepared_statements`), is not used again.
+            stale = not self._cache_size and cast(_Connection, connection).prepares
+            pool.release(connection, reusable=reusable and not stale)
         if silent:  # a read gave up on the dropped connection: not retried
             raise DatabaseUnavailable(detail=no_answer)

@@ -82,9 +82,13 @@ class Pool:
         self._closed = True
         if self._sweep is not None:
             self._sweep.cancel()
+        self.close_idle()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def close_idle(self) -> None:
+        """Close the idle connections: new ones are opened as needed."""
         while self._idle:
             self._close_later(self._idle.popleft()[0])
-        await asyncio.gather(*self._closing, return_exceptions=True)
 
     def _reuse(self) -> Connection | None:
         while self._idle:

@@ -7,6 +7,7 @@ mean "come back later" are 503s, waiters for a connection are served in arrival
 order, and timestamps (read as text) come back exactly whatever the session's
 defaults."""
 
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -181,6 +182,35 @@ async def test_write_is_not_retried_on_a_dropped_connection(
     with pytest.raises(DatabaseUnavailable):
         await database.write_one(INSERT, user_id=user)
     assert await database.fetch_one(COUNT, user_id=user) == {"n": 0}
+
+
+async def test_a_statement_a_pooler_lost_is_run_again_without_the_cache(
+    database: Database,
+) -> None:
+    """As behind PgBouncer 1.18 in transaction mode: the server connection a
+    statement reaches lacks the prepared statement asyncpg cached (here: it is
+    deallocated behind asyncpg's back). Nothing ran, so it is run once more, on
+    a new connection, and the cache is turned off for good: it was a 500."""
+    user = new_user_id()
+    await database.write_one(INSERT, user_id=user)  # INSERT prepared and cached
+    idle = database.pool._idle[-1][0]
+    await idle.execute("DEALLOCATE ALL")
+    await database.write_one(INSERT, user_id=user)
+    assert idle.is_closed()
+    assert database._cache_size == 0
+    assert await database.fetch_one(COUNT, user_id=user) == {"n": 2}
+
+
+async def test_prepared_statements_are_named_for_their_process(
+    database: Database,
+) -> None:
+    """asyncpg numbers statements per process: two workers behind one pooler
+    named different statements alike, and one ran with the other's values."""
+    await database.fetch_one(COUNT, user_id=new_user_id())
+    connection = database.pool._idle[-1][0]
+    names = await connection.fetch("SELECT name FROM pg_prepared_statements")
+    assert names
+    assert all(n["name"].endswith(f"_{os.getpid():x}") for n in names)
 
 
 @pytest.mark.parametrize(

@@ -174,16 +174,3 @@ def test_neons_pooler_gets_what_its_pgbouncer_takes_unless_set(
     else:
         assert database._statement_timeout_ms() == value
         assert database._operation_timeout == (value or 15_000) / 1000 + 2
-
-
-@pytest.mark.parametrize(("setting", "warned"), [("15000", True), ("", False)])
-def test_a_statement_timeout_set_for_neons_pooler_is_warned_about(
-    setting: str, warned: bool, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A `.env` copied from an example that set it: every connection fails."""
-    settings = Settings(
-        _env_file=None, DATABASE_URL=NEON, DB_STATEMENT_TIMEOUT_MS=setting
-    )
-    Database(settings, parse_database_url(NEON))
-    said = any("sent to a -pooler host" in message for message in caplog.messages)
-    assert said is warned
