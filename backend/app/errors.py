@@ -248,7 +248,7 @@ class MethodNotImplemented(AppError):
     status_code = 501
     code = "not_implemented"
     message = "Method not implemented"
-    detail = "The API takes GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS"
+    detail = "The API takes GET, HEAD, POST, PUT, PATCH, DELETE (and OPTIONS: CORS)"
 
 
 class PayloadTooLarge(AppError):
