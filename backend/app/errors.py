@@ -322,6 +322,21 @@ class DatabaseUnavailable(AppError):
     retry_after = 2
 
 
+class DatabaseRefused(DatabaseUnavailable):
+    """The database refused the statement (the gateway's `_translate`): the role
+    may not touch a table (a read-only role) or call a function, or the server
+    lacks the function (a managed PostgreSQL's restrictions). It serves again
+    once an operator grants what is missing, without a restart. `reason`, the
+    server's words, is logged where the error is rendered: the service may
+    handle it instead (delta sync, without its crash safety)."""
+
+    detail = "The database refused this operation; retry after Retry-After seconds"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
 # A worker started while the database was down, until it has checked the schema.
 SCHEMA_NOT_CHECKED = (
     "The database's schema is not checked yet (the database was unreachable when "
@@ -424,6 +439,8 @@ def register_exception_handlers(app: FastAPI) -> None:
             metrics.RATE_LIMITED.inc()
         elif isinstance(exc, DatabaseUnavailable):
             metrics.DB_ERRORS.inc()
+            if isinstance(exc, DatabaseRefused):
+                logger.error("database refused the statement: %s", exc.reason)
         return error_response(exc, request_id_of(request))
 
     async def request_validation(request: Request, exc: Exception) -> JSONResponse:

@@ -4,7 +4,8 @@
 - `fetch` / `fetch_one`: a read. A pooled connection the server dropped (Neon scaling
   to zero, a restart) is replaced and the read retried once.
 - `write_one`: one statement, atomic by itself: no BEGIN/COMMIT round trips, and
-  never retried (it may have committed before the connection died).
+  not retried when its connection died (it may have committed); only when it
+  cannot have run (a pooler lost its prepared statement: `StatementLost`).
 - `transaction()`: several statements, one commit (`savepoint()` inside it undoes a
   block that raises, and keeps the rest).
 
@@ -45,7 +46,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from app.config import Settings
 from app.db.pool import Connection, Pool
 from app.db.url import DatabaseURL
-from app.errors import DatabaseUnavailable
+from app.errors import DatabaseRefused, DatabaseUnavailable
 from app.observability import metrics
 from app.observability.logging import failure
 
@@ -90,15 +91,6 @@ WRITE_UNKNOWN = (
 )
 
 
-class Refused(DatabaseUnavailable):
-    """The server refused the statement: the role may not touch a table (a
-    read-only role) or call a function, or the server lacks the function (a
-    managed PostgreSQL's restrictions). It serves again once an operator grants
-    what is missing, without a restart."""
-
-    detail = "The database refused this operation; retry after Retry-After seconds"
-
-
 class LockTimeout(DatabaseUnavailable):
     """A statement waited longer than lock_timeout (the transaction's, or one
     set on the role or database)."""
@@ -115,6 +107,16 @@ class Conflict(DatabaseUnavailable):
     transaction."""
 
     detail = "Another operation conflicted with this one; retry after Retry-After s"
+
+
+class StatementLost(Conflict):
+    """A transaction pooler (`_STATEMENT_LOST`) did not find a prepared statement
+    where it sent it: nothing ran. The gateway stops preparing named statements
+    (`Database._without_prepared_statements`)."""
+
+    detail = (
+        "The database's pooler lost a prepared statement; retry after Retry-After s"
+    )
 
 
 # Runs of a batch or a clear that PostgreSQL rolled back to break a deadlock with
@@ -155,7 +157,7 @@ class _Connection(asyncpg.Connection):
         return f"{name}{_PROCESS}_{os.getpid():x}"  # forked workers share _PROCESS
 
 
-def _lost_statement(exc: BaseException | None) -> bool:
+def _lost_statement(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) in _STATEMENT_LOST
 
 
@@ -235,19 +237,17 @@ def _dicts_for(names: tuple[str, ...]) -> _Dicts:
 
 
 def _translate(exc: Exception, connection: Connection | None) -> Exception:
-    """A driver error as the service sees it: LockTimeout, Conflict, Refused,
+    """A driver error as the service sees it: LockTimeout, Conflict (and
+    StatementLost), DatabaseRefused,
     DatabaseUnavailable when the connection or the server failed (rather than the
     statement), else itself."""
     sqlstate = getattr(exc, "sqlstate", None) or ""
     if sqlstate == _LOCK_NOT_AVAILABLE:
         return LockTimeout()
     if sqlstate in _REFUSED:
-        logger.error("database refused the statement: %s", failure(exc))
-        return Refused()
+        return DatabaseRefused(failure(exc))
     if sqlstate in _STATEMENT_LOST:
-        if connection is not None:
-            connection.terminate()  # its statement cache is no good
-        return Conflict()
+        return StatementLost()
     if sqlstate in _CONFLICTS or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return Conflict()
     if (
@@ -355,26 +355,29 @@ class Database:
 
         async def connect() -> Connection:
             while True:
+                cache_size, sent = self._cache_size, dict(server_settings)
                 try:
                     connection: Connection = await asyncpg.connect(
                         self._url.dsn,
-                        statement_cache_size=self._cache_size,
+                        statement_cache_size=cache_size,
                         connection_class=_Connection,
-                        server_settings=server_settings,
+                        server_settings=sent,
                         **connect_args,
                     )
                     break
                 except asyncpg.ProtocolViolationError as exc:
-                    refused = "statement_timeout" in str(exc)
-                    if not refused or "statement_timeout" not in server_settings:
+                    timeout_refused = "statement_timeout" in str(exc)
+                    if not timeout_refused or "statement_timeout" not in sent:
                         raise
-                    del server_settings["statement_timeout"]
-                    logger.warning(
-                        "the database (a pooler: PgBouncer) refuses statement_timeout "
-                        "as a startup setting: connecting without it; set "
-                        "DB_STATEMENT_TIMEOUT_MS=0 and the timeout on the role"
-                    )
-            cast(_Connection, connection).prepares = self._cache_size > 0
+                    # Connects refused at once all try again; one warns.
+                    if server_settings.pop("statement_timeout", None) is not None:
+                        logger.warning(
+                            "the database (a pooler: PgBouncer) refuses "
+                            "statement_timeout as a startup setting: connecting "
+                            "without it; set DB_STATEMENT_TIMEOUT_MS=0 and the "
+                            "timeout on the role"
+                        )
+            cast(_Connection, connection).prepares = cache_size > 0
             try:
                 await _read_timestamps_as_text(connection)
             except BaseException:  # failed or cancelled: never left open
@@ -486,7 +489,9 @@ class Database:
                         if self._closed:
                             raise DatabaseUnavailable(detail="shutting down")
                         probe = self._probe = await self._connect()
-                    await probe.fetchval("SELECT 1")
+                    # The simple query protocol: no statement prepared, which
+                    # a transaction pooler might not find again.
+                    await probe.execute("SELECT 1")
                     return
             except (*_DRIVER_ERRORS, TimeoutError) as exc:
                 if self._probe is not None:
@@ -494,9 +499,6 @@ class Database:
                     self._probe = None
                 if fresh:
                     raise _translate(exc, None) from exc
-
-    def connections_in_use(self) -> int:
-        return 0 if self._pool is None else self._pool.in_use
 
     async def _single(
         self, run: Callable[[Connection], Awaitable[Any]], *, writes: bool = False
@@ -514,8 +516,7 @@ class Database:
                     if attempt == 2 or not again:
                         with _driver_errors(connection):
                             raise
-                    if lost:
-                        connection.terminate()
+                    if lost:  # this connection is not used again (`_connection`)
                         self._without_prepared_statements()
         raise AssertionError("unreachable")
 
@@ -576,7 +577,7 @@ class Database:
             raise
         except Exception as exc:
             reusable = True  # an error reported in full: the connection is idle again
-            if _lost_statement(exc.__cause__):  # in a transaction: a Conflict
+            if isinstance(exc, StatementLost):
                 self._without_prepared_statements()
             if silent or (writes and type(exc) is DatabaseUnavailable):
                 # no answer, or the connection failed (not a lock or a conflict,

@@ -15,7 +15,7 @@ from sqlalchemy.pool import NullPool
 from app.config import load_settings
 from app.db.gateway import Database, compile_query
 from app.db.url import parse_database_url
-from app.errors import DatabaseUnavailable
+from app.errors import DatabaseRefused, DatabaseUnavailable
 from app.observability.logging import configure_logging, failure
 
 if TYPE_CHECKING:
@@ -139,6 +139,8 @@ async def ensure_schema(database: Database, url: str) -> bool:
         table = await database.fetch_one(_HAS_VERSION_TABLE)
         present = table is not None and table["present"]
         row = await database.fetch_one(_REVISION) if present else None
+    except DatabaseRefused:
+        raise  # the role may not read it: no later round will do better
     except DatabaseUnavailable:
         return False
     if row is None or row["revision"] != SCHEMA_REVISION:

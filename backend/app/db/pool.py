@@ -42,7 +42,6 @@ class Pool:
         self._sweep: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.in_use = 0
 
     async def acquire(self) -> Connection:
         """An idle connection, else a new one. While every connection is in use,
@@ -53,14 +52,12 @@ class Pool:
         except BaseException:
             self._turns.release()
             raise
-        self.in_use += 1
         metrics.POOL_IN_USE.inc()
         return connection
 
     def release(self, connection: Connection, *, reusable: bool = True) -> None:
         """Back on the stack, unless it must not be used again: closed, left in a
         transaction, or interrupted mid-operation (`reusable=False`)."""
-        self.in_use -= 1
         metrics.POOL_IN_USE.dec()
         if connection.is_closed():
             connection.terminate()  # frees what asyncpg still holds for it

@@ -1,5 +1,7 @@
-"""Every statement on tasks and their tombstones, each filtered by its owner
-(`owned`, checked by tests/unit/test_owner_filter.py).
+"""The statements of the single-task requests, the listing and clear completed,
+on tasks and their tombstones, each filtered by its owner (`owned`, which delta
+sync's and Idempotency-Key's statements start from too; checked by
+tests/unit/test_owner_filter.py).
 
 Statements are built from the SQLModel tables with `bindparam` placeholders and
 compiled once per shape (which fields, which filters, which sort); each request only

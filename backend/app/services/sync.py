@@ -37,8 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from app.db.gateway import Database, Query, Refused, compile_query
-from app.errors import InvalidCursor, SyncTokenExpired
+from app.db.gateway import Database, Query, compile_query
+from app.errors import DatabaseRefused, InvalidCursor, SyncTokenExpired
 from app.schemas import JsonTaskId, TaskRecord
 from app.services.cursor import CursorCodec
 from app.services.statements import COLUMNS, TASK, TOMBSTONE, owned
@@ -369,10 +369,10 @@ class DeltaSync:
             query, params = token.statement(limit, self._origin)
             try:
                 rows = await self._db.fetch(query, user_id=user_id, **params)
-            except Refused:
+            except DatabaseRefused as exc:
                 if not self._origin:
                     raise
-                logger.warning("delta sync not safe across a crash (refused above)")
+                logger.warning("delta sync not safe across a crash: %s", exc.reason)
                 self._origin = False  # the server refuses `_STARTS` or its checkpoint
                 continue
             first = rows[0]["snapshot"]

@@ -1,6 +1,7 @@
 """The task service the routes call: E1-E7 and E12 here, delta sync (E10) in
-`sync`, batches (E11) in `batch`, Idempotency-Key in `idempotency`; the statements
-they run, all filtered by owner, in `statements`."""
+`sync`, batches (E11) in `batch`, Idempotency-Key in `idempotency`. The statements
+on tasks are in `statements`; sync's and the keys' own are with their code. Every
+one is filtered by owner (tests/unit/test_owner_filter.py)."""
 
 import copy
 import itertools

@@ -19,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
 
+from app.errors import DatabaseRefused
 from tests.conftest import ClientFactory, fresh_database
 from tests.factories import metric, new_user_id, tasks_url
 from tests.pg import PrivatePostgres
@@ -263,6 +264,20 @@ def test_a_role_the_database_refuses_writes_gets_503_never_500(
     assert "refused" in refused.json()["detail"]
     assert "permission denied for table task" in capsys.readouterr().err
     assert reader.get(tasks_url(user)).json() == []
+
+
+def test_a_role_that_may_not_read_the_schema_version_stops_start_up(
+    private_pg: PrivatePostgres, make_client: ClientFactory
+) -> None:
+    """Not a database that cannot be reached yet (a 503 "schema not checked"
+    for ever, and an error logged every second, a review): start-up fails with
+    the refusal."""
+    make_client(DATABASE_URL=SecretStr(private_pg.url()))  # migrates, as the owner
+    with psycopg2.connect(private_pg.url()) as admin, admin.cursor() as cursor:
+        cursor.execute("CREATE ROLE blind LOGIN")
+    blind = SecretStr(private_pg.url().replace("postgres@", "blind@"))
+    with pytest.raises(DatabaseRefused):
+        make_client(DATABASE_URL=blind)
 
 
 def test_a_worker_started_while_the_database_is_down_checks_the_schema_later(
