@@ -64,7 +64,8 @@ _LOCK_NOT_AVAILABLE = "55P03"
 # serializable).
 _CONFLICTS = ("40P01", "40001")
 # read_only_sql_transaction: the server is (or has just become) a standby, as
-# during a failover; a new connection may reach the new primary.
+# during a failover, and a new connection may reach the new primary; or the role's
+# transactions are read-only by default. Refused either way: nothing was written.
 _READ_ONLY = "25006"
 # invalid_sql_statement_name, duplicate_prepared_statement: a transaction pooler
 # (PgBouncer before 1.21, or without max_prepared_statements) ran the statement on
@@ -246,6 +247,10 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         return LockTimeout()
     if sqlstate in _REFUSED:
         return DatabaseRefused(failure(exc))
+    if sqlstate == _READ_ONLY:
+        if connection is not None:
+            connection.terminate()  # the next one may reach the new primary
+        return DatabaseRefused(failure(exc))
     if sqlstate in _STATEMENT_LOST:
         return StatementLost()
     if sqlstate in _CONFLICTS or isinstance(exc, asyncpg.InvalidCachedStatementError):
@@ -260,7 +265,6 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
             | asyncpg.exceptions.InternalClientError,
         )
         or sqlstate[:2] in _UNAVAILABLE_CLASSES
-        or sqlstate == _READ_ONLY
     ):
         # Half-broken (the server is shutting it down, say): never reused. A
         # statement cancelled by statement_timeout leaves it idle.

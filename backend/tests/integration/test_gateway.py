@@ -20,9 +20,16 @@ import pytest
 from sqlalchemy import Engine, make_url, text
 
 from app.config import Settings
-from app.db.gateway import Conflict, Database, LockTimeout, Query, compile_query
+from app.db.gateway import (
+    WRITE_UNKNOWN,
+    Conflict,
+    Database,
+    LockTimeout,
+    Query,
+    compile_query,
+)
 from app.db.url import parse_database_url
-from app.errors import DatabaseUnavailable
+from app.errors import DatabaseRefused, DatabaseUnavailable
 from tests.factories import new_user_id
 
 pytestmark = pytest.mark.anyio
@@ -218,7 +225,8 @@ async def test_prepared_statements_are_named_for_their_process(
         ("deadlock_detected", Conflict),
         ("serialization_failure", Conflict),  # a role's default isolation
         ("lock_not_available", LockTimeout),  # a role's lock_timeout
-        ("read_only_sql_transaction", DatabaseUnavailable),  # a failover
+        # a failover, or a role whose transactions are read-only by default
+        ("read_only_sql_transaction", DatabaseRefused),
     ],
 )
 async def test_errors_that_mean_come_back_later_are_503s(
@@ -231,6 +239,7 @@ async def test_errors_that_mean_come_back_later_are_503s(
         await database.write_one(_raising(condition))
     assert raised.value.status_code == 503
     assert raised.value.headers["Retry-After"]
+    assert raised.value.detail != WRITE_UNKNOWN  # refused: nothing was written
 
 
 async def test_an_unavailable_database_is_logged_with_the_servers_reason(
