@@ -158,10 +158,6 @@ class _Connection(asyncpg.Connection):
         return f"{name}{_PROCESS}_{os.getpid():x}"  # forked workers share _PROCESS
 
 
-def _lost_statement(exc: BaseException) -> bool:
-    return getattr(exc, "sqlstate", None) in _STATEMENT_LOST
-
-
 @dataclass(frozen=True)
 class Query(Generic[R]):
     """A statement compiled for asyncpg: its SQL, its parameters' names in
@@ -511,17 +507,17 @@ class Database:
         it cannot have run: a read whose connection was dropped (a write's may
         have been applied), or any whose prepared statement a pooler lost."""
         for attempt in (1, 2):
-            async with self._connection(writes=writes) as connection:
-                try:
-                    return await run(connection)
-                except _DRIVER_ERRORS as exc:
-                    lost = _lost_statement(exc)
-                    again = lost or (not writes and connection.is_closed())
-                    if attempt == 2 or not again:
-                        with _driver_errors(connection):
-                            raise
-                    if lost:  # this connection is not used again (`_connection`)
-                        self._without_prepared_statements()
+            try:
+                async with self._connection(writes=writes) as connection:
+                    try:
+                        return await run(connection)
+                    except _DRIVER_ERRORS:
+                        if writes or attempt == 2 or not connection.is_closed():
+                            with _driver_errors(connection):
+                                raise
+            except StatementLost:  # `_connection` turned the cache off
+                if attempt == 2:
+                    raise
         raise AssertionError("unreachable")
 
     def _without_prepared_statements(self) -> None:
