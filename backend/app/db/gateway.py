@@ -48,9 +48,11 @@ from app.db.pool import Connection, Pool
 from app.db.url import DatabaseURL
 from app.errors import DatabaseRefused, DatabaseUnavailable
 from app.observability import metrics
-from app.observability.logging import failure
+from app.observability.logging import Throttled, failure
 
 logger = logging.getLogger("app.db")
+# One line per reason every 10 s, not one per failing request, in an outage.
+_unavailable = Throttled(logger)
 R = TypeVar("R", bound=Mapping[str, Any])
 A = TypeVar("A")
 _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
@@ -273,7 +275,7 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         # With the server's or the driver's own words (which never carry the
         # password): a refused login, a missing database, a pooler refusing a
         # setting or a certificate would otherwise look like an outage.
-        logger.warning("database unavailable: %s", failure(exc))
+        _unavailable.warning(f"database unavailable: {failure(exc)}")
         return DatabaseUnavailable()
     return exc
 

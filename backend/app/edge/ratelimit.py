@@ -13,7 +13,7 @@ from typing import Protocol
 
 from app.errors import RateLimited
 from app.observability import metrics
-from app.observability.logging import failure
+from app.observability.logging import Throttled, failure
 
 logger = logging.getLogger("app.ratelimit")
 
@@ -77,7 +77,7 @@ class RateLimiter:
         self.limit = limit
         self.window = window
         self.store = store
-        self._warned_at = float("-inf")
+        self._unavailable = Throttled(logger)
 
     async def check(self, identity: str, detail: str | None = None) -> None:
         """Counts one for `identity`: RateLimited (429) when that is over its
@@ -93,7 +93,7 @@ class RateLimiter:
             return await counting
         except Exception as exc:  # the limiter is down: allow, and say so
             metrics.RATE_LIMITER_ERRORS.inc()
-            if time.monotonic() - self._warned_at > 10:
-                self._warned_at = time.monotonic()
-                logger.warning("rate limiter unavailable, allowing: %s", failure(exc))
+            self._unavailable.warning(
+                f"rate limiter unavailable, allowing: {failure(exc)}"
+            )
             return 0

@@ -2,6 +2,7 @@
 
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,31 @@ def failure(exc: BaseException) -> str:
     characters of it."""
     reason = (str(exc).strip().splitlines() or [""])[0][:300]
     return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
+class Throttled:
+    """A warning that would repeat with every request while a dependency is down
+    (the database, the rate limiter's store): logged at once, then the same text
+    again only after `seconds`, saying how many times it recurred in between
+    (`repeated`). Another text is logged at once."""
+
+    _KEPT = 64  # texts remembered at most (a reason may carry changing details)
+
+    def __init__(self, logger: logging.Logger, seconds: float = 10) -> None:
+        self._logger = logger
+        self.seconds = seconds
+        self._seen: dict[str, tuple[float, int]] = {}  # text: (logged at, held)
+
+    def warning(self, text: str) -> None:
+        now = time.monotonic()
+        logged_at, held = self._seen.get(text, (float("-inf"), 0))
+        if now - logged_at < self.seconds:
+            self._seen[text] = (logged_at, held + 1)
+            return
+        if len(self._seen) >= self._KEPT:
+            self._seen.clear()
+        self._seen[text] = (now, 0)
+        self._logger.warning(text, extra={"repeated": held} if held else None)
 
 
 class JsonFormatter(logging.Formatter):

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from app.observability.logging import configure_logging
+from app.observability.logging import Throttled, configure_logging
 
 
 def test_a_python_warning_is_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,3 +23,26 @@ def test_a_python_warning_is_one_json_line(capsys: pytest.CaptureFixture[str]) -
     assert entry["logger"] == "py.warnings"
     assert entry["level"] == "warning"
     assert "second line" in entry["msg"]
+
+
+def test_a_repeated_warning_is_one_line_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the database is down every request fails with the same reason: one
+    line for the first, then one per interval saying how many it stood for (a
+    line per request was a thousand a second under load); another reason at once."""
+    logger = logging.getLogger("test.throttled")
+    throttled = Throttled(logger, seconds=3600)
+    for _ in range(3):
+        throttled.warning("database unavailable: refused")
+    throttled.warning("database unavailable: timed out")
+    assert caplog.messages == [
+        "database unavailable: refused",
+        "database unavailable: timed out",
+    ]
+    throttled.seconds = 0  # the interval has passed
+    throttled.warning("database unavailable: refused")
+    assert caplog.messages[-1] == "database unavailable: refused"
+    assert caplog.records[-1].__dict__["repeated"] == 2
+    throttled.warning("database unavailable: refused")
+    assert not hasattr(caplog.records[-1], "repeated")  # none held back since
