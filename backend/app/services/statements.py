@@ -99,12 +99,21 @@ def _completion(completed: bool) -> dict[str, Any]:
 
 GET = compile_query(select(*COLUMNS).where(owned(by_id=True)), TaskRecord)
 EXISTS = compile_query(select(TASK.c.id).where(owned(by_id=True)), Id)
+
+
+def _in_id_order(*conditions: ColumnElement[bool]) -> Select[tuple[int]]:
+    """The ids of the user's tasks that match, each row locked in id order.
+    Every statement that locks several tasks takes them this way (a batch the
+    tasks it names, a clear the tasks it deletes), so two never hold each other's
+    next task: they queue, and never deadlock. A clear that locked in the order
+    it found its tasks (the heap's) deadlocked with batches and other clears,
+    and a single request waiting behind them could be the victim (a 503)."""
+    locked = select(TASK.c.id).where(owned(), *conditions).order_by(TASK.c.id)
+    return locked.with_for_update()
+
+
 LOCK_IN_ID_ORDER = compile_query(
-    select(TASK.c.id)
-    .where(owned(), TASK.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
-    .order_by(TASK.c.id)
-    .with_for_update(),
-    Id,
+    _in_id_order(TASK.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))), Id
 )
 INSERT = compile_query(
     insert(TASK)
@@ -173,7 +182,8 @@ class _Count(TypedDict):
 SWEEP_TOMBSTONES = compile_query(_sweep_tombstones(), NoRows)
 
 
-_cleared = _bury(TASK.c.completed, sweep=False).cte("cleared")
+_cleared = _bury(TASK.c.id.in_(_in_id_order(TASK.c.completed)), sweep=False)
+_cleared = _cleared.cte("cleared")
 CLEAR_COMPLETED = compile_query(
     select(func.count().label("count")).select_from(  # owner-filter: exempt (_bury)
         _cleared

@@ -198,6 +198,9 @@ def test_a_token_lists_few_transactions_in_flight_and_misses_nothing(
         assert len(snapshot.split(":")[2].split(",")) == 2
         for writer in writers:
             writer.commit()
+    # With room for two still, a busy cluster's own transactions in flight (in
+    # another database) would push the rest to a later sync as well.
+    monkeypatch.undo()
     rest = changes(client, user, first["next"])
     sent = [task["title"] for task in first["tasks"] + rest["tasks"]]
     assert sorted(sent) == sorted([done["title"], *(f"slow {n}" for n in range(4))])

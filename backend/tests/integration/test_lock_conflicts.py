@@ -95,6 +95,36 @@ def test_a_batch_locks_the_tasks_it_names_in_id_order(
     assert [r["status"] for r in response.json()["results"]] == [200, 200]
 
 
+def test_a_clear_locks_the_tasks_it_deletes_in_id_order(
+    client: TestClient, engine: Engine
+) -> None:
+    """Stored out of id order (the first task written again after the second),
+    the clear still asks for the first's lock before the second's: while it waits
+    for the first it holds neither, so a clear and a batch (which locks in id
+    order too), or two clears, never deadlock. A clear took its tasks in the
+    order it found them: with batches and clears on the same tasks, a toggle
+    waiting behind them was a deadlock's victim, a 503 (an outside trial)."""
+    user = new_user_id()
+    first, second = (
+        create_task(client, user, title=title, completed=True) for title in "ab"
+    )
+    url = tasks_url(user)
+    client.patch(f"{url}/{first['id']}", json={"title": "a2"}).raise_for_status()
+    with _waiting_on(
+        engine,
+        user,
+        first["id"],
+        lambda: client.delete(url, params={"completed": "true"}),
+    ) as (other, clear):
+        free = other.execute(
+            text(f"{LOCK.text} NOWAIT"), {"u": user, "id": second["id"]}
+        )
+        assert free.scalar_one() == 1  # the clear did not take it before waiting
+    response = clear.result()
+    assert response.status_code == 200, response.text
+    assert response.json() == {"deleted": 2}
+
+
 def test_a_clear_chosen_as_deadlock_victim_is_run_again(
     client: TestClient, engine: Engine
 ) -> None:
