@@ -74,7 +74,8 @@ _READ_ONLY = "25006"
 # a server connection that lacks the prepared statement asyncpg named, or has
 # another client's of that name. Nothing ran.
 _STATEMENT_LOST = ("26000", "42P05")
-# query_canceled (statement_timeout): unavailable, but the connection is fine.
+# query_canceled (statement_timeout, or an operator's pg_cancel_backend): rolled
+# back, and the connection is idle again.
 _CANCELED = "57014"
 # insufficient_privilege, undefined_function: the statement calls what this
 # server does not let the role call, or does not have.
@@ -99,6 +100,18 @@ class LockTimeout(DatabaseUnavailable):
     set on the role or database)."""
 
     detail = "The tasks are locked by another operation; retry after Retry-After s"
+
+
+class Cancelled(DatabaseUnavailable):
+    """The server cancelled the statement (`_CANCELED`): it ran past the
+    statement timeout, waiting on locks or working. Rolled back, so nothing was
+    written: unlike a write whose connection failed, retrying cannot make it
+    twice."""
+
+    detail = (
+        "The database cancelled this operation, which ran past its statement "
+        "timeout: nothing was changed; retry after Retry-After s"
+    )
 
 
 class Conflict(DatabaseUnavailable):
@@ -251,6 +264,9 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         return DatabaseRefused(failure(exc))
     if sqlstate in _STATEMENT_LOST:
         return StatementLost()
+    if sqlstate == _CANCELED:
+        _unavailable.warning(f"database cancelled a statement: {failure(exc)}")
+        return Cancelled()
     if sqlstate in _CONFLICTS or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return Conflict()
     if (
@@ -264,13 +280,8 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         )
         or sqlstate[:2] in _UNAVAILABLE_CLASSES
     ):
-        # Half-broken (the server is shutting it down, say): never reused. A
-        # statement cancelled by statement_timeout leaves it idle.
-        if (
-            connection is not None
-            and not connection.is_closed()
-            and sqlstate != _CANCELED
-        ):
+        # Half-broken (the server is shutting it down, say): never reused.
+        if connection is not None and not connection.is_closed():
             connection.terminate()
         # With the server's or the driver's own words (which never carry the
         # password): a refused login, a missing database, a pooler refusing a

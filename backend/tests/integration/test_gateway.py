@@ -22,6 +22,7 @@ from sqlalchemy import Engine, make_url, text
 from app.config import Settings
 from app.db.gateway import (
     WRITE_UNKNOWN,
+    Cancelled,
     Conflict,
     Database,
     LockTimeout,
@@ -227,6 +228,8 @@ async def test_prepared_statements_are_named_for_their_process(
         ("lock_not_available", LockTimeout),  # a role's lock_timeout
         # a failover, or a role whose transactions are read-only by default
         ("read_only_sql_transaction", DatabaseRefused),
+        # statement_timeout: rolled back (its 503 said it "may have been made")
+        ("query_canceled", Cancelled),
     ],
 )
 async def test_errors_that_mean_come_back_later_are_503s(
