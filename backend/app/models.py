@@ -118,12 +118,15 @@ class Task(SQLModel, table=True):
     updated_at: datetime | None = Field(
         default=None, sa_column=_timestamptz(nullable=False, server_default=True)
     )
-    # Set on insert (default) and on every update: never part of a response.
+    # Set on insert (default) and by the database on every update, whatever
+    # statement writes (a trigger, migration 0004): never part of a response.
     change_xid: int | None = Field(default=None, sa_column=_change_xid())
 
 
 class TaskTombstone(SQLModel, table=True):
-    """A deleted task, kept SYNC_RETENTION_DAYS so delta sync can report it."""
+    """A deleted task, kept SYNC_RETENTION_DAYS so delta sync can report it.
+    Written by the database for every task a DELETE removes (a trigger,
+    migration 0004)."""
 
     __tablename__ = "task_tombstone"
     __table_args__ = (

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from app.db.gateway import Query, compile_query
-from app.models import CURRENT_XID, Priority, Task, TaskTombstone
+from app.models import Priority, Task, TaskTombstone
 from app.schemas import TaskCreate, TaskListQuery, TaskPatch, TaskRecord
 
 TASK: Table = Task.__table__  # type: ignore[attr-defined]
@@ -77,13 +77,12 @@ def _version_matches() -> ColumnElement[bool]:
 def _touch() -> dict[str, Any]:
     """`updated_at` strictly increases with every change, even when two concurrent
     transactions see the same clock: the row lock orders them, and the later one
-    moves at least a microsecond past the earlier one's value. `change_xid`
-    records the writing transaction for delta sync (an insert gets it by default)."""
+    moves at least a microsecond past the earlier one's value. (`change_xid`, the
+    writing transaction for delta sync, the database sets itself: migration 0004.)"""
     return {
         "updated_at": func.greatest(
             func.clock_timestamp(), TASK.c.updated_at + timedelta(microseconds=1)
-        ),
-        "change_xid": CURRENT_XID,
+        )
     }
 
 
@@ -154,25 +153,13 @@ def _sweep_tombstones() -> Any:
 
 
 def _bury(*conditions: ColumnElement[bool], sweep: bool) -> Any:
-    """Delete the user's tasks that match, leaving a tombstone for each (written
-    by this transaction: delta sync reports it), in one statement, and sweep
-    expired tombstones; returns the deleted ids."""
-    gone = (
-        delete(TASK)
-        .where(owned(), *conditions)
-        .returning(TASK.c.user_id, TASK.c.id)
-        .cte("gone")
-    )
-    bury = insert(TOMBSTONE).from_select(["user_id", "id"], gone.select())
-    # A task id with a tombstone already (its row restored from a backup after it
-    # was deleted): the tombstone is marked anew, so syncs report this deletion.
-    bury = bury.on_conflict_do_update(
-        index_elements=[TOMBSTONE.c.user_id, TOMBSTONE.c.id],
-        set_={"change_xid": CURRENT_XID, "deleted_at": func.now()},
-    )
-    if sweep:
-        bury = bury.add_cte(_sweep_tombstones().cte("swept"))
-    return bury.returning(TOMBSTONE.c.id)
+    """Delete the user's tasks that match, and sweep expired tombstones; returns
+    the deleted ids. The database leaves a tombstone for each task deleted, by
+    any statement, written by the deleting transaction: delta sync reports it
+    (migration 0004; a task id deleted before, its row restored since, has its
+    tombstone marked anew)."""
+    gone = delete(TASK).where(owned(), *conditions).returning(TASK.c.id)
+    return gone.add_cte(_sweep_tombstones().cte("swept")) if sweep else gone
 
 
 class _Count(TypedDict):

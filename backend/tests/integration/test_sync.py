@@ -281,6 +281,51 @@ def test_a_restored_task_is_sent_as_a_task_not_as_deleted(
     assert changes["deleted"] == []
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE task SET title = 'fixed by hand' WHERE user_id = :u AND id = :id",
+        # a row put back from a backup whole, its old change_xid included
+        "WITH gone AS (DELETE FROM task WHERE user_id = :u AND id = :id RETURNING *)"
+        " INSERT INTO task SELECT * FROM gone",
+    ],
+    ids=["update", "restore"],
+)
+def test_a_task_written_by_sql_is_sent_by_the_next_sync(
+    client: TestClient, engine: Engine, statement: str
+) -> None:
+    """An operator's fix in psql, or a row restored with its old `change_xid`:
+    the database marks the writing transaction itself, so a client that already
+    synced is sent the task (a trial: its replica stayed stale for ever)."""
+    user = new_user_id()
+    task_id = create_task(client, user)["id"]
+    since = client.get(tasks_url(user) + "/changes").json()["next"]
+    with engine.begin() as connection:
+        connection.execute(text(statement), {"u": user, "id": task_id})
+    changes = client.get(tasks_url(user) + "/changes", params={"since": since}).json()
+    assert [task["id"] for task in changes["tasks"]] == [task_id]
+    assert changes["tasks"][0] == client.get(tasks_url(user, task_id)).json()
+
+
+def test_a_task_deleted_by_sql_is_reported_deleted(
+    client: TestClient, engine: Engine
+) -> None:
+    """A delete in psql leaves its tombstone too: a client that synced before
+    it is told (it kept the task for ever)."""
+    user = new_user_id()
+    kept, gone = (create_task(client, user)["id"] for _ in range(2))
+    since = client.get(tasks_url(user) + "/changes").json()["next"]
+    with engine.begin() as connection:
+        connection.execute(
+            text("DELETE FROM task WHERE user_id = :u AND id = :id"),
+            {"u": user, "id": gone},
+        )
+    changes = client.get(tasks_url(user) + "/changes", params={"since": since}).json()
+    assert changes["deleted"] == [gone]
+    assert changes["tasks"] == []
+    assert [t["id"] for t in client.get(tasks_url(user)).json()] == [kept]
+
+
 def _rows_read(plan: dict[str, Any], table: str) -> list[int]:
     """The rows each scan of `table` returned, anywhere in an EXPLAIN plan."""
     rows = [plan["Actual Rows"]] if plan.get("Relation Name") == table else []

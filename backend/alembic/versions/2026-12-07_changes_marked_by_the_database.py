@@ -1,0 +1,70 @@
+"""changes marked by the database
+
+Delta sync reports a task written by a transaction that a client's snapshot did not
+see, and a task deleted through its tombstone. Both were written by the service's
+own statements only, so a change made with SQL (an operator's fix in psql, a row
+restored from a backup with its old `change_xid`, a delete by hand) was never sent.
+Now the database marks them itself: every inserted or updated row gets the writing
+transaction's id, and every delete leaves its tombstones (one statement-level
+trigger per DELETE, reading the deleted rows from its transition table).
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-07
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.execute(
+        """
+        CREATE FUNCTION task_mark_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW.change_xid := pg_current_xact_id()::text::bigint;
+            RETURN NEW;
+        END
+        $$
+        """
+    )
+    # Only when the row does not carry it yet: an insert takes it as the column's
+    # default, so the service's own creates call no function.
+    op.execute(
+        "CREATE TRIGGER task_mark_change BEFORE INSERT OR UPDATE ON task "
+        "FOR EACH ROW "
+        "WHEN (NEW.change_xid IS DISTINCT FROM pg_current_xact_id()::text::bigint) "
+        "EXECUTE FUNCTION task_mark_change()"
+    )
+    # A task id deleted before (its row restored since): its tombstone is marked
+    # anew, so syncs report this deletion too.
+    op.execute(
+        """
+        CREATE FUNCTION task_bury() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO task_tombstone (user_id, id)
+            SELECT user_id, id FROM gone ORDER BY user_id, id
+            ON CONFLICT (user_id, id) DO UPDATE
+            SET change_xid = pg_current_xact_id()::text::bigint, deleted_at = now();
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER task_bury AFTER DELETE ON task REFERENCING OLD TABLE AS gone "
+        "FOR EACH STATEMENT EXECUTE FUNCTION task_bury()"
+    )
+
+
+def downgrade() -> None:
+    op.execute("DROP TRIGGER task_bury ON task")
+    op.execute("DROP FUNCTION task_bury()")
+    op.execute("DROP TRIGGER task_mark_change ON task")
+    op.execute("DROP FUNCTION task_mark_change()")
