@@ -1,6 +1,7 @@
 """C9 E11: batches — each operation as its single request, per-operation results,
 client refs, if_match, atomic all-or-nothing, Idempotency-Key on the whole batch."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -447,3 +448,25 @@ def test_a_keyed_batch_waiting_on_a_locked_task_is_503_not_409(
 def test_bad_idempotency_key_is_400(client: TestClient) -> None:
     response = keyed(client, new_user_id(), "", creates(1))
     assert response.status_code == 400
+
+
+def test_an_etag_formed_from_a_synced_task_is_its_if_match(
+    client: TestClient,
+) -> None:
+    """A task from a sync carries no ETag header; its documented form,
+    `"<id>.<updated_at in µs since the epoch>"`, made from the task's own fields,
+    is the If-Match of its next change, and goes stale when the task changes."""
+    user = new_user_id()
+    task_id = create_task(client, user)["id"]
+    changes = client.get(tasks_url(user) + "/changes").json()
+    [synced] = changes["tasks"]
+    updated_at = datetime.fromisoformat(synced["updated_at"])
+    micros = (updated_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+        microseconds=1
+    )
+    formed = f'"{task_id}.{micros}"'
+    patch = {"op": "patch", "id": task_id, "if_match": formed, "body": {"title": "x"}}
+    first = run_batch(client, user, [patch])
+    assert first[0]["status"] == 200, first
+    again = run_batch(client, user, [patch])
+    assert again[0]["status"] == 412  # the task changed since
