@@ -51,6 +51,10 @@ def _batch(
     )
 
 
+def _clear(client: TestClient, user: str) -> Callable[[], Response]:
+    return lambda: client.delete(tasks_url(user), params={"completed": "true"})
+
+
 def test_a_batch_chosen_as_deadlock_victim_is_run_again(
     client: TestClient, engine: Engine
 ) -> None:
@@ -108,14 +112,12 @@ def test_a_clear_locks_the_tasks_it_deletes_in_id_order(
     first, second = (
         create_task(client, user, title=title, completed=True) for title in "ab"
     )
-    url = tasks_url(user)
-    client.patch(f"{url}/{first['id']}", json={"title": "a2"}).raise_for_status()
-    with _waiting_on(
-        engine,
-        user,
-        first["id"],
-        lambda: client.delete(url, params={"completed": "true"}),
-    ) as (other, clear):
+    patch = client.patch(tasks_url(user, first["id"]), json={"title": "a2"})
+    patch.raise_for_status()
+    with _waiting_on(engine, user, first["id"], _clear(client, user)) as (
+        other,
+        clear,
+    ):
         free = other.execute(
             text(f"{LOCK.text} NOWAIT"), {"u": user, "id": second["id"]}
         )
@@ -134,14 +136,10 @@ def test_a_clear_chosen_as_deadlock_victim_is_run_again(
     first, second = (
         create_task(client, user, title=title, completed=True) for title in "ab"
     )
-
-    url = tasks_url(user)
-    with _waiting_on(
-        engine,
-        user,
-        second["id"],
-        lambda: client.delete(url, params={"completed": "true"}),
-    ) as (other, clear):
+    with _waiting_on(engine, user, second["id"], _clear(client, user)) as (
+        other,
+        clear,
+    ):
         other.execute(LOCK, {"u": user, "id": first["id"]})  # the cycle
     response = clear.result()
     assert response.status_code == 200, response.text
