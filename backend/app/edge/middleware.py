@@ -429,7 +429,7 @@ def _with_encoded_slashes(raw_path: bytes) -> str:
 class CanonicalRequestMiddleware:
     """Two things FastAPI's routes don't do, in one layer (one call per request):
 
-    - `/api/…/` is served as `/api/…` (one slash: `/api/…//` is no route).
+    - `/…/` is served as `/…` (one slash: `/api/…//` is no route).
       Starlette's answer is a 307 whose Location is an absolute URL built from what
       the app sees (plain `http://` behind a TLS proxy), sent before
       authentication; here there is no redirect at all. And `%2F` in the path is
@@ -453,7 +453,7 @@ class CanonicalRequestMiddleware:
         if isinstance(raw_path, bytes) and b"%2f" in raw_path.lower():
             scope["path"] = _with_encoded_slashes(raw_path)
         path: str = scope["path"]
-        if path.endswith("/") and path.startswith("/api/"):
+        if path.endswith("/") and path != "/":
             scope["path"] = path[:-1]
             if isinstance(raw_path, bytes):
                 scope["raw_path"] = raw_path[:-1]

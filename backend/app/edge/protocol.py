@@ -163,7 +163,7 @@ assert MAX_BODY_BYTES <= HIGH_WATER_LIMIT
 
 # Served at once, however many requests wait, in places of their own beyond
 # HTTP_MAX_ACTIVE (Admission): a flood of them queues like any request.
-OPERATOR_PATHS = frozenset({"/health", "/metrics"})
+OPERATOR_PATHS = frozenset({"/health", "/metrics", "/health/", "/metrics/"})
 OPERATOR_PLACES = 8
 
 

@@ -189,6 +189,17 @@ def test_trailing_slash_keeps_query_and_paging_links(client: TestClient) -> None
     assert page.headers["link"].startswith(f"<{tasks_url(user)}?")
 
 
+@pytest.mark.parametrize("path", ["/health/", "/docs/", "/openapi.json/"])
+def test_every_route_is_served_with_a_trailing_slash(
+    client: TestClient, path: str
+) -> None:
+    """Not only /api/…/: a load balancer's health check configured as `/health/`
+    got a 404, which it reads as an instance that is down."""
+    response = client.get(path, follow_redirects=False)
+    assert response.status_code == 200, response.text
+    assert response.content == client.get(path[:-1]).content
+
+
 @pytest.mark.parametrize("path", ["/health/", "/docs/", "/api/u1/nope/"])
 def test_no_path_answers_with_a_redirect(client: TestClient, path: str) -> None:
     response = client.get(path, follow_redirects=False)
