@@ -53,6 +53,31 @@ def test_start_command_serves_the_api(
     assert [line for line in lines[started:] if not line.startswith("{")] == []
 
 
+def test_uvicorn_workers_with_the_log_config_write_only_json(
+    database_url: str, engine: object, tmp_path: Path
+) -> None:
+    """`uvicorn --workers N` runs a supervisor that never loads the app, so its
+    lines (started, a worker restarted, stopping) were plain text among the JSON
+    ones; `--log-config logging.json` makes them JSON too, from the first line to
+    the last."""
+    log = tmp_path / "server.log"
+    command = [
+        str(BIN / "uvicorn"),
+        "app.main:app",
+        "--port",
+        "{port}",
+        "--workers",
+        "2",
+        "--log-config",
+        "logging.json",
+    ]
+    with server_process(database_url, command=command, log=str(log)) as (base, _):
+        assert httpx.get(base + "/health").status_code == 200
+    lines = log.read_text().splitlines()
+    assert any("parent process" in line for line in lines)  # the supervisor's
+    assert [line for line in lines if not line.startswith("{")] == []
+
+
 def _task_creates(base_url: str) -> dict[str, float]:
     """http_requests_total of task creates, by status (those that end before
     routing are counted under their route too)."""
