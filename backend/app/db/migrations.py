@@ -5,11 +5,13 @@ some other way, e.g. `uvicorn app.main:app` on a fresh database)."""
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import anyio
 from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from app.config import load_settings
@@ -29,6 +31,16 @@ BACKEND_DIR = Path(__file__).resolve().parents[2]
 SCHEMA_REVISION = "0004"
 # Any constant works; it keeps concurrent starts (several workers) from racing.
 _MIGRATION_LOCK_KEY = 7_240_001
+# A migration that must lock a table (a trigger, an index) waits for it at most
+# this long, then rolls back, pauses and tries again, up to MIGRATION_ATTEMPTS
+# times: PostgreSQL queues every later write to the table behind a waiting lock
+# request, so one long transaction would otherwise stop the service's writes
+# for as long as it stays open (a trial: 25 s, and 503s). Writes now wait at
+# most this long per attempt.
+MIGRATION_LOCK_TIMEOUT_MS = 1_000
+MIGRATION_PAUSE_SECONDS = 2.0
+MIGRATION_ATTEMPTS = 40
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 # Created by migration 0002 only where the server has pg_trgm and btree_gin; not part
@@ -71,7 +83,30 @@ def migrate(engine: Engine) -> None:
     advisory lock (which also works through PgBouncer's transaction pooling).
     A database at a revision this release does not know was migrated by a newer
     one (a rolling deploy ships additive migrations first): it is left as it is,
-    so an instance of the older release can still start."""
+    so an instance of the older release can still start. A table lock not had
+    within MIGRATION_LOCK_TIMEOUT_MS: the whole transaction again, later."""
+    for attempt in range(1, MIGRATION_ATTEMPTS + 1):
+        try:
+            _migrate_once(engine)
+            return
+        except OperationalError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(
+                exc.orig, "pgcode", None
+            )
+            if sqlstate != _LOCK_NOT_AVAILABLE or attempt == MIGRATION_ATTEMPTS:
+                raise
+            logger.warning(
+                "migration: a table it changes is locked by another transaction; "
+                "gave way to the writes queued behind it, again in %s s "
+                "(attempt %d of %d)",
+                MIGRATION_PAUSE_SECONDS,
+                attempt,
+                MIGRATION_ATTEMPTS,
+            )
+            time.sleep(MIGRATION_PAUSE_SECONDS)
+
+
+def _migrate_once(engine: Engine) -> None:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -79,6 +114,11 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+        )
+        # Only now: another instance migrating holds the advisory lock for long.
+        connection.execute(
+            text("SELECT set_config('lock_timeout', :timeout, true)"),
+            {"timeout": f"{MIGRATION_LOCK_TIMEOUT_MS}ms"},
         )
         config = alembic_config(connection)
         current = MigrationContext.configure(connection).get_current_revision()

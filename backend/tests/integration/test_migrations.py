@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlalchemy.dialects.postgresql.base import PGInspector
 from sqlmodel import SQLModel
 
 from app.__main__ import MIGRATION_NOTICE_SECONDS
+from app.db import migrations
 from app.db.migrations import (
     _MIGRATION_LOCK_KEY,
     SCHEMA_REVISION,
@@ -77,6 +79,43 @@ def test_a_schema_migrated_by_a_newer_release_is_left_as_it_is() -> None:
                 version = connection.execute(text("SELECT * FROM alembic_version"))
                 assert version.scalar_one() == "b2"
             assert "task" in inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+
+
+def test_a_migration_waiting_for_a_table_gives_way_to_the_services_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A migration that must lock `task` (0004's triggers) while a transaction
+    that wrote to it stays open: PostgreSQL queues every later write behind the
+    migration's request, so writes stopped for as long as that transaction
+    lasted (a trial: 25 s, and 503s). The migration waits at most
+    MIGRATION_LOCK_TIMEOUT_MS at a time, lets the writes through, and tries
+    again until the transaction has ended."""
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_TIMEOUT_MS", 200)
+    monkeypatch.setattr(migrations, "MIGRATION_PAUSE_SECONDS", 0.2)
+    insert = text("INSERT INTO task (user_id, title) VALUES ('u', :title)")
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            migrate(engine)
+            with engine.begin() as connection:
+                command.downgrade(alembic_config(connection), "0003")
+            with engine.connect() as open_write, engine.connect() as writer:
+                open_write.execute(insert, {"title": "left open"})
+                migrating = threading.Thread(target=migrate, args=(engine,))
+                migrating.start()
+                wait_for_a_lock_wait(engine)
+                writer.execute(text("SET lock_timeout = '5s'"))
+                started = time.monotonic()
+                writer.execute(insert, {"title": "meanwhile"})
+                writer.commit()
+                assert time.monotonic() - started < 2
+                open_write.commit()
+                migrating.join(timeout=60)
+            with engine.connect() as connection:
+                revision = MigrationContext.configure(connection)
+                assert revision.get_current_revision() == SCHEMA_REVISION
         finally:
             engine.dispose()
 
