@@ -51,8 +51,11 @@ from app.observability import metrics
 from app.observability.logging import Throttled, failure
 
 logger = logging.getLogger("app.db")
-# One line per reason every 10 s, not one per failing request, in an outage.
+# One line per reason every 10 s, not one per failing request, in an outage; and
+# one when the database answers again.
 _unavailable = Throttled(logger)
+_cancelled = Throttled(logger)
+REACHABLE = "database reachable again"
 R = TypeVar("R", bound=Mapping[str, Any])
 A = TypeVar("A")
 _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
@@ -265,7 +268,7 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
     if sqlstate in _STATEMENT_LOST:
         return StatementLost()
     if sqlstate == _CANCELED:
-        _unavailable.warning(f"database cancelled a statement: {failure(exc)}")
+        _cancelled.warning(f"database cancelled a statement: {failure(exc)}")
         return Cancelled()
     if sqlstate in _CONFLICTS or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return Conflict()
@@ -505,6 +508,7 @@ class Database:
                     # The simple query protocol: no statement prepared, which
                     # a transaction pooler might not find again.
                     await probe.execute("SELECT 1")
+                    _unavailable.ended(REACHABLE)
                     return
             except (*_DRIVER_ERRORS, TimeoutError) as exc:
                 if self._probe is not None:
@@ -586,6 +590,7 @@ class Database:
         try:
             yield connection
             reusable = True
+            _unavailable.ended(REACHABLE)
         except TimeoutError:
             raise
         except Exception as exc:

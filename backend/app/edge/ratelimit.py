@@ -90,10 +90,12 @@ class RateLimiter:
     async def _safely(self, counting: Awaitable[int]) -> int:
         """The store's answer, or 0 (allow) when the store is down."""
         try:
-            return await counting
+            count = await counting
         except Exception as exc:  # the limiter is down: allow, and say so
             metrics.RATE_LIMITER_ERRORS.inc()
             self._unavailable.warning(
                 f"rate limiter unavailable, allowing: {failure(exc)}"
             )
             return 0
+        self._unavailable.ended("rate limiter reachable again")
+        return count

@@ -26,8 +26,9 @@ def failure(exc: BaseException) -> str:
 class Throttled:
     """A warning that would repeat with every request while a dependency is down
     (the database, the rate limiter's store): logged at once, then the same text
-    again only after `seconds`, saying how many times it recurred in between
-    (`repeated`). Another text is logged at once."""
+    again only after `seconds`, saying how many times it recurred since its line
+    before (`repeated`, over `repeated_over_s`). Another text is logged at once.
+    `ended` says once that the dependency answers again, and forgets the outage."""
 
     _KEPT = 64  # texts remembered at most (a reason may carry changing details)
 
@@ -35,9 +36,14 @@ class Throttled:
         self._logger = logger
         self.seconds = seconds
         self._seen: dict[str, tuple[float, int]] = {}  # text: (logged at, held)
+        self._began: float | None = None  # the first warning since `ended`
+        self._failures = 0
 
     def warning(self, text: str) -> None:
         now = time.monotonic()
+        if self._began is None:
+            self._began = now
+        self._failures += 1
         logged_at, held = self._seen.get(text, (float("-inf"), 0))
         if now - logged_at < self.seconds:
             self._seen[text] = (logged_at, held + 1)
@@ -45,7 +51,25 @@ class Throttled:
         if len(self._seen) >= self._KEPT:
             self._seen.clear()
         self._seen[text] = (now, 0)
-        self._logger.warning(text, extra={"repeated": held} if held else None)
+        if held:
+            over = round(now - logged_at, 1)
+            extra = {"repeated": held, "repeated_over_s": over}
+            self._logger.warning(text, extra=extra)
+        else:
+            self._logger.warning(text)
+
+    def ended(self, text: str) -> None:
+        """The dependency answered: `text`, with how many warnings there were
+        and for how long, if any since the last `ended`. A warning too, so that
+        a log filtered to warnings shows where each outage ends."""
+        if self._began is None:
+            return
+        failing_for = round(time.monotonic() - self._began, 1)
+        extra = {"failures": self._failures, "failing_for_s": failing_for}
+        self._logger.warning(text, extra=extra)
+        self._seen.clear()
+        self._began = None
+        self._failures = 0
 
 
 class JsonFormatter(logging.Formatter):

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, make_url, text
 
 from app.config import Settings
 from app.db.gateway import (
+    REACHABLE,
     WRITE_UNKNOWN,
     Cancelled,
     Conflict,
@@ -246,28 +247,32 @@ async def test_errors_that_mean_come_back_later_are_503s(
 
 
 async def test_an_unavailable_database_is_logged_with_the_servers_reason(
-    settings: Settings, caplog: pytest.LogCaptureFixture
+    settings: Settings, database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A database that does not exist, a refused login, a pooler refusing a
     setting: permanent, and only the server's words tell them from an outage
-    (the log named the exception class alone). Once, not once per request."""
+    (the log named the exception class alone). Once, not once per request; and
+    once more when the database answers again, with how many requests failed."""
     url = make_url(
         str(settings.DATABASE_URL and settings.DATABASE_URL.get_secret_value())
     )
     missing = url.set(database="no_such_database_test").render_as_string(False)
-    database = Database(settings, parse_database_url(missing))
-    await database.open()
+    unreachable = Database(settings, parse_database_url(missing))
+    await unreachable.open()
     try:
         for _ in range(3):  # one line for the three (every request, in an outage)
             with pytest.raises(DatabaseUnavailable):
-                await database.fetch_one(COUNT, user_id="u")
+                await unreachable.fetch_one(COUNT, user_id="u")
     finally:
-        await database.close()
+        await unreachable.close()
     reason = (
         "database unavailable: InvalidCatalogNameError: database "
         '"no_such_database_test" does not exist'
     )
     assert caplog.messages.count(reason) == 1
+    await database.fetch_one(COUNT, user_id="u")  # a database that answers
+    [again] = [r for r in caplog.records if r.getMessage() == REACHABLE]
+    assert again.__dict__["failures"] >= 3
 
 
 async def test_a_statement_timeout_keeps_its_connection(database: Database) -> None:

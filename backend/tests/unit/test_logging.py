@@ -29,8 +29,9 @@ def test_a_repeated_warning_is_one_line_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """While the database is down every request fails with the same reason: one
-    line for the first, then one per interval saying how many it stood for (a
-    line per request was a thousand a second under load); another reason at once."""
+    line for the first, then one per interval saying how many it stood for, and
+    over how long (a line per request was a thousand a second under load);
+    another reason at once."""
     logger = logging.getLogger("test.throttled")
     throttled = Throttled(logger, seconds=3600)
     for _ in range(3):
@@ -43,6 +44,33 @@ def test_a_repeated_warning_is_one_line_per_interval(
     throttled.seconds = 0  # the interval has passed
     throttled.warning("database unavailable: refused")
     assert caplog.messages[-1] == "database unavailable: refused"
-    assert caplog.records[-1].__dict__["repeated"] == 2
+    line = caplog.records[-1].__dict__
+    assert line["repeated"] == 2
+    assert line["repeated_over_s"] >= 0  # since the line before, not since ever
     throttled.warning("database unavailable: refused")
-    assert not hasattr(caplog.records[-1], "repeated")  # none held back since
+    assert "repeated" not in caplog.records[-1].__dict__  # none held back since
+
+
+def test_the_end_of_an_outage_is_one_line_and_forgets_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once the database answers again: one line saying so, with how many
+    failures and for how long; a later outage starts afresh (its first line
+    carried the count held back from the one before, 30 s earlier: a trial)."""
+    logger = logging.getLogger("test.throttled")
+    throttled = Throttled(logger, seconds=3600)
+    throttled.ended("database reachable again")  # nothing failed: nothing said
+    assert caplog.messages == []
+    for _ in range(5):
+        throttled.warning("database unavailable: refused")
+    throttled.ended("database reachable again")
+    throttled.ended("database reachable again")
+    assert caplog.messages == [
+        "database unavailable: refused",
+        "database reachable again",
+    ]
+    assert caplog.records[-1].__dict__["failures"] == 5
+    assert caplog.records[-1].__dict__["failing_for_s"] >= 0
+    throttled.warning("database unavailable: refused")
+    assert caplog.messages[-1] == "database unavailable: refused"
+    assert "repeated" not in caplog.records[-1].__dict__
