@@ -94,7 +94,8 @@ NO_ANSWER = "The database did not answer in time; retry after Retry-After second
 # may have applied it, or may still.
 WRITE_UNKNOWN = (
     "The database failed during the change, which may have been made: retry after "
-    "Retry-After seconds with the same Idempotency-Key (or If-Match) to make it once"
+    "Retry-After seconds, with the same Idempotency-Key or If-Match where the "
+    "request takes one, to make it once"
 )
 
 
@@ -107,13 +108,15 @@ class LockTimeout(DatabaseUnavailable):
 
 class Cancelled(DatabaseUnavailable):
     """The server cancelled the statement (`_CANCELED`): it ran past the
-    statement timeout, waiting on locks or working. Rolled back, so nothing was
+    statement timeout, waiting on locks or working, or an operator cancelled it
+    (`pg_cancel_backend`). Rolled back, so nothing was
     written: unlike a write whose connection failed, retrying cannot make it
     twice."""
 
     detail = (
-        "The database cancelled this operation, which ran past its statement "
-        "timeout: nothing was changed; retry after Retry-After s"
+        "The database cancelled this operation (it ran past the statement "
+        "timeout, or an operator cancelled it): nothing was changed; retry after "
+        "Retry-After s"
     )
 
 
