@@ -5,8 +5,11 @@ see, and a task deleted through its tombstone. Both were written by the service'
 own statements only, so a change made with SQL (an operator's fix in psql, a row
 restored from a backup with its old `change_xid`, a delete by hand) was never sent.
 Now the database marks them itself: every inserted or updated row gets the writing
-transaction's id, and every delete leaves its tombstones (one statement-level
-trigger per DELETE, reading the deleted rows from its transition table).
+transaction's id (a row moved to another user leaves a tombstone for the one who had
+it), and every delete leaves its tombstones (one statement-level trigger per DELETE,
+reading the deleted rows from its transition table). Not covered: TRUNCATE, and
+writes with triggers disabled (`session_replication_role = replica`, `pg_restore
+--disable-triggers`): specs/008-offline-sync.
 
 Revision ID: 0004
 Revises: 0003
@@ -29,6 +32,13 @@ def upgrade() -> None:
         CREATE FUNCTION task_mark_change() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             NEW.change_xid := pg_current_xact_id()::text::bigint;
+            -- Moved to another user (by hand): gone for the one who had it.
+            IF TG_OP = 'UPDATE' AND NEW.user_id <> OLD.user_id THEN
+                INSERT INTO task_tombstone (user_id, id) VALUES (OLD.user_id, OLD.id)
+                ON CONFLICT (user_id, id) DO UPDATE
+                SET change_xid = pg_current_xact_id()::text::bigint,
+                    deleted_at = now();
+            END IF;
             RETURN NEW;
         END
         $$

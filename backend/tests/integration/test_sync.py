@@ -307,6 +307,33 @@ def test_a_task_written_by_sql_is_sent_by_the_next_sync(
     assert changes["tasks"][0] == client.get(tasks_url(user, task_id)).json()
 
 
+def test_a_task_moved_to_another_user_by_sql_leaves_one_and_reaches_the_other(
+    client: TestClient, engine: Engine
+) -> None:
+    """An operator reassigning a task (`UPDATE task SET user_id = …`): the user
+    who had it is told it is gone, the one who has it now gets it (the first
+    kept it for ever: a re-trial)."""
+    before, after = new_user_id(), new_user_id()
+    task_id = create_task(client, before)["id"]
+    since = {
+        user: client.get(tasks_url(user) + "/changes").json()["next"]
+        for user in (before, after)
+    }
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE task SET user_id = :to WHERE user_id = :u AND id = :id"),
+            {"to": after, "u": before, "id": task_id},
+        )
+
+    def changes(user: str) -> dict[str, Any]:
+        url = tasks_url(user) + "/changes"
+        body: dict[str, Any] = client.get(url, params={"since": since[user]}).json()
+        return body
+
+    assert changes(before)["deleted"] == [task_id]
+    assert [task["id"] for task in changes(after)["tasks"]] == [task_id]
+
+
 def test_a_task_deleted_by_sql_is_reported_deleted(
     client: TestClient, engine: Engine
 ) -> None:
