@@ -5,7 +5,7 @@ from sqlalchemy import Connection
 
 from app.config import get_settings
 from app.db.embedded import embedded_database_url
-from app.db.migrations import include_object, sync_engine
+from app.db.migrations import give_way, include_object, limit_lock_waits, sync_engine
 from app.models import SQLModel
 
 target_metadata = SQLModel.metadata
@@ -25,12 +25,19 @@ def run_migrations(connection: Connection) -> None:
 
 
 given = context.config.attributes.get("connection")
-if given is not None:
+if given is not None:  # `app.db.migrations.migrate`, which gives way itself
     run_migrations(given)
-else:
+else:  # Alembic's own command (`alembic downgrade 0003`)
     url = get_settings().DATABASE_URL
     engine = sync_engine(url.get_secret_value() if url else embedded_database_url())
-    with engine.connect() as connection:
-        run_migrations(connection)
-        connection.commit()
-    engine.dispose()
+
+    def run_alone() -> None:
+        with engine.connect() as connection:
+            limit_lock_waits(connection)
+            run_migrations(connection)
+            connection.commit()
+
+    try:
+        give_way(run_alone)
+    finally:
+        engine.dispose()

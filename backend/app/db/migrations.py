@@ -21,6 +21,8 @@ from app.errors import DatabaseRefused, DatabaseUnavailable
 from app.observability.logging import configure_logging, failure
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from alembic.config import Config
     from sqlalchemy import Connection
 
@@ -78,23 +80,25 @@ class ForeignSchema(Exception):
     application's database."""
 
 
-def migrate(engine: Engine) -> None:
-    """Upgrade to head in one transaction, holding a transaction-level
-    advisory lock (which also works through PgBouncer's transaction pooling).
-    A database at a revision this release does not know was migrated by a newer
-    one (a rolling deploy ships additive migrations first): it is left as it is,
-    so an instance of the older release can still start. A table lock not had
-    within MIGRATION_LOCK_TIMEOUT_MS: the whole transaction again, later."""
+class TablesLocked(Exception):
+    """Every attempt of a migration found a table it changes locked."""
+
+
+def give_way(run: "Callable[[], None]") -> None:
+    """`run`, a migration in one transaction that limits its lock waits
+    (`limit_lock_waits`); when one times out, again MIGRATION_PAUSE_SECONDS
+    later, up to MIGRATION_ATTEMPTS times, then TablesLocked."""
     for attempt in range(1, MIGRATION_ATTEMPTS + 1):
         try:
-            _migrate_once(engine)
+            run()
             return
         except OperationalError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(
                 exc.orig, "pgcode", None
             )
-            if sqlstate != _LOCK_NOT_AVAILABLE or attempt == MIGRATION_ATTEMPTS:
+            if sqlstate != _LOCK_NOT_AVAILABLE:
                 raise
+        if attempt < MIGRATION_ATTEMPTS:
             logger.warning(
                 "migration: a table it changes is locked by another transaction; "
                 "gave way to the writes queued behind it, again in %s s "
@@ -104,6 +108,29 @@ def migrate(engine: Engine) -> None:
                 MIGRATION_ATTEMPTS,
             )
             time.sleep(MIGRATION_PAUSE_SECONDS)
+    raise TablesLocked(
+        f"a table it changes stayed locked by other transactions through "
+        f"{MIGRATION_ATTEMPTS} attempts: end them (pg_stat_activity shows them) "
+        "and run it again"
+    )
+
+
+def limit_lock_waits(connection: "Connection") -> None:
+    """For the rest of the connection's transaction: MIGRATION_LOCK_TIMEOUT_MS."""
+    connection.execute(
+        text("SELECT set_config('lock_timeout', :timeout, true)"),
+        {"timeout": f"{MIGRATION_LOCK_TIMEOUT_MS}ms"},
+    )
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade to head in one transaction, holding a transaction-level
+    advisory lock (which also works through PgBouncer's transaction pooling).
+    A database at a revision this release does not know was migrated by a newer
+    one (a rolling deploy ships additive migrations first): it is left as it is,
+    so an instance of the older release can still start. A table lock not had
+    within MIGRATION_LOCK_TIMEOUT_MS: the whole transaction again, later."""
+    give_way(lambda: _migrate_once(engine))
 
 
 def _migrate_once(engine: Engine) -> None:
@@ -116,10 +143,7 @@ def _migrate_once(engine: Engine) -> None:
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
         )
         # Only now: another instance migrating holds the advisory lock for long.
-        connection.execute(
-            text("SELECT set_config('lock_timeout', :timeout, true)"),
-            {"timeout": f"{MIGRATION_LOCK_TIMEOUT_MS}ms"},
-        )
+        limit_lock_waits(connection)
         config = alembic_config(connection)
         current = MigrationContext.configure(connection).get_current_revision()
         # Every revision of ours has the task table (the first creates it).
@@ -225,7 +249,7 @@ def main() -> None:
         )
     try:
         migrate_url(settings.DATABASE_URL.get_secret_value())
-    except ForeignSchema as exc:
+    except (ForeignSchema, TablesLocked) as exc:
         sys.exit(f"cannot prepare the database: {exc}")
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]

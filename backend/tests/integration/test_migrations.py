@@ -120,6 +120,39 @@ def test_a_migration_waiting_for_a_table_gives_way_to_the_services_writes(
             engine.dispose()
 
 
+def test_alembics_own_command_gives_way_to_the_services_writes_too() -> None:
+    """`alembic downgrade 0003`, as specs/006 has an operator roll back, runs
+    through env.py, not `migrate`: it stalled writes behind a long transaction
+    the same way (a re-trial: 12.6 s)."""
+    insert = text("INSERT INTO task (user_id, title) VALUES ('u', :title)")
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            migrate(engine)
+            with engine.connect() as open_write, engine.connect() as writer:
+                open_write.execute(insert, {"title": "left open"})
+                downgrading = subprocess.Popen(
+                    [sys.executable, "-m", "alembic", "downgrade", "0003"],
+                    cwd=BACKEND,
+                    env={**os.environ, "PYTHONPATH": str(BACKEND), "DATABASE_URL": url},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                wait_for_a_lock_wait(engine)
+                writer.execute(text("SET lock_timeout = '5s'"))
+                started = time.monotonic()
+                writer.execute(insert, {"title": "meanwhile"})
+                writer.commit()
+                assert time.monotonic() - started < 2
+                open_write.commit()
+                assert downgrading.wait(timeout=60) == 0
+            with engine.connect() as connection:
+                revision = MigrationContext.configure(connection)
+                assert revision.get_current_revision() == "0003"
+        finally:
+            engine.dispose()
+
+
 def test_workers_expect_the_newest_migration() -> None:
     """A worker checks the schema against SCHEMA_REVISION without loading Alembic;
     a new migration must move it too."""
