@@ -45,11 +45,17 @@ def upgrade() -> None:
         """
     )
     # Only when the row does not carry it yet: an insert takes it as the column's
-    # default, so the service's own creates call no function.
+    # default, so the service's own creates call no function. An update that
+    # moves the row to another user always: it may carry it already (written
+    # earlier in the same transaction), but the tombstone is still to write.
+    unmarked = "NEW.change_xid IS DISTINCT FROM pg_current_xact_id()::text::bigint"
     op.execute(
-        "CREATE TRIGGER task_mark_change BEFORE INSERT OR UPDATE ON task "
-        "FOR EACH ROW "
-        "WHEN (NEW.change_xid IS DISTINCT FROM pg_current_xact_id()::text::bigint) "
+        "CREATE TRIGGER task_mark_insert BEFORE INSERT ON task FOR EACH ROW "
+        f"WHEN ({unmarked}) EXECUTE FUNCTION task_mark_change()"
+    )
+    op.execute(
+        "CREATE TRIGGER task_mark_update BEFORE UPDATE ON task FOR EACH ROW "
+        f"WHEN ({unmarked} OR NEW.user_id IS DISTINCT FROM OLD.user_id) "
         "EXECUTE FUNCTION task_mark_change()"
     )
     # A task id deleted before (its row restored since): its tombstone is marked
@@ -76,5 +82,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER task_bury ON task")
     op.execute("DROP FUNCTION task_bury()")
-    op.execute("DROP TRIGGER task_mark_change ON task")
+    op.execute("DROP TRIGGER task_mark_update ON task")
+    op.execute("DROP TRIGGER task_mark_insert ON task")
     op.execute("DROP FUNCTION task_mark_change()")

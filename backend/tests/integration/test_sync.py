@@ -307,8 +307,9 @@ def test_a_task_written_by_sql_is_sent_by_the_next_sync(
     assert changes["tasks"][0] == client.get(tasks_url(user, task_id)).json()
 
 
+@pytest.mark.parametrize("edited_first", [False, True])
 def test_a_task_moved_to_another_user_by_sql_leaves_one_and_reaches_the_other(
-    client: TestClient, engine: Engine
+    client: TestClient, engine: Engine, edited_first: bool
 ) -> None:
     """An operator reassigning a task (`UPDATE task SET user_id = …`): the user
     who had it is told it is gone, the one who has it now gets it (the first
@@ -320,6 +321,11 @@ def test_a_task_moved_to_another_user_by_sql_leaves_one_and_reaches_the_other(
         for user in (before, after)
     }
     with engine.begin() as connection:
+        if edited_first:  # then the row already carries this transaction's id
+            connection.execute(
+                text("UPDATE task SET title = 'edited' WHERE id = :id"),
+                {"id": task_id},
+            )
         connection.execute(
             text("UPDATE task SET user_id = :to WHERE user_id = :u AND id = :id"),
             {"to": after, "u": before, "id": task_id},
