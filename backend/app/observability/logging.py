@@ -58,11 +58,13 @@ class Throttled:
         else:
             self._logger.warning(text)
 
-    def ended(self, text: str) -> None:
-        """The dependency answered: `text`, with how many warnings there were
-        and for how long, if any since the last `ended`. A warning too, so that
-        a log filtered to warnings shows where each outage ends."""
-        if self._began is None:
+    def ended(self, text: str, begun: float | None = None) -> None:
+        """The dependency answered an operation `begun` then (`time.monotonic`):
+        `text`, with how many warnings there were and for how long, if any since
+        the last `ended`, and unless the operation was already under way when
+        the first of them came (it says nothing of the dependency now). A warning
+        too, so that a log filtered to warnings shows where each outage ends."""
+        if self._began is None or (begun is not None and begun < self._began):
             return
         failing_for = round(time.monotonic() - self._began, 1)
         extra = {"failures": self._failures, "failing_for_s": failing_for}

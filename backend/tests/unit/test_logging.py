@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 import warnings
 
 import pytest
@@ -74,3 +75,19 @@ def test_the_end_of_an_outage_is_one_line_and_forgets_it(
     throttled.warning("database unavailable: refused")
     assert caplog.messages[-1] == "database unavailable: refused"
     assert "repeated" not in caplog.records[-1].__dict__
+
+
+def test_an_operation_begun_before_the_outage_does_not_end_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request already under way when the first one failed may still succeed:
+    it says nothing of the database now (each outage had an extra "reachable
+    again" line a few milliseconds after it began: a re-trial)."""
+    logger = logging.getLogger("test.throttled")
+    throttled = Throttled(logger, seconds=3600)
+    begun = time.monotonic()
+    throttled.warning("database unavailable: refused")
+    throttled.ended("database reachable again", begun=begun)
+    assert caplog.messages == ["database unavailable: refused"]
+    throttled.ended("database reachable again", begun=time.monotonic())
+    assert caplog.messages[-1] == "database reachable again"
