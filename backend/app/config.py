@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -134,6 +141,10 @@ class Settings(BaseSettings):
     # Deleted tasks are reported to delta syncs (E10) for this long; an older
     # sync token gets 410 and the client syncs from scratch.
     SYNC_RETENTION_DAYS: int = Field(default=30, ge=1, le=3650)
+    # Sync tokens issued before this time (ISO 8601 with an offset, or Unix
+    # seconds) get 410 too: set after restoring the database from a logical
+    # backup, so every client starts over (specs/008-offline-sync).
+    SYNC_RESET_AT: AwareDatetime | None = None
 
     # e.g. "100/minute": per authenticated user, else per client address.
     RATE_LIMIT: str | None = None

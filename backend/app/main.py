@@ -147,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     cursors = CursorCodec(settings.cursor_key)
     retention = timedelta(days=settings.SYNC_RETENTION_DAYS)
-    app.state.tasks = TaskService(database, cursors, retention)
+    app.state.tasks = TaskService(database, cursors, retention, settings.SYNC_RESET_AT)
     app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None
     if app.state.verifier is None:
         logger.warning("authentication is OFF: every /api request is accepted")

@@ -6,9 +6,10 @@ so commits out of start order, or in one microsecond, are never missed
 (specs/008-offline-sync)."""
 
 import logging
+import math
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Annotated, Any, NamedTuple
 
@@ -345,11 +346,19 @@ class DeltaSync:
     """E10 for one worker's task service."""
 
     def __init__(
-        self, database: Database, cursors: CursorCodec, retention: timedelta
+        self,
+        database: Database,
+        cursors: CursorCodec,
+        retention: timedelta,
+        reset_at: datetime | None = None,
     ) -> None:
         self._db = database
         self._cursors = cursors
         self._retention = retention
+        # Tokens issued before it are expired (SYNC_RESET_AT): none by default. In
+        # whole seconds, as tokens carry, rounded up: a token from the second of
+        # the reset is expired too (a sync from scratch, never a change missed).
+        self._reset_at = math.ceil(reset_at.timestamp()) if reset_at else 0
         # Whether syncs read the server's origin (crash safety, specs/008): until
         # the server refuses it (a managed PostgreSQL's restriction).
         self._origin = True
@@ -361,7 +370,8 @@ class DeltaSync:
         token = SyncToken(now)
         if since is not None:
             token = SyncToken.decode(self._cursors, user_id, since)
-        if token.since_at < now - self._retention.total_seconds():
+        oldest = max(now - self._retention.total_seconds(), self._reset_at)
+        if token.since_at < oldest:
             raise SyncTokenExpired()
         # Runs once; twice when the token predates a restart (the cut-back token
         # has no origin) or the server refuses the origin (then never asked again).

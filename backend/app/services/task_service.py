@@ -94,7 +94,11 @@ def _request_hash(data: TaskCreate) -> str:
 
 class TaskService:
     def __init__(
-        self, database: Database, cursors: CursorCodec, sync_retention: timedelta
+        self,
+        database: Database,
+        cursors: CursorCodec,
+        sync_retention: timedelta,
+        sync_reset_at: datetime | None = None,
     ) -> None:
         self._db = database
         # Where writes run: the pool (one statement each), or a batch's transaction.
@@ -106,7 +110,7 @@ class TaskService:
             "sweep_limit": SWEEP_BATCH,
         }
         self._deletes = itertools.count()  # shared with `_within`'s copies
-        self._sync = DeltaSync(database, cursors, sync_retention)
+        self._sync = DeltaSync(database, cursors, sync_retention, sync_reset_at)
 
     async def list(self, *, user_id: str, query: TaskListQuery) -> Page:
         """One page of the user's tasks, filtered and sorted (keyset pagination)."""

@@ -4,6 +4,7 @@ pages; signed tokens; expiry (410)."""
 import contextlib
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -307,6 +308,27 @@ def test_token_older_than_retention_is_410(make_client: ClientFactory) -> None:
         response = client.get(tasks_url(user) + "/changes", params={"since": token})
         assert response.status_code == status, response.text
     assert response.json()["code"] == "sync_token_expired"
+
+
+def test_a_token_issued_before_sync_reset_at_is_410(
+    make_client: ClientFactory,
+) -> None:
+    """After a restore from a logical backup, an operator sets SYNC_RESET_AT:
+    every token issued before it is a 410, so clients start over as the contract
+    says (rotating CURSOR_SECRET, the way before, made them 400s, which a client
+    does not read as "start over", and broke every list cursor too: a re-trial).
+    A token issued after it syncs."""
+    client = _client_with_known_secret(make_client)
+    user = new_user_id()
+    before = changes(client, user)["next"]
+    time.sleep(1.1)  # tokens carry whole seconds
+    reset_at = datetime.now(UTC)
+    client = _client_with_known_secret(make_client, SYNC_RESET_AT=reset_at)
+    response = client.get(tasks_url(user) + "/changes", params={"since": before})
+    assert_error(response, 410, "sync_token_expired")
+    time.sleep(1)  # a token from the reset's own second is expired too
+    after = changes(client, user)["next"]
+    assert changes(client, user, after)["tasks"] == []
 
 
 def test_token_from_another_database_cluster_is_410(make_client: ClientFactory) -> None:
