@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -83,6 +84,33 @@ def test_a_schema_migrated_by_a_newer_release_is_left_as_it_is() -> None:
             engine.dispose()
 
 
+_INSERT = text("INSERT INTO task (user_id, title) VALUES ('u', :title)")
+
+
+def _writes_go_past(engine: Engine, start: Callable[[], Callable[[], None]]) -> None:
+    """With a transaction that wrote to `task` left open, `start` a migration
+    (it returns how to wait for its end); once the migration waits on the
+    table, a write from elsewhere goes through within 2 s, instead of queueing
+    behind it until that transaction ends; then it ends, and so does the
+    migration."""
+    with engine.connect() as open_write, engine.connect() as writer:
+        open_write.execute(_INSERT, {"title": "left open"})
+        finished = start()
+        wait_for_a_lock_wait(engine)
+        writer.execute(text("SET lock_timeout = '5s'"))
+        started = time.monotonic()
+        writer.execute(_INSERT, {"title": "meanwhile"})
+        writer.commit()
+        assert time.monotonic() - started < 2
+        open_write.commit()
+        finished()
+
+
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
 def test_a_migration_waiting_for_a_table_gives_way_to_the_services_writes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -94,28 +122,20 @@ def test_a_migration_waiting_for_a_table_gives_way_to_the_services_writes(
     again until the transaction has ended."""
     monkeypatch.setattr(migrations, "MIGRATION_LOCK_TIMEOUT_MS", 200)
     monkeypatch.setattr(migrations, "MIGRATION_PAUSE_SECONDS", 0.2)
-    insert = text("INSERT INTO task (user_id, title) VALUES ('u', :title)")
     with fresh_database() as url:
         engine = create_engine(url)
         try:
             migrate(engine)
             with engine.begin() as connection:
                 command.downgrade(alembic_config(connection), "0003")
-            with engine.connect() as open_write, engine.connect() as writer:
-                open_write.execute(insert, {"title": "left open"})
+
+            def start() -> Callable[[], None]:
                 migrating = threading.Thread(target=migrate, args=(engine,))
                 migrating.start()
-                wait_for_a_lock_wait(engine)
-                writer.execute(text("SET lock_timeout = '5s'"))
-                started = time.monotonic()
-                writer.execute(insert, {"title": "meanwhile"})
-                writer.commit()
-                assert time.monotonic() - started < 2
-                open_write.commit()
-                migrating.join(timeout=60)
-            with engine.connect() as connection:
-                revision = MigrationContext.configure(connection)
-                assert revision.get_current_revision() == SCHEMA_REVISION
+                return lambda: migrating.join(timeout=60)
+
+            _writes_go_past(engine, start)
+            assert _revision(engine) == SCHEMA_REVISION
         finally:
             engine.dispose()
 
@@ -124,13 +144,12 @@ def test_alembics_own_command_gives_way_to_the_services_writes_too() -> None:
     """`alembic downgrade 0003`, as specs/006 has an operator roll back, runs
     through env.py, not `migrate`: it stalled writes behind a long transaction
     the same way (a re-trial: 12.6 s)."""
-    insert = text("INSERT INTO task (user_id, title) VALUES ('u', :title)")
     with fresh_database() as url:
         engine = create_engine(url)
         try:
             migrate(engine)
-            with engine.connect() as open_write, engine.connect() as writer:
-                open_write.execute(insert, {"title": "left open"})
+
+            def start() -> Callable[[], None]:
                 downgrading = subprocess.Popen(
                     [sys.executable, "-m", "alembic", "downgrade", "0003"],
                     cwd=BACKEND,
@@ -138,17 +157,14 @@ def test_alembics_own_command_gives_way_to_the_services_writes_too() -> None:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-                wait_for_a_lock_wait(engine)
-                writer.execute(text("SET lock_timeout = '5s'"))
-                started = time.monotonic()
-                writer.execute(insert, {"title": "meanwhile"})
-                writer.commit()
-                assert time.monotonic() - started < 2
-                open_write.commit()
-                assert downgrading.wait(timeout=60) == 0
-            with engine.connect() as connection:
-                revision = MigrationContext.configure(connection)
-                assert revision.get_current_revision() == "0003"
+
+                def finished() -> None:
+                    assert downgrading.wait(timeout=60) == 0
+
+                return finished
+
+            _writes_go_past(engine, start)
+            assert _revision(engine) == "0003"
         finally:
             engine.dispose()
 
