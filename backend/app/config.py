@@ -5,6 +5,7 @@ import hmac
 import ipaddress
 import re
 import socket
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -212,6 +213,15 @@ class Settings(BaseSettings):
         if not value:
             return value
         return list(dict.fromkeys(form for a in value for form in url_forms(a)))
+
+    @field_validator("SYNC_RESET_AT")
+    @classmethod
+    def _past(cls, value: datetime | None) -> datetime | None:
+        """A reset ahead would expire every token issued until then, again and
+        again: no client could sync. Clocks a few minutes apart are allowed."""
+        if value is not None and value > datetime.now(UTC) + timedelta(minutes=5):
+            raise ValueError("must not be in the future (the time of the restore)")
+        return value
 
     @field_validator("CORS_ORIGINS")
     @classmethod

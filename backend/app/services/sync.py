@@ -370,9 +370,9 @@ class DeltaSync:
         token = SyncToken(now)
         if since is not None:
             token = SyncToken.decode(self._cursors, user_id, since)
-        oldest = max(now - self._retention.total_seconds(), self._reset_at)
-        if token.since_at < oldest:
-            raise SyncTokenExpired()
+            oldest = max(now - self._retention.total_seconds(), self._reset_at)
+            if token.since_at < oldest:
+                raise SyncTokenExpired()
         # Runs once; twice when the token predates a restart (the cut-back token
         # has no origin) or the server refuses the origin (then never asked again).
         while True:

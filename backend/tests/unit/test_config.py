@@ -3,9 +3,11 @@
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from app.config import ConfigError, Settings, load_settings
 
@@ -276,3 +278,13 @@ def test_a_blank_setting_means_its_default(
     assert getattr(Settings(_env_file=dotenv), name) == getattr(default, name)
     monkeypatch.setenv(name, "")
     assert getattr(Settings(_env_file=None), name) == getattr(default, name)
+
+
+def test_a_sync_reset_in_the_future_is_refused() -> None:
+    """Every token issued until then would be a 410, again and again: no client
+    could sync (a review). Five minutes ahead are taken, for clocks apart."""
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    with pytest.raises(ValidationError, match="SYNC_RESET_AT"):
+        Settings(ENVIRONMENT="test", SYNC_RESET_AT=ahead, _env_file=None)
+    skewed = datetime.now(UTC) + timedelta(minutes=1)
+    assert Settings(ENVIRONMENT="test", SYNC_RESET_AT=skewed, _env_file=None)
