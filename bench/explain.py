@@ -20,7 +20,7 @@ from app.services.statements import list_query
 
 HEAVY = "heavy"
 SEED = """
-TRUNCATE task;
+TRUNCATE task, task_tombstone;
 INSERT INTO task (user_id, title, description, priority, tags, due_at, completed,
                   created_at, updated_at)
 SELECT CASE WHEN g <= 100000 THEN 'heavy' ELSE 'user-' || (mod(g, 9000)) END,

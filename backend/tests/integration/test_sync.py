@@ -16,11 +16,13 @@ import asyncpg
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import BigInteger, Engine, column, select, text, values
+from sqlalchemy import BigInteger, Engine, column, create_engine, select, text, values
 
 from app.db.gateway import Query
+from app.db.migrations import migrate
 from app.services.sync import SyncToken, not_seen
 from app.services.task_service import SWEEP_BATCH, SWEEP_EVERY
+from tests.conftest import fresh_database
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import running_server
 from tests.sessions import wait_for_a_lock_wait
@@ -357,6 +359,57 @@ def test_a_task_deleted_by_sql_is_reported_deleted(
     assert changes["deleted"] == [gone]
     assert changes["tasks"] == []
     assert [t["id"] for t in client.get(tasks_url(user)).json()] == [kept]
+
+
+def test_sql_changes_are_marked_whatever_the_search_path(
+    client: TestClient, engine: Engine
+) -> None:
+    """A script from pg_dump sets `search_path` to '' (a hardened role may too):
+    the triggers' statements found no `task_tombstone`, and a delete or move by
+    hand failed (a review). They name their tables with the schema."""
+    user, other = new_user_id(), new_user_id()
+    moved, deleted = (create_task(client, user)["id"] for _ in range(2))
+    since = client.get(tasks_url(user) + "/changes").json()["next"]
+    with engine.begin() as connection:
+        schema = connection.execute(text("SELECT current_schema()")).scalar_one()
+        connection.execute(text("SET LOCAL search_path = ''"))
+        connection.execute(
+            text(f"UPDATE {schema}.task SET user_id = :to WHERE id = :id"),
+            {"to": other, "id": moved},
+        )
+        connection.execute(
+            text(f"DELETE FROM {schema}.task WHERE id = :id"), {"id": deleted}
+        )
+    changes = client.get(tasks_url(user) + "/changes", params={"since": since}).json()
+    assert sorted(changes["deleted"]) == sorted([moved, deleted])
+
+
+def test_a_truncate_leaves_a_tombstone_for_every_task() -> None:
+    """`TRUNCATE task` deletes without a row trigger: a statement trigger before
+    it leaves the tombstones (syncing clients kept every task: a trial). Its own
+    database: a truncate would take every other test's tasks."""
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            migrate(engine)
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO task (user_id, title) "
+                        "SELECT 'u' || g % 3, 't' FROM generate_series(1, 30) g"
+                    )
+                )
+                ids = connection.execute(text("SELECT user_id, id FROM task"))
+                before = {(row.user_id, row.id) for row in ids}
+            with engine.begin() as connection:
+                connection.execute(text("TRUNCATE task"))
+            with engine.connect() as connection:
+                tombstones = connection.execute(
+                    text("SELECT user_id, id FROM task_tombstone")
+                )
+                assert {(row.user_id, row.id) for row in tombstones} == before
+        finally:
+            engine.dispose()
 
 
 def _rows_read(plan: dict[str, Any], table: str) -> list[int]:
