@@ -85,9 +85,10 @@ class TablesLocked(Exception):
 
 
 def give_way(run: "Callable[[], None]") -> None:
-    """`run`, a migration in one transaction that limits its lock waits
-    (`limit_lock_waits`); when one times out, again MIGRATION_PAUSE_SECONDS
-    later, up to MIGRATION_ATTEMPTS times, then TablesLocked."""
+    """`run`, a migration that limits its lock waits (`limit_lock_waits`) and
+    undoes itself when one times out (a transaction, or a savepoint in one):
+    again MIGRATION_PAUSE_SECONDS later, up to MIGRATION_ATTEMPTS times, then
+    TablesLocked."""
     for attempt in range(1, MIGRATION_ATTEMPTS + 1):
         try:
             run()
@@ -100,8 +101,8 @@ def give_way(run: "Callable[[], None]") -> None:
                 raise
         if attempt < MIGRATION_ATTEMPTS:
             logger.warning(
-                "migration: a table it changes is locked by another transaction; "
-                "gave way to the writes queued behind it, again in %s s "
+                "migration: a table or rows it changes are locked by another "
+                "transaction; gave way to the writes queued behind it, again in %s s "
                 "(attempt %d of %d)",
                 MIGRATION_PAUSE_SECONDS,
                 attempt,
@@ -129,11 +130,9 @@ def migrate(engine: Engine) -> None:
     A database at a revision this release does not know was migrated by a newer
     one (a rolling deploy ships additive migrations first): it is left as it is,
     so an instance of the older release can still start. A table lock not had
-    within MIGRATION_LOCK_TIMEOUT_MS: the whole transaction again, later."""
-    give_way(lambda: _migrate_once(engine))
-
-
-def _migrate_once(engine: Engine) -> None:
+    within MIGRATION_LOCK_TIMEOUT_MS: the upgrade (a savepoint) again, later,
+    still holding the advisory lock, so other instances' migrations wait on it
+    rather than take turns asking for the table."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -164,7 +163,12 @@ def _migrate_once(engine: Engine) -> None:
                 SCHEMA_REVISION,
             )
             return
-        command.upgrade(config, "head")
+
+        def upgrade() -> None:
+            with connection.begin_nested():
+                command.upgrade(config, "head")
+
+        give_way(upgrade)
 
 
 def migrate_url(url: str) -> None:

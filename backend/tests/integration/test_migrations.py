@@ -98,10 +98,11 @@ def _writes_go_past(engine: Engine, start: Callable[[], Callable[[], None]]) -> 
         finished = start()
         wait_for_a_lock_wait(engine)
         writer.execute(text("SET lock_timeout = '5s'"))
-        started = time.monotonic()
-        writer.execute(_INSERT, {"title": "meanwhile"})
-        writer.commit()
-        assert time.monotonic() - started < 2
+        for n in range(5):  # for a while: every write, not one between turns
+            started = time.monotonic()
+            writer.execute(_INSERT, {"title": f"meanwhile {n}"})
+            writer.commit()
+            assert time.monotonic() - started < 2
         open_write.commit()
         finished()
 
@@ -119,7 +120,10 @@ def test_a_migration_waiting_for_a_table_gives_way_to_the_services_writes(
     migration's request, so writes stopped for as long as that transaction
     lasted (a trial: 25 s, and 503s). The migration waits at most
     MIGRATION_LOCK_TIMEOUT_MS at a time, lets the writes through, and tries
-    again until the transaction has ended."""
+    again until the transaction has ended. Two instances migrating at once: the
+    second waits on the first's advisory lock, not on the table (when a retry
+    let go of it, they took turns asking for the table, and writes queued behind
+    each: a review)."""
     monkeypatch.setattr(migrations, "MIGRATION_LOCK_TIMEOUT_MS", 200)
     monkeypatch.setattr(migrations, "MIGRATION_PAUSE_SECONDS", 0.2)
     with fresh_database() as url:
@@ -130,9 +134,17 @@ def test_a_migration_waiting_for_a_table_gives_way_to_the_services_writes(
                 command.downgrade(alembic_config(connection), "0003")
 
             def start() -> Callable[[], None]:
-                migrating = threading.Thread(target=migrate, args=(engine,))
-                migrating.start()
-                return lambda: migrating.join(timeout=60)
+                migrating = [
+                    threading.Thread(target=migrate, args=(engine,)) for _ in "ab"
+                ]
+                for thread in migrating:
+                    thread.start()
+
+                def finished() -> None:
+                    for thread in migrating:
+                        thread.join(timeout=60)
+
+                return finished
 
             _writes_go_past(engine, start)
             assert _revision(engine) == SCHEMA_REVISION
