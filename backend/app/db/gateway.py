@@ -24,7 +24,6 @@ import asyncio
 import logging
 import os
 import secrets
-import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -501,7 +500,6 @@ class Database:
         if self._connect is None:
             raise RuntimeError("Database.open() was not called")
         while True:
-            begun = time.monotonic()
             probe = self._probe
             fresh = probe is None or probe.is_closed()
             try:
@@ -513,7 +511,7 @@ class Database:
                     # The simple query protocol: no statement prepared, which
                     # a transaction pooler might not find again.
                     await probe.execute("SELECT 1")
-                    _unavailable.ended(REACHABLE, begun)
+                    _unavailable.ended(REACHABLE)
                     return
             except (*_DRIVER_ERRORS, TimeoutError) as exc:
                 if self._probe is not None:
@@ -565,7 +563,6 @@ class Database:
         that `writes` and fails so, or on a failed connection, may have been
         applied: its 503 says so."""
         pool = self.pool
-        begun = time.monotonic()
         waiting = asyncio.timeout(self._settings.DB_POOL_TIMEOUT)
         try:
             async with waiting:
@@ -596,7 +593,7 @@ class Database:
         try:
             yield connection
             reusable = True
-            _unavailable.ended(REACHABLE, begun)
+            _unavailable.ended(REACHABLE)
         except TimeoutError:
             raise
         except Exception as exc:

@@ -89,7 +89,6 @@ class RateLimiter:
 
     async def _safely(self, counting: Awaitable[int]) -> int:
         """The store's answer, or 0 (allow) when the store is down."""
-        begun = time.monotonic()
         try:
             count = await counting
         except Exception as exc:  # the limiter is down: allow, and say so
@@ -98,5 +97,5 @@ class RateLimiter:
                 f"rate limiter unavailable, allowing: {failure(exc)}"
             )
             return 0
-        self._unavailable.ended("rate limiter reachable again", begun)
+        self._unavailable.ended("rate limiter reachable again")
         return count

@@ -32,17 +32,22 @@ class Throttled:
 
     _KEPT = 64  # texts remembered at most (a reason may carry changing details)
 
-    def __init__(self, logger: logging.Logger, seconds: float = 10) -> None:
+    def __init__(
+        self, logger: logging.Logger, seconds: float = 10, quiet: float = 10
+    ) -> None:
         self._logger = logger
         self.seconds = seconds
+        self.quiet = quiet
         self._seen: dict[str, tuple[float, int]] = {}  # text: (logged at, held)
         self._began: float | None = None  # the first warning since `ended`
+        self._failed_at = 0.0  # the last warning
         self._failures = 0
 
     def warning(self, text: str) -> None:
         now = time.monotonic()
         if self._began is None:
             self._began = now
+        self._failed_at = now
         self._failures += 1
         logged_at, held = self._seen.get(text, (float("-inf"), 0))
         if now - logged_at < self.seconds:
@@ -58,15 +63,16 @@ class Throttled:
         else:
             self._logger.warning(text)
 
-    def ended(self, text: str, begun: float | None = None) -> None:
-        """The dependency answered an operation `begun` then (`time.monotonic`):
-        `text`, with how many warnings there were and for how long, if any since
-        the last `ended`, and unless the operation was already under way when
-        the first of them came (it says nothing of the dependency now). A warning
-        too, so that a log filtered to warnings shows where each outage ends."""
-        if self._began is None or (begun is not None and begun < self._began):
+    def ended(self, text: str) -> None:
+        """The dependency answered. If it had failed, but for `quiet` seconds no
+        longer: `text`, with how many warnings there were and over how long, and
+        the outage is forgotten. Not sooner: a request under way when the first
+        failure came may still succeed, and in a partial outage (no new
+        connection, while pooled ones work) successes and failures alternate.
+        A warning too, so that a log filtered to warnings shows each end."""
+        if self._began is None or time.monotonic() - self._failed_at < self.quiet:
             return
-        failing_for = round(time.monotonic() - self._began, 1)
+        failing_for = round(self._failed_at - self._began, 1)
         extra = {"failures": self._failures, "failing_for_s": failing_for}
         self._logger.warning(text, extra=extra)
         self._seen.clear()

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import Engine, make_url, text
 
 from app.config import Settings
+from app.db import gateway
 from app.db.gateway import (
     REACHABLE,
     WRITE_UNKNOWN,
@@ -247,7 +248,10 @@ async def test_errors_that_mean_come_back_later_are_503s(
 
 
 async def test_an_unavailable_database_is_logged_with_the_servers_reason(
-    settings: Settings, database: Database, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A database that does not exist, a refused login, a pooler refusing a
     setting: permanent, and only the server's words tell them from an outage
@@ -270,6 +274,7 @@ async def test_an_unavailable_database_is_logged_with_the_servers_reason(
         '"no_such_database_test" does not exist'
     )
     assert caplog.messages.count(reason) == 1
+    monkeypatch.setattr(gateway._unavailable, "quiet", 0)  # long enough since
     await database.fetch_one(COUNT, user_id="u")  # a database that answers
     [again] = [r for r in caplog.records if r.getMessage() == REACHABLE]
     assert again.__dict__["failures"] >= 3

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import time
 import warnings
 
 import pytest
@@ -56,10 +55,10 @@ def test_the_end_of_an_outage_is_one_line_and_forgets_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Once the database answers again: one line saying so, with how many
-    failures and for how long; a later outage starts afresh (its first line
+    failures and over how long; a later outage starts afresh (its first line
     carried the count held back from the one before, 30 s earlier: a trial)."""
     logger = logging.getLogger("test.throttled")
-    throttled = Throttled(logger, seconds=3600)
+    throttled = Throttled(logger, seconds=3600, quiet=0)
     throttled.ended("database reachable again")  # nothing failed: nothing said
     assert caplog.messages == []
     for _ in range(5):
@@ -77,17 +76,21 @@ def test_the_end_of_an_outage_is_one_line_and_forgets_it(
     assert "repeated" not in caplog.records[-1].__dict__
 
 
-def test_an_operation_begun_before_the_outage_does_not_end_it(
+def test_a_success_soon_after_a_failure_does_not_end_the_outage(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A request already under way when the first one failed may still succeed:
-    it says nothing of the database now (each outage had an extra "reachable
-    again" line a few milliseconds after it began: a re-trial)."""
+    """A request under way when the first failure came, or a pooled connection
+    still working while new ones are refused: successes among failures. Only
+    `quiet` seconds without a failure end an outage (each outage had an early
+    "reachable again" line, and a partial one a pair of lines per failure: a
+    re-trial and a review)."""
     logger = logging.getLogger("test.throttled")
-    throttled = Throttled(logger, seconds=3600)
-    begun = time.monotonic()
-    throttled.warning("database unavailable: refused")
-    throttled.ended("database reachable again", begun=begun)
-    assert caplog.messages == ["database unavailable: refused"]
-    throttled.ended("database reachable again", begun=time.monotonic())
+    throttled = Throttled(logger, seconds=3600, quiet=3600)
+    for _ in range(3):
+        throttled.warning("database unavailable: too many connections")
+        throttled.ended("database reachable again")
+    assert caplog.messages == ["database unavailable: too many connections"]
+    throttled.quiet = 0  # then long enough without one
+    throttled.ended("database reachable again")
     assert caplog.messages[-1] == "database reachable again"
+    assert caplog.records[-1].__dict__["failures"] == 3
