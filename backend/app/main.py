@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "logs": False,
             "operation_spans": False,
         },
-        # `/api/…/` is served as `/api/…` (CanonicalRequestMiddleware), no redirect.
+        # `/…/` is served as `/…` (CanonicalRequestMiddleware), no redirect.
         redirect_slashes=False,
         # A body without Content-Type is read as JSON (specs/001).
         strict_content_type=False,

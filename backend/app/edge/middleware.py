@@ -453,7 +453,7 @@ class CanonicalRequestMiddleware:
         if isinstance(raw_path, bytes) and b"%2f" in raw_path.lower():
             scope["path"] = _with_encoded_slashes(raw_path)
         path: str = scope["path"]
-        if path.endswith("/") and path != "/":
+        if path.endswith("/") and not path.endswith("//"):
             scope["path"] = path[:-1]
             if isinstance(raw_path, bytes):
                 scope["raw_path"] = raw_path[:-1]
