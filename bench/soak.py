@@ -21,8 +21,11 @@ authenticated p99 and RSS with a run without.
 Every create carries an Idempotency-Key and is retried until acknowledged, every
 delete is retried until 204/404, so the client's ledger is exact: at the end the
 database must hold exactly the ledger's tasks for this run's users (nothing lost,
-nothing phantom). Reports failures (5xx, or no response) inside and outside the fault
-windows and each process's RSS growth."""
+nothing phantom). Each user also keeps an offline replica by delta sync (pages of
+50, a failed page retried later from the same token); after a last sync it must equal
+the user's rows, each task's `completed` and `updated_at` included (no change
+missed). Reports failures (5xx, or no response) inside and outside the fault windows
+and each process's RSS growth."""
 
 import argparse
 import json
@@ -38,6 +41,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -163,6 +168,7 @@ def main() -> None:
             report["hostile"] = hostile.stop()
     print(json.dumps(report, indent=2))
     ok = report["lost"] == report["phantom"] == 0
+    ok = ok and report["replica_tasks_stale"] == report["replicas_unsynced"] == 0
     ok = ok and report["failures_outside_fault_windows"] == 0
     sys.exit(0 if ok else 1)
 
@@ -180,6 +186,7 @@ def soak(
     latencies: list[float] = []
     served: dict[str, Counter[str]] = {"before": Counter(), "after": Counter()}
     victim_killed_at: list[float] = []
+    replicas: dict[str, Replica] = {}
     stop = threading.Event()
 
     def request(
@@ -216,6 +223,7 @@ def soak(
         with lock:
             for user in users:
                 ledger[user] = set()
+                replicas[user] = Replica()
         clients = [httpx.Client(base_url=b, timeout=30) for b in target.bases]
         while not stop.is_set():
             client = random.choice(clients)
@@ -253,8 +261,10 @@ def soak(
                     f"{base}/{random.choice(sorted(mine))}/complete",
                     user,
                 )
-            elif roll < 0.9:
+            elif roll < 0.85:
                 request(client, "GET", f"{base}/{random.choice(sorted(mine))}", user)
+            elif roll < 0.9:
+                replicas[user].sync(partial(request, client, "GET", user=user), base)
             else:
                 request(client, "GET", base, user, params={"limit": 50})
         for client in clients:
@@ -294,17 +304,40 @@ def soak(
     stop.set()
     for thread in threads:
         thread.join()
+    with httpx.Client(base_url=target.bases[-1], timeout=30) as client:
+        get = partial(request, client, "GET")
+        unsynced = [
+            user
+            for user, replica in replicas.items()
+            if not any(
+                replica.sync(partial(get, user=user), f"/api/{user}/tasks")
+                for _ in range(10)
+            )
+        ]
     alive = [pid for pid in target.pids if pid != target.victim]
     rss_end = [psutil.Process(pid).memory_info().rss for pid in alive]
     engine = create_engine(target.database_url)
     with engine.connect() as conn:
         stored: dict[str, set[int]] = {}
+        versions: dict[str, dict[int, tuple[bool, datetime]]] = {}
         rows = conn.execute(
-            text("SELECT user_id, id FROM task WHERE user_id LIKE :run"),
+            text(
+                "SELECT user_id, id, completed, updated_at FROM task "
+                "WHERE user_id LIKE :run"
+            ),
             {"run": f"soak-{run}-%"},
         )
         for row in rows:
             stored.setdefault(row.user_id, set()).add(row.id)
+            versions.setdefault(row.user_id, {})[row.id] = (
+                row.completed,
+                row.updated_at,
+            )
+    # Every task whose version the replica has wrong, lacks, or still holds.
+    stale = sum(
+        len(set(replica.tasks.items()) ^ set(versions.get(user, {}).items()))
+        for user, replica in replicas.items()
+    )
     lost = sum(len(ids - stored.get(user, set())) for user, ids in ledger.items())
     phantom = sum(len(ids - ledger.get(user, set())) for user, ids in stored.items())
     outside = [
@@ -329,6 +362,9 @@ def soak(
         "tasks_in_ledger": sum(len(v) for v in ledger.values()),
         "lost": lost,
         "phantom": phantom,
+        "syncs": sum(replica.syncs for replica in replicas.values()),
+        "replica_tasks_stale": stale,
+        "replicas_unsynced": len(unsynced),
         "failures_in_fault_windows": len(failures) - len(outside),
         "failures_outside_fault_windows": len(outside),
         "failures_outside_detail": outside[:10],
@@ -340,6 +376,39 @@ def soak(
         report["served_by_before_kill"] = dict(sorted(served["before"].items()))
         report["served_by_after_kill"] = dict(sorted(served["after"].items()))
     return report
+
+
+class Replica:
+    """A user's tasks as an offline client holds them: each task's `completed` and
+    `updated_at`, kept by delta sync."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, tuple[bool, datetime]] = {}
+        self.token: str | None = None
+        self.syncs = 0
+        self.lock = threading.Lock()  # one sync at a time (the final one, say)
+
+    def sync(self, get: Callable[..., httpx.Response | None], base: str) -> bool:
+        """Whether it caught up; a page that fails is asked again next time, from
+        the token of the page before it."""
+        with self.lock:
+            while True:
+                params: dict[str, str | int] = {"limit": 50}
+                if self.token is not None:
+                    params["since"] = self.token
+                r = get(f"{base}/changes", params=params)
+                if r is None or r.status_code != 200:
+                    return False
+                page = r.json()
+                for task in page["tasks"]:
+                    updated_at = datetime.fromisoformat(task["updated_at"])
+                    self.tasks[task["id"]] = (task["completed"], updated_at)
+                for deleted in page["deleted"]:
+                    self.tasks.pop(deleted, None)
+                self.token = page["next"]
+                if not page["has_more"]:
+                    self.syncs += 1
+                    return True
 
 
 # The hostile load comes from another loopback address than the users, as an
