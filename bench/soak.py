@@ -19,13 +19,14 @@ heads, clients trickling headers, idle connections, forged tokens); compare its
 authenticated p99 and RSS with a run without.
 
 Every create carries an Idempotency-Key and is retried until acknowledged, every
-delete is retried until 204/404, so the client's ledger is exact: at the end the
-database must hold exactly the ledger's tasks for this run's users (nothing lost,
-nothing phantom). Each user also keeps an offline replica by delta sync (pages of
-50, a failed page retried later from the same token); after a last sync it must equal
-the user's rows, each task's `completed` and `updated_at` included (no change
-missed). Reports failures (5xx, or no response) inside and outside the fault windows
-and each process's RSS growth."""
+delete is retried until 204/404, and so is every batch (two creates, a toggle and a
+delete, all or none by a coin) with its key, the ledger following its results: so
+the client's ledger is exact, and at the end the database must hold exactly the
+ledger's tasks for this run's users (nothing lost, nothing phantom). Each user also
+keeps an offline replica by delta sync (pages of 50, a failed page retried later
+from the same token); after a last sync it must equal the user's rows, each task's
+`completed` and `updated_at` included (no change missed). Reports failures (5xx, or
+no response) inside and outside the fault windows and each process's RSS growth."""
 
 import argparse
 import json
@@ -218,6 +219,31 @@ def soak(
                 served[phase][response.headers["x-served-by"]] += 1
         return response
 
+    def batch(client: httpx.Client, user: str, mine: set[int]) -> None:
+        """Two creates, a toggle and a delete in one batch (all or none, by a coin),
+        retried with its key until answered; the ledger follows the results."""
+        toggled, victim = random.sample(sorted(mine), 2)
+        body = {
+            "atomic": random.random() < 0.5,
+            "operations": [
+                {"op": "create", "body": {"title": "soak batch"}},
+                {"op": "create", "body": {"title": "soak batch"}},
+                {"op": "toggle", "id": toggled},
+                {"op": "delete", "id": victim},
+            ],
+        }
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        path = f"/api/{user}/tasks/batch"
+        while (r := request(client, "POST", path, user, key, json=body)) is None or (
+            r.status_code != 200
+        ):
+            time.sleep(0.2)
+        for result in r.json()["results"][:2]:
+            if result["status"] == 201:
+                mine.add(result["task"]["id"])
+        if r.json()["results"][3]["status"] in (204, 404):
+            mine.discard(victim)
+
     def worker(n: int) -> None:
         users = [f"soak-{run}-{n}-{u}" for u in range(users_per_worker)]
         with lock:
@@ -246,6 +272,8 @@ def soak(
                         mine.add(r.json()["id"])
                         break
                     time.sleep(0.2)
+            elif roll < 0.45 and len(mine) > 1:
+                batch(client, user, mine)
             elif roll < 0.5:
                 victim = random.choice(sorted(mine))
                 while True:
