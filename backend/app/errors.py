@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -177,6 +178,17 @@ class PreconditionFailed(AppError):
     code = "precondition_failed"
     message = "If-Match does not match the task's current ETag"
     detail = "The task changed since that ETag: GET it again for the current one"
+
+    @classmethod
+    def against(cls, versions: Sequence[datetime] | None) -> "PreconditionFailed":
+        """The 412 for If-Match's `versions`: with none (an empty list), no tag
+        sent was an ETag of this task at all, and reading it again would not help."""
+        if versions is None or versions:
+            return cls()
+        return cls(
+            detail="If-Match names no ETag of this task: send the ETag header it "
+            'was given, quotes included ("<id>.<version>")'
+        )
 
 
 class FailedDependency(AppError):

@@ -10,7 +10,9 @@ from app.schemas import TaskRecord
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_MICROS = re.compile(r"[0-9]{1,20}")
+# One of our ETags, as `etag` writes it: `"<id>.<microseconds>"`, ASCII digits
+# without leading zeros (RFC 9110 compares entity-tags character by character).
+_OURS = re.compile(r'"([1-9][0-9]*)\.(0|[1-9][0-9]{0,19})"')
 JSON = "application/json"
 
 
@@ -23,21 +25,26 @@ def _tags(header: str) -> list[str]:
     return [tag.strip() for tag in header.split(",") if tag.strip()]
 
 
+def _any_version(header: str) -> bool:
+    """`*` is a wildcard as the whole header only; in a list it is no tag."""
+    return header.strip() == "*"
+
+
 def if_match_versions(header: str | None, task_id: int) -> list[datetime] | None:
     """The versions an If-Match header accepts; None when any version will do
-    (no header, or `*`). Tags that are weak or not ours can never match."""
-    if header is None or "*" in _tags(header):
+    (no header, or `*`). Tags that are weak, malformed or not this task's can
+    never match: an empty list, whatever else the header holds."""
+    if header is None or _any_version(header):
         return None
     versions = []
     for tag in _tags(header):
-        tag_id, _, micros = tag.removeprefix('"').removesuffix('"').partition(".")
-        # Ours are ASCII digits that fit a datetime: anything else (a superscript
-        # digit, 5,000 digits past int()'s limit) is another tag, which never matches.
-        if tag.startswith('"') and tag_id == str(task_id) and _MICROS.fullmatch(micros):
-            try:
-                versions.append(_EPOCH + int(micros) * _MICROSECOND)
-            except OverflowError:
-                continue
+        ours = _OURS.fullmatch(tag)
+        if ours is None or ours[1] != str(task_id):
+            continue
+        try:  # 20 digits fit, but not every such count is a date Python holds
+            versions.append(_EPOCH + int(ours[2]) * _MICROSECOND)
+        except OverflowError:
+            continue
     return versions
 
 
@@ -47,7 +54,9 @@ def etag_listed(header: str | None, task: TaskRecord) -> bool:
     if header is None:
         return False
     current = etag(task)
-    return any(tag == "*" or tag.removeprefix("W/") == current for tag in _tags(header))
+    return _any_version(header) or any(
+        tag.removeprefix("W/") == current for tag in _tags(header)
+    )
 
 
 def dump(tasks: TaskRecord | list[TaskRecord]) -> bytes:

@@ -269,13 +269,15 @@ class TaskService:
             statement, user_id=user_id, task_id=task_id, **versions, **values
         )
         if row is None:
-            await self._raise_missing_or_changed(user_id, task_id)
+            await self._raise_missing_or_changed(user_id, task_id, if_match)
         return row
 
-    async def _raise_missing_or_changed(self, user_id: str, task_id: int) -> NoReturn:
+    async def _raise_missing_or_changed(
+        self, user_id: str, task_id: int, if_match: Sequence[datetime] | None
+    ) -> NoReturn:
         if await self._run.fetch_one(EXISTS, user_id=user_id, task_id=task_id) is None:
             raise TaskNotFound()
-        raise PreconditionFailed()
+        raise PreconditionFailed.against(if_match)
 
     async def _insert(self, values: dict[str, Any]) -> TaskRecord:
         task = await self._run.write_one(INSERT, **values)

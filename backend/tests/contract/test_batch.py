@@ -100,6 +100,24 @@ def test_if_match_per_operation(client: TestClient) -> None:
     assert results[1]["status"] == 200
 
 
+def test_if_match_per_operation_is_compared_exactly(client: TestClient) -> None:
+    """As the If-Match header: a leading zero or a missing quote is not the ETag,
+    and a value that is no ETag of the task says so."""
+    user = new_user_id()
+    task = create_task(client, user)
+    current = client.get(tasks_url(user, task["id"])).headers["etag"]
+    task_id, micros = current.strip('"').split(".")
+    loose = [f'"{task_id}.0{micros}"', f'"{task_id}.{micros}', f"{task_id}.{micros}"]
+    results = run_batch(
+        client,
+        user,
+        [{"op": "toggle", "id": task["id"], "if_match": tag} for tag in loose],
+    )
+    assert [r["status"] for r in results] == [412, 412, 412]
+    assert all("quotes" in r["error"]["detail"] for r in results)
+    assert client.get(tasks_url(user, task["id"])).headers["etag"] == current
+
+
 def test_an_invalid_body_fails_only_its_operation(client: TestClient) -> None:
     user = new_user_id()
     results = run_batch(

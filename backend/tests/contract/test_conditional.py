@@ -91,6 +91,64 @@ def test_if_match_star_and_lists(client: TestClient) -> None:
     )
 
 
+def _variants(etag: str) -> list[str]:
+    """Values that name the current version only if read loosely: RFC 9110 compares
+    entity-tags character by character (a leading zero, a missing quote), and `*`
+    is a wildcard only as the whole header."""
+    task_id, micros = etag.strip('"').split(".")
+    return [
+        f'"{task_id}.0{micros}"',
+        f'"0{task_id}.{micros}"',
+        f'"{task_id}.{micros}',
+        f"{task_id}.{micros}",
+        f'"{task_id}.{micros} "',
+        '"zzz", *',
+    ]
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), [*UPDATES, ("DELETE", "", None)])
+def test_if_match_compares_etags_exactly(
+    client: TestClient, method: str, suffix: str, body: Any
+) -> None:
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    current = client.get(url)
+    for header in _variants(current.headers["etag"]):
+        response = client.request(
+            method, url + suffix, json=body, headers={"If-Match": header}
+        )
+        assert response.status_code == 412, header
+    assert client.get(url).json() == current.json()
+
+
+def test_if_none_match_compares_etags_exactly(client: TestClient) -> None:
+    user = new_user_id()
+    url = tasks_url(user, create_task(client, user)["id"])
+    for header in _variants(client.get(url).headers["etag"]):
+        response = client.get(url, headers={"If-None-Match": header})
+        assert response.status_code == 200, header
+
+
+def test_a_412_for_an_if_match_that_is_no_etag_of_the_task_says_so(
+    client: TestClient,
+) -> None:
+    """A stale ETag: the task changed. A value that is no ETag of this task (the
+    quotes left out, another task's): re-reading the task will not help."""
+    user = new_user_id()
+    url = tasks_url(user, create_task(client, user)["id"])
+    stale = client.get(url).headers["etag"]
+    client.patch(url, json={"title": "edited"})
+    changed = client.patch(url, json={"title": "x"}, headers={"If-Match": stale})
+    assert "changed" in changed.json()["detail"]
+    unquoted = client.patch(
+        url, json={"title": "x"}, headers={"If-Match": stale.strip('"')}
+    )
+    assert unquoted.status_code == 412
+    assert "changed" not in unquoted.json()["detail"]
+    assert "quotes" in unquoted.json()["detail"]
+
+
 @pytest.mark.parametrize(("method", "suffix", "body"), [*UPDATES, ("DELETE", "", None)])
 def test_if_none_match_on_a_write_is_412_when_it_matches(
     client: TestClient, method: str, suffix: str, body: Any

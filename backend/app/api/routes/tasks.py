@@ -228,4 +228,4 @@ async def _preconditions(
 def _check_if_match(versions: list[datetime] | None, task: TaskRecord) -> None:
     """412 unless If-Match accepts the task's current version (None: any)."""
     if versions is not None and task["updated_at"] not in versions:
-        raise PreconditionFailed()
+        raise PreconditionFailed.against(versions)
