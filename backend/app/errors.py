@@ -391,7 +391,8 @@ def _field_name(loc: Sequence[Any]) -> str:
 def validation_error(errors: Sequence[Any]) -> AppError:
     fields: list[FieldError] = []
     for err in errors:
-        loc = tuple(err.get("loc", ()))
+        # `at`: where below its location a validator placed the error (schemas).
+        loc = (*err.get("loc", ()), *(err.get("ctx") or {}).get("at", ()))
         if err.get("type") == "json_invalid":
             at = f" (at character {loc[1]})" if len(loc) > 1 else ""
             return InvalidJSON.unreadable(f"The body is not valid JSON{at}")

@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from app.models import Priority
 
@@ -458,6 +459,12 @@ class BatchOperation(BaseModel):
         return self
 
 
+def _operation_error(index: int, field: str, message: str) -> PydanticCustomError:
+    """An error found across operations, named as one operation's own field
+    (`operations[1].ref`) by the 400: `errors.validation_error` reads `at`."""
+    return PydanticCustomError("batch_operation", message, {"at": (index, field)})
+
+
 class BatchRequest(BaseModel):
     """E11: 1-100 operations, applied in order."""
 
@@ -474,12 +481,12 @@ class BatchRequest(BaseModel):
         created: set[str] = set()
         for index, operation in enumerate(operations):
             if operation.target is not None and operation.target not in created:
-                raise ValueError(
-                    f"operations[{index}].target: no earlier create has this ref"
+                raise _operation_error(
+                    index, "target", "no earlier create has this ref"
                 )
             if operation.ref is not None:
                 if operation.ref in refs:
-                    raise ValueError(f"operations[{index}].ref: used twice")
+                    raise _operation_error(index, "ref", "used twice")
                 refs.add(operation.ref)
                 if operation.op == "create":
                     created.add(operation.ref)

@@ -264,7 +264,10 @@ for _ in range(600):
         ({"operations": [{"op": "patch", "body": {}}]}, "operations[0]"),
         ({"operations": [{"op": "toggle", "id": 1, "target": "a"}]}, "operations[0]"),
         ({"operations": [{"op": "create", "id": 1, "body": {}}]}, "operations[0]"),
-        ({"operations": [{"op": "toggle", "target": "nowhere"}]}, "operations"),
+        (
+            {"operations": [{"op": "toggle", "target": "nowhere"}]},
+            "operations[0].target",
+        ),
         ({"operations": [{"op": "delete", "id": 1, "body": {}}]}, "operations[0]"),
         ({"operations": [{"op": "toggle", "id": 0}]}, "operations[0].id"),
         ({"operations": [{"op": "toggle", "id": True}]}, "operations[0].id"),
@@ -302,9 +305,14 @@ def test_refs_are_unique_and_targets_name_earlier_creates(client: TestClient) ->
         {"op": "toggle", "target": "a"},
         {"op": "create", "ref": "a", "body": {"title": "1"}},
     ]
-    for operations in (twice, later):
+    for operations, field in (
+        (twice, "operations[1].ref"),
+        (later, "operations[0].target"),
+    ):
         response = client.post(batch_url(user), json={"operations": operations})
         assert response.status_code == 400, response.text
+        [error] = response.json()["fields"]
+        assert error["field"] == field  # C3: the field, as every other error names it
 
 
 def test_if_match_with_a_target_is_400(client: TestClient) -> None:
