@@ -275,11 +275,38 @@ def _access_line(
     route = _route_of(scope)
     seconds = time.perf_counter() - started
     metrics.observe(scope["method"], route, status, seconds)
+    _log_request(scope["method"], route, status, seconds, identifier, error)
+
+
+def refusal_line(
+    error: AppError, identifier: str, method: str | None, started: float | None
+) -> None:
+    """The access line of a request the server's protocol answered itself with
+    a canned error (edge/protocol.py), never routed: `method` None when its
+    request line was not read, `started` None when no head had begun. Counted
+    in `http_edge_refusals_total`, not in the request metrics."""
+    seconds = 0.0 if started is None else time.perf_counter() - started
+    described = {"code": error.code}
+    if error.status_code >= 500:
+        described["detail"] = error.detail
+    _log_request(
+        method, "<unmatched>", error.status_code, seconds, identifier, described
+    )
+
+
+def _log_request(
+    method: str | None,
+    path: str,
+    status: int,
+    seconds: float,
+    identifier: str,
+    error: dict[str, str],
+) -> None:
     logger.info(
         "request",
         extra={
-            "method": scope["method"],
-            "path": route,
+            "method": method,
+            "path": path,
             "status": status,
             "duration_ms": round(seconds * 1000, 2),
             "request_id": identifier,

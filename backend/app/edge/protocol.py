@@ -13,7 +13,6 @@ small, fixed answer (specs/006-operations)."""
 import asyncio
 import fcntl
 import json
-import os
 import re
 import socket
 import sys
@@ -46,6 +45,7 @@ from app.edge.middleware import (
     SECURITY_HEADERS,
     SHED,
     declares_too_large_a_body,
+    refusal_line,
     request_id,
 )
 from app.errors import (
@@ -110,16 +110,15 @@ def _cors(request_headers: Iterable[tuple[bytes, bytes]] | None) -> list[bytes]:
 
 def canned_response(
     error: AppError,
-    identifier: str | None = None,
+    identifier: str,
     request_headers: Iterable[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """A complete `Connection: close` HTTP/1.1 response with the error's JSON body,
-    and what the app gives every response: a request id (`identifier`, else a new
-    one), in the body and `X-Request-ID`, the security headers, and the CORS
-    headers for the request's origin (`request_headers`: as far as they were
-    read). Counted in `http_edge_refusals_total`: these have no access line."""
+    and what the app gives every response: the request id, in the body and
+    `X-Request-ID`, the security headers, and the CORS headers for the request's
+    origin (`request_headers`: as far as they were read). Counted in
+    `http_edge_refusals_total` (the access line: `refusal_line`)."""
     metrics.EDGE_REFUSALS.labels(str(error.status_code)).inc()
-    identifier = identifier or os.urandom(16).hex()
     body = json.dumps(
         {
             "error": error.message,
@@ -291,6 +290,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.stopped = False  # reads no more: closes once what it has is answered
         self.reading_head = True  # not in a body: between requests, or in a head
         self.head_begun = False  # a request line has begun and its head not ended
+        self.began = 0.0  # when the last head began (perf_counter)
         self.head_bytes = 0  # of the reads that fell wholly within the current head
         self.head_size = 0  # of its request line and headers, as parsed
         self.heads_read = 0
@@ -421,6 +421,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.head_begun = True
+        self.began = time.perf_counter()
         self.head_size = 0
         # A request is coming: its deadline bounds it, not the keep-alive timer,
         # which the end of the last one may have armed in this very read (after a
@@ -584,8 +585,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The parser failed: the JSON error every error has (uvicorn's is plain
         text), unless the parse was stopped on purpose (`_StopReading`)."""
         if not (self.stopped or self.transport.is_closing()):
-            self.logger.warning("Invalid HTTP request received.")
-            self.refuse(MALFORMED)
+            self.refuse(MALFORMED)  # its access line says 400 `bad_request`
 
     def on_body(self, body: bytes) -> None:
         """A body that grows past MAX_BODY_BYTES before its request is admitted
@@ -606,11 +606,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.body = bytearray()
             self.unread = None
             self.discarded = 0
-            scope = cast(Scope, cycle.scope)
-            answer = canned_response(
-                PayloadTooLarge(), request_id(scope), scope["headers"]
-            )
-            self.transport.write(answer)
+            self.transport.write(self._answer(PayloadTooLarge(), cycle))
             self.flow.resume_reading()  # uvicorn stops at HIGH_WATER_LIMIT
 
     def _start_asgi_task(
@@ -750,12 +746,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         it answers, if its head was read), and the connection closed."""
         self._disarm_deadline()
         if not self.transport.is_closing():  # uvloop raises on writing to a closed one
-            if cycle is None:  # the head being read, its headers as far as they came
-                # (none if no head has begun: those would be the last request's)
-                headers = self.headers if self.head_begun else None
-                answer = canned_response(error, None, headers)
-            else:
-                scope = cast(Scope, cycle.scope)
-                answer = canned_response(error, request_id(scope), scope["headers"])
-            self.transport.write(answer)
+            self.transport.write(self._answer(error, cycle))
             self.transport.close()
+
+    def _answer(self, error: AppError, cycle: RequestResponseCycle | None) -> bytes:
+        """The error's canned response to `cycle`'s request, or with None to the
+        head being read (its headers as far as they came; none if no head has
+        begun: those would be the last request's), and its access line."""
+        if cycle is not None:
+            scope = cast(Scope, cycle.scope)
+            method, started = scope["method"], scope["state"].get(ARRIVED)
+        else:
+            headers = self.headers if self.head_begun else []
+            scope = {"headers": headers}  # enough for its X-Request-ID
+            method, started = None, self.began if self.head_begun else None
+        identifier = request_id(scope)
+        refusal_line(error, identifier, method, started)
+        return canned_response(error, identifier, scope["headers"])

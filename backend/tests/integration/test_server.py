@@ -7,6 +7,7 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -339,3 +340,51 @@ def test_metrics_add_up_every_workers_requests(
             assert httpx.get(base + tasks_url(user)).status_code == 200
         scrapes = [_requests_total(base, route) for _ in range(10)]
     assert scrapes == [before + 20] * 10
+
+
+def test_a_request_the_protocol_refuses_has_its_access_line(
+    database_url: str, engine: object, tmp_path: Path
+) -> None:
+    """C8: one line per request, with its status and request id, for those
+    answered before the app (a framing the server refuses, an unknown method, a
+    chunked body over the cap) too: an operator handed their request id finds it."""
+    log = tmp_path / "server.log"
+    url = tasks_url(new_user_id())
+    chunk = b"x" * 16384
+    refused = {
+        "two lengths": (
+            f"POST {url} HTTP/1.1\r\nHost: x\r\nX-Request-ID: two-lengths\r\n"
+            "Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            [],
+            400,
+        ),
+        "unknown method": (f"FOO {url} HTTP/1.1\r\nHost: x\r\n\r\n", [], 501),
+        "chunked over the cap": (
+            f"POST {url} HTTP/1.1\r\nHost: x\r\nX-Request-ID: big-chunks\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 5 + [b"0\r\n\r\n"],
+            413,
+        ),
+    }
+    with server_process(database_url, log=str(log), LOG_LEVEL="info") as (base, _):
+        ids = {}
+        for name, (head, chunks, status) in refused.items():
+            response = _raw_request(base, head, chunks)
+            assert response.startswith(b"HTTP/1.1 %d " % status), (name, response)
+            body = json.loads(response.partition(b"\r\n\r\n")[2])
+            ids[name] = body["request_id"]
+        time.sleep(0.2)  # the last access line
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+    requests = {
+        line.get("request_id"): line for line in lines if line["msg"] == "request"
+    }
+    assert ids["two lengths"] == "two-lengths"  # X-Request-ID is read, if it came
+    assert ids["chunked over the cap"] == "big-chunks"
+    for name, (_, _, status) in refused.items():
+        line = requests[ids[name]]
+        assert line["status"] == status, name
+        assert line["path"] == "<unmatched>"
+        assert line["duration_ms"] >= 0
+    assert requests["big-chunks"]["method"] == "POST"
+    assert requests["big-chunks"]["code"] == "payload_too_large"
+    assert not [line for line in lines if "Invalid HTTP request" in line["msg"]]

@@ -74,7 +74,7 @@ def test_every_error_has_a_detail_of_its_own() -> None:
 
 def test_errors_answered_before_the_app_carry_detail_too() -> None:
     for error in (HEAD_TOO_LARGE, TIMED_OUT, TOO_MANY_CONNECTIONS):
-        body = json.loads(canned_response(error).partition(b"\r\n\r\n")[2])
+        body = json.loads(canned_response(error, "an-id").partition(b"\r\n\r\n")[2])
         assert body["detail"], body
 
 
