@@ -363,8 +363,14 @@ def soak(
             )
     # Every task whose version the replica has wrong, lacks, or still holds.
     stale = sum(
-        len(set(replica.tasks.items()) ^ set(versions.get(user, {}).items()))
-        for user, replica in replicas.items()
+        len(
+            {
+                i
+                for i, _ in set(replica.tasks.items())
+                ^ set(versions.get(u, {}).items())
+            }
+        )
+        for u, replica in replicas.items()
     )
     lost = sum(len(ids - stored.get(user, set())) for user, ids in ledger.items())
     phantom = sum(len(ids - ledger.get(user, set())) for user, ids in stored.items())

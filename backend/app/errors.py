@@ -186,8 +186,9 @@ class PreconditionFailed(AppError):
         if versions is None or versions:
             return cls()
         return cls(
-            detail="If-Match names no ETag of this task: send the ETag header it "
-            'was given, quotes included ("<id>.<version>")'
+            detail="If-Match names no ETag of this task: send the ETag header "
+            'it was given as it came, quotes included ("<id>.<version>"); a weak '
+            "one (W/, as a compressing proxy may make it) never matches If-Match"
         )
 
 
@@ -391,8 +392,9 @@ def _field_name(loc: Sequence[Any]) -> str:
 def validation_error(errors: Sequence[Any]) -> AppError:
     fields: list[FieldError] = []
     for err in errors:
-        # `at`: where below its location a validator placed the error (schemas).
-        loc = (*err.get("loc", ()), *(err.get("ctx") or {}).get("at", ()))
+        loc = tuple(err.get("loc", ()))
+        if err.get("type") == "batch_operation":  # at an operation's own field
+            loc += tuple(err["ctx"]["at"])
         if err.get("type") == "json_invalid":
             at = f" (at character {loc[1]})" if len(loc) > 1 else ""
             return InvalidJSON.unreadable(f"The body is not valid JSON{at}")

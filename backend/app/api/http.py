@@ -21,13 +21,17 @@ def etag(task: TaskRecord) -> str:
     return f'"{task["id"]}.{(task["updated_at"] - _EPOCH) // _MICROSECOND}"'
 
 
+# RFC 9110's optional whitespace: space and tab, nothing else.
+_OWS = " \t"
+
+
 def _tags(header: str) -> list[str]:
-    return [tag.strip() for tag in header.split(",") if tag.strip()]
+    return [tag.strip(_OWS) for tag in header.split(",") if tag.strip(_OWS)]
 
 
 def _any_version(header: str) -> bool:
     """`*` is a wildcard as the whole header only; in a list it is no tag."""
-    return header.strip() == "*"
+    return header.strip(_OWS) == "*"
 
 
 def if_match_versions(header: str | None, task_id: int) -> list[datetime] | None:

@@ -74,6 +74,13 @@ def declares_too_large_a_body(scope: Scope) -> bool:
     )
 
 
+# The 503 of a request the server's shutdown cancelled before it answered (the
+# protocol sends it; this middleware writes its access line).
+SHUTTING_DOWN = Overloaded(
+    detail="This instance stopped before it answered; retry after Retry-After s"
+)
+
+
 def request_id(scope: Scope) -> str:
     """The request's id: the incoming X-Request-ID when it is 1-128 of
     `A-Z a-z 0-9 . _ -`, else a new one; kept in the scope's state."""
@@ -224,7 +231,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive_noting_hang_up, send_with_id)
         except asyncio.CancelledError:
             if not response_started:  # the server's shutdown gave up on it: the
-                status = Overloaded.status_code  # protocol's `SHUTTING_DOWN`
+                status = SHUTTING_DOWN.status_code  # protocol answers this
+                error = _described(status, SHUTTING_DOWN.code, SHUTTING_DOWN.detail)
             raise
         except Exception:
             logger.exception("unhandled error", extra={"request_id": identifier})
@@ -237,17 +245,24 @@ class RequestContextMiddleware:
 
 
 def _error_of(status: int, body: bytes) -> dict[str, str]:
-    """What an access line says of an error: its body's `code` (C3), and for a
-    5xx its `detail` too (the server's condition: a database unreachable, a lock,
-    no connection free, the schema not checked yet), never a client's input."""
+    """What an access line says of an error: its body's (`_described`)."""
     try:
         error = orjson.loads(body)
     except orjson.JSONDecodeError:
         return {}
     if not isinstance(error, dict):
         return {}
-    keys = ("code", "detail") if status >= 500 else ("code",)
-    return {k: v for k in keys if isinstance(v := error.get(k), str)}
+    return _described(status, error.get("code"), error.get("detail"))
+
+
+def _described(status: int, code: object, detail: object) -> dict[str, str]:
+    """An error's `code` (C3), and for a 5xx its `detail` too (the server's
+    condition: a database unreachable, a lock, no connection free, the schema not
+    checked yet), never a client's input."""
+    described = {"code": code} if isinstance(code, str) else {}
+    if status >= 500 and isinstance(detail, str):
+        described["detail"] = detail
+    return described
 
 
 def _route_of(scope: Scope) -> str:
@@ -285,13 +300,10 @@ def refusal_line(
     a canned error (edge/protocol.py), never routed: `method` None when its
     request line was not read, `started` None when no head had begun. Counted
     in `http_edge_refusals_total`, not in the request metrics."""
+    status = error.status_code
     seconds = 0.0 if started is None else time.perf_counter() - started
-    described = {"code": error.code}
-    if error.status_code >= 500:
-        described["detail"] = error.detail
-    _log_request(
-        method, "<unmatched>", error.status_code, seconds, identifier, described
-    )
+    described = _described(status, error.code, error.detail)
+    _log_request(method, "<unmatched>", status, seconds, identifier, described)
 
 
 def _log_request(

@@ -44,6 +44,7 @@ from app.edge.middleware import (
     MAX_DRAIN_BYTES,
     SECURITY_HEADERS,
     SHED,
+    SHUTTING_DOWN,
     declares_too_large_a_body,
     refusal_line,
     request_id,
@@ -145,9 +146,6 @@ def canned_response(
 HEAD_TOO_LARGE = HeadersTooLarge()
 TIMED_OUT = RequestTimeout()
 TOO_MANY_CONNECTIONS = Overloaded()
-SHUTTING_DOWN = Overloaded(
-    detail="This instance stopped before it answered; retry after Retry-After s"
-)
 MALFORMED = MalformedRequest()
 NOT_ONE_HOST = MalformedRequest(
     detail="An HTTP/1.1 request names its host in exactly one Host header"
@@ -230,8 +228,9 @@ class Admission:
                 if cycle.response_started:
                     raise
                 # Cancelled by the server (its graceful shutdown timed out) before
-                # it answered: a 503 to retry, not uvicorn's plain-text 500.
-                protocol.close_with(SHUTTING_DOWN, cycle)
+                # it answered: a 503 to retry, not uvicorn's plain-text 500 (its
+                # access line the app's middleware wrote, with its route).
+                protocol.close_with(SHUTTING_DOWN, cycle, logged=True)
                 cycle.disconnected = True  # uvicorn sends nothing more
             finally:
                 task = asyncio.current_task()
@@ -740,26 +739,40 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.close_with(error)
 
     def close_with(
-        self, error: AppError, cycle: RequestResponseCycle | None = None
+        self,
+        error: AppError,
+        cycle: RequestResponseCycle | None = None,
+        *,
+        logged: bool = False,
     ) -> None:
         """The error's canned response (with the request id of `cycle`, the request
         it answers, if its head was read), and the connection closed."""
         self._disarm_deadline()
         if not self.transport.is_closing():  # uvloop raises on writing to a closed one
-            self.transport.write(self._answer(error, cycle))
+            self.transport.write(self._answer(error, cycle, logged=logged))
             self.transport.close()
 
-    def _answer(self, error: AppError, cycle: RequestResponseCycle | None) -> bytes:
+    def _answer(
+        self,
+        error: AppError,
+        cycle: RequestResponseCycle | None,
+        *,
+        logged: bool = False,
+    ) -> bytes:
         """The error's canned response to `cycle`'s request, or with None to the
         head being read (its headers as far as they came; none if no head has
-        begun: those would be the last request's), and its access line."""
+        begun: those would be the last request's), and its access line unless
+        `logged` already, or unless no request began (a connection past the cap,
+        refused before it sent a byte: `http_edge_refusals_total` counts it)."""
         if cycle is not None:
             scope = cast(Scope, cycle.scope)
             method, started = scope["method"], scope["state"].get(ARRIVED)
         else:
             headers = self.headers if self.head_begun else []
             scope = {"headers": headers}  # enough for its X-Request-ID
-            method, started = None, self.began if self.head_begun else None
+            method, started = None, self.began
+            logged = logged or not self.head_begun
         identifier = request_id(scope)
-        refusal_line(error, identifier, method, started)
+        if not logged:
+            refusal_line(error, identifier, method, started)
         return canned_response(error, identifier, scope["headers"])

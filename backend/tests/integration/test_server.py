@@ -373,18 +373,25 @@ def test_a_request_the_protocol_refuses_has_its_access_line(
             assert response.startswith(b"HTTP/1.1 %d " % status), (name, response)
             body = json.loads(response.partition(b"\r\n\r\n")[2])
             ids[name] = body["request_id"]
-        time.sleep(0.2)  # the last access line
-        lines = [json.loads(line) for line in log.read_text().splitlines()]
-    requests = {
-        line.get("request_id"): line for line in lines if line["msg"] == "request"
-    }
+        deadline = time.monotonic() + 10
+        while True:  # until the last line is written
+            lines = [json.loads(line) for line in log.read_text().splitlines()]
+            logged = [
+                line.get("request_id") for line in lines if line["msg"] == "request"
+            ]
+            if set(ids.values()) <= set(logged) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     assert ids["two lengths"] == "two-lengths"  # X-Request-ID is read, if it came
     assert ids["chunked over the cap"] == "big-chunks"
+    requests = {}
     for name, (_, _, status) in refused.items():
-        line = requests[ids[name]]
+        [line] = [line for line in lines if line.get("request_id") == ids[name]]
+        assert line["msg"] == "request"
         assert line["status"] == status, name
         assert line["path"] == "<unmatched>"
         assert line["duration_ms"] >= 0
+        requests[ids[name]] = line
     assert requests["big-chunks"]["method"] == "POST"
     assert requests["big-chunks"]["code"] == "payload_too_large"
     assert not [line for line in lines if "Invalid HTTP request" in line["msg"]]

@@ -3,14 +3,16 @@ graceful shutdown timed out): the requests still waiting are refused, never
 started on an app that is shutting down (specs/006-operations)."""
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from uvicorn._types import ASGI3Application
 
+from app.edge.middleware import SHUTTING_DOWN, RequestContextMiddleware
 from app.edge.protocol import (
     OPERATOR_PLACES,
-    SHUTTING_DOWN,
     TOO_MANY_CONNECTIONS,
     Admission,
     BoundedHttpToolsProtocol,
@@ -24,12 +26,14 @@ class Connection:
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
         self.refused: AppError | None = None
+        self.logged = False  # whether the refusal's access line was written already
 
-    def start(self, _cycle: Any, app: Any) -> None:
-        self.task = asyncio.ensure_future(app({}, None, None))
+    def start(self, cycle: Any, app: Any) -> None:
+        self.task = asyncio.ensure_future(app(cycle.scope, None, None))
 
-    def close_with(self, error: AppError, _cycle: Any) -> None:
+    def close_with(self, error: AppError, _cycle: Any, *, logged: bool = False) -> None:
         self.refused = error
+        self.logged = logged
 
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +41,13 @@ pytestmark = pytest.mark.anyio
 
 def _request() -> Any:
     return SimpleNamespace(
-        scope={"path": "/api/u/tasks", "state": {}},
+        scope={
+            "type": "http",
+            "method": "GET",
+            "path": "/api/u/tasks",
+            "headers": [],
+            "state": {},
+        },
         response_started=False,
         disconnected=False,
     )
@@ -111,3 +121,27 @@ async def test_health_checks_have_places_of_their_own_and_no_more() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks)
+
+
+async def test_a_request_cancelled_by_the_shutdown_has_one_access_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The app's middleware writes its line (503 `overloaded`, as the protocol
+    answers it), and the protocol's answer adds none: C8's one line a request."""
+    admission = Admission(active=1, in_flight=10)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(60)
+
+    running = Connection()
+    submitted = cast(ASGI3Application, RequestContextMiddleware(app))
+    admission.submit(cast(BoundedHttpToolsProtocol, running), _request(), submitted)
+    await asyncio.sleep(0)
+    assert running.task is not None
+    with caplog.at_level(logging.INFO, logger="app.request"):
+        running.task.cancel()
+        await running.task
+    [line] = [r for r in caplog.records if r.getMessage() == "request"]
+    assert (line.__dict__["status"], line.__dict__["code"]) == (503, "overloaded")
+    assert running.refused == SHUTTING_DOWN
+    assert running.logged  # so the protocol writes no second line
