@@ -100,6 +100,10 @@ class JwksCache:
         self.timeout = timeout
         self.absent_after = absent_after
         self._keys: dict[str | None, PyJWK] = {}
+        self._listed: dict[str | None, dict[str, Any]] = {}  # as the set lists them
+        # Moves on when a fetch finds a key gone or replaced: a token verified with
+        # an earlier generation's key is verified again (`TokenVerifier.known`).
+        self.generation = 0
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
         self._refresh: asyncio.Task[bool] | None = None
@@ -183,7 +187,7 @@ class JwksCache:
             document = await asyncio.wait_for(
                 asyncio.wrap_future(self._download), self.timeout
             )
-            keys = self._usable_keys(document)
+            keys, listed = self._usable_keys(document)
         except Exception as exc:  # any failure: keep the keys we have
             logger.warning(
                 "JWKS fetch from %s failed: %s",
@@ -193,7 +197,9 @@ class JwksCache:
             return False
         finally:
             self._refresh = None
-        self._keys = keys
+        if any(listed.get(kid) != jwk for kid, jwk in self._listed.items()):
+            self.generation += 1  # a key revoked or replaced
+        self._keys, self._listed = keys, listed
         self._fetched_at = time.monotonic()
         self._listed_began = self._refresh_began
         return True
@@ -212,10 +218,14 @@ class JwksCache:
             raise ValueError(f"JWKS larger than {_MAX_JWKS_BYTES} bytes")
         return json.loads(body)
 
-    def _usable_keys(self, document: Any) -> dict[str | None, PyJWK]:
+    def _usable_keys(
+        self, document: Any
+    ) -> tuple[dict[str | None, PyJWK], dict[str | None, dict[str, Any]]]:
+        """The set's signing keys by kid, loaded and as listed."""
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             raise ValueError('not a JWK set: no "keys" list')
         keys: dict[str | None, PyJWK] = {}
+        listed: dict[str | None, dict[str, Any]] = {}
         for jwk in document["keys"]:
             if not isinstance(jwk, dict):
                 continue
@@ -231,10 +241,11 @@ class JwksCache:
                 )
                 continue
             kid = jwk.get("kid")
-            keys[kid if isinstance(kid, str) else None] = key
+            name = kid if isinstance(kid, str) else None
+            keys[name], listed[name] = key, jwk
         if not keys:  # never trade working keys for an empty set
             raise ValueError("no usable signing key in the JWK set")
-        return keys
+        return keys, listed
 
 
 def _in_thread(function: Callable[[], Any]) -> "concurrent.futures.Future[Any]":
@@ -258,6 +269,7 @@ class _Verified:
     user_id: str
     expires: float
     not_before: float
+    generation: int | None  # of the key set whose key verified it (None: the secret)
 
 
 class TokenVerifier:
@@ -287,7 +299,10 @@ class TokenVerifier:
         known = self._verified.get(token)
         if known is None:
             return None
-        if known.not_before <= time.time() <= known.expires:
+        current = known.generation is None or (
+            self._jwks is not None and known.generation == self._jwks.generation
+        )
+        if current and known.not_before <= time.time() <= known.expires:
             return known.user_id
         del self._verified[token]
         return None
@@ -305,9 +320,11 @@ class TokenVerifier:
         if not isinstance(algorithm, str):  # a list or an object is unhashable
             raise UnauthorizedError("malformed", "The token's alg is not a string")
         key: Any
+        generation = None
         if algorithm in HMAC_ALGORITHMS and self._secret is not None:
             key = self._secret
         elif algorithm in JWKS_ALGORITHMS and self._jwks is not None:
+            generation = self._jwks.generation  # before the key: never a later one
             kid = header.get("kid")
             if not isinstance(kid, str | None):
                 raise UnauthorizedError("malformed", "The token's kid is not a string")
@@ -321,9 +338,11 @@ class TokenVerifier:
             raise UnauthorizedError(
                 "algorithm", "The token's signing algorithm (alg) is not accepted"
             )
-        return self._decode(token, key, algorithm)
+        return self._decode(token, key, algorithm, generation)
 
-    def _decode(self, token: str, key: Any, algorithm: str) -> str:
+    def _decode(
+        self, token: str, key: Any, algorithm: str, generation: int | None
+    ) -> str:
         try:
             claims = jwt.decode(
                 token,
@@ -342,7 +361,7 @@ class TokenVerifier:
             raise UnauthorizedError(
                 "claim", f"The token has no '{self._user_claim}' claim (the user id)"
             )
-        self._remember(token, user_id, times)
+        self._remember(token, user_id, times, generation)
         return user_id
 
     def _failure(self, token: str, exc: jwt.PyJWTError) -> UnauthorizedError:
@@ -402,13 +421,20 @@ class TokenVerifier:
             context={"error": message},
         )
 
-    def _remember(self, token: str, user_id: str, times: dict[str, float]) -> None:
+    def _remember(
+        self,
+        token: str,
+        user_id: str,
+        times: dict[str, float],
+        generation: int | None,
+    ) -> None:
         if len(self._verified) >= self.CACHE_SIZE:
             del self._verified[next(iter(self._verified))]  # the oldest
         self._verified[token] = _Verified(
             user_id,
             expires=times["exp"] + self._leeway,
             not_before=max(times["nbf"], times["iat"]) - self._leeway,
+            generation=generation,
         )
 
 

@@ -388,6 +388,32 @@ def test_rotated_key_is_picked_up_on_an_unknown_kid(
     token = signed_token(rotated, user)
     assert client.get(tasks_url(user), headers=bearer(token)).status_code == 200
     assert jwks.fetches == 2
+    # A key removed from the set is revoked: a token it signed is refused, though
+    # it was accepted (and remembered) before the removal (an outside trial).
+    assert_401(client.get(tasks_url(user), headers=bearer(first)), "kid")
+
+
+def test_a_key_removed_from_the_set_revokes_tokens_already_seen(
+    client: TestClient, jwks: JwksServer, keys: dict[str, SigningKey]
+) -> None:
+    """An operator removes a leaked key and the next fetch lists the set without
+    it: a far-future token it signed, accepted before, is a 401 from then on; the
+    tokens of the keys still listed are verified again, once, and accepted."""
+    user = new_user_id()
+    leaked = signed_token(keys["EdDSA"], user, exp=253402300000)
+    kept = signed_token(keys["ES256"], user)
+    for token in (leaked, kept):
+        assert client.get(tasks_url(user), headers=bearer(token)).status_code == 200
+    jwks.keys = [key.jwk() for name, key in keys.items() if name != "EdDSA"]
+    verifier = client.app.state.verifier  # type: ignore[attr-defined]
+    verifier.jwks.min_refresh_interval = 0
+    other = signed_token(new_key("EdDSA"), user, kid="not-listed")
+    assert_401(client.get(tasks_url(user), headers=bearer(other)), "kid")  # a fetch
+    assert jwks.fetches == 2
+    assert_401(client.get(tasks_url(user), headers=bearer(leaked)), "kid")
+    assert verifier.known(kept) is None  # remembered from an earlier key set
+    assert client.get(tasks_url(user), headers=bearer(kept)).status_code == 200
+    assert verifier.known(kept) == user
 
 
 def test_key_published_just_after_a_fetch_is_503_then_accepted(
