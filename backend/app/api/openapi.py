@@ -38,7 +38,7 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
-_RETRY_AFTER = {
+RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before retrying",
         "schema": {"type": "integer"},
@@ -51,9 +51,9 @@ _HEADERS: dict[int, dict[str, Any]] = {
             "schema": {"type": "string"},
         }
     },
-    409: _RETRY_AFTER,
-    429: _RETRY_AFTER,
-    503: _RETRY_AFTER,
+    409: RETRY_AFTER,
+    429: RETRY_AFTER,
+    503: RETRY_AFTER,
 }
 
 
@@ -66,7 +66,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "description": _DESCRIPTIONS[status],
             **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
         }
-        for status in (*statuses, 400, 401, 403, 429, 500, 503)
+        # 413 and 415 too: a GET sent with a body has it checked like any other
+        for status in (*statuses, 400, 401, 403, 413, 415, 429, 500, 503)
     }
 
 
@@ -132,9 +133,23 @@ BEARER = {
 }
 
 
+# Every response carries one: the request's own (if valid), else a new one (C8).
+_REQUEST_ID_HEADER = {
+    "description": "The request's id, in the server's log line for it",
+    "schema": {"type": "string"},
+}
+_REQUEST_ID_REF = {"$ref": "#/components/headers/X-Request-ID"}
+_REQUEST_ID_PARAMETER = optional_header(
+    "X-Request-ID",
+    "An id for this request, echoed and logged (else the server makes one)",
+    r"^[A-Za-z0-9._-]{1,128}$",
+)
+
+
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
     """FastAPI documents a 422 we never send: validation errors are 400s. Every
-    /api operation needs a bearer token."""
+    /api operation needs a bearer token. Every operation takes and answers
+    X-Request-ID."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -149,9 +164,19 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
                     del operation["responses"]["422"]
                 if url.startswith("/api/"):
                     operation["security"] = [{"HTTPBearer": []}]
+                # New lists and dicts: FastAPI's may be the routes' own constants.
+                parameters = operation.get("parameters", [])
+                operation["parameters"] = [*parameters, _REQUEST_ID_PARAMETER]
+                for response in operation["responses"].values():
+                    headers = response.get("headers", {})
+                    response["headers"] = {
+                        **headers,
+                        "X-Request-ID": _REQUEST_ID_REF,
+                    }
         for name in ("HTTPValidationError", "ValidationError"):
             schema["components"]["schemas"].pop(name, None)
         schema["components"]["securitySchemes"] = {"HTTPBearer": BEARER}
+        schema["components"]["headers"] = {"X-Request-ID": _REQUEST_ID_HEADER}
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -208,3 +208,24 @@ def test_openapi_lets_a_whole_task_be_sent_back(client: TestClient) -> None:
         assert set(schema["properties"]) == task_fields, name
         for field in ("id", "user_id", "created_at", "updated_at", "completed_at"):
             assert schema["properties"][field]["readOnly"] is True
+
+
+def test_openapi_documents_what_every_operation_may_answer(app: FastAPI) -> None:
+    """Found by a generated client (an outside trial): X-Request-ID on every
+    response and as an optional request header; 413 and 415 on every /api
+    operation (a GET sent with a body is checked too); ETag on a 304; Retry-After
+    on the health check's 503."""
+    spec = app.openapi()
+    for url, path in spec["paths"].items():
+        for method, operation in path.items():
+            names = [p["name"] for p in operation["parameters"]]
+            assert "X-Request-ID" in names, (method, url)
+            for status, response in operation["responses"].items():
+                assert "X-Request-ID" in response["headers"], (method, url, status)
+            if url.startswith("/api/"):
+                assert {"413", "415"} <= set(operation["responses"]), (method, url)
+    get_task = spec["paths"]["/api/{user_id}/tasks/{id}"]["get"]
+    assert "ETag" in get_task["responses"]["304"]["headers"]
+    assert (
+        "Retry-After" in spec["paths"]["/health"]["get"]["responses"]["503"]["headers"]
+    )

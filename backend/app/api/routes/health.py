@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import authorize_metrics
+from app.api.openapi import RETRY_AFTER
 from app.db.gateway import Database
 from app.errors import SCHEMA_NOT_CHECKED, DatabaseUnavailable
 from app.observability import metrics
@@ -23,6 +24,7 @@ HEALTH_TIMEOUT_SECONDS = 1.5
         503: {
             "model": Health,
             "description": "Database unreachable, or its schema not checked yet",
+            "headers": RETRY_AFTER,
         }
     },
 )

@@ -73,7 +73,7 @@ _BATCH_EXAMPLES: dict[str, Example] = {
 @router.post(
     "/batch",
     response_model=BatchResults,
-    responses=errors(409, 413, 415, 422),
+    responses=errors(409, 422),
     openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
 async def batch_tasks(
@@ -111,7 +111,7 @@ async def batch_tasks(
 @router.delete(
     "",
     response_model=Cleared,
-    responses=errors(413, 415),
+    responses=errors(),
     openapi_extra={"parameters": query_parameters(ClearQuery)},
 )
 async def clear_completed(request: Request, user_id: UserIdPath) -> Cleared:

@@ -73,7 +73,7 @@ _PAGED = {
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskPublic,
-    responses={201: _CREATED, **errors(409, 413, 415, 422)},
+    responses={201: _CREATED, **errors(409, 422)},
     openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
 async def create_task(
@@ -110,7 +110,7 @@ async def list_tasks(request: Request, user_id: UserIdPath) -> Response:
     response_model=TaskPublic,
     responses={
         200: {"headers": _ETAG},
-        304: {"description": "Not modified"},
+        304: {"description": "Not modified", "headers": _ETAG},
         **errors(404, 412),
     },
     openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH]},
@@ -130,7 +130,7 @@ async def get_task(
 @router.put(
     "/{id}",
     response_model=TaskPublic,
-    responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
+    responses={200: {"headers": _ETAG}, **errors(404, 412)},
     openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH_WRITE]},
 )
 async def replace_task(
@@ -150,7 +150,7 @@ async def replace_task(
 @router.patch(
     "/{id}",
     response_model=TaskPublic,
-    responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
+    responses={200: {"headers": _ETAG}, **errors(404, 412)},
     openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH_WRITE]},
 )
 async def patch_task(
@@ -170,7 +170,7 @@ async def patch_task(
 @router.patch(
     "/{id}/complete",
     response_model=TaskPublic,
-    responses={200: {"headers": _ETAG}, **errors(404, 412, 413, 415)},
+    responses={200: {"headers": _ETAG}, **errors(404, 412)},
     openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH_WRITE]},
 )
 async def toggle_task(
@@ -190,7 +190,7 @@ async def toggle_task(
 @router.delete(
     "/{id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=errors(404, 412, 413, 415),
+    responses=errors(404, 412),
     openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH_WRITE]},
 )
 async def delete_task(
