@@ -113,6 +113,8 @@ def canned_response(
     error: AppError,
     identifier: str,
     request_headers: Iterable[tuple[bytes, bytes]] | None = None,
+    *,
+    head: bool = False,
 ) -> bytes:
     """A complete `Connection: close` HTTP/1.1 response with the error's JSON body,
     and what the app gives every response: the request id, in the body and
@@ -139,7 +141,8 @@ def canned_response(
     headers += [b"%s: %s\r\n" % header for header in SECURITY_HEADERS]
     headers += _cors(request_headers)
     headers += [f"{k}: {v}\r\n".encode() for k, v in error.headers.items()]
-    return b"".join([*headers, b"\r\n", body])
+    # A HEAD response has no content (RFC 9110 9.3.2), only its length.
+    return b"".join([*headers, b"\r\n", b"" if head else body])
 
 
 # The errors answered here, before a request reaches the app.
@@ -775,4 +778,5 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         identifier = request_id(scope)
         if not logged:
             refusal_line(error, identifier, method, started)
-        return canned_response(error, identifier, scope["headers"])
+        head = method == "HEAD"
+        return canned_response(error, identifier, scope["headers"], head=head)

@@ -134,6 +134,21 @@ def test_chunked_body_over_64_kib_is_413(server: str) -> None:
     assert httpx.get(server + tasks_url(user)).json() == []
 
 
+def test_a_head_request_refused_by_the_protocol_gets_no_body(server: str) -> None:
+    """RFC 9110 9.3.2: a HEAD response has no content, a canned one included."""
+    chunk = b"x" * 16384
+    chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 5 + [b"0\r\n\r\n"]
+    head = (
+        f"HEAD {tasks_url(new_user_id())} HTTP/1.1\r\nHost: x\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    response = _raw_request(server, head, chunks)
+    assert response.startswith(b"HTTP/1.1 413 "), response
+    headers, _, content = response.partition(b"\r\n\r\n")
+    assert b"content-length: " in headers.lower()  # the size a GET would have had
+    assert content == b""
+
+
 def test_declared_length_over_64_kib_is_413_before_reading(server: str) -> None:
     head = (
         f"POST {tasks_url(new_user_id())} HTTP/1.1\r\nHost: x\r\n"
