@@ -717,10 +717,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.deadline = None
 
     def _timed_out(self) -> None:
-        """A head that never completed gets a 408; a body that stopped coming is
-        cut off (the app, already running, sees the client disconnect). Not while
-        requests are queued behind the one in progress: uvicorn reads nothing
-        then, so the time is not the client's."""
+        """A head that never completed gets a 408, and so does a body that stopped
+        coming before the app had it (`unread`: its request id and access line
+        too); any other body is cut off (the app, already running, sees the client
+        disconnect). Not while requests are queued behind the one in progress:
+        uvicorn reads nothing then, so the time is not the client's."""
         self.deadline = None
         if self.transport.is_closing():
             return
@@ -728,6 +729,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_deadline()
         elif self.reading_head and (self.head_bytes or self.head_begun):
             self.refuse(TIMED_OUT)
+        elif self.unread is not None:
+            cycle, _ = self.unread
+            self.unread = None
+            self.close_with(TIMED_OUT, cycle)
         else:
             self.transport.close()
 

@@ -268,6 +268,25 @@ def test_a_head_that_stops_coming_gets_408_within_the_request_timeout(
     assert 0.9 < time.monotonic() - started < 4
 
 
+def test_a_body_that_stops_coming_gets_408_with_its_request_id(
+    server: tuple[str, int],
+) -> None:
+    """Its head was read, so it is a request: answered 408 with its own request id
+    (and so an access line, C8), not a connection closed without a word."""
+    base_url, _ = server
+    with _connect(base_url) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            b"POST /api/u1/tasks HTTP/1.1\r\nHost: t\r\nX-Request-ID: body-stalls\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        status, _, body = _error(_read_all(sock))
+    assert status == 408
+    assert body["code"] == "request_timeout"
+    assert body["request_id"] == "body-stalls"
+    assert 0.9 < time.monotonic() - started < 4
+
+
 def test_a_pipelined_head_that_stops_coming_gets_408_too(
     server: tuple[str, int],
 ) -> None:
