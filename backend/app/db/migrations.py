@@ -124,6 +124,12 @@ def limit_lock_waits(connection: "Connection") -> None:
     )
 
 
+_REACHED = text(
+    "SELECT current_database(), coalesce(host(inet_server_addr()), 'a local "
+    "socket'), inet_server_port(), current_user"
+)
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade to head in one transaction, holding a transaction-level
     advisory lock (which also works through PgBouncer's transaction pooling).
@@ -138,6 +144,10 @@ def migrate(engine: Engine) -> None:
     from alembic.script import ScriptDirectory
 
     with engine.begin() as connection:
+        # Where DATABASE_URL led, defaults filled in (an operator trial: nothing
+        # said which server, database and role the service had reached).
+        database, host, port, role = connection.execute(_REACHED).one()
+        logger.info("database %s on %s port %s, as %s", database, host, port, role)
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
         )

@@ -137,6 +137,10 @@ def parse_database_url(raw: str) -> DatabaseURL:
         raise ValueError("must start with postgresql:// or postgres://")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     _check_structure(parts, query)
+    if not parts.path.strip("/") and not query.get("dbname"):
+        # libpq and asyncpg would take the user's name, or the OS user's: a
+        # database nobody chose, perhaps another application's.
+        raise ValueError("names no database: postgresql://user:password@host/dbname")
     connect_args: dict[str, Any] = {}
     if "connect_timeout" in query:
         timeout = query.pop("connect_timeout")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import make_url
 
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import free_port, running_server, server_process
@@ -410,3 +411,17 @@ def test_a_request_the_protocol_refuses_has_its_access_line(
     assert requests["big-chunks"]["method"] == "POST"
     assert requests["big-chunks"]["code"] == "payload_too_large"
     assert not [line for line in lines if "Invalid HTTP request" in line["msg"]]
+
+
+def test_start_up_says_which_database_it_reached(
+    database_url: str, engine: object, tmp_path: Path
+) -> None:
+    """Defaults fill what DATABASE_URL leaves out: one line names the database,
+    server and role reached (an operator trial), never the password."""
+    log = tmp_path / "server.log"
+    with server_process(database_url, log=str(log), LOG_LEVEL="info"):
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+    url = make_url(database_url)
+    [reached] = [line["msg"] for line in lines if line["msg"].startswith("database ")]
+    where = f"{url.database} on {url.host} port {url.port or 5432}"
+    assert reached == f"database {where}, as {url.username}"

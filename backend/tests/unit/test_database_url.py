@@ -132,6 +132,11 @@ def test_embedded_servers_socket_url_works() -> None:
         ("postgresql://u@:5433/db?host=/tmp/pg", "not both"),
         ("postgresql://u@h1,h2/db?port=5433", "not both"),
         ("postgresql://u@%2Ftmp%2Cx/db", "comma"),  # asyncpg: one host; libpq: two
+        # No database: the drivers would take the user's name (an operator trial:
+        # `postgresql://` served from the socket's server, database `root`).
+        ("postgresql://", "no database"),
+        ("postgresql://u:p@db.example.com:5432", "no database"),
+        ("postgresql://u@h/?sslmode=require", "no database"),
     ],
 )
 def test_what_cannot_be_honoured_is_one_line(
