@@ -294,14 +294,14 @@ def _access_line(
 
 
 def refusal_line(
-    error: AppError, identifier: str, method: str | None, started: float | None
+    error: AppError, identifier: str, method: str | None, started: float
 ) -> None:
     """The access line of a request the server's protocol answered itself with
     a canned error (edge/protocol.py), never routed: `method` None when its
-    request line was not read, `started` None when no head had begun. Counted
-    in `http_edge_refusals_total`, not in the request metrics."""
+    head was not read whole. Counted in `http_edge_refusals_total`, not in the
+    request metrics."""
     status = error.status_code
-    seconds = 0.0 if started is None else time.perf_counter() - started
+    seconds = time.perf_counter() - started
     described = _described(status, error.code, error.detail)
     _log_request(method, "<unmatched>", status, seconds, identifier, described)
 

@@ -774,7 +774,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         refused before it sent a byte: `http_edge_refusals_total` counts it)."""
         if cycle is not None:
             scope = cast(Scope, cycle.scope)
-            method, started = scope["method"], scope["state"].get(ARRIVED)
+            method, started = scope["method"], scope["state"][ARRIVED]
         else:
             headers = self.headers if self.head_begun else []
             scope = {"headers": headers}  # enough for its X-Request-ID
