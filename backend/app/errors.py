@@ -13,9 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.observability import metrics
+from app.observability.logging import Throttled
 from app.schemas import ErrorBody, FieldError
 
-logger = logging.getLogger("app.errors")
+# A role that may not write refuses every write: one line per reason every 10 s.
+_refused = Throttled(logging.getLogger("app.errors"), level=logging.ERROR)
 
 
 class AppError(Exception):
@@ -455,7 +457,7 @@ def register_exception_handlers(app: FastAPI) -> None:
         elif isinstance(exc, DatabaseUnavailable):
             metrics.DB_ERRORS.inc()
             if isinstance(exc, DatabaseRefused):
-                logger.error("database refused the statement: %s", exc.reason)
+                _refused.log(f"database refused the statement: {exc.reason}")
         return error_response(exc, request_id_of(request))
 
     async def request_validation(request: Request, exc: Exception) -> JSONResponse:

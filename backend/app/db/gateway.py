@@ -271,7 +271,7 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
     if sqlstate in _STATEMENT_LOST:
         return StatementLost()
     if sqlstate == _CANCELED:
-        _cancelled.warning(f"database cancelled a statement: {failure(exc)}")
+        _cancelled.log(f"database cancelled a statement: {failure(exc)}")
         return Cancelled()
     if sqlstate in _CONFLICTS or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return Conflict()
@@ -292,7 +292,7 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         # With the server's or the driver's own words (which never carry the
         # password): a refused login, a missing database, a pooler refusing a
         # setting or a certificate would otherwise look like an outage.
-        _unavailable.warning(f"database unavailable: {failure(exc)}")
+        _unavailable.log(f"database unavailable: {failure(exc)}")
         return DatabaseUnavailable()
     return exc
 

@@ -93,9 +93,7 @@ class RateLimiter:
             count = await counting
         except Exception as exc:  # the limiter is down: allow, and say so
             metrics.RATE_LIMITER_ERRORS.inc()
-            self._unavailable.warning(
-                f"rate limiter unavailable, allowing: {failure(exc)}"
-            )
+            self._unavailable.log(f"rate limiter unavailable, allowing: {failure(exc)}")
             return 0
         self._unavailable.ended("rate limiter reachable again")
         return count

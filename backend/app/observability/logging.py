@@ -24,26 +24,32 @@ def failure(exc: BaseException) -> str:
 
 
 class Throttled:
-    """A warning that would repeat with every request while a dependency is down
-    (the database, the rate limiter's store): logged at once, then the same text
-    again only after `seconds`, saying how many times it recurred since its line
-    before (`repeated`, over `repeated_over_s`). Another text is logged at once.
-    `ended` says once that the dependency answers again, and forgets the outage."""
+    """A line that would repeat with every request while a dependency is down or
+    refuses us (the database, the rate limiter's store): logged at once, then the
+    same text again only after `seconds`, saying how many times it recurred since
+    its line before (`repeated`, over `repeated_over_s`). Another text is logged
+    at once. `ended` says once that the dependency answers again, and forgets the
+    outage. Warnings, unless `level` says otherwise."""
 
     _KEPT = 64  # texts remembered at most (a reason may carry changing details)
 
     def __init__(
-        self, logger: logging.Logger, seconds: float = 10, quiet: float = 10
+        self,
+        logger: logging.Logger,
+        seconds: float = 10,
+        quiet: float = 10,
+        level: int = logging.WARNING,
     ) -> None:
         self._logger = logger
+        self._level = level
         self.seconds = seconds
         self.quiet = quiet
         self._seen: dict[str, tuple[float, int]] = {}  # text: (logged at, held)
-        self._began: float | None = None  # the first warning since `ended`
-        self._failed_at = 0.0  # the last warning
+        self._began: float | None = None  # the first failure since `ended`
+        self._failed_at = 0.0  # the last failure
         self._failures = 0
 
-    def warning(self, text: str) -> None:
+    def log(self, text: str) -> None:
         now = time.monotonic()
         if self._began is None:
             self._began = now
@@ -59,22 +65,22 @@ class Throttled:
         if held:
             over = round(now - logged_at, 1)
             extra = {"repeated": held, "repeated_over_s": over}
-            self._logger.warning(text, extra=extra)
+            self._logger.log(self._level, text, extra=extra)
         else:
-            self._logger.warning(text)
+            self._logger.log(self._level, text)
 
     def ended(self, text: str) -> None:
         """The dependency answered. If it had failed, but for `quiet` seconds no
-        longer: `text`, with how many warnings there were and over how long, and
+        longer: `text`, with how many failures there were and over how long, and
         the outage is forgotten. Not sooner: a request under way when the first
         failure came may still succeed, and in a partial outage (no new
         connection, while pooled ones work) successes and failures alternate.
-        A warning too, so that a log filtered to warnings shows each end."""
+        At the same level, so that a log filtered to it shows each end."""
         if self._began is None or time.monotonic() - self._failed_at < self.quiet:
             return
         failing_for = round(self._failed_at - self._began, 1)
         extra = {"failures": self._failures, "failing_for_s": failing_for}
-        self._logger.warning(text, extra=extra)
+        self._logger.log(self._level, text, extra=extra)
         self._seen.clear()
         self._began = None
         self._failures = 0

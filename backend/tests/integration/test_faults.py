@@ -1,6 +1,7 @@
 """C3/C7/C8 under real faults: connections killed (Neon scaling to zero), the
 database restarted, the pool exhausted, SIGTERM under load, TLS required."""
 
+import json
 import os
 import signal
 import subprocess
@@ -262,7 +263,14 @@ def test_a_role_the_database_refuses_writes_gets_503_never_500(
     refused = reader.post(tasks_url(user), json={"title": "nope"})
     assert_503(refused)
     assert "refused" in refused.json()["detail"]
-    assert "permission denied for table task" in capsys.readouterr().err
+    for _ in range(3):  # every write is refused: one line for all, not one each
+        assert_503(reader.post(tasks_url(user), json={"title": "nope"}))
+    lines = [
+        json.loads(line)
+        for line in capsys.readouterr().err.splitlines()
+        if "permission denied for table task" in line
+    ]
+    assert [line["level"] for line in lines] == ["error"]
     assert reader.get(tasks_url(user)).json() == []
 
 

@@ -35,19 +35,19 @@ def test_a_repeated_warning_is_one_line_per_interval(
     logger = logging.getLogger("test.throttled")
     throttled = Throttled(logger, seconds=3600)
     for _ in range(3):
-        throttled.warning("database unavailable: refused")
-    throttled.warning("database unavailable: timed out")
+        throttled.log("database unavailable: refused")
+    throttled.log("database unavailable: timed out")
     assert caplog.messages == [
         "database unavailable: refused",
         "database unavailable: timed out",
     ]
     throttled.seconds = 0  # the interval has passed
-    throttled.warning("database unavailable: refused")
+    throttled.log("database unavailable: refused")
     assert caplog.messages[-1] == "database unavailable: refused"
     line = caplog.records[-1].__dict__
     assert line["repeated"] == 2
     assert line["repeated_over_s"] >= 0  # since the line before, not since ever
-    throttled.warning("database unavailable: refused")
+    throttled.log("database unavailable: refused")
     assert "repeated" not in caplog.records[-1].__dict__  # none held back since
 
 
@@ -62,7 +62,7 @@ def test_the_end_of_an_outage_is_one_line_and_forgets_it(
     throttled.ended("database reachable again")  # nothing failed: nothing said
     assert caplog.messages == []
     for _ in range(5):
-        throttled.warning("database unavailable: refused")
+        throttled.log("database unavailable: refused")
     throttled.ended("database reachable again")
     throttled.ended("database reachable again")
     assert caplog.messages == [
@@ -71,7 +71,7 @@ def test_the_end_of_an_outage_is_one_line_and_forgets_it(
     ]
     assert caplog.records[-1].__dict__["failures"] == 5
     assert caplog.records[-1].__dict__["failing_for_s"] >= 0
-    throttled.warning("database unavailable: refused")
+    throttled.log("database unavailable: refused")
     assert caplog.messages[-1] == "database unavailable: refused"
     assert "repeated" not in caplog.records[-1].__dict__
 
@@ -87,7 +87,7 @@ def test_a_success_soon_after_a_failure_does_not_end_the_outage(
     logger = logging.getLogger("test.throttled")
     throttled = Throttled(logger, seconds=3600, quiet=3600)
     for _ in range(3):
-        throttled.warning("database unavailable: too many connections")
+        throttled.log("database unavailable: too many connections")
         throttled.ended("database reachable again")
     assert caplog.messages == ["database unavailable: too many connections"]
     throttled.quiet = 0  # then long enough without one
