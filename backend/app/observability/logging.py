@@ -1,6 +1,7 @@
 """Structured logs: one JSON object per line on stderr."""
 
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -87,11 +88,15 @@ class Throttled:
 
 
 class JsonFormatter(logging.Formatter):
+    """`pid` tells apart the lines of several workers, which share one stderr and
+    each count their own repeats (`Throttled`)."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": os.getpid(),
             "msg": record.getMessage(),
         }
         entry.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)

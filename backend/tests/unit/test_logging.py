@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import warnings
 
 import pytest
@@ -22,6 +23,7 @@ def test_a_python_warning_is_one_json_line(capsys: pytest.CaptureFixture[str]) -
     entry = json.loads(lines[0])
     assert entry["logger"] == "py.warnings"
     assert entry["level"] == "warning"
+    assert entry["pid"] == os.getpid()  # whose line, among several workers'
     assert "second line" in entry["msg"]
 
 
