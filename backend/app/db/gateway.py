@@ -384,6 +384,13 @@ class Database:
                         **connect_args,
                     )
                     break
+                except TimeoutError:
+                    # asyncpg's says nothing: an outage's line would read only
+                    # "database unavailable: TimeoutError".
+                    seconds = connect_args["timeout"]
+                    raise TimeoutError(
+                        f"no answer to a new connection within {seconds} s"
+                    ) from None
                 except asyncpg.ProtocolViolationError as exc:
                     timeout_refused = "statement_timeout" in str(exc)
                     if not timeout_refused or "statement_timeout" not in sent:
@@ -502,8 +509,9 @@ class Database:
         while True:
             probe = self._probe
             fresh = probe is None or probe.is_closed()
+            answer = asyncio.timeout(self._operation_timeout)
             try:
-                async with asyncio.timeout(self._operation_timeout):
+                async with answer:
                     if probe is None or fresh:
                         if self._closed:
                             raise DatabaseUnavailable(detail="shutting down")
@@ -518,6 +526,9 @@ class Database:
                     self._probe.terminate()
                     self._probe = None
                 if fresh:
+                    if answer.expired():  # a bare TimeoutError, as above
+                        seconds = self._operation_timeout
+                        exc = TimeoutError(f"no answer within {seconds:g} s")
                     raise _translate(exc, None) from exc
 
     async def _single(

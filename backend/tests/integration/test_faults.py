@@ -344,13 +344,17 @@ def _signal_postgres(server: PrivatePostgres, signum: signal.Signals) -> None:
 
 
 def test_a_database_that_stops_answering_gives_503_not_a_hang(
-    private_pg: PrivatePostgres,
+    private_pg: PrivatePostgres, tmp_path: Path
 ) -> None:
     """A paused or partitioned server cancels nothing itself: past the statement
-    timeout and a grace of 2 s the gateway abandons the connection (503)."""
+    timeout and a grace of 2 s the gateway abandons the connection (503). The
+    log says what timed out (it said only `TimeoutError`: an operator trial)."""
     user = new_user_id()
+    log = tmp_path / "server.log"
     with (
-        running_server(private_pg.url(), DB_STATEMENT_TIMEOUT_MS="500") as base,
+        server_process(
+            private_pg.url(), log=str(log), DB_STATEMENT_TIMEOUT_MS="500"
+        ) as (base, _),
         httpx.Client(base_url=base, timeout=30) as c,
     ):
         task = c.post(tasks_url(user), json={"title": "frozen"}).json()
@@ -377,18 +381,24 @@ def test_a_database_that_stops_answering_gives_503_not_a_hang(
             assert time.monotonic() < deadline, "did not recover"
             time.sleep(0.2)
         assert c.post(tasks_url(user), json={"title": "after"}).status_code == 201
+        # The read's new connection got no answer within asyncpg's 5 s.
+        unavailable = "database unavailable: TimeoutError: no answer to a new connection within 5 s"
+        assert unavailable in log.read_text()
 
 
 def test_health_checks_at_once_share_one_round_trip_outside_the_pool(
-    private_pg: PrivatePostgres,
+    private_pg: PrivatePostgres, tmp_path: Path
 ) -> None:
     """Six health checks at once share one round trip on the checks' own
     connection (six on one connection would fail each other): all 200; while
     the database does not answer, all 503 within their 1.5 s, and not one of
     the API's pooled connections waits on it (a flood of /health cannot take
-    the pool from the API)."""
+    the pool from the API). The log says how long it waited."""
+    log = tmp_path / "server.log"
     with (
-        running_server(private_pg.url(), DB_STATEMENT_TIMEOUT_MS="500") as base,
+        server_process(
+            private_pg.url(), log=str(log), DB_STATEMENT_TIMEOUT_MS="500"
+        ) as (base, _),
         httpx.Client(base_url=base, timeout=30) as c,
         ThreadPoolExecutor(6) as pool,
     ):
@@ -400,6 +410,9 @@ def test_health_checks_at_once_share_one_round_trip_outside_the_pool(
             time.sleep(0.7)
             assert metric(c, "db_pool_connections_in_use") == 0
             assert {check.result().status_code for check in checks} == {503}
+            # The probe's connection is dropped after 0.5 + 2 s; a new one
+            # gets no answer either, within the same 2.5 s.
+            wait_until("the line", lambda: "no answer within 2.5 s" in log.read_text())
         finally:
             _signal_postgres(private_pg, signal.SIGCONT)
 
