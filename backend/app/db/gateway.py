@@ -526,10 +526,11 @@ class Database:
                     self._probe.terminate()
                     self._probe = None
                 if fresh:
+                    failed: Exception = exc
                     if answer.expired():  # a bare TimeoutError, as above
                         seconds = self._operation_timeout
-                        exc = TimeoutError(f"no answer within {seconds:g} s")
-                    raise _translate(exc, None) from exc
+                        failed = TimeoutError(f"no answer within {seconds:g} s")
+                    raise _translate(failed, None) from exc
 
     async def _single(
         self, run: Callable[[Connection], Awaitable[Any]], *, writes: bool = False
