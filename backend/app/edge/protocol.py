@@ -778,7 +778,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             headers = self.headers if self.head_begun else []
             scope = {"headers": headers}  # enough for its X-Request-ID
-            method, started = None, self.began
+            # The method is parsed once the target begins (uvicorn collects it).
+            known = self.head_begun and self.url
+            method = self.parser.get_method().decode("ascii") if known else None
+            started = self.began
             logged = logged or not self.head_begun
         identifier = request_id(scope)
         if not logged:

@@ -375,6 +375,12 @@ def test_a_request_the_protocol_refuses_has_its_access_line(
             400,
         ),
         "unknown method": (f"FOO {url} HTTP/1.1\r\nHost: x\r\n\r\n", [], 501),
+        "head too large": (
+            f"GET {url} HTTP/1.1\r\nHost: x\r\nX-Request-ID: big-head\r\n"
+            f"Cookie: {'x' * 40_000}\r\n\r\n",
+            [],
+            431,
+        ),
         "chunked over the cap": (
             f"POST {url} HTTP/1.1\r\nHost: x\r\nX-Request-ID: big-chunks\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -410,6 +416,10 @@ def test_a_request_the_protocol_refuses_has_its_access_line(
         requests[ids[name]] = line
     assert requests["big-chunks"]["method"] == "POST"
     assert requests["big-chunks"]["code"] == "payload_too_large"
+    # Refused mid-head, but past the request line: its method is known.
+    assert requests["two-lengths"]["method"] == "POST"
+    assert requests["big-head"]["method"] == "GET"
+    assert requests["big-head"]["code"] == "headers_too_large"
     assert not [line for line in lines if "Invalid HTTP request" in line["msg"]]
 
 
