@@ -190,14 +190,22 @@ class Query(Generic[R]):
     row: type[R]
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
+        """The values in order; KeyError names a parameter given none."""
         return [params[n] if n in params else self.bound[n] for n in self.names]
 
 
 def compile_query(statement: ClauseElement, row: type[R]) -> Query[R]:
-    """Compile once; run many times with `bindparam` values."""
+    """Compile once; run many times with `bindparam` values. A placeholder
+    without a value of its own (`bindparam("user_id")`) must be given one: a
+    forgotten owner or id is an error, never a NULL that matches nothing."""
     compiled = cast(SQLCompiler, statement.compile(dialect=_DIALECT))
     names = tuple(compiled.positiontup or ())
-    return Query(compiled.string, names, compiled.params, row)
+    bound = {
+        name: value
+        for name, value in compiled.params.items()
+        if not compiled.binds[name].required
+    }
+    return Query(compiled.string, names, bound, row)
 
 
 _DRIVER_ERRORS = (
