@@ -81,15 +81,11 @@ def _position(key: str, position: list[Any]) -> tuple[Any, int]:
     return value, task_id
 
 
-def _request_hash(data: TaskCreate) -> str:
-    """Two bodies are "the same" when they would create the same task."""
-    return digest(
-        {
-            **content(data, set(DEFAULTS)),
-            "title": data.title,
-            "completed": bool(data.completed),
-        }
-    )
+def _request_hash(values: dict[str, Any]) -> str:
+    """Two bodies are "the same" when they would create the same task: its
+    INSERT values, but its owner (a key is the user's own; so hashes stored
+    before the owner was among those values still match)."""
+    return digest({name: v for name, v in values.items() if name != "user_id"})
 
 
 class TaskService:
@@ -152,7 +148,7 @@ class TaskService:
             self._db,
             user_id,
             idempotency_key,
-            _request_hash(data),
+            _request_hash(values),
             lambda tx: self._within(tx)._insert(values),
             lambda stored: task_from_json(orjson.loads(stored)),
         )
@@ -222,7 +218,8 @@ class TaskService:
         atomic: bool,
         idempotency_key: str | None = None,
     ) -> Outcomes:
-        """E11: each step as its single request, in order, in one transaction.
+        """E11: each step as its single request would, in order, in one
+        transaction (consecutive creates in one INSERT: services/batch.py).
         Atomic: all or nothing; otherwise one step's failure stops no other."""
 
         async def run(tx: Transaction) -> Outcomes:
