@@ -12,7 +12,6 @@ small, fixed answer (specs/006-operations)."""
 
 import asyncio
 import fcntl
-import json
 import re
 import socket
 import sys
@@ -122,15 +121,7 @@ def canned_response(
     origin (`request_headers`: as far as they were read). Counted in
     `http_edge_refusals_total` (the access line: `refusal_line`)."""
     metrics.EDGE_REFUSALS.labels(str(error.status_code)).inc()
-    body = json.dumps(
-        {
-            "error": error.message,
-            "code": error.code,
-            "detail": error.detail,
-            "request_id": identifier,
-        },
-        separators=(",", ":"),  # compact, as the app's own
-    ).encode()
+    body = error.body(identifier).model_dump_json(exclude_none=True).encode()
     headers = [
         STATUS_LINE[error.status_code],
         b"content-type: application/json\r\n",
