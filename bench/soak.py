@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # A failed request is put down to a fault when it was in flight at the fault or
 # started within this many seconds after it.
 FAULT_WINDOW = 3.0
+# A write unacknowledged this long after it was first sent is given up (the run fails).
+RETRY_FOR_S = 60.0
 SOAK_SECRET = "soak-secret-" + "s" * 40
 
 
@@ -168,7 +170,7 @@ def main() -> None:
         if hostile:
             report["hostile"] = hostile.stop()
     print(json.dumps(report, indent=2))
-    ok = report["lost"] == report["phantom"] == 0
+    ok = report["lost"] == report["phantom"] == report["writes_given_up"] == 0
     ok = ok and report["replica_tasks_stale"] == report["replicas_unsynced"] == 0
     ok = ok and report["failures_outside_fault_windows"] == 0
     sys.exit(0 if ok else 1)
@@ -188,6 +190,7 @@ def soak(
     served: dict[str, Counter[str]] = {"before": Counter(), "after": Counter()}
     victim_killed_at: list[float] = []
     replicas: dict[str, Replica] = {}
+    given_up: list[int | None] = []  # writes never acknowledged: their last status
     stop = threading.Event()
 
     def request(
@@ -219,6 +222,22 @@ def soak(
                 served[phase][response.headers["x-served-by"]] += 1
         return response
 
+    def until(
+        send: Callable[[], httpx.Response | None], *done: int
+    ) -> httpx.Response | None:
+        """A write sent again until its status is one of `done` (a create's key,
+        a delete's idempotence make that safe), every 0.2 s for RETRY_FOR_S at
+        most: then given up (None), and the run fails, rather than hang on a
+        server that never recovers."""
+        deadline = time.monotonic() + RETRY_FOR_S
+        while (r := send()) is None or r.status_code not in done:
+            if time.monotonic() > deadline:
+                with lock:
+                    given_up.append(r.status_code if r is not None else None)
+                return None
+            time.sleep(0.2)
+        return r
+
     def batch(client: httpx.Client, user: str, mine: set[int]) -> None:
         """Two creates, a toggle and a delete in one batch (all or none, by a coin),
         retried with its key until answered; the ledger follows the results."""
@@ -234,10 +253,9 @@ def soak(
         }
         key = {"Idempotency-Key": uuid.uuid4().hex}
         path = f"/api/{user}/tasks/batch"
-        while (r := request(client, "POST", path, user, key, json=body)) is None or (
-            r.status_code != 200
-        ):
-            time.sleep(0.2)
+        r = until(partial(request, client, "POST", path, user, key, json=body), 200)
+        if r is None:
+            return
         for result in r.json()["results"][:2]:
             if result["status"] == 201:
                 mine.add(result["task"]["id"])
@@ -258,30 +276,20 @@ def soak(
             roll = random.random()
             base = f"/api/{user}/tasks"
             if roll < 0.4 or not mine:
-                key = uuid.uuid4().hex
-                while True:  # retried until acknowledged: the key makes it safe
-                    r = request(
-                        client,
-                        "POST",
-                        base,
-                        user,
-                        json={"title": "soak"},
-                        headers={"Idempotency-Key": key},
-                    )
-                    if r is not None and r.status_code == 201:
-                        mine.add(r.json()["id"])
-                        break
-                    time.sleep(0.2)
+                key = {"Idempotency-Key": uuid.uuid4().hex}
+                title = {"title": "soak"}
+                r = until(
+                    partial(request, client, "POST", base, user, key, json=title), 201
+                )
+                if r is not None:
+                    mine.add(r.json()["id"])
             elif roll < 0.45 and len(mine) > 1:
                 batch(client, user, mine)
             elif roll < 0.5:
                 victim = random.choice(sorted(mine))
-                while True:
-                    r = request(client, "DELETE", f"{base}/{victim}", user)
-                    if r is not None and r.status_code in (204, 404):
-                        mine.discard(victim)
-                        break
-                    time.sleep(0.2)
+                gone = partial(request, client, "DELETE", f"{base}/{victim}", user)
+                if until(gone, 204, 404) is not None:
+                    mine.discard(victim)
             elif roll < 0.7:
                 request(
                     client,
@@ -396,6 +404,8 @@ def soak(
         "tasks_in_ledger": sum(len(v) for v in ledger.values()),
         "lost": lost,
         "phantom": phantom,
+        "writes_given_up": len(given_up),
+        "writes_given_up_last_status": Counter(given_up).most_common(5),
         "syncs": sum(replica.syncs for replica in replicas.values()),
         "replica_tasks_stale": stale,
         "replicas_unsynced": len(unsynced),
