@@ -78,7 +78,7 @@ token: install-run
 # load (make soak). Uses BENCH_DATABASE_URL when set, else a private PostgreSQL
 # under .data/.
 bench: install
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	bash -c 'source scripts/common.sh && need wrk wrk'
 	PYTHONPATH=backend:. $(PY) bench/bench.py $(BENCH_ARGS)
 	PYTHONPATH=backend:. $(PY) bench/drivers.py
 	ulimit -n 65536 2>/dev/null || true; PYTHONPATH=backend:. $(PY) -m bench.capacity $(CAPACITY_ARGS)

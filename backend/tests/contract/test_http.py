@@ -142,7 +142,7 @@ def test_an_asset_names_its_methods_on_a_405(client: TestClient, method: str) ->
     assert response.json()["detail"] == "This path supports GET, HEAD"
 
 
-def test_openapi_document_matches_committed_spec(app: FastAPI) -> None:
+def test_openapi_document_matches_committed_spec() -> None:
     assert json.loads(document()) == json.loads(SPEC.read_text()), "run `make openapi`"
 
 
