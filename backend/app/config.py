@@ -110,7 +110,8 @@ class Settings(BaseSettings):
     FORWARDED_ALLOW_IPS: str = "127.0.0.1,::1"
 
     # Sized for Neon's pooled endpoint: a small pool per process, connections
-    # checked before use and recycled before Neon's idle timeouts close them.
+    # recycled before Neon's idle timeouts close them (a read whose connection
+    # turns out dropped is run once more on another; a write is not).
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=500)
     DB_MAX_OVERFLOW: int = Field(default=0, ge=0, le=500)
     DB_POOL_TIMEOUT: float = Field(default=10.0, gt=0, le=600)
@@ -153,7 +154,7 @@ class Settings(BaseSettings):
     # before its unverified tokens get 429 for the rest of the window; "off" disables.
     AUTH_FAILURE_LIMIT: str | None = "30/minute"
     # Shared rate-limit counters for several processes; in memory when unset.
-    REDIS_URL: str | None = None
+    REDIS_URL: SecretStr | None = None  # may carry a password
 
     # Bearer token that /metrics requires (32+ bytes). Unset: /metrics is open in
     # development and test, and absent (404) in production.
@@ -322,11 +323,12 @@ class Settings(BaseSettings):
 
     @field_validator("REDIS_URL")
     @classmethod
-    def _redis_url(cls, value: str | None) -> str | None:
-        if value is None:
+    def _redis_url(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is None:
             return None
+        value = secret.get_secret_value().strip()
         try:
-            url = urlsplit(value.strip())
+            url = urlsplit(value)
             url.port  # noqa: B018 - raises on a port that is not a number
             usable = url.scheme in ("redis", "rediss") or (
                 url.scheme == "unix" and bool(url.path)
@@ -338,7 +340,7 @@ class Settings(BaseSettings):
                 "must be a redis://, rediss:// or unix:// URL, e.g. "
                 "redis://127.0.0.1:6379/0"
             ) from None
-        return value.strip()
+        return SecretStr(value)
 
     @field_validator("JWT_JWKS_URL")
     @classmethod

@@ -47,7 +47,8 @@ def _limiters(settings: Settings) -> tuple[RateLimiter | None, RateLimiter | Non
     )
     if limits == (None, None):
         return None, None
-    store = RedisStore(settings.REDIS_URL) if settings.REDIS_URL else MemoryStore()
+    redis = settings.REDIS_URL
+    store = RedisStore(redis.get_secret_value()) if redis else MemoryStore()
     requests, failures = (
         RateLimiter(*limit, store) if limit is not None else None for limit in limits
     )
@@ -157,10 +158,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_public = settings.ENVIRONMENT != "production"
     if token is None and not app.state.metrics_public:
         logger.warning("/metrics is off: set METRICS_TOKEN to scrape it")
-    # The API's routes join the app's own list, sync first (/changes is not a task
-    # id). Each already carries its prefix, tags and `admit` (`AdmittedRoute`);
-    # included as routers, FastAPI would match them twice per request (~10% of a
-    # GET, specs/005).
+    # The API's routes join the app's own list. Each already carries its prefix,
+    # tags and `admit` (`AdmittedRoute`, which also keeps /tasks/changes and
+    # /tasks/batch from being read as a task id); included as routers, FastAPI
+    # would match them twice per request (~10% of a GET, specs/005).
     for router in (sync.router, tasks.router):
         app.router.routes.extend(router.routes)
     app.include_router(health.router)

@@ -42,7 +42,8 @@ def test_redis_outage_allows_requests(
     """Allowed, and visible: a warning saying why (not only the exception's
     class) and a counter of the requests let through (a wrong REDIS_URL turned
     the limit off unseen: an outside trial)."""
-    client = make_client(RATE_LIMIT="1/minute", REDIS_URL="redis://127.0.0.1:9/0")
+    redis = SecretStr("redis://127.0.0.1:9/0")
+    client = make_client(RATE_LIMIT="1/minute", REDIS_URL=redis)
     user = new_user_id()
     allowed = metric(client, "rate_limiter_errors_total")
     assert [client.get(tasks_url(user)).status_code for _ in range(3)] == [200] * 3

@@ -260,7 +260,9 @@ def test_metrics_token_must_be_long(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_redis_urls_of_every_scheme_are_accepted(url: str) -> None:
     settings = Settings(REDIS_URL=url, _env_file=None)
-    assert url == settings.REDIS_URL
+    assert settings.REDIS_URL is not None
+    assert settings.REDIS_URL.get_secret_value() == url
+    assert "u:p" not in repr(settings)  # a password is never printed
 
 
 _EVERY_SETTING = sorted(Settings.model_fields)
