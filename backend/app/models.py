@@ -63,9 +63,9 @@ DUE_AT_DESC = text("coalesce(due_at, '-infinity'::timestamp with time zone)")
 class Task(SQLModel, table=True):
     __tablename__ = "task"
     # One index per sort key, each led by the owner: a listing only ever reads the
-    # user's own index range (plans in specs/001-task-api/explain.md and
-    # specs/003-listing/explain.md). `due_at` sorts nulls last in both directions, so
-    # each direction has its own expression index.
+    # user's own index range (plans in specs/003-listing/explain.md; checked by
+    # tests/integration/test_listing_plans.py). `due_at` sorts nulls last in both
+    # directions, so each direction has its own expression index.
     __table_args__ = (
         Index("ix_task_user_id_created_at_id", "user_id", "created_at", "id"),
         Index("ix_task_user_id_updated_at_id", "user_id", "updated_at", "id"),

@@ -1,5 +1,6 @@
-"""E11, batch: several operations in one request and one transaction, each run
-through the method its single request uses, with its own result."""
+"""E11, batch: several operations in one request and one transaction, each with
+its own result: a run of consecutive creates as one multi-row INSERT (E1's
+statement), every other operation through the method its single request uses."""
 
 from collections.abc import Sequence
 from contextlib import nullcontext

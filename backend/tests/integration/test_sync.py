@@ -2,8 +2,6 @@
 of order, a syncing reader whose replica must end equal to the table, and the
 tombstones' retention."""
 
-import asyncio
-import json
 import random
 import threading
 import time
@@ -12,18 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import BigInteger, Engine, column, create_engine, select, text, values
 
-from app.db.gateway import Query
 from app.db.migrations import migrate
 from app.services.sync import SyncToken, not_seen
 from app.services.task_service import SWEEP_BATCH, SWEEP_EVERY
 from tests.conftest import fresh_database
 from tests.factories import create_task, new_user_id, tasks_url
+from tests.plans import explain, rows_read
 from tests.server import running_server
 from tests.sessions import wait_for_a_lock_wait
 
@@ -412,26 +409,6 @@ def test_a_truncate_leaves_a_tombstone_for_every_task() -> None:
             engine.dispose()
 
 
-def _rows_read(plan: dict[str, Any], table: str) -> list[int]:
-    """The rows each scan of `table` returned, anywhere in an EXPLAIN plan."""
-    rows = [plan["Actual Rows"]] if plan.get("Relation Name") == table else []
-    for child in plan.get("Plans", []):
-        rows += _rows_read(child, table)
-    return rows
-
-
-def _explain(database_url: str, query: Query[Any], params: dict[str, Any]) -> Any:
-    async def run() -> Any:
-        connection = await asyncpg.connect(database_url)
-        try:
-            explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {query.sql}"
-            return json.loads(await connection.fetchval(explain, *query.args(params)))
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())[0]["Plan"]
-
-
 def test_a_page_of_changes_reads_no_more_rows_than_it_sends(
     database_url: str, engine: Engine
 ) -> None:
@@ -459,10 +436,10 @@ def test_a_page_of_changes_reads_no_more_rows_than_it_sends(
     going_on = SyncToken(0, since, 0, upto, (after.change_xid, after.id))
     for token in (first, going_on):
         query, params = token.statement(limit=10, origin=True)
-        plan = _explain(database_url, query, {**params, "user_id": user})
+        plan = explain(database_url, query, {**params, "user_id": user})
         for table in ("task", "task_tombstone"):
-            assert _rows_read(plan, table), f"{table} is not read"
-            assert max(_rows_read(plan, table)) <= 11
+            assert rows_read(plan, table), f"{table} is not read"
+            assert max(rows_read(plan, table)) <= 11
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Readiness: a real database round trip (and the schema checked), answered within
-2 s either way. Not for liveness: the database down makes every instance unready."""
+"""The operators' routes. /health, readiness: a real database round trip (and the
+schema checked), answered within 2 s either way; not for liveness: the database
+down makes every instance unready. /metrics: Prometheus's scrape."""
 
 import anyio
 from fastapi import APIRouter, Depends, Request

@@ -1,7 +1,7 @@
 """Offline-first clients (CONTRACT C9): delta sync, batches, clear completed.
 
-Registered before the single-task routes, so `/tasks/changes` and `/tasks/batch`
-are never read as a task id."""
+`/tasks/changes` and `/tasks/batch` are never read as a task id, whatever the
+order of the routes (`AdmittedRoute.matches`)."""
 
 from typing import Annotated
 
