@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 from app.observability import metrics
 from app.observability.logging import Throttled
-from app.schemas import ErrorBody, FieldError
+from app.schemas import PATTERN_MESSAGES, ErrorBody, FieldError
 
 # A role that may not write refuses every write: one line per reason every 10 s.
 _refused = Throttled(logging.getLogger("app.errors"), level=logging.ERROR)
@@ -391,6 +391,11 @@ def _field_name(loc: Sequence[Any]) -> str:
     return name
 
 
+# Pydantic's words for a lone surrogate escape in the JSON ("unable to parse raw
+# data as a unicode string") told a client nothing it could fix.
+_UNPAIRED = "must not contain unpaired surrogates (\\ud800 to \\udfff escapes)"
+
+
 def validation_error(errors: Sequence[Any]) -> AppError:
     fields: list[FieldError] = []
     for err in errors:
@@ -400,10 +405,21 @@ def validation_error(errors: Sequence[Any]) -> AppError:
         if err.get("type") == "json_invalid":
             at = f" (at character {loc[1]})" if len(loc) > 1 else ""
             return InvalidJSON.unreadable(f"The body is not valid JSON{at}")
+        unpaired = err.get("type") == "string_unicode"  # an escape \ud800 to \udfff
         if loc == ("body",):
+            if unpaired:  # in a name: no field to name
+                return InvalidJSON.unreadable(
+                    "A name in the body holds an unpaired surrogate (a \\ud800 to "
+                    "\\udfff escape)"
+                )
             return InvalidJSON()
-        if err.get("type") == "extra_forbidden":
+        pattern = err.get("ctx", {}).get("pattern")
+        if unpaired:
+            message = _UNPAIRED
+        elif err.get("type") == "extra_forbidden":
             message = "Unknown field"
+        elif pattern in PATTERN_MESSAGES:
+            message = PATTERN_MESSAGES[pattern]
         else:
             message = str(err.get("msg", "Invalid value")).removeprefix("Value error, ")
         fields.append(FieldError(field=_field_name(loc), message=message))

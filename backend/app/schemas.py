@@ -29,6 +29,14 @@ MAX_TASK_ID = 2**63 - 1
 # characters of base64.
 MAX_CURSOR = 2048
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
+# A value that does not match one of these patterns is told so in words, not in
+# the pattern (pydantic's "String should match pattern '^[\x20-\x7e]{1,255}$'").
+PATTERN_MESSAGES = {
+    USER_ID_PATTERN: "must be 1-128 characters from A-Z a-z 0-9 _ - . @ :, "
+    "starting with a letter or a digit",
+    IDEMPOTENCY_KEY_PATTERN: "must be 1-255 printable ASCII characters",
+}
 READ_ONLY_FIELDS = frozenset(
     {"id", "user_id", "created_at", "updated_at", "completed_at"}
 )
@@ -117,6 +125,9 @@ _ISO_DATETIME = re.compile(
     re.ASCII,
 )
 
+# A time, then a space where the offset's sign was: a query's unencoded `+`.
+_PLUS_READ_AS_SPACE = re.compile(r"[0-9] [0-9]{2}(?::?[0-9]{2})?$")
+
 
 def _aware_datetime(value: object) -> datetime:
     """An ISO 8601 string with an explicit offset; the server never guesses."""
@@ -130,9 +141,12 @@ def _aware_datetime(value: object) -> datetime:
                 raise ValueError
             parsed = datetime.fromisoformat(value)
         except ValueError:
+            hint = ""
+            if _PLUS_READ_AS_SPACE.search(value):  # ?due_after=…09:00+01:00 unencoded
+                hint = " (in a URL, send + as %2B: a bare + reads as a space)"
             raise ValueError(
                 "must be an ISO 8601 datetime with a UTC offset, e.g. "
-                "2026-01-31T09:00:00Z"
+                f"2026-01-31T09:00:00Z{hint}"
             ) from None
         if parsed.tzinfo is None:
             raise ValueError("must include a UTC offset, e.g. 2026-01-31T09:00:00Z")

@@ -352,7 +352,7 @@ def _encoded(scope: Scope, header: bytes, decoded: bytes) -> bool:
     )
 
 
-def _carries_a_body(scope: Scope) -> bool:
+def carries_a_body(scope: Scope) -> bool:
     """A Content-Length other than 0, or a Transfer-Encoding: a body follows."""
     return any(
         (name == b"content-length" and value != b"0") or name == b"transfer-encoding"
@@ -386,15 +386,15 @@ def _holds_nan_or_infinity(body: bytes) -> bool:
 class BodyGuardMiddleware:
     """Reads the whole body (at most 64 KiB, whatever Content-Length claims) before
     the app sees it, and rejects non-JSON bodies: of any request that has one,
-    whatever its method (a DELETE's or a GET's is then ignored, as the routes
-    take none, but it was never let through larger or of another type)."""
+    whatever its method (a GET's or a DELETE's is never let through larger or of
+    another type; what it holds, the route checks: `deps.no_body`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (
-            scope["method"] not in _BODY_METHODS and not _carries_a_body(scope)
+            scope["method"] not in _BODY_METHODS and not carries_a_body(scope)
         ):
             await self.app(scope, receive, send)
             return
@@ -432,7 +432,7 @@ class BodyGuardMiddleware:
                 detail="Content-Encoding is not supported: send the body uncompressed",
                 headers={"Accept-Encoding": "identity"},
             )
-        elif body and _encoded(scope, b"transfer-encoding", b"chunked"):
+        elif _encoded(scope, b"transfer-encoding", b"chunked"):  # empty, too
             error = TransferCodingNotImplemented()
         elif body[:1] in (b"\xfe", b"\xff") or b"\x00" in body[:4]:
             error = InvalidJSON.unreadable("The body is not valid UTF-8")

@@ -299,7 +299,9 @@ def test_bad_idempotency_key_is_400(client: TestClient, key: str) -> None:
         headers={"Idempotency-Key": key.encode("utf-8")},
     )
     assert response.status_code == 400
-    assert response.json()["fields"][0]["field"] == "Idempotency-Key"
+    [field] = response.json()["fields"]
+    assert field["field"] == "Idempotency-Key"
+    assert field["message"] == "must be 1-255 printable ASCII characters"
     assert client.get(tasks_url(user)).json() == []
 
 

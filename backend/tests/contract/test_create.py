@@ -316,6 +316,21 @@ def test_create_rejects_unstorable_text(
         headers={"content-type": "application/json"},
     )
     assert_validation_error(response, field)
+    if "surrogate" in escaped:  # not pydantic's "unable to parse raw data as …"
+        message = response.json()["fields"][0]["message"]
+        assert message.startswith("must not contain unpaired surrogates")
+
+
+def test_a_lone_surrogate_in_a_name_says_so(client: TestClient) -> None:
+    """An object whose name holds `\ud800` is not "not a JSON object" (a trial)."""
+    response = client.post(
+        tasks_url(new_user_id()),
+        content=b'{"title": "ok", "\\ud800": 1}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_json"
+    assert "unpaired surrogate" in response.json()["detail"]
 
 
 def test_create_validation_failure_changes_nothing(client: TestClient) -> None:

@@ -192,6 +192,45 @@ def test_a_body_on_a_delete_is_held_to_the_same_rules(
     assert client.get(tasks_url(user, task["id"])).json() == task
 
 
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{bad", "invalid_json"),
+        (b"[1]", "invalid_json"),
+        (b'"all"', "invalid_json"),
+        (b'{"if_match": "nope"}', "validation_error"),  # no condition: a 400
+    ],
+)
+def test_a_body_on_a_delete_is_an_empty_object_or_a_400(
+    client: TestClient, body: bytes, code: str
+) -> None:
+    """C2: a body that is not a JSON object is a 400, and a route that takes
+    none takes no field (as E6): a DELETE sent malformed JSON, or a condition in
+    its body, deleted all the same (a trial). Nothing is deleted."""
+    user = new_user_id()
+    task = create_task(client, user)
+    completed = client.patch(tasks_url(user, task["id"]) + "/complete").json()
+    for url in (tasks_url(user, task["id"]), tasks_url(user) + "?completed=true"):
+        response = client.request("DELETE", url, content=body)
+        error = assert_error(response, 400, code)
+        if code == "validation_error":
+            assert error["fields"] == [
+                {"field": "if_match", "message": "Unknown field"}
+            ]
+    assert client.get(tasks_url(user, task["id"])).json() == completed
+    assert_error(client.request("GET", tasks_url(user), content=body), 400, code)
+
+
+def test_an_empty_object_on_a_delete_is_no_body(client: TestClient) -> None:
+    """`{}`, or read-only fields only (ignored, as everywhere), as E6 takes them."""
+    user = new_user_id()
+    for body in (b"{}", b'{"id": 1, "updated_at": "2026-01-01T00:00:00Z"}'):
+        task = create_task(client, user)
+        response = client.request("DELETE", tasks_url(user, task["id"]), content=body)
+        assert response.status_code == 204
+    assert client.get(tasks_url(user)).json() == []
+
+
 def test_a_get_with_a_body_over_64_kib_is_413(client: TestClient) -> None:
     response = client.request(
         "GET", tasks_url(new_user_id()), content=b"{}" + b" " * (64 * 1024)

@@ -186,6 +186,20 @@ def test_bad_query_values_are_400(client: TestClient, param: str, value: str) ->
     assert response.json()["fields"][0]["field"].startswith(param)
 
 
+@pytest.mark.parametrize("offset", ["+01:00", "+0100", "+01"])
+def test_an_unencoded_plus_in_an_offset_is_explained(
+    client: TestClient, offset: str
+) -> None:
+    """`?due_after=…09:00:00+01:00` as curl sends it: the `+` reads as a space, and
+    the 400 says so (a trial: it only named the form expected, which it had)."""
+    url = f"{tasks_url(new_user_id())}?due_after=2026-12-01T09:00:00{offset}"
+    response = client.get(url)
+    assert response.status_code == 400
+    assert "send + as %2B" in response.json()["fields"][0]["message"]
+    encoded = client.get(url.replace("+", "%2B"))
+    assert encoded.status_code == 200
+
+
 @pytest.mark.parametrize(
     "query", ["q=%FF", "tag=%C0%AF", "q=a%ED%A0%80", "tag=x&tag=%FE"]
 )

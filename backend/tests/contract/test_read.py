@@ -146,4 +146,10 @@ def test_malformed_user_id_is_400(client: TestClient, user_id: str) -> None:
     response = client.get(f"/api/{user_id}/tasks")
     assert response.status_code == 400
     assert response.json()["code"] == "validation_error"
-    assert response.json()["fields"][0]["field"] == "user_id"
+    [field] = response.json()["fields"]
+    assert field["field"] == "user_id"
+    # in words, not as the pattern (a trial)
+    assert field["message"] == (
+        "must be 1-128 characters from A-Z a-z 0-9 _ - . @ :, "
+        "starting with a letter or a digit"
+    )

@@ -12,24 +12,30 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import Scope
 
-from app.api.deps import admit
+from app.api.deps import admit, no_body
 from app.api.openapi import operation_id
+from app.edge.middleware import carries_a_body
 
-# The last segments of routes/sync.py's paths under /tasks.
+# The last segments of routes/sync.py's paths under /tasks (checked by
+# tests/unit/test_routes.py).
 NAMED_PATHS = frozenset({"batch", "changes"})
 
 
 class AdmittedRoute(APIRoute):
-    """A route that runs `admit` (authentication, then the rate limit) first,
-    before FastAPI reads the body or resolves a parameter: where a route
-    dependency would run it, without the dependency resolution, which cost more
-    per request than the check itself (specs/005-performance)."""
+    """A route that runs `admit` (authentication, the schema's check, then the
+    rate limit) first, before FastAPI reads the body or resolves a parameter:
+    where a route dependency would run it, without the dependency resolution,
+    which cost more per request than the check itself (specs/005-performance).
+    A route that takes no body then checks one that was sent (`no_body`)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
+        takes_no_body = self.body_field is None
 
         async def admitted(request: Request) -> Response:
             await admit(request)
+            if takes_no_body and carries_a_body(request.scope):
+                await no_body(request)
             return await handle(request)
 
         return admitted
