@@ -30,8 +30,9 @@ $(RUN_STAMP): $(RUN_FILES)
 run: install-run
 	PYTHONPATH=backend $(PY) -m app
 
-# Also needs Node.js 20.19+ with npm (the generated-client check); Debian's chromium
-# is installed with apt when missing (the browser tests).
+# Also needs Node.js 20.19+ with npm (the generated-client check) and Redis on
+# 127.0.0.1:6379 (the shared rate-limit tests); Debian's chromium is installed with
+# apt when missing (the browser tests).
 test: install
 	scripts/install-chromium.sh
 	$(PY) -m pytest

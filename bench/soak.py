@@ -190,7 +190,9 @@ def soak(
     served: dict[str, Counter[str]] = {"before": Counter(), "after": Counter()}
     victim_killed_at: list[float] = []
     replicas: dict[str, Replica] = {}
-    given_up: list[int | None] = []  # writes never acknowledged: their last status
+    # Writes never acknowledged: (user, last status). Their users' tasks are left
+    # out of lost and phantom: such a write may or may not have been made.
+    given_up: list[tuple[str, int | None]] = []
     stop = threading.Event()
 
     def request(
@@ -223,7 +225,7 @@ def soak(
         return response
 
     def until(
-        send: Callable[[], httpx.Response | None], *done: int
+        user: str, send: Callable[[], httpx.Response | None], *done: int
     ) -> httpx.Response | None:
         """A write sent again until its status is one of `done` (a create's key,
         a delete's idempotence make that safe), every 0.2 s for RETRY_FOR_S at
@@ -233,7 +235,7 @@ def soak(
         while (r := send()) is None or r.status_code not in done:
             if time.monotonic() > deadline:
                 with lock:
-                    given_up.append(r.status_code if r is not None else None)
+                    given_up.append((user, r.status_code if r is not None else None))
                 return None
             time.sleep(0.2)
         return r
@@ -253,7 +255,9 @@ def soak(
         }
         key = {"Idempotency-Key": uuid.uuid4().hex}
         path = f"/api/{user}/tasks/batch"
-        r = until(partial(request, client, "POST", path, user, key, json=body), 200)
+        r = until(
+            user, partial(request, client, "POST", path, user, key, json=body), 200
+        )
         if r is None:
             return
         for result in r.json()["results"][:2]:
@@ -288,7 +292,7 @@ def soak(
             elif roll < 0.5:
                 victim = random.choice(sorted(mine))
                 gone = partial(request, client, "DELETE", f"{base}/{victim}", user)
-                if until(gone, 204, 404) is not None:
+                if until(user, gone, 204, 404) is not None:
                     mine.discard(victim)
             elif roll < 0.7:
                 request(
@@ -380,8 +384,17 @@ def soak(
         )
         for u, replica in replicas.items()
     )
-    lost = sum(len(ids - stored.get(user, set())) for user, ids in ledger.items())
-    phantom = sum(len(ids - ledger.get(user, set())) for user, ids in stored.items())
+    unsure = {user for user, _ in given_up}
+    lost = sum(
+        len(ids - stored.get(user, set()))
+        for user, ids in ledger.items()
+        if user not in unsure
+    )
+    phantom = sum(
+        len(ids - ledger.get(user, set()))
+        for user, ids in stored.items()
+        if user not in unsure
+    )
     outside = [
         {
             "request": what,
@@ -405,7 +418,7 @@ def soak(
         "lost": lost,
         "phantom": phantom,
         "writes_given_up": len(given_up),
-        "writes_given_up_last_status": Counter(given_up).most_common(5),
+        "writes_given_up_last_status": Counter(s for _, s in given_up).most_common(5),
         "syncs": sum(replica.syncs for replica in replicas.values()),
         "replica_tasks_stale": stale,
         "replicas_unsynced": len(unsynced),

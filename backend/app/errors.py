@@ -427,11 +427,11 @@ def validation_error(errors: Sequence[Any]) -> AppError:
     return ValidationFailed(detail=detail, fields=fields)
 
 
-def undecodable_body(exc: BaseException) -> InvalidJSON:
+def undecodable_body(cause: BaseException | None) -> InvalidJSON:
     """FastAPI answers a body that `json.loads` fails on with anything but a
     JSONDecodeError (bad UTF-8, nesting past the recursion limit, an integer past
-    Python's 4,300 digits) with a bare 400: it is malformed JSON all the same."""
-    cause = exc.__cause__
+    Python's 4,300 digits: the `cause`) with a bare 400: it is malformed JSON
+    all the same."""
     if isinstance(cause, UnicodeDecodeError):
         return InvalidJSON.unreadable("The body is not valid UTF-8")
     if isinstance(cause, RecursionError):
@@ -485,7 +485,8 @@ def register_exception_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers) if exc.headers else None
         detail = None
         if exc.status_code == 400:  # FastAPI: a body json.loads could not decode
-            return error_response(undecodable_body(exc), request_id_of(request))
+            unread = undecodable_body(exc.__cause__)
+            return error_response(unread, request_id_of(request))
         if exc.status_code == 405:  # a mounted app (/docs/assets) names its own
             allowed = _allowed_methods(request) or (headers or {}).get("Allow", "")
             headers = {"Allow": allowed}

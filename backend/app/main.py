@@ -162,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # tags and `admit` (`AdmittedRoute`, which also keeps /tasks/changes and
     # /tasks/batch from being read as a task id); included as routers, FastAPI
     # would match them twice per request (~10% of a GET, specs/005).
-    for router in (sync.router, tasks.router):
+    for router in (tasks.router, sync.router):  # the single-task routes first
         app.router.routes.extend(router.routes)
     app.include_router(health.router)
     app.include_router(docs.router)

@@ -29,6 +29,7 @@ MAX_TASK_ID = 2**63 - 1
 # characters of base64.
 MAX_CURSOR = 2048
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
+MAX_USER_ID = 128  # USER_ID_PATTERN's longest
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
 # A value that does not match one of these patterns is told so in words, not in
 # the pattern (pydantic's "String should match pattern '^[\x20-\x7e]{1,255}$'").
@@ -126,7 +127,9 @@ _ISO_DATETIME = re.compile(
 )
 
 # A time, then a space where the offset's sign was: a query's unencoded `+`.
-_PLUS_READ_AS_SPACE = re.compile(r"[0-9] [0-9]{2}(?::?[0-9]{2})?$")
+_PLUS_READ_AS_SPACE = re.compile(
+    r"[Tt][0-9]{2}(?::?[0-9]{2}){0,2}(?:[.,][0-9]+)? [0-9]{2}(?::?[0-9]{2})?$"
+)
 
 
 def _aware_datetime(value: object) -> datetime:

@@ -2,13 +2,13 @@
 service, headers, query models, and the authentication dependencies."""
 
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from functools import cache
 from typing import Annotated, TypeVar, get_origin
 from urllib.parse import unquote_plus, unquote_to_bytes
 
-import orjson
 from fastapi import Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security.utils import get_authorization_scheme_param
@@ -23,17 +23,12 @@ from app.errors import (
     SENT_ONCE,
     DatabaseUnavailable,
     ForbiddenError,
-    InvalidJSON,
     NotFoundError,
     UnauthorizedError,
     sent_twice,
+    undecodable_body,
 )
-from app.schemas import (
-    IDEMPOTENCY_KEY_PATTERN,
-    READ_ONLY_FIELDS,
-    USER_ID_PATTERN,
-    TaskId,
-)
+from app.schemas import IDEMPOTENCY_KEY_PATTERN, USER_ID_PATTERN, TaskId, ToggleBody
 from app.services.task_service import TaskService
 
 
@@ -109,25 +104,26 @@ def _refuse_undecodable(query_string: bytes, names: Iterable[str]) -> None:
 
 
 async def no_body(request: Request) -> None:
-    """A body sent to a route that takes none (a GET, a DELETE) is still a JSON
-    object (C2) and, as E6's "none", holds no field but read-only ones (ignored,
-    as everywhere): a DELETE sent malformed JSON, or `{"if_match": …}` meant as
-    a condition, deleted all the same (a trial). Its size and media type the
-    edge checked (`BodyGuardMiddleware`)."""
+    """A body sent to a route that takes none (a GET, a DELETE) is read as E6's
+    "none" is, by FastAPI's `json.loads` and `ToggleBody`: a JSON object with no
+    field but read-only ones (ignored, as everywhere), else the same 400. A
+    DELETE sent malformed JSON, or `{"if_match": …}` meant as a condition,
+    deleted all the same (a trial). Its size and media type the edge checked
+    (`BodyGuardMiddleware`)."""
     body = await request.body()
     if not body:
         return
     try:
-        value = orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))  # a BOM, as E1's
-    except orjson.JSONDecodeError:
-        raise InvalidJSON.unreadable("The body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidJSON()
-    unknown = [name for name in value if name not in READ_ONLY_FIELDS]
-    if unknown:
-        raise RequestValidationError(
-            [{"type": "extra_forbidden", "loc": ("body", name)} for name in unknown]
-        )
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        at = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": exc.msg}
+        raise RequestValidationError([at]) from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, too deep, too long
+        raise undecodable_body(exc) from None
+    try:
+        ToggleBody.model_validate(value)
+    except ValidationError as exc:
+        raise _invalid(exc, "body") from None
 
 
 def refused_parameters(names: list[str], message: str) -> RequestValidationError:

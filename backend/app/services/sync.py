@@ -141,6 +141,8 @@ class SyncToken:
             )
         except ValidationError:  # signed, but not this release's shape
             raise InvalidCursor("since") from None
+        if (upto is None) != (after is None) or (upto is None) != (upto_at is None):
+            raise InvalidCursor("since")  # never issued: a page goes on from both
         return cls(
             since_at, since, upto_at, upto, after, _Origin(*origin) if origin else None
         )

@@ -382,6 +382,10 @@ def test_a_page_may_end_at_any_task_id(make_client: ClientFactory) -> None:
         (NOW, "1:2:x", None, None, None),  # nor a snapshot's text
         (NOW, None, NOW, "1:2:", ("a", 1)),
         (NOW, None, NOW, "1:2:", (1,)),
+        # a first page's snapshot without the change it goes on from: a 500
+        # once a missing parameter was an error (a review), never issued
+        (NOW, "1:2:", NOW, "1:3:", None),
+        (NOW, None, None, "1:3:", (1, 2)),
     ],
 )
 def test_a_signed_token_of_another_shape_is_400(

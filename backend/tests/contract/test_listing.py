@@ -198,6 +198,9 @@ def test_an_unencoded_plus_in_an_offset_is_explained(
     assert "send + as %2B" in response.json()["fields"][0]["message"]
     encoded = client.get(url.replace("+", "%2B"))
     assert encoded.status_code == 200
+    # No hint where there was no time and offset (a review).
+    other = client.get(f"{tasks_url(new_user_id())}?due_after=Dec%2001%202026")
+    assert "%2B" not in other.json()["fields"][0]["message"]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 database restarted, the pool exhausted, SIGTERM under load, TLS required."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,9 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
 
+from app import errors
 from app.errors import DatabaseRefused
+from app.observability.logging import Throttled
 from tests.conftest import ClientFactory, fresh_database
 from tests.factories import metric, new_user_id, tasks_url
 from tests.pg import PrivatePostgres
@@ -247,10 +250,14 @@ def test_a_role_the_database_refuses_writes_gets_503_never_500(
     private_pg: PrivatePostgres,
     make_client: ClientFactory,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Deployed with a role that may only read (a read-only user, a replica's):
     a write is refused by PostgreSQL (insufficient_privilege). A 503 whose log
     line names the refusal, as for any database fault, never a 500 (a trial)."""
+    # A throttle of its own: the process's may have logged this reason already.
+    refused = Throttled(logging.getLogger("app.errors"), level=logging.ERROR)
+    monkeypatch.setattr(errors, "_refused", refused)
     make_client(DATABASE_URL=SecretStr(private_pg.url()))  # migrates, as the owner
     with psycopg2.connect(private_pg.url()) as admin, admin.cursor() as cursor:
         cursor.execute("CREATE ROLE reader LOGIN")
