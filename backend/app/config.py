@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     HTTP_REQUEST_TIMEOUT: float = Field(default=10.0, gt=0, le=300)
     # Open connections per worker; beyond it a new one is answered 503 and closed.
     HTTP_MAX_CONNECTIONS: int = Field(default=16_384, ge=1, le=1_000_000)
+    # MiB of request heads a worker holds while they arrive, over all its
+    # connections; beyond it a head that grows is answered 503 and closed.
+    HTTP_MAX_HEADS_MB: int = Field(default=32, ge=1, le=4096)
     # Requests in a worker at once, running or waiting to run; beyond it 503 +
     # Retry-After at once, so an overload queues at most this many (the latency it
     # adds is bounded) instead of slowing every request down.

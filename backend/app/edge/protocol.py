@@ -140,6 +140,9 @@ def canned_response(
 HEAD_TOO_LARGE = HeadersTooLarge()
 TIMED_OUT = RequestTimeout()
 TOO_MANY_CONNECTIONS = Overloaded()
+TOO_MANY_HEADS = Overloaded(
+    detail="Too many requests are being received at once; retry after Retry-After s"
+)
 MALFORMED = MalformedRequest()
 NOT_ONE_HOST = MalformedRequest(
     detail="An HTTP/1.1 request names its host in exactly one Host header"
@@ -267,7 +270,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     a byte (a browser's preconnect, a client pool's spare): uvicorn's
     `timeout_keep_alive` closes it. A silent new connection holds no more than
     an idle kept-alive one, which any client can have by sending one small
-    request."""
+    request. The heads being read hold `HTTP_MAX_HEADS_MB` at most, together:
+    past it, a head that grows is refused (503) and its connection closed.
+    12,000 connections each sending 30 KiB of a head that never ended grew a
+    worker by 490 MB, never given back (a trial)."""
+
+    heads_held = 0  # by every connection of the worker (one event loop a process)
 
     def __init__(
         self,
@@ -279,6 +287,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         settings = get_settings()
         self.max_connections = settings.HTTP_MAX_CONNECTIONS
+        self.max_heads_held = settings.HTTP_MAX_HEADS_MB * 2**20
         self.request_timeout = settings.HTTP_REQUEST_TIMEOUT
         self.stopped = False  # reads no more: closes once what it has is answered
         self.reading_head = True  # not in a body: between requests, or in a head
@@ -323,6 +332,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._head_ended()
         self._disarm_deadline()
         if self._waits():
             self.admission.withdraw(self)
@@ -354,8 +364,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # (a whole request with its body may come in one read).
         if was_reading_head and self.reading_head and self.heads_read == heads_read:
             self.head_bytes += len(data)
+            BoundedHttpToolsProtocol.heads_held += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
                 self.refuse(HEAD_TOO_LARGE)
+            elif BoundedHttpToolsProtocol.heads_held > self.max_heads_held:
+                self.refuse(TOO_MANY_HEADS)
+
+    def _head_ended(self) -> None:
+        """What the head held is held no more (`HTTP_MAX_HEADS_MB`)."""
+        BoundedHttpToolsProtocol.heads_held -= self.head_bytes
+        self.head_bytes = 0
 
     def _feed(self, data: bytes) -> None:
         """uvicorn's parsing of a read, but for a request that offers to switch
@@ -449,7 +467,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.expect_100_continue = False
         self.reading_head = False
         self.head_begun = False
-        self.head_bytes = 0
+        self._head_ended()
         self.heads_read += 1
         self.scope["state"][ARRIVED] = time.perf_counter()
         super().on_headers_complete()
@@ -463,8 +481,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return hosts == 1 or (hosts == 0 and self.parser.get_http_version() == "1.0")
 
     def on_url(self, url: bytes) -> None:
+        super().on_url(url)  # first: a refusal's line then has the method
         self._head_grows(len(url))
-        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """A header, its value without the whitespace around it (RFC 9110 5.5;

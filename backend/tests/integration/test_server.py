@@ -381,6 +381,7 @@ def test_a_request_the_protocol_refuses_has_its_access_line(
             [],
             431,
         ),
+        "target too large": (f"GET /{'x' * 40_000} HTTP/1.1\r\n\r\n", [], 431),
         "chunked over the cap": (
             f"POST {url} HTTP/1.1\r\nHost: x\r\nX-Request-ID: big-chunks\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -420,6 +421,7 @@ def test_a_request_the_protocol_refuses_has_its_access_line(
     assert requests["two-lengths"]["method"] == "POST"
     assert requests["big-head"]["method"] == "GET"
     assert requests["big-head"]["code"] == "headers_too_large"
+    assert requests[ids["target too large"]]["method"] == "GET"
     assert not [line for line in lines if "Invalid HTTP request" in line["msg"]]
 
 

@@ -50,6 +50,17 @@ def test_behind_any_peer_the_entry_its_proxy_appended_is_the_client(
     assert _client_seen("*", "10.0.0.2", forwarded_for) == (client, "http")
 
 
+@pytest.mark.parametrize("trusted", ["*", "127.0.0.1"])
+def test_an_entry_that_is_no_address_is_never_the_client(trusted: str) -> None:
+    """Made-up text was a per-address counter's key of its own, up to 32 KiB
+    each (a trial): it stands for the peer, which wrote the header."""
+    for junk in ("unknown", "x" * 30_000, "_hidden", "1.2.3.4.5"):
+        assert _client_seen(trusted, "127.0.0.1", [junk])[0] == "127.0.0.1"
+    chain = ["203.0.113.7, not-an-address"]
+    expected = "203.0.113.7" if trusted != "*" else "127.0.0.1"
+    assert _client_seen(trusted, "127.0.0.1", chain)[0] == expected
+
+
 def test_behind_listed_proxies_the_last_unlisted_entry_is_the_client() -> None:
     trusted = "127.0.0.1,192.0.2.0/24"
     chain = ["10.9.9.9, 203.0.113.7, 192.0.2.5"]  # client-written, client, a proxy

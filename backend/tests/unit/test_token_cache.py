@@ -49,3 +49,18 @@ def test_the_cache_is_bounded() -> None:
         )
         asyncio.run(check.user_id(token))
     assert len(check._verified) == 3
+
+
+def test_the_cache_holds_a_digest_and_no_user_id_longer_than_a_path_takes() -> None:
+    """10,000 tokens of 8 KiB, signed for one user, held 80 MB (a trial): each is
+    remembered by 32 bytes. A user id no path can hold (its requests are all
+    403s) is not remembered at all."""
+    check = verifier()
+    exp = int(time.time()) + 60
+    padded = jwt.encode({"sub": "u1", "exp": exp, "pad": "p" * 6000}, SECRET, "HS256")
+    asyncio.run(check.user_id(padded))
+    assert [len(key) for key in check._verified] == [32]
+    assert check.known(padded) == "u1"
+    long_id = jwt.encode({"sub": "u" * 129, "exp": exp}, SECRET, "HS256")
+    assert asyncio.run(check.user_id(long_id)) == "u" * 129
+    assert len(check._verified) == 1
