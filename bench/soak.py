@@ -282,9 +282,8 @@ def soak(
             if roll < 0.4 or not mine:
                 key = {"Idempotency-Key": uuid.uuid4().hex}
                 title = {"title": "soak"}
-                r = until(
-                    partial(request, client, "POST", base, user, key, json=title), 201
-                )
+                post = partial(request, client, "POST", base, user, key, json=title)
+                r = until(user, post, 201)
                 if r is not None:
                     mine.add(r.json()["id"])
             elif roll < 0.45 and len(mine) > 1:
