@@ -75,7 +75,8 @@ token: install-run
 # The benchmark suite: bench/bench.py (BENCH_ARGS="--large --duration 20" etc.),
 # the driver comparison, then many users, open connections and overload
 # (bench/capacity.py, CAPACITY_ARGS="--quick"), then delta sync and batches
-# (bench/sync.py, SYNC_ARGS="--duration 5"), then the soak without and with a hostile
+# (bench/sync.py, SYNC_ARGS="--duration 5"), then one user's searches beside other
+# users' reads (bench/neighbour.py), then the soak without and with a hostile
 # load (make soak). Uses BENCH_DATABASE_URL when set, else a private PostgreSQL
 # under .data/.
 bench: install
@@ -84,6 +85,7 @@ bench: install
 	PYTHONPATH=backend:. $(PY) bench/drivers.py
 	ulimit -n 65536 2>/dev/null || true; PYTHONPATH=backend:. $(PY) -m bench.capacity $(CAPACITY_ARGS)
 	PYTHONPATH=backend:. $(PY) -m bench.sync $(SYNC_ARGS)
+	PYTHONPATH=backend:. $(PY) -m bench.neighbour
 	$(MAKE) soak
 
 # The soak (two servers, connections killed every minute, ledger checked), then the

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     DB_MAX_OVERFLOW: int = Field(default=0, ge=0, le=500)
     DB_POOL_TIMEOUT: float = Field(default=10.0, gt=0, le=600)
     DB_POOL_RECYCLE: int = Field(default=300, ge=-1)
+    # Requests of one user running at once per worker (each holds at most one
+    # pooled connection, so the others' requests find one free); the user's next
+    # ones wait their turn, within DB_POOL_TIMEOUT. Unset: a quarter of the pool
+    # (DB_POOL_SIZE + DB_MAX_OVERFLOW), at least 2.
+    USER_MAX_ACTIVE: int | None = Field(default=None, ge=1, le=1_000_000)
     # Bounds every statement (0 = off). Sent as a connection option, which PgBouncer
     # refuses unless told to ignore it: unset, 0 for a host with `-pooler` in its
     # name (Neon's PgBouncer), else 15,000. Behind any other PgBouncer set 0 and the
@@ -268,6 +273,7 @@ class Settings(BaseSettings):
         "DB_STATEMENT_CACHE_SIZE",
         "DB_STATEMENT_TIMEOUT_MS",
         "METRICS_TOKEN",
+        "USER_MAX_ACTIVE",
         mode="before",
     )
     @classmethod
@@ -313,6 +319,13 @@ class Settings(BaseSettings):
         if value is not None and not RATE_PATTERN.fullmatch(value.strip().lower()):
             raise ValueError("must look like 100/minute (second, minute, hour or day)")
         return value
+
+    @property
+    def user_max_active(self) -> int:
+        """USER_MAX_ACTIVE, or a quarter of the pool (at least 2)."""
+        if self.USER_MAX_ACTIVE is not None:
+            return self.USER_MAX_ACTIVE
+        return max(2, (self.DB_POOL_SIZE + self.DB_MAX_OVERFLOW) // 4)
 
     @property
     def rate_limit(self) -> tuple[int, int] | None:

@@ -27,6 +27,7 @@ from app.edge.middleware import (
     RequestContextMiddleware,
 )
 from app.edge.ratelimit import MemoryStore, RateLimiter, RedisStore
+from app.edge.shares import UserShares
 from app.errors import register_exception_handlers
 from app.observability.logging import adopt_uvicorn_loggers, configure_logging
 from app.services.cursor import CursorCodec
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if app.state.verifier is None:
         logger.warning("authentication is OFF: every /api request is accepted")
     app.state.rate_limiter, app.state.auth_failures = _limiters(settings)
+    app.state.shares = UserShares(settings.user_max_active, settings.DB_POOL_TIMEOUT)
     token = settings.METRICS_TOKEN
     app.state.metrics_token = token.get_secret_value() if token else None
     app.state.metrics_public = settings.ENVIRONMENT != "production"

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
 
 from app import errors
+from app.edge.shares import YOUR_SHARE_IN_USE
 from app.errors import DatabaseRefused
 from app.observability.logging import Throttled
 from tests.conftest import ClientFactory, fresh_database
@@ -518,6 +519,55 @@ def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(
         assert c.get(tasks_url(user)).status_code == 200
 
 
+def test_one_users_requests_hold_only_their_share_of_the_pool(
+    database: str, engine: Engine
+) -> None:
+    """USER_MAX_ACTIVE=1 of a pool of 2: a user's second request waits for the
+    user's turn (503 once DB_POOL_TIMEOUT has passed) instead of taking the last
+    connection, which another user's request finds free. Without the share, the
+    first user's two requests held both, and the other's read was a 503."""
+    user, other = new_user_id(), new_user_id()
+    env = {"DB_POOL_SIZE": "2", "DB_POOL_TIMEOUT": "1", "USER_MAX_ACTIVE": "1"}
+    with (
+        running_server(database, None, **env) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        task = c.post(tasks_url(user), json={"title": "contended"}).json()
+        theirs = c.post(tasks_url(other), json={"title": "free"}).json()
+        lock = _lock_task(database, task["id"])
+        results: list[int] = []
+        toggles = [
+            threading.Thread(
+                target=lambda: results.append(
+                    httpx.patch(
+                        base + tasks_url(user, task["id"]) + "/complete", timeout=30
+                    ).status_code
+                )
+            )
+            for _ in range(2)
+        ]
+        for toggle in toggles:
+            toggle.start()
+        wait_until(  # one runs (on the lock); the other waits for its turn
+            "a request waits on the lock",
+            lambda: sessions(engine, ours=True, on_a_lock=True) == 1,
+        )
+        started = time.monotonic()
+        assert c.get(tasks_url(other, theirs["id"])).json() == theirs
+        assert time.monotonic() - started < 0.8
+        refused = c.get(tasks_url(user))
+        assert_503(refused)
+        assert refused.json()["detail"] == YOUR_SHARE_IN_USE
+        assert sessions(engine, ours=True, on_a_lock=True) == 1
+        lock.commit()
+        lock.close()
+        for toggle in toggles:
+            toggle.join()
+        # The waiting toggle gave up with its turn not had, and changed nothing.
+        assert sorted(results) == [200, 503]
+        assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
+
+
 def test_statement_timeout_bounds_a_stuck_query(database: str) -> None:
     user = new_user_id()
     with running_server(database, DB_STATEMENT_TIMEOUT_MS="500") as base:
@@ -564,7 +614,9 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(
     database: str, engine: Engine, workers: str, signum: signal.Signals
 ) -> None:
     user = new_user_id()
-    with server_process(database, WEB_CONCURRENCY=workers) as (base, process):
+    with server_process(  # the user's three requests all reach the database
+        database, WEB_CONCURRENCY=workers, USER_MAX_ACTIVE="3"
+    ) as (base, process):
         task = httpx.post(base + tasks_url(user), json={"title": "in flight"}).json()
         lock = _lock_task(database, task["id"])
         results: list[int] = []

@@ -15,6 +15,7 @@ from starlette.types import Scope
 from app.api.deps import admit, no_body
 from app.api.openapi import operation_id
 from app.edge.middleware import carries_a_body
+from app.edge.shares import UserShares
 
 # The last segments of routes/sync.py's paths under /tasks (checked by
 # tests/unit/test_routes.py).
@@ -26,7 +27,8 @@ class AdmittedRoute(APIRoute):
     rate limit) first, before FastAPI reads the body or resolves a parameter:
     where a route dependency would run it, without the dependency resolution,
     which cost more per request than the check itself (specs/005-performance).
-    A route that takes no body then checks one that was sent (`no_body`)."""
+    A route that takes no body then checks one that was sent (`no_body`). The
+    handler runs in one of the user's turns (`edge.shares`)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
@@ -36,7 +38,13 @@ class AdmittedRoute(APIRoute):
             await admit(request)
             if takes_no_body and carries_a_body(request.scope):
                 await no_body(request)
-            return await handle(request)
+            shares: UserShares = request.app.state.shares
+            user = request.path_params["user_id"]
+            await shares.take(user)
+            try:
+                return await handle(request)
+            finally:
+                shares.give(user)
 
         return admitted
 

@@ -1,0 +1,101 @@
+"""Each user's share of a worker (`edge.shares`): past USER_MAX_ACTIVE running
+requests, a user's next ones wait their turn in arrival order, without holding
+up other users; a turn not had within the wait is a 503 (specs/006-operations)."""
+
+import asyncio
+
+import pytest
+
+from app.edge.shares import YOUR_SHARE_IN_USE, UserShares
+from app.errors import DatabaseUnavailable
+
+pytestmark = pytest.mark.anyio
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_past_the_limit_a_users_requests_wait_in_arrival_order() -> None:
+    shares = UserShares(limit=2, wait=5)
+    await shares.take("a")
+    await shares.take("a")
+    turns = [asyncio.ensure_future(shares.take("a")) for _ in range(3)]
+    await _settle()
+    assert not any(turn.done() for turn in turns)
+    shares.give("a")
+    await _settle()
+    assert [turn.done() for turn in turns] == [True, False, False]
+    shares.give("a")
+    shares.give("a")
+    await _settle()
+    assert all(turn.done() for turn in turns)
+
+
+async def test_another_user_is_not_held_up_by_one_at_the_limit() -> None:
+    shares = UserShares(limit=1, wait=5)
+    await shares.take("a")
+    waiting = asyncio.ensure_future(shares.take("a"))
+    await asyncio.wait_for(shares.take("b"), 1)
+    await _settle()
+    assert not waiting.done()
+    shares.give("b")
+    shares.give("a")
+    await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_turn_not_had_in_time_is_a_503_and_takes_no_place() -> None:
+    shares = UserShares(limit=1, wait=0.05)
+    await shares.take("a")
+    with pytest.raises(DatabaseUnavailable) as refused:
+        await shares.take("a")
+    assert refused.value.detail == YOUR_SHARE_IN_USE
+    shares.give("a")  # the running one: no waiter is left to hand it to
+    await asyncio.wait_for(shares.take("a"), 1)  # a place is free at once
+    shares.give("a")
+    assert not shares._running  # nothing is kept for "a"
+    assert not shares._waiting
+
+
+async def test_a_waiter_cancelled_is_skipped() -> None:
+    shares = UserShares(limit=1, wait=5)
+    await shares.take("a")
+    gone = asyncio.ensure_future(shares.take("a"))
+    next_one = asyncio.ensure_future(shares.take("a"))
+    await _settle()
+    gone.cancel()
+    await _settle()
+    shares.give("a")
+    await asyncio.wait_for(next_one, 1)
+
+
+async def test_a_turn_handed_to_a_waiter_that_gave_up_is_passed_on() -> None:
+    """The turn was handed over (`give`) just as its waiter was cancelled: it
+    must reach the next waiter, not be lost (the user would wait forever)."""
+    shares = UserShares(limit=1, wait=5)
+    await shares.take("a")
+    first = asyncio.ensure_future(shares.take("a"))
+    second = asyncio.ensure_future(shares.take("a"))
+    await _settle()
+    shares.give("a")  # hands the turn to `first`…
+    first.cancel()  # …which is cancelled before it runs again
+    await _settle()
+    assert first.cancelled()
+    await asyncio.wait_for(second, 1)
+    shares.give("a")
+    await asyncio.wait_for(shares.take("a"), 1)  # and nothing is held after
+
+
+async def test_a_user_with_nothing_running_is_forgotten() -> None:
+    shares = UserShares(limit=1, wait=5)
+    for user in ("a", "b"):
+        await shares.take(user)
+    waiting = asyncio.ensure_future(shares.take("a"))
+    await _settle()
+    shares.give("a")
+    await waiting
+    shares.give("a")
+    shares.give("b")
+    assert not shares._running
+    assert not shares._waiting
