@@ -282,6 +282,11 @@ def wrk(
     return run_wrk(url, connections, seconds, script, scenario, "42", str(start))
 
 
+def _first(value: str | tuple[str, ...]) -> str:
+    """A URL query parameter's value (its first, when given several)."""
+    return value if isinstance(value, str) else value[0]
+
+
 def pgbench(
     url: str, scenario: str, connections: int, seconds: float, users: int
 ) -> float | None:
@@ -311,7 +316,7 @@ def pgbench(
             "-f",
             file.name,
             "-h",
-            parsed.host or parsed.query.get("host", "/tmp"),
+            parsed.host or _first(parsed.query.get("host", "/tmp")),
             "-p",
             str(parsed.port or 5432),
             "-U",
@@ -449,7 +454,7 @@ def main() -> None:
                         {"impl": "pgbench", "scenario": scenario, "c": conc, "rps": tps}
                     )
     finally:
-        pin(postgres_processes(), f"0-{os.cpu_count() - 1}")
+        pin(postgres_processes(), f"0-{(os.cpu_count() or 1) - 1}")
     path = save(results)
     print(report(results))
     log(f"wrote {path}")

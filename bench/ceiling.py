@@ -6,13 +6,14 @@ bare FastAPI app with the same route and nothing else
 (`uvicorn bench.ceiling:create_bare_app --factory`)."""
 
 from datetime import UTC, datetime
+from typing import cast
 
 from fastapi import FastAPI, Response
 
 from app.api.http import JSON, dump
 from app.api.routes import AdmittedRoute
 from app.main import create_app as create_service
-from app.schemas import TaskPublic
+from app.schemas import TaskPublic, TaskRecord
 
 _NOW = datetime.now(UTC)
 _TASKS = [
@@ -23,7 +24,7 @@ _TASKS = [
         description="from wrk",
         completed=False,
         completed_at=None,
-        priority="high",  # type: ignore[arg-type]
+        priority="high",
         tags=["bench"],
         due_at=None,
         created_at=_NOW,
@@ -31,7 +32,7 @@ _TASKS = [
     )
     for i in range(100)
 ]
-_RECORDS = [task.model_dump() for task in _TASKS]
+_RECORDS = [cast(TaskRecord, task.model_dump()) for task in _TASKS]
 
 
 def create_app() -> FastAPI:

@@ -96,7 +96,7 @@ async def run(url: str, ops: int) -> None:
     page = TaskListQuery(limit=100)
     list_sql, list_params = list_query(page)
 
-    settings = Settings(DATABASE_URL=url, DB_POOL_SIZE=1, _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(DATABASE_URL=url, DB_POOL_SIZE=1, _env_file=None)
     gateway = Database(settings, parse_database_url(url))
     await gateway.open()
 
@@ -120,7 +120,7 @@ async def run(url: str, ops: int) -> None:
     )
 
     pg3 = await psycopg.AsyncConnection.connect(url, autocommit=True)
-    dialect = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+    dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
     pg3_get = str(get_stmt.compile(dialect=dialect))
     pg3_get_params = get_stmt.compile(dialect=dialect).params
     pg3_list = str(list_stmt.compile(dialect=dialect))
@@ -167,13 +167,13 @@ async def run(url: str, ops: int) -> None:
     toggle_args = toggle.args({"user_id": USER, "task_id": task_id})
 
     async def raw_get() -> Any:
-        return dict(await raw.fetchrow(GET.sql, *get_args))
+        return dict(await raw.fetchrow(GET.sql, *get_args) or {})
 
     async def raw_list() -> Any:
         return [dict(r) for r in await raw.fetch(list_sql.sql, *list_args)]
 
     async def raw_toggle() -> Any:
-        return dict(await raw.fetchrow(toggle.sql, *toggle_args))
+        return dict(await raw.fetchrow(toggle.sql, *toggle_args) or {})
 
     async def pg3_toggle_op() -> Any:
         async with pg3.cursor(row_factory=dict_row) as cur:

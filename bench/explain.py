@@ -83,13 +83,16 @@ async def report(url: str) -> None:
             "ORDER BY created_at DESC, id DESC OFFSET 99 LIMIT 1",
             HEAVY,
         )
+        assert first is not None, f"user {HEAVY} has fewer than 100 tasks"
         await explain(connection, "sort=-created_at", {}, (first[0], first[1]))
-        title = await connection.fetchrow(
+        by_title = await connection.fetchrow(
             "SELECT title, id FROM task WHERE user_id = $1 "
             "ORDER BY lower(title), id OFFSET 99 LIMIT 1",
             HEAVY,
         )
-        await explain(connection, "sort=title", {"sort": "title"}, (title[0], title[1]))
+        assert by_title is not None
+        after = (by_title[0], by_title[1])
+        await explain(connection, "sort=title", {"sort": "title"}, after)
     finally:
         await connection.close()
 

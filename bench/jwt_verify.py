@@ -23,7 +23,7 @@ SECRET = "bench-secret-" + "x" * 40
 
 def _verifier() -> TokenVerifier:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         BETTER_AUTH_SECRET=SECRET,
         JWT_JWKS_URL="http://127.0.0.1:9/unused",
     )
