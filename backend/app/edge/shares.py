@@ -11,6 +11,7 @@ import asyncio
 from collections import deque
 
 from app.errors import DatabaseUnavailable
+from app.observability import metrics
 
 YOUR_SHARE_IN_USE = (
     "Your earlier requests hold this user's share of the database connections; "
@@ -33,6 +34,7 @@ class UserShares:
         if running < self._limit:
             self._running[user] = running + 1
             return
+        metrics.USER_SHARE_WAITS.inc()
         turn = asyncio.get_running_loop().create_future()
         waiting = self._waiting.setdefault(user, deque())
         waiting.append(turn)

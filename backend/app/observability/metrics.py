@@ -33,6 +33,10 @@ POOL_IN_USE = Gauge(
 POOL_TIMEOUTS = Counter(
     "db_pool_timeouts_total", "Requests that waited too long for a connection"
 )
+USER_SHARE_WAITS = Counter(
+    "user_share_waits_total",
+    "Requests that waited for a turn of their user's (USER_MAX_ACTIVE were running)",
+)
 DB_ERRORS = Counter(
     "db_errors_total",
     "Requests answered 503 database_unavailable (unreachable, no answer in time, "

@@ -5,11 +5,16 @@ up other users; a turn not had within the wait is a 503 (specs/006-operations)."
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from app.edge.shares import YOUR_SHARE_IN_USE, UserShares
 from app.errors import DatabaseUnavailable
 
 pytestmark = pytest.mark.anyio
+
+
+def _waits() -> float | None:
+    return REGISTRY.get_sample_value("user_share_waits_total")
 
 
 async def _settle() -> None:
@@ -19,11 +24,15 @@ async def _settle() -> None:
 
 async def test_past_the_limit_a_users_requests_wait_in_arrival_order() -> None:
     shares = UserShares(limit=2, wait=5)
+    waits = _waits()
     await shares.take("a")
     await shares.take("a")
+    assert _waits() == waits
     turns = [asyncio.ensure_future(shares.take("a")) for _ in range(3)]
     await _settle()
     assert not any(turn.done() for turn in turns)
+    assert waits is not None
+    assert _waits() == waits + 3
     shares.give("a")
     await _settle()
     assert [turn.done() for turn in turns] == [True, False, False]
