@@ -371,7 +371,7 @@ class Database:
         settings = self._settings
         # Timestamps travel as ISO text in UTC (`_read_timestamps_as_text`).
         server_settings = {
-            "application_name": "task-api",
+            "application_name": self._url.application_name or "task-api",
             "TimeZone": "UTC",
             "DateStyle": "ISO",
         }

@@ -125,8 +125,8 @@ def limit_lock_waits(connection: "Connection") -> None:
 
 
 _REACHED = text(
-    "SELECT current_database(), coalesce(host(inet_server_addr()), 'a local "
-    "socket'), inet_server_port(), current_user"
+    "SELECT current_database(), coalesce(host(inet_server_addr()) || ' port ' || "
+    "inet_server_port(), 'a local socket'), current_user"
 )
 
 
@@ -146,8 +146,8 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         # Where DATABASE_URL led, defaults filled in (an operator trial: nothing
         # said which server, database and role the service had reached).
-        database, host, port, role = connection.execute(_REACHED).one()
-        logger.info("database %s on %s port %s, as %s", database, host, port, role)
+        database, where, role = connection.execute(_REACHED).one()
+        logger.info("database %s on %s, as %s", database, where, role)
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
         )

@@ -46,6 +46,19 @@ _ASYNCPG_PARAMETERS = frozenset(
 # Startup parameters the server itself understands: sent as they are.
 _SERVER_PARAMETERS = frozenset({"application_name", "options", "client_encoding"})
 _WEAK_SSLMODES = frozenset({"disable", "allow", "prefer", "require"})
+# The values libpq and asyncpg both take: another is refused here, with one line,
+# rather than when the first connection is made.
+_CHOICES = {
+    "sslmode": (*_WEAK_SSLMODES, "verify-ca", "verify-full"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class DatabaseURL:
     sync_url: str
     connect_args: dict[str, Any] = field(default_factory=dict)
     host: str = ""
+    # `?application_name=`: the service's connections' name, else `task-api`.
+    application_name: str | None = None
 
 
 # Said when the URL's structure is off, which is most often a password with a
@@ -165,6 +180,20 @@ def parse_database_url(raw: str) -> DatabaseURL:
     unknown = sorted(set(query) - _ASYNCPG_PARAMETERS - _SERVER_PARAMETERS)
     if unknown:
         raise ValueError(f"parameter {unknown[0]!r} is not supported")
+    for name, choices in _CHOICES.items():
+        if name in query and query[name] not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}")
+    if query.get("client_encoding", "utf8").lower() not in ("utf8", "utf-8", "unicode"):
+        # Titles are Unicode: in another encoding, one with a character it lacks
+        # failed its request (a 500, a trial).
+        raise ValueError("client_encoding must be UTF8")
+    if "statement_timeout" in query.get("options", ""):
+        # The service sends its own (DB_STATEMENT_TIMEOUT_MS), which the server
+        # takes over this one, and bounds its own wait by it.
+        raise ValueError(
+            "statement_timeout is set with DB_STATEMENT_TIMEOUT_MS, not in ?options="
+        )
     dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
     host = parts.hostname or query.get("host", "")
-    return DatabaseURL(dsn, _sync_url(parts), connect_args, host)
+    application_name = query.get("application_name")
+    return DatabaseURL(dsn, _sync_url(parts), connect_args, host, application_name)

@@ -70,6 +70,32 @@ async def database(settings: Settings, engine: Engine) -> AsyncIterator[Database
     await database.close()
 
 
+class Name(TypedDict):
+    name: str
+
+
+async def test_the_urls_application_name_names_the_connections(
+    settings: Settings,
+) -> None:
+    """`?application_name=` in DATABASE_URL is what pg_stat_activity shows (the
+    service's own name replaced it: an operator trial); without it, task-api."""
+    url = settings.DATABASE_URL
+    assert url is not None
+    name = compile_query(
+        text("SELECT current_setting('application_name') AS name"), Name
+    )
+    base = url.get_secret_value()
+    joined = "&" if "?" in base else "?"
+    for query, expected in ((f"{joined}application_name=opr", "opr"), ("", "task-api")):
+        parsed = parse_database_url(base + query)
+        database = Database(settings, parsed)
+        await database.open()
+        try:
+            assert await database.fetch_one(name) == {"name": expected}
+        finally:
+            await database.close()
+
+
 async def _log_queries(database: Database) -> list[str]:
     """Every statement the pool's one connection sends from now on."""
     sent: list[str] = []

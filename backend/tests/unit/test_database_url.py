@@ -52,6 +52,8 @@ def test_libpq_parameters_asyncpg_reads_are_passed_on() -> None:
     parsed = parse_database_url(url)
     assert unquote(parsed.dsn) == url
     assert parsed.connect_args == {}
+    assert parsed.application_name == "x"
+    assert parse_database_url("postgresql://u@h/db?client_encoding=UTF8").dsn
 
 
 def test_connect_timeout_becomes_the_drivers_timeout() -> None:
@@ -137,6 +139,11 @@ def test_embedded_servers_socket_url_works() -> None:
         ("postgresql://", "no database"),
         ("postgresql://u:p@db.example.com:5432", "no database"),
         ("postgresql://u@h/?sslmode=require", "no database"),
+        # Refused by the drivers only when connecting, or quietly overridden.
+        ("postgresql://u@h/db?sslmode=bogus", "sslmode must be one of"),
+        ("postgresql://u@h/db?target_session_attrs=any-one", "target_session_attrs"),
+        ("postgresql://u@h/db?client_encoding=latin1", "UTF8"),
+        ("postgresql://u@h/db?options=-c%20statement_timeout%3D5000", "DB_STATEMENT"),
     ],
 )
 def test_what_cannot_be_honoured_is_one_line(
