@@ -15,6 +15,7 @@ from pydantic import (
     AwareDatetime,
     Field,
     SecretStr,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -118,7 +119,8 @@ class Settings(BaseSettings):
     DB_POOL_RECYCLE: int = Field(default=300, ge=-1)
     # Requests of one user running at once per worker (each holds at most one
     # pooled connection, so the others' requests find one free); the user's next
-    # ones wait their turn, within DB_POOL_TIMEOUT. Unset: a quarter of the pool
+    # ones wait their turn, within DB_POOL_TIMEOUT (then 429), at most half of
+    # HTTP_MAX_ACTIVE running and waiting (past it, 429). Unset: a quarter of the pool
     # (DB_POOL_SIZE + DB_MAX_OVERFLOW), at least 2.
     USER_MAX_ACTIVE: int | None = Field(default=None, ge=1, le=1_000_000)
     # Bounds every statement (0 = off). Sent as a connection option, which PgBouncer
@@ -138,7 +140,10 @@ class Settings(BaseSettings):
     JWT_JWKS_URL: str | None = None
     JWT_ISSUER: str | None = None
     JWT_AUDIENCE: Annotated[list[str] | None, NoDecode] = None
-    JWT_USER_CLAIM: str = Field(default="sub", min_length=1)
+    # Stripped: "sub " named a claim no token has (every token a 401).
+    JWT_USER_CLAIM: Annotated[str, StringConstraints(strip_whitespace=True)] = Field(
+        default="sub", min_length=1
+    )
     JWT_LEEWAY_SECONDS: int = Field(default=30, ge=0, le=3600)
     AUTH_DISABLED: bool = False
 
@@ -294,7 +299,7 @@ class Settings(BaseSettings):
             ) from None
         return value
 
-    @field_validator("AUTH_FAILURE_LIMIT", mode="before")
+    @field_validator("RATE_LIMIT", "AUTH_FAILURE_LIMIT", mode="before")
     @classmethod
     def _off_is_unset(cls, value: object) -> object:
         """`off` turns the limit off; blank (as in .env.example) keeps the default."""
@@ -317,7 +322,10 @@ class Settings(BaseSettings):
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
         if value is not None and not RATE_PATTERN.fullmatch(value.strip().lower()):
-            raise ValueError("must look like 100/minute (second, minute, hour or day)")
+            raise ValueError(
+                "must look like 100/minute (1 to 999999999 a second, minute, hour "
+                "or day), or off"
+            )
         return value
 
     @property
@@ -363,6 +371,10 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
+        if value is not None and "@" in urlsplit(value).netloc:
+            # The fetch sends no credentials (a key set is public), and they
+            # would be written in its failure's log line.
+            raise ValueError("must not carry a user name or password")
         return value
 
     @model_validator(mode="after")

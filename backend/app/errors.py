@@ -311,7 +311,7 @@ class RequestTimeout(AppError):
     status_code = 408
     code = "request_timeout"
     message = "The request did not arrive in time"
-    detail = "The request head and body must arrive within HTTP_REQUEST_TIMEOUT s"
+    detail = "The request head and body must arrive in time (HTTP_REQUEST_TIMEOUT)"
 
 
 class HeadersTooLarge(AppError):

@@ -154,7 +154,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if app.state.verifier is None:
         logger.warning("authentication is OFF: every /api request is accepted")
     app.state.rate_limiter, app.state.auth_failures = _limiters(settings)
-    app.state.shares = UserShares(settings.user_max_active, settings.DB_POOL_TIMEOUT)
+    app.state.shares = UserShares(
+        settings.user_max_active,
+        in_flight=settings.HTTP_MAX_ACTIVE // 2,
+        wait=settings.DB_POOL_TIMEOUT,
+    )
     token = settings.METRICS_TOKEN
     app.state.metrics_token = token.get_secret_value() if token else None
     app.state.metrics_public = settings.ENVIRONMENT != "production"

@@ -193,7 +193,7 @@ class JwksCache:
         except Exception as exc:  # any failure: keep the keys we have
             logger.warning(
                 "JWKS fetch from %s failed: %s",
-                self.url,
+                self.url.partition("?")[0],  # a query may carry an API key
                 "timed out" if isinstance(exc, TimeoutError) else repr(exc)[:200],
             )
             return False

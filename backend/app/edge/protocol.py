@@ -138,7 +138,18 @@ def canned_response(
 
 # The errors answered here, before a request reaches the app.
 HEAD_TOO_LARGE = HeadersTooLarge()
-TIMED_OUT = RequestTimeout()
+
+
+@cache
+def timed_out(seconds: float) -> RequestTimeout:
+    """The 408, with the bound it missed (the setting's name meant nothing to a
+    client)."""
+    return RequestTimeout(
+        detail=f"The request head and body must arrive within {seconds:g} s of "
+        "their first byte"
+    )
+
+
 TOO_MANY_CONNECTIONS = Overloaded()
 TOO_MANY_HEADS = Overloaded(
     detail="Too many requests are being received at once; retry after Retry-After s"
@@ -748,11 +759,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.pipeline:
             self._arm_deadline()
         elif self.reading_head and (self.head_bytes or self.head_begun):
-            self.refuse(TIMED_OUT)
+            self.refuse(timed_out(self.request_timeout))
         elif self.unread is not None:
             cycle, _ = self.unread
             self.unread = None
-            self.close_with(TIMED_OUT, cycle)
+            self.close_with(timed_out(self.request_timeout), cycle)
         else:
             self.transport.close()
 

@@ -4,24 +4,38 @@ and start as the user's running ones finish. A request holds at most one databas
 connection, so one user's slow requests (searches of a large list, say) hold at
 most their share of the pool, and other users' requests find a connection free.
 Without it, 24 searches of one user held the whole pool, and other users' reads
-went from 2,262 to 2 a second (specs/006-operations). A turn not had within
-DB_POOL_TIMEOUT is a 503, as a connection not had in that time is."""
+went from 2,082 to 2 a second (specs/006-operations).
+
+A waiting request holds one of the worker's running places (HTTP_MAX_ACTIVE), so a
+user may have at most `in_flight` requests running or waiting (half the running
+places): past it, and for a turn not had within DB_POOL_TIMEOUT, a 429 at once.
+Without that cap, 70 slow searches of one user filled the 64 places and other
+users' reads waited 3 s (200: 26 s)."""
 
 import asyncio
 from collections import deque
 
-from app.errors import DatabaseUnavailable
+from app.errors import RateLimited
 from app.observability import metrics
 
-YOUR_SHARE_IN_USE = (
-    "Your earlier requests hold this user's share of the database connections; "
-    "retry after Retry-After seconds"
-)
+
+class ShareInUse(RateLimited):
+    """A user's own requests fill their share: a 429, as other rate limits."""
+
+    message = "Too many of this user's requests are in progress at once"
+    detail = (
+        "Your earlier requests fill this user's share of the service; retry after "
+        "Retry-After seconds, or send fewer at once"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(retry_after=1, detail=self.detail)
 
 
 class UserShares:
-    def __init__(self, limit: int, wait: float) -> None:
+    def __init__(self, limit: int, in_flight: int, wait: float) -> None:
         self._limit = limit
+        self._in_flight = max(in_flight, limit)
         self._wait = wait
         # Users with a request running: how many run, and who waits, oldest first.
         self._running: dict[str, int] = {}
@@ -34,9 +48,13 @@ class UserShares:
         if running < self._limit:
             self._running[user] = running + 1
             return
+        waiting = self._waiting.get(user)
+        if running + (len(waiting) if waiting else 0) >= self._in_flight:
+            raise ShareInUse()
+        if waiting is None:
+            waiting = self._waiting[user] = deque()
         metrics.USER_SHARE_WAITS.inc()
         turn = asyncio.get_running_loop().create_future()
-        waiting = self._waiting.setdefault(user, deque())
         waiting.append(turn)
         try:
             async with asyncio.timeout(self._wait):
@@ -44,22 +62,28 @@ class UserShares:
         except BaseException as exc:
             if turn.done() and not turn.cancelled():
                 self.give(user)  # handed over as this one gave up: pass it on
-            else:
+            elif turn in waiting:  # else `give` has dropped it already
                 waiting.remove(turn)
-                if not waiting:
+                if not waiting and self._waiting.get(user) is waiting:
                     del self._waiting[user]
             if isinstance(exc, TimeoutError):
-                raise DatabaseUnavailable(detail=YOUR_SHARE_IN_USE) from None
+                raise ShareInUse() from None
             raise
 
     def give(self, user: str) -> None:
         """A running request of `user` has finished: its turn goes to the user's
-        oldest waiting request, if any."""
+        oldest request still waiting, if any. A waiter already cancelled (timed
+        out, or its client gone) whose task has not run since is skipped."""
         waiting = self._waiting.get(user)
-        if waiting:
-            waiting.popleft().set_result(None)  # the turn passes on: as many run
-            if not waiting:
-                del self._waiting[user]
+        handed = False
+        while waiting and not handed:
+            turn = waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the turn passes on: as many run
+                handed = True
+        if waiting is not None and not waiting:
+            del self._waiting[user]
+        if handed:
             return
         running = self._running[user] - 1
         if running:

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
 
 from app import errors
-from app.edge.shares import YOUR_SHARE_IN_USE
+from app.edge.shares import ShareInUse
 from app.errors import DatabaseRefused
 from app.observability.logging import Throttled
 from tests.conftest import ClientFactory, fresh_database
@@ -509,7 +509,8 @@ def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(
             lambda: sessions(engine, ours=True, on_a_lock=True) == 2,
         )
         started = time.monotonic()
-        assert_503(c.get(tasks_url(user)))
+        # Another user's (the first user's own would wait for their share)
+        assert_503(c.get(tasks_url(new_user_id())))
         assert 0.8 < time.monotonic() - started < 5
         lock.commit()
         lock.close()
@@ -523,7 +524,7 @@ def test_one_users_requests_hold_only_their_share_of_the_pool(
     database: str, engine: Engine
 ) -> None:
     """USER_MAX_ACTIVE=1 of a pool of 2: a user's second request waits for the
-    user's turn (503 once DB_POOL_TIMEOUT has passed) instead of taking the last
+    user's turn (429 once DB_POOL_TIMEOUT has passed) instead of taking the last
     connection, which another user's request finds free. Without the share, the
     first user's two requests held both, and the other's read was a 503."""
     user, other = new_user_id(), new_user_id()
@@ -556,15 +557,18 @@ def test_one_users_requests_hold_only_their_share_of_the_pool(
         assert c.get(tasks_url(other, theirs["id"])).json() == theirs
         assert time.monotonic() - started < 0.8
         refused = c.get(tasks_url(user))
-        assert_503(refused)
-        assert refused.json()["detail"] == YOUR_SHARE_IN_USE
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["code"] == "rate_limited"
+        assert refused.json()["error"] == ShareInUse.message
+        assert refused.json()["detail"] == ShareInUse.detail
         assert sessions(engine, ours=True, on_a_lock=True) == 1
         lock.commit()
         lock.close()
         for toggle in toggles:
             toggle.join()
         # The waiting toggle gave up with its turn not had, and changed nothing.
-        assert sorted(results) == [200, 503]
+        assert sorted(results) == [200, 429]
         assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
 
 

@@ -303,6 +303,7 @@ def test_a_head_that_stops_coming_gets_408_within_the_request_timeout(
         status, _, body = _error(_read_all(sock))
     assert status == 408
     assert body["code"] == "request_timeout"
+    assert "within 1 s" in str(body["detail"])  # the bound, not the setting's name
     assert 0.9 < time.monotonic() - started < 4
 
 

@@ -80,6 +80,10 @@ def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> N
         ("CORS_ORIGINS", "http://b.example?x=1"),
         ("CORS_ORIGINS", "http://user@a.example"),
         ("CORS_ORIGINS", "http://localhost:99999"),
+        # urllib sends no credentials, and the fetch's failure logged them
+        ("JWT_JWKS_URL", "http://user:secret@keys.example/jwks"),
+        ("RATE_LIMIT", "1000000000/second"),
+        ("JWT_USER_CLAIM", "  "),
     ],
 )
 def test_bad_setting_fails_with_one_line_naming_it(
@@ -241,6 +245,17 @@ def test_auth_failure_limit_defaults_on_and_turns_off() -> None:
     assert make(AUTH_FAILURE_LIMIT="").auth_failure_limit == (30, 60)
     assert make(AUTH_FAILURE_LIMIT="5/second").auth_failure_limit == (5, 1)
     assert make(AUTH_FAILURE_LIMIT="off").auth_failure_limit is None
+
+
+def test_the_rate_limit_turns_off_as_the_failure_limit_does() -> None:
+    assert make(RATE_LIMIT="off").rate_limit is None
+    assert make(RATE_LIMIT=" OFF ").rate_limit is None
+    assert make(RATE_LIMIT="5/second").rate_limit == (5, 1)
+
+
+def test_the_user_claim_is_read_without_spaces_around_it() -> None:
+    """`JWT_USER_CLAIM="sub "` named a claim no token has: every token a 401."""
+    assert make(JWT_USER_CLAIM=" sub ").JWT_USER_CLAIM == "sub"
 
 
 def test_metrics_token_must_be_long(monkeypatch: pytest.MonkeyPatch) -> None:

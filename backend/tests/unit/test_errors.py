@@ -4,9 +4,9 @@ import json
 
 from app.edge.protocol import (
     HEAD_TOO_LARGE,
-    TIMED_OUT,
     TOO_MANY_CONNECTIONS,
     canned_response,
+    timed_out,
 )
 from app.errors import (
     AppError,
@@ -71,7 +71,7 @@ def test_every_error_has_a_detail_of_its_own() -> None:
 
 
 def test_errors_answered_before_the_app_carry_detail_too() -> None:
-    for error in (HEAD_TOO_LARGE, TIMED_OUT, TOO_MANY_CONNECTIONS):
+    for error in (HEAD_TOO_LARGE, timed_out(10), TOO_MANY_CONNECTIONS):
         body = json.loads(canned_response(error, "an-id").partition(b"\r\n\r\n")[2])
         assert body["detail"], body
 
