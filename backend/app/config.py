@@ -119,8 +119,8 @@ class Settings(BaseSettings):
     DB_POOL_RECYCLE: int = Field(default=300, ge=-1)
     # Requests of one user running at once per worker (each holds at most one
     # pooled connection, so the others' requests find one free); the user's next
-    # ones wait their turn, within DB_POOL_TIMEOUT (then 429), at most half of
-    # HTTP_MAX_ACTIVE running and waiting (past it, 429). Unset: a quarter of the pool
+    # ones wait their turn (holding no running place), within DB_POOL_TIMEOUT (then
+    # 429). Unset: a quarter of the pool
     # (DB_POOL_SIZE + DB_MAX_OVERFLOW), at least 2.
     USER_MAX_ACTIVE: int | None = Field(default=None, ge=1, le=1_000_000)
     # Bounds every statement (0 = off). Sent as a connection option, which PgBouncer

@@ -26,6 +26,7 @@ from app.edge.middleware import (
     LoadShedMiddleware,
     RequestContextMiddleware,
 )
+from app.edge.protocol import worker_admission
 from app.edge.ratelimit import MemoryStore, RateLimiter, RedisStore
 from app.edge.shares import UserShares
 from app.errors import register_exception_handlers
@@ -155,9 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.warning("authentication is OFF: every /api request is accepted")
     app.state.rate_limiter, app.state.auth_failures = _limiters(settings)
     app.state.shares = UserShares(
-        settings.user_max_active,
-        in_flight=settings.HTTP_MAX_ACTIVE // 2,
-        wait=settings.DB_POOL_TIMEOUT,
+        settings.user_max_active, settings.DB_POOL_TIMEOUT, worker_admission()
     )
     token = settings.METRICS_TOKEN
     app.state.metrics_token = token.get_secret_value() if token else None

@@ -254,18 +254,28 @@ class Admission:
                 return
 
     def _finished(self, *, stopping: bool) -> None:
-        self.running -= 1
         if stopping:
             self.stopping = True
             while self.waiting:
                 protocol, cycle, _ = self.waiting.popleft()
                 protocol.close_with(TOO_MANY_CONNECTIONS, cycle)
+        self.step_aside()
+
+    def step_aside(self) -> None:
+        """A running request gives up its running place (finished, or waiting
+        for its user's turn: `edge.shares`); the next waiting ones start."""
+        self.running -= 1
         while self.waiting and self.running < self.active:
             self._start(*self.waiting.popleft())
 
+    def step_back(self) -> None:
+        """A request that stepped aside runs again, at once: it was admitted
+        already (so `active` may be passed until running ones finish)."""
+        self.running += 1
+
 
 @cache
-def _worker_admission() -> Admission:
+def worker_admission() -> Admission:
     """One per worker process (uvicorn runs one server in each)."""
     settings = get_settings()
     return Admission(settings.HTTP_MAX_ACTIVE, settings.HTTP_MAX_IN_FLIGHT)
@@ -320,7 +330,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.deadline: asyncio.TimerHandle | None = None
         # Armed while the client does not take what is written (writing paused).
         self.stalled: asyncio.TimerHandle | None = None
-        self.admission = _worker_admission()
+        self.admission = worker_admission()
         # A request whose head is read and whose body is still coming.
         self.unread: tuple[RequestResponseCycle, ASGI3Application] | None = None
         # Bytes read and dropped of a body refused (413) before the app had it.

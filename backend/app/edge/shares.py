@@ -6,15 +6,16 @@ most their share of the pool, and other users' requests find a connection free.
 Without it, 24 searches of one user held the whole pool, and other users' reads
 went from 2,082 to 2 a second (specs/006-operations).
 
-A waiting request holds one of the worker's running places (HTTP_MAX_ACTIVE), so a
-user may have at most `in_flight` requests running or waiting (half the running
-places): past it, and for a turn not had within DB_POOL_TIMEOUT, a 429 at once.
-Without that cap, 70 slow searches of one user filled the 64 places and other
-users' reads waited 3 s (200: 26 s)."""
+A request waiting for its turn gives up its running place in the worker
+(HTTP_MAX_ACTIVE) meanwhile, and takes one again at once when its turn comes: one
+user's waiting requests never keep other users' from starting (holding them, 70
+slow searches of one user filled the 64 places, and other users' reads waited
+3 s; 200: 26 s). A turn not had within DB_POOL_TIMEOUT is a 429."""
 
 import asyncio
 from collections import deque
 
+from app.edge.protocol import Admission
 from app.errors import RateLimited
 from app.observability import metrics
 
@@ -33,10 +34,10 @@ class ShareInUse(RateLimited):
 
 
 class UserShares:
-    def __init__(self, limit: int, in_flight: int, wait: float) -> None:
+    def __init__(self, limit: int, wait: float, admission: Admission) -> None:
         self._limit = limit
-        self._in_flight = max(in_flight, limit)
         self._wait = wait
+        self._admission = admission
         # Users with a request running: how many run, and who waits, oldest first.
         self._running: dict[str, int] = {}
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
@@ -48,14 +49,11 @@ class UserShares:
         if running < self._limit:
             self._running[user] = running + 1
             return
-        waiting = self._waiting.get(user)
-        if running + (len(waiting) if waiting else 0) >= self._in_flight:
-            raise ShareInUse()
-        if waiting is None:
-            waiting = self._waiting[user] = deque()
+        waiting = self._waiting.setdefault(user, deque())
         metrics.USER_SHARE_WAITS.inc()
         turn = asyncio.get_running_loop().create_future()
         waiting.append(turn)
+        self._admission.step_aside()
         try:
             async with asyncio.timeout(self._wait):
                 await turn
@@ -69,6 +67,8 @@ class UserShares:
             if isinstance(exc, TimeoutError):
                 raise ShareInUse() from None
             raise
+        finally:
+            self._admission.step_back()
 
     def give(self, user: str) -> None:
         """A running request of `user` has finished: its turn goes to the user's

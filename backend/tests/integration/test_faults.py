@@ -572,6 +572,60 @@ def test_one_users_requests_hold_only_their_share_of_the_pool(
         assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
 
 
+def test_a_users_requests_waiting_for_their_turn_hold_no_running_place(
+    database: str, engine: Engine
+) -> None:
+    """HTTP_MAX_ACTIVE=2, USER_MAX_ACTIVE=1: one user's request runs (on a locked
+    task) and two more wait for the user's turn, having given up their running
+    places, so another user's read starts at once. Holding them, the two places
+    were full and the read waited for the waiters to give up (a hostile trial:
+    70 slow searches of one user, other users' reads 3 s)."""
+    user, other = new_user_id(), new_user_id()
+    env = {
+        "DB_POOL_SIZE": "2",
+        "USER_MAX_ACTIVE": "1",
+        "HTTP_MAX_ACTIVE": "2",
+        "DB_POOL_TIMEOUT": "8",
+    }
+    with (
+        running_server(database, None, **env) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        task = c.post(tasks_url(user), json={"title": "contended"}).json()
+        theirs = c.post(tasks_url(other), json={"title": "free"}).json()
+        waits = metric(c, "user_share_waits_total")
+        lock = _lock_task(database, task["id"])
+        results: list[int] = []
+        toggles = [
+            threading.Thread(
+                target=lambda: results.append(
+                    httpx.patch(
+                        base + tasks_url(user, task["id"]) + "/complete", timeout=30
+                    ).status_code
+                )
+            )
+            for _ in range(3)
+        ]
+        for toggle in toggles:
+            toggle.start()
+        wait_until(  # one on the lock, two waiting for the user's turn
+            "a request on the lock and two waiting for their turn",
+            lambda: (
+                sessions(engine, ours=True, on_a_lock=True) == 1
+                and metric(c, "user_share_waits_total") == waits + 2
+            ),
+        )
+        started = time.monotonic()
+        assert c.get(tasks_url(other, theirs["id"])).json() == theirs
+        assert time.monotonic() - started < 2
+        lock.commit()
+        lock.close()
+        for toggle in toggles:
+            toggle.join()
+        assert results == [200, 200, 200]
+        assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
+
+
 def test_statement_timeout_bounds_a_stuck_query(database: str) -> None:
     user = new_user_id()
     with running_server(database, DB_STATEMENT_TIMEOUT_MS="500") as base:

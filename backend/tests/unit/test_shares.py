@@ -1,17 +1,28 @@
 """Each user's share of a worker (`edge.shares`): past USER_MAX_ACTIVE running
 requests, a user's next ones wait their turn in arrival order, without holding
-up other users; a turn not had within the wait, or past the user's requests in
-flight, is a 429 (specs/006-operations)."""
+up other users or their running places; a turn not had within the wait is a 429
+(specs/006-operations)."""
 
 import asyncio
 
 import pytest
 from prometheus_client import REGISTRY
 
+from app.edge.protocol import Admission
 from app.edge.shares import ShareInUse, UserShares
 from app.errors import RateLimited
 
 pytestmark = pytest.mark.anyio
+
+
+# The worker's running places: these tests' requests hold none of their own.
+RUNNING = 5
+
+
+def _shares(limit: int, wait: float) -> UserShares:
+    admission = Admission(active=64, in_flight=100)
+    admission.running = RUNNING
+    return UserShares(limit, wait, admission)
 
 
 def _waits() -> float | None:
@@ -24,7 +35,7 @@ async def _settle() -> None:
 
 
 async def test_past_the_limit_a_users_requests_wait_in_arrival_order() -> None:
-    shares = UserShares(limit=2, in_flight=100, wait=5)
+    shares = _shares(2, 5)
     waits = _waits()
     await shares.take("a")
     await shares.take("a")
@@ -32,6 +43,8 @@ async def test_past_the_limit_a_users_requests_wait_in_arrival_order() -> None:
     turns = [asyncio.ensure_future(shares.take("a")) for _ in range(3)]
     await _settle()
     assert not any(turn.done() for turn in turns)
+    # Each waiting request gave up its running place, and takes it back later.
+    assert shares._admission.running == RUNNING - 3
     assert waits is not None
     assert _waits() == waits + 3
     shares.give("a")
@@ -41,10 +54,11 @@ async def test_past_the_limit_a_users_requests_wait_in_arrival_order() -> None:
     shares.give("a")
     await _settle()
     assert all(turn.done() for turn in turns)
+    assert shares._admission.running == RUNNING
 
 
 async def test_another_user_is_not_held_up_by_one_at_the_limit() -> None:
-    shares = UserShares(limit=1, in_flight=100, wait=5)
+    shares = _shares(1, 5)
     await shares.take("a")
     waiting = asyncio.ensure_future(shares.take("a"))
     await asyncio.wait_for(shares.take("b"), 1)
@@ -56,7 +70,7 @@ async def test_another_user_is_not_held_up_by_one_at_the_limit() -> None:
 
 
 async def test_a_turn_not_had_in_time_is_a_429_and_takes_no_place() -> None:
-    shares = UserShares(limit=1, in_flight=100, wait=0.05)
+    shares = _shares(1, 0.05)
     await shares.take("a")
     with pytest.raises(ShareInUse) as refused:
         await shares.take("a")
@@ -67,10 +81,11 @@ async def test_a_turn_not_had_in_time_is_a_429_and_takes_no_place() -> None:
     shares.give("a")
     assert not shares._running  # nothing is kept for "a"
     assert not shares._waiting
+    assert shares._admission.running == RUNNING
 
 
 async def test_a_waiter_cancelled_is_skipped() -> None:
-    shares = UserShares(limit=1, in_flight=100, wait=5)
+    shares = _shares(1, 5)
     await shares.take("a")
     gone = asyncio.ensure_future(shares.take("a"))
     next_one = asyncio.ensure_future(shares.take("a"))
@@ -84,7 +99,7 @@ async def test_a_waiter_cancelled_is_skipped() -> None:
 async def test_a_turn_handed_to_a_waiter_that_gave_up_is_passed_on() -> None:
     """The turn was handed over (`give`) just as its waiter was cancelled: it
     must reach the next waiter, not be lost (the user would wait forever)."""
-    shares = UserShares(limit=1, in_flight=100, wait=5)
+    shares = _shares(1, 5)
     await shares.take("a")
     first = asyncio.ensure_future(shares.take("a"))
     second = asyncio.ensure_future(shares.take("a"))
@@ -99,7 +114,7 @@ async def test_a_turn_handed_to_a_waiter_that_gave_up_is_passed_on() -> None:
 
 
 async def test_a_user_with_nothing_running_is_forgotten() -> None:
-    shares = UserShares(limit=1, in_flight=100, wait=5)
+    shares = _shares(1, 5)
     for user in ("a", "b"):
         await shares.take(user)
     waiting = asyncio.ensure_future(shares.take("a"))
@@ -112,30 +127,11 @@ async def test_a_user_with_nothing_running_is_forgotten() -> None:
     assert not shares._waiting
 
 
-async def test_past_the_users_requests_in_flight_the_next_is_refused_at_once() -> None:
-    """Waiting requests hold the worker's running places: a user may have at
-    most `in_flight` running or waiting, so others always find places."""
-    shares = UserShares(limit=1, in_flight=3, wait=5)
-    await shares.take("a")
-    waiting = [asyncio.ensure_future(shares.take("a")) for _ in range(2)]
-    await _settle()
-    with pytest.raises(ShareInUse):
-        await asyncio.wait_for(shares.take("a"), 0.1)  # at once, not after a wait
-    await asyncio.wait_for(shares.take("b"), 1)  # another user is not refused
-    for _ in range(3):
-        shares.give("a")
-        await _settle()
-    assert all(turn.done() and turn.exception() is None for turn in waiting)
-    shares.give("b")
-    assert not shares._running
-    assert not shares._waiting
-
-
 async def test_a_waiter_cancelled_before_it_runs_again_is_skipped_by_give() -> None:
     """A waiter timed out (or cancelled) has its turn cancelled at once, but
     leaves the queue only when its task runs again: a `give` in between must
     pass over it, not fail (a 500, a trial), and must not lose the place."""
-    shares = UserShares(limit=1, in_flight=100, wait=5)
+    shares = _shares(1, 5)
     await shares.take("a")
     gone = asyncio.ensure_future(shares.take("a"))
     await _settle()
@@ -145,4 +141,5 @@ async def test_a_waiter_cancelled_before_it_runs_again_is_skipped_by_give() -> N
     assert gone.cancelled()
     assert not shares._running
     assert not shares._waiting
+    assert shares._admission.running == RUNNING
     await asyncio.wait_for(shares.take("a"), 1)  # the place is free
