@@ -203,8 +203,13 @@ def serve(settings: Settings, url: str) -> None:
         backlog=settings.HTTP_BACKLOG,
     )
     if config.workers > 1:  # what uvicorn.run does, with the supervisor above
+        sock = config.bind_socket()
+        # Listening from now (uvicorn's workers each start listening as they come
+        # up, 1-2 s after it logged "running on"): a connection made meanwhile
+        # waits in the backlog for a worker, instead of being refused.
+        sock.listen(config.backlog)
         with _shared_metrics():
-            _Supervisor(config, sockets=[config.bind_socket()]).run()
+            _Supervisor(config, sockets=[sock]).run()
         return
     server = uvicorn.Server(config)
     server.run()

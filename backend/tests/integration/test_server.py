@@ -3,8 +3,11 @@
 import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +17,7 @@ import pytest
 from sqlalchemy import make_url
 
 from tests.factories import create_task, new_user_id, tasks_url
-from tests.server import free_port, running_server, server_process
+from tests.server import BACKEND, free_port, running_server, server_process, stop
 
 
 @pytest.fixture(scope="module")
@@ -441,3 +444,40 @@ def test_start_up_says_which_database_it_reached(
     if url.username:
         assert reached.endswith(f", as {url.username}")
     assert not url.password or url.password not in reached
+
+
+def test_with_several_workers_a_connection_made_as_they_start_is_served(
+    database_url: str, engine: object, tmp_path: Path
+) -> None:
+    """`python -m app` with WEB_CONCURRENCY=2 logs "Uvicorn running on" before its
+    workers have started (1-2 s): a connection made then waits for them, it is not
+    refused (an operator trial: a readiness check keyed on that line failed)."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ENVIRONMENT": "test",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "PYTHONPATH": str(BACKEND),
+    }
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=BACKEND,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while b"Uvicorn running on" not in log.read_bytes():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.1 200 ")
+    finally:
+        stop(process, timeout=30)
