@@ -18,12 +18,22 @@ def rows_read(plan: dict[str, Any], table: str) -> list[int]:
     return rows
 
 
-def explain(database_url: str, query: Query[Any], params: dict[str, Any]) -> Any:
-    """The plan `query` runs with (its top node), with actual row counts."""
+def explain(
+    database_url: str,
+    query: Query[Any],
+    params: dict[str, Any],
+    *,
+    generic: bool = False,
+) -> Any:
+    """The plan `query` runs with (its top node), with actual row counts; or the
+    `generic` plan, made for any values, which a prepared statement runs with
+    after its first five runs if it costs about as much."""
 
     async def run() -> Any:
         connection = await asyncpg.connect(database_url)
         try:
+            if generic:
+                await connection.execute("SET plan_cache_mode = force_generic_plan")
             statement = f"EXPLAIN (ANALYZE, FORMAT JSON) {query.sql}"
             return json.loads(await connection.fetchval(statement, *query.args(params)))
         finally:

@@ -3,6 +3,7 @@
 its indexes (models) and in the statement (services): had the two drifted apart,
 every page would have sorted all the user's tasks, and no other test noticed."""
 
+from collections.abc import Iterator
 from typing import Any, get_args
 
 import pytest
@@ -48,3 +49,45 @@ def test_a_page_reads_no_more_rows_than_it_sends(
     plan = explain(database_url, query, {**params, "user_id": user})
     assert max(rows_read(plan, "task")) <= 11
     assert index in {node.get("Index Name") for node in _plan_nodes(plan)}
+
+
+@pytest.fixture(scope="module")
+def crowd(engine: Engine) -> Iterator[None]:
+    """Another user with 200,000 tasks: PostgreSQL then plans a search of any
+    user's tasks as if it had many (the generic plan)."""
+    other = new_user_id()
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO task (user_id, title) "
+                "SELECT :u, md5(g::text) FROM generate_series(1, 200000) g"
+            ),
+            {"u": other},
+        )
+        connection.execute(text("ANALYZE task"))
+    yield
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM task WHERE user_id = :u"), {"u": other})
+        connection.execute(text("ANALYZE task"))
+
+
+@pytest.mark.parametrize("q", ["t1", "1", "a-b", "%_"])
+@pytest.mark.usefixtures("crowd")
+def test_a_search_with_no_trigram_reads_the_users_tasks_not_a_trigram_index(
+    database_url: str, user: str, q: str
+) -> None:
+    """A trigram index has nothing to look up for such a `q`: it would read the
+    entries of every user's tasks (a hostile trial: 1.3 s for a search of 100
+    tasks, beside another user's 510,000). The user's own tasks are read instead."""
+    query, params = list_query(TaskListQuery(q=q, limit=10))
+    plan = explain(database_url, query, {**params, "user_id": user}, generic=True)
+    used = {node.get("Index Name") for node in _plan_nodes(plan)}
+    assert not used & {"ix_task_title_trgm", "ix_task_description_trgm"}, used
+
+
+def test_a_search_with_a_trigram_keeps_to_the_indexed_columns() -> None:
+    """Only a `q` without a trigram leaves the trigram indexes aside."""
+    searched, _ = list_query(TaskListQuery(q="t12", limit=10))
+    assert "||" not in searched.sql
+    short, _ = list_query(TaskListQuery(q="t1", limit=10))
+    assert "||" in short.sql
