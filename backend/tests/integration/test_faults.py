@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -480,6 +481,27 @@ def _lock_task(url: str, task_id: int) -> Any:
     return conn
 
 
+@contextmanager
+def _toggling(base: str, user: str, task_id: int, count: int) -> Iterator[list[int]]:
+    """`count` toggles of the task sent at once, a thread each; their statuses,
+    once every one has answered (as the block ends)."""
+    url = base + tasks_url(user, task_id) + "/complete"
+    results: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(httpx.patch(url, timeout=30).status_code)
+        )
+        for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield results
+    finally:
+        for thread in threads:
+            thread.join()
+
+
 def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(
     database: str, engine: Engine
 ) -> None:
@@ -491,31 +513,17 @@ def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(
     ):
         task = c.post(tasks_url(user), json={"title": "contended"}).json()
         lock = _lock_task(database, task["id"])
-        results: list[int] = []
-        holders = [
-            threading.Thread(
-                target=lambda: results.append(
-                    httpx.patch(
-                        base + tasks_url(user, task["id"]) + "/complete", timeout=30
-                    ).status_code
-                )
+        with _toggling(base, user, task["id"], 2) as results:
+            wait_until(  # both pooled connections wait on the lock
+                "2 requests wait on the lock",
+                lambda: sessions(engine, ours=True, on_a_lock=True) == 2,
             )
-            for _ in range(2)
-        ]
-        for holder in holders:
-            holder.start()
-        wait_until(  # both pooled connections wait on the lock
-            "2 requests wait on the lock",
-            lambda: sessions(engine, ours=True, on_a_lock=True) == 2,
-        )
-        started = time.monotonic()
-        # Another user's (the first user's own would wait for their share)
-        assert_503(c.get(tasks_url(new_user_id())))
-        assert 0.8 < time.monotonic() - started < 5
-        lock.commit()
-        lock.close()
-        for holder in holders:
-            holder.join()
+            started = time.monotonic()
+            # Another user's (the first user's own would wait for their share)
+            assert_503(c.get(tasks_url(new_user_id())))
+            assert 0.8 < time.monotonic() - started < 5
+            lock.commit()
+            lock.close()
         assert results == [200, 200]
         assert c.get(tasks_url(user)).status_code == 200
 
@@ -536,37 +544,23 @@ def test_one_users_requests_hold_only_their_share_of_the_pool(
         task = c.post(tasks_url(user), json={"title": "contended"}).json()
         theirs = c.post(tasks_url(other), json={"title": "free"}).json()
         lock = _lock_task(database, task["id"])
-        results: list[int] = []
-        toggles = [
-            threading.Thread(
-                target=lambda: results.append(
-                    httpx.patch(
-                        base + tasks_url(user, task["id"]) + "/complete", timeout=30
-                    ).status_code
-                )
+        with _toggling(base, user, task["id"], 2) as results:
+            wait_until(  # one runs (on the lock); the other waits for its turn
+                "a request waits on the lock",
+                lambda: sessions(engine, ours=True, on_a_lock=True) == 1,
             )
-            for _ in range(2)
-        ]
-        for toggle in toggles:
-            toggle.start()
-        wait_until(  # one runs (on the lock); the other waits for its turn
-            "a request waits on the lock",
-            lambda: sessions(engine, ours=True, on_a_lock=True) == 1,
-        )
-        started = time.monotonic()
-        assert c.get(tasks_url(other, theirs["id"])).json() == theirs
-        assert time.monotonic() - started < 0.8
-        refused = c.get(tasks_url(user))
-        assert refused.status_code == 429, refused.text
-        assert refused.headers["retry-after"] == "1"
-        assert refused.json()["code"] == "rate_limited"
-        assert refused.json()["error"] == ShareInUse.message
-        assert refused.json()["detail"] == ShareInUse.detail
-        assert sessions(engine, ours=True, on_a_lock=True) == 1
-        lock.commit()
-        lock.close()
-        for toggle in toggles:
-            toggle.join()
+            started = time.monotonic()
+            assert c.get(tasks_url(other, theirs["id"])).json() == theirs
+            assert time.monotonic() - started < 0.8
+            refused = c.get(tasks_url(user))
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["code"] == "rate_limited"
+            assert refused.json()["error"] == ShareInUse.message
+            assert refused.json()["detail"] == ShareInUse.detail
+            assert sessions(engine, ours=True, on_a_lock=True) == 1
+            lock.commit()
+            lock.close()
         # The waiting toggle gave up with its turn not had, and changed nothing.
         assert sorted(results) == [200, 429]
         assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
@@ -595,33 +589,19 @@ def test_a_users_requests_waiting_for_their_turn_hold_no_running_place(
         theirs = c.post(tasks_url(other), json={"title": "free"}).json()
         waits = metric(c, "user_share_waits_total")
         lock = _lock_task(database, task["id"])
-        results: list[int] = []
-        toggles = [
-            threading.Thread(
-                target=lambda: results.append(
-                    httpx.patch(
-                        base + tasks_url(user, task["id"]) + "/complete", timeout=30
-                    ).status_code
-                )
+        with _toggling(base, user, task["id"], 3) as results:
+            wait_until(  # one on the lock, two waiting for the user's turn
+                "a request on the lock and two waiting for their turn",
+                lambda: (
+                    sessions(engine, ours=True, on_a_lock=True) == 1
+                    and metric(c, "user_share_waits_total") == waits + 2
+                ),
             )
-            for _ in range(3)
-        ]
-        for toggle in toggles:
-            toggle.start()
-        wait_until(  # one on the lock, two waiting for the user's turn
-            "a request on the lock and two waiting for their turn",
-            lambda: (
-                sessions(engine, ours=True, on_a_lock=True) == 1
-                and metric(c, "user_share_waits_total") == waits + 2
-            ),
-        )
-        started = time.monotonic()
-        assert c.get(tasks_url(other, theirs["id"])).json() == theirs
-        assert time.monotonic() - started < 2
-        lock.commit()
-        lock.close()
-        for toggle in toggles:
-            toggle.join()
+            started = time.monotonic()
+            assert c.get(tasks_url(other, theirs["id"])).json() == theirs
+            assert time.monotonic() - started < 2
+            lock.commit()
+            lock.close()
         assert results == [200, 200, 200]
         assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
 
@@ -677,26 +657,15 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(
     ) as (base, process):
         task = httpx.post(base + tasks_url(user), json={"title": "in flight"}).json()
         lock = _lock_task(database, task["id"])
-        results: list[int] = []
-        url = base + tasks_url(user, task["id"]) + "/complete"
-        in_flight = [
-            threading.Thread(
-                target=lambda: results.append(httpx.patch(url, timeout=30).status_code)
+        with _toggling(base, user, task["id"], 3) as results:
+            wait_until(
+                "3 requests wait on the lock",
+                lambda: sessions(engine, ours=True, on_a_lock=True) == 3,
             )
-            for _ in range(3)
-        ]
-        for thread in in_flight:
-            thread.start()
-        wait_until(
-            "3 requests wait on the lock",
-            lambda: sessions(engine, ours=True, on_a_lock=True) == 3,
-        )
-        process.send_signal(signum)
-        _wait_until_connections_are_refused(base + "/health")
-        lock.commit()
-        lock.close()
-        for thread in in_flight:
-            thread.join()
+            process.send_signal(signum)
+            _wait_until_connections_are_refused(base + "/health")
+            lock.commit()
+            lock.close()
         # a clean shutdown, not death by signal
         assert process.wait(timeout=15) == (129 if signum == signal.SIGHUP else 0)
     assert results == [200, 200, 200]
