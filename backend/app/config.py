@@ -273,7 +273,6 @@ class Settings(BaseSettings):
         "JWT_JWKS_URL",
         "JWT_ISSUER",
         "CURSOR_SECRET",
-        "RATE_LIMIT",
         "REDIS_URL",
         "DB_STATEMENT_CACHE_SIZE",
         "DB_STATEMENT_TIMEOUT_MS",

@@ -6,6 +6,7 @@ sends any other one to the server as a setting, where a libpq-only parameter suc
 as `channel_binding` fails the connection. So every parameter is either passed on,
 translated here, or refused with one line naming it."""
 
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,11 +184,13 @@ def parse_database_url(raw: str) -> DatabaseURL:
     for name, choices in _CHOICES.items():
         if name in query and query[name] not in choices:
             raise ValueError(f"{name} must be one of {', '.join(choices)}")
-    if query.get("client_encoding", "utf8").lower() not in ("utf8", "utf-8", "unicode"):
+    encoding = re.sub(r"[^a-z0-9]", "", query.get("client_encoding", "utf8").lower())
+    if encoding not in ("utf8", "unicode"):  # as PostgreSQL reads the names
         # Titles are Unicode: in another encoding, one with a character it lacks
         # failed its request (a 500, a trial).
         raise ValueError("client_encoding must be UTF8")
-    if "statement_timeout" in query.get("options", ""):
+    options = query.get("options", "").lower().replace("-", "_")
+    if "statement_timeout" in options:  # PostgreSQL reads - as _, in any case
         # The service sends its own (DB_STATEMENT_TIMEOUT_MS), which the server
         # takes over this one, and bounds its own wait by it.
         raise ValueError(

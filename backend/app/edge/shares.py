@@ -42,19 +42,20 @@ class UserShares:
         self._running: dict[str, int] = {}
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
 
-    async def take(self, user: str) -> None:
+    async def take(self, user: str) -> bool:
         """A turn for `user`: at once while the user has fewer than `limit`
-        running, else when one of theirs finishes (`give` hands its turn on)."""
+        running, else when one of theirs finishes (`give` hands its turn on).
+        Whether it waited (its client may have hung up meanwhile)."""
         running = self._running.get(user, 0)
         if running < self._limit:
             self._running[user] = running + 1
-            return
+            return False
         waiting = self._waiting.setdefault(user, deque())
         metrics.USER_SHARE_WAITS.inc()
         turn = asyncio.get_running_loop().create_future()
         waiting.append(turn)
-        self._admission.step_aside()
         try:
+            self._admission.step_aside()
             async with asyncio.timeout(self._wait):
                 await turn
         except BaseException as exc:
@@ -69,11 +70,12 @@ class UserShares:
             raise
         finally:
             self._admission.step_back()
+        return True
 
     def give(self, user: str) -> None:
         """A running request of `user` has finished: its turn goes to the user's
         oldest request still waiting, if any. A waiter already cancelled (timed
-        out, or its client gone) whose task has not run since is skipped."""
+        out, or the server's shutdown) whose task has not run since is skipped."""
         waiting = self._waiting.get(user)
         handed = False
         while waiting and not handed:

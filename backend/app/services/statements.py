@@ -259,7 +259,7 @@ def list_statement(sort: str, used: frozenset[str]) -> Select[Any]:
         title: ColumnElement[Any] = TASK.c.title
         description: ColumnElement[Any] = TASK.c.description
         if "q_unindexed" in used:
-            # Not the trigram indexes: for a `q` with no trigram in it, they
+            # Not the trigram indexes: for a `q` without a sure trigram they
             # would read the entries of every user's tasks (1.3 s for a search
             # of 100 tasks beside another user's 510,000: a hostile trial).
             title, description = title.concat(""), description.concat("")
@@ -307,9 +307,11 @@ def list_query(
     return _compiled_list(query.sort, used), params
 
 
-# pg_trgm looks up the trigrams of a pattern's runs of three or more letters or
-# digits; a pattern without one matches every entry of its index.
-_TRIGRAM = re.compile(r"[^\W_]{3}")
+# pg_trgm looks up the trigrams inside a pattern's runs of three or more letters
+# or digits (what counts as one depends on the database's locale: only ASCII's are
+# sure); a pattern with none has only the trigrams of word edges (`  a`, ` ab`),
+# which many users' tasks have, or none at all: every entry of the index matches.
+_TRIGRAM = re.compile(r"[A-Za-z0-9]{3}")
 
 
 def _list_params(query: TaskListQuery) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -603,6 +604,43 @@ def test_a_users_requests_waiting_for_their_turn_hold_no_running_place(
             lock.commit()
             lock.close()
         assert results == [200, 200, 200]
+        assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
+
+
+def test_a_request_whose_client_hung_up_while_it_waited_its_turn_is_not_run(
+    database: str, engine: Engine
+) -> None:
+    """USER_MAX_ACTIVE=1: a toggle waits for the user's turn behind one on a
+    locked task, and its client hangs up. When the turn comes it is not run (a
+    review: it toggled for nobody, ahead of the user's live requests)."""
+    user = new_user_id()
+    with (
+        running_server(database, None, DB_POOL_SIZE="2", USER_MAX_ACTIVE="1") as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        task = c.post(tasks_url(user), json={"title": "once"}).json()
+        waits = metric(c, "user_share_waits_total")
+        lock = _lock_task(database, task["id"])
+        with _toggling(base, user, task["id"], 1) as results:
+            wait_until(
+                "a request waits on the lock",
+                lambda: sessions(engine, ours=True, on_a_lock=True) == 1,
+            )
+            host, port = base.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as gone:
+                gone.sendall(
+                    f"PATCH {tasks_url(user, task['id'])}/complete HTTP/1.1\r\n"
+                    "Host: t\r\nContent-Length: 0\r\n\r\n".encode()
+                )
+                wait_until(
+                    "the second waits for its turn",
+                    lambda: metric(c, "user_share_waits_total") == waits + 1,
+                )
+            time.sleep(0.3)  # the server sees the hang-up
+            lock.commit()
+            lock.close()
+        assert results == [200]
+        time.sleep(1)  # the second, had it run, has long finished
         assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
 
 

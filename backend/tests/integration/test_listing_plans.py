@@ -71,14 +71,20 @@ def crowd(engine: Engine) -> Iterator[None]:
         connection.execute(text("ANALYZE task"))
 
 
-@pytest.mark.parametrize("q", ["t1", "1", "a-b", "%_"])
+@pytest.mark.parametrize("q", ["t1", "1", "a-b", "%_", "²²²"])
 @pytest.mark.usefixtures("crowd")
 def test_a_search_with_no_trigram_reads_the_users_tasks_not_a_trigram_index(
-    database_url: str, user: str, q: str
+    database_url: str, engine: Engine, user: str, q: str
 ) -> None:
     """A trigram index has nothing to look up for such a `q`: it would read the
     entries of every user's tasks (a hostile trial: 1.3 s for a search of 100
     tasks, beside another user's 510,000). The user's own tasks are read instead."""
+    with engine.connect() as connection:
+        indexes = connection.execute(
+            text("SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%_trgm'")
+        ).scalar_one()
+    if not indexes:
+        pytest.skip("no trigram indexes here (the server lacks pg_trgm or btree_gin)")
     query, params = list_query(TaskListQuery(q=q, limit=10))
     plan = explain(database_url, query, {**params, "user_id": user}, generic=True)
     used = {node.get("Index Name") for node in _plan_nodes(plan)}

@@ -53,7 +53,9 @@ def test_libpq_parameters_asyncpg_reads_are_passed_on() -> None:
     assert unquote(parsed.dsn) == url
     assert parsed.connect_args == {}
     assert parsed.application_name == "x"
-    assert parse_database_url("postgresql://u@h/db?client_encoding=UTF8").dsn
+    for spelling in ("UTF8", "utf-8", "UTF_8", "unicode"):
+        url = f"postgresql://u@h/db?client_encoding={spelling}"
+        assert f"client_encoding={spelling}" in parse_database_url(url).dsn
 
 
 def test_connect_timeout_becomes_the_drivers_timeout() -> None:
@@ -144,6 +146,7 @@ def test_embedded_servers_socket_url_works() -> None:
         ("postgresql://u@h/db?target_session_attrs=any-one", "target_session_attrs"),
         ("postgresql://u@h/db?client_encoding=latin1", "UTF8"),
         ("postgresql://u@h/db?options=-c%20statement_timeout%3D5000", "DB_STATEMENT"),
+        ("postgresql://u@h/db?options=-c%20Statement-Timeout%3D0", "DB_STATEMENT"),
     ],
 )
 def test_what_cannot_be_honoured_is_one_line(

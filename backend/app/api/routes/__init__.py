@@ -14,7 +14,7 @@ from starlette.types import Scope
 
 from app.api.deps import admit, no_body
 from app.api.openapi import operation_id
-from app.edge.middleware import carries_a_body
+from app.edge.middleware import CLIENT_CLOSED_REQUEST, carries_a_body
 from app.edge.shares import UserShares
 
 # The last segments of routes/sync.py's paths under /tasks (checked by
@@ -40,8 +40,10 @@ class AdmittedRoute(APIRoute):
                 await no_body(request)
             shares: UserShares = request.app.state.shares
             user = request.path_params["user_id"]
-            await shares.take(user)
+            waited = await shares.take(user)
             try:
+                if waited and await _hung_up(request):
+                    return Response(status_code=CLIENT_CLOSED_REQUEST)
                 return await handle(request)
             finally:
                 shares.give(user)
@@ -55,6 +57,14 @@ class AdmittedRoute(APIRoute):
         if match is not Match.NONE and child["path_params"].get("id") in NAMED_PATHS:
             return Match.NONE, {}
         return match, child
+
+
+async def _hung_up(request: Request) -> bool:
+    """Whether the client hung up while its request waited for its user's turn:
+    such a request is not run (its turn goes on to the next). Its body is read
+    first (kept for the handler), so the check can only find a hang-up."""
+    await request.body()
+    return await request.is_disconnected()
 
 
 def api_router(tag: str) -> APIRouter:
