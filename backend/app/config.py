@@ -120,8 +120,7 @@ class Settings(BaseSettings):
     # Requests of one user running at once per worker (each holds at most one
     # pooled connection, so the others' requests find one free); the user's next
     # ones wait their turn (holding no running place), within DB_POOL_TIMEOUT (then
-    # 429). Unset: a quarter of the pool
-    # (DB_POOL_SIZE + DB_MAX_OVERFLOW), at least 2.
+    # 429). Unset: a quarter of the pool (DB_POOL_SIZE + DB_MAX_OVERFLOW), at least 2.
     USER_MAX_ACTIVE: int | None = Field(default=None, ge=1, le=1_000_000)
     # Bounds every statement (0 = off). Sent as a connection option, which PgBouncer
     # refuses unless told to ignore it: unset, 0 for a host with `-pooler` in its

@@ -238,10 +238,18 @@ def _sort_expression(
     return column
 
 
+# pg_trgm looks up the trigrams inside a pattern's runs of three or more letters
+# or digits (what counts as one depends on the database's locale: only ASCII's are
+# sure); a pattern with none has only the trigrams of word edges (`  a`, ` ab`),
+# which many users' tasks have, or none at all: every entry of the index matches.
+_TRIGRAM = re.compile(r"[A-Za-z0-9]{3}")
+
+
 def list_statement(sort: str, used: frozenset[str]) -> Select[Any]:
     """The listing query for a sort and the filters in `used` (names of
-    TaskListQuery's filters, and `after` when continuing from a cursor): one more
-    row than the page (`limit`), to know if another follows. `after` starts past
+    TaskListQuery's filters, `q_unindexed` for a `q` without a trigram, and
+    `after` when continuing from a cursor): one more row than the page (`limit`),
+    to know if another follows. `after` starts past
     the (sort value, id) position of the previous page's last task."""
     key = sort.removeprefix("-")
     descending = sort.startswith("-")
@@ -305,13 +313,6 @@ def list_query(
         params["after_value"], params["after_id"] = after
     params["limit"] = query.limit + 1
     return _compiled_list(query.sort, used), params
-
-
-# pg_trgm looks up the trigrams inside a pattern's runs of three or more letters
-# or digits (what counts as one depends on the database's locale: only ASCII's are
-# sure); a pattern with none has only the trigrams of word edges (`  a`, ` ab`),
-# which many users' tasks have, or none at all: every entry of the index matches.
-_TRIGRAM = re.compile(r"[A-Za-z0-9]{3}")
 
 
 def _list_params(query: TaskListQuery) -> dict[str, Any]:
