@@ -20,6 +20,7 @@ from app.edge.auth import TokenVerifier
 from app.edge.forwarded import ForwardedMiddleware
 from app.edge.middleware import (
     EXPOSED_HEADERS,
+    METHODS,
     BodyGuardMiddleware,
     CanonicalRequestMiddleware,
     JsonCORSMiddleware,
@@ -181,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         JsonCORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_methods=METHODS,
         allow_headers=settings.cors_allow_headers,
         allow_credentials=settings.CORS_ALLOW_CREDENTIALS,
         expose_headers=EXPOSED_HEADERS,
