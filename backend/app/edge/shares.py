@@ -10,12 +10,20 @@ A request waiting for its turn gives up its running place in the worker
 (HTTP_MAX_ACTIVE) meanwhile, and takes one again at once when its turn comes: one
 user's waiting requests never keep other users' from starting (holding them, 70
 slow searches of one user filled the 64 places, and other users' reads waited
-3 s; 200: 26 s). A turn not had within DB_POOL_TIMEOUT is a 429."""
+3 s; 200: 26 s). A turn not had within DB_POOL_TIMEOUT is a 429.
+
+The waiting requests of all users fill at most the worker's in-flight places
+(HTTP_MAX_IN_FLIGHT) less its running ones. When they are full, the user with the
+most waiting gives way: a newcomer of that user is a 429 at once, and one of
+another user takes the place of that user's newest waiting request, which is a
+429 (a one-user flood of ~2,000 requests would otherwise fill the worker's
+in-flight places, and every other user's requests would be 503s until it
+ended)."""
 
 import asyncio
 from collections import deque
 
-from app.edge.protocol import Admission
+from app.edge.protocol import OPERATOR_PLACES, Admission
 from app.errors import RateLimited
 from app.observability import metrics
 
@@ -38,9 +46,13 @@ class UserShares:
         self._limit = limit
         self._wait = wait
         self._admission = admission
+        # The in-flight places not needed by running requests: a request beyond
+        # them would be shed (`LoadShedMiddleware`), whoever's it is.
+        self._room = max(1, admission.in_flight - admission.active - OPERATOR_PLACES)
         # Users with a request running: how many run, and who waits, oldest first.
         self._running: dict[str, int] = {}
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        self._queued = 0  # requests in `_waiting`, of all users
 
     async def take(self, user: str) -> bool:
         """A turn for `user`: at once while the user has fewer than `limit`
@@ -50,19 +62,23 @@ class UserShares:
         if running < self._limit:
             self._running[user] = running + 1
             return False
+        if self._queued >= self._room:
+            self._give_way(user)
         waiting = self._waiting.setdefault(user, deque())
         metrics.USER_SHARE_WAITS.inc()
         turn = asyncio.get_running_loop().create_future()
         waiting.append(turn)
+        self._queued += 1
         try:
             self._admission.step_aside()
             async with asyncio.timeout(self._wait):
                 await turn
         except BaseException as exc:
-            if turn.done() and not turn.cancelled():
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
                 self.give(user)  # handed over as this one gave up: pass it on
-            elif turn in waiting:  # else `give` has dropped it already
+            elif turn in waiting:  # else `give` or `_give_way` has dropped it
                 waiting.remove(turn)
+                self._queued -= 1
                 if not waiting and self._waiting.get(user) is waiting:
                     del self._waiting[user]
             if isinstance(exc, TimeoutError):
@@ -80,6 +96,7 @@ class UserShares:
         handed = False
         while waiting and not handed:
             turn = waiting.popleft()
+            self._queued -= 1
             if not turn.done():
                 turn.set_result(None)  # the turn passes on: as many run
                 handed = True
@@ -92,3 +109,19 @@ class UserShares:
             self._running[user] = running
         else:
             del self._running[user]
+
+    def _give_way(self, user: str) -> None:
+        """The waiting places are full: the user with the most waiting gives one
+        up. `user` itself (ShareInUse), if none waits more than it; else that
+        user's newest waiting request (a 429 in its own task)."""
+        mine = len(self._waiting.get(user, ()))
+        heaviest = max(self._waiting, key=lambda other: len(self._waiting[other]))
+        waiting = self._waiting[heaviest]
+        if len(waiting) <= mine:
+            raise ShareInUse()
+        turn = waiting.pop()
+        self._queued -= 1
+        if not waiting:
+            del self._waiting[heaviest]
+        if not turn.done():  # else cancelled, and its task has not run since
+            turn.set_exception(ShareInUse())

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
 
 from app import errors
+from app.edge.protocol import OPERATOR_PLACES
 from app.edge.shares import ShareInUse
 from app.errors import DatabaseRefused
 from app.observability.logging import Throttled
@@ -604,6 +605,47 @@ def test_a_users_requests_waiting_for_their_turn_hold_no_running_place(
             lock.commit()
             lock.close()
         assert results == [200, 200, 200]
+        assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
+
+
+def test_one_users_flood_of_waiting_requests_never_sheds_another_users(
+    database: str, engine: Engine
+) -> None:
+    """HTTP_MAX_IN_FLIGHT leaves room for 3 waiting requests past the running
+    ones and the operators' places: of 13 toggles of one user at once, one runs
+    (on a locked task), 3 wait their turn and 9 are 429s. Another user's read is
+    served, and that user's newest waiting request gives way (429). Without it
+    the 12 waiting filled the in-flight places and the read was a 503."""
+    user, other = new_user_id(), new_user_id()
+    env = {
+        "DB_POOL_SIZE": "2",
+        "USER_MAX_ACTIVE": "1",
+        "HTTP_MAX_ACTIVE": "2",
+        "HTTP_MAX_IN_FLIGHT": str(2 + OPERATOR_PLACES + 3),
+        "DB_POOL_TIMEOUT": "8",
+    }
+    with (
+        running_server(database, None, **env) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        task = c.post(tasks_url(user), json={"title": "contended"}).json()
+        theirs = c.post(tasks_url(other), json={"title": "free"}).json()
+        waits = metric(c, "user_share_waits_total")
+        lock = _lock_task(database, task["id"])
+        with _toggling(base, user, task["id"], 2 + OPERATOR_PLACES + 3) as results:
+            wait_until(
+                "a toggle on the lock, 3 waiting for their turn and 9 refused",
+                lambda: (
+                    sessions(engine, ours=True, on_a_lock=True) == 1
+                    and metric(c, "user_share_waits_total") == waits + 3
+                    and results.count(429) == 9
+                ),
+            )
+            assert c.get(tasks_url(other, theirs["id"])).json() == theirs
+            wait_until("a waiting toggle gave way", lambda: results.count(429) == 10)
+            lock.commit()
+            lock.close()
+        assert sorted(results) == [200] * 3 + [429] * 10
         assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
 
 

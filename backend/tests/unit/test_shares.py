@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY
 
-from app.edge.protocol import Admission
+from app.edge.protocol import OPERATOR_PLACES, Admission
 from app.edge.shares import ShareInUse, UserShares
 from app.errors import RateLimited
 
@@ -143,3 +143,53 @@ async def test_a_waiter_cancelled_before_it_runs_again_is_skipped_by_give() -> N
     assert not shares._waiting
     assert shares._admission.running == RUNNING
     await asyncio.wait_for(shares.take("a"), 1)  # the place is free
+
+
+def _small_room(waiting: int) -> UserShares:
+    """Room for `waiting` requests waiting, of all users (the worker's in-flight
+    places less its running ones and the operators' places)."""
+    admission = Admission(active=4, in_flight=4 + OPERATOR_PLACES + waiting)
+    admission.running = RUNNING
+    return UserShares(1, 5, admission)
+
+
+async def test_when_the_waiting_places_are_full_the_user_waiting_most_gives_way() -> (
+    None
+):
+    """A one-user flood filled the worker's in-flight places with its waiting
+    requests: every other user's request was shed (503) until it ended."""
+    shares = _small_room(3)
+    for user in ("a", "b"):
+        await shares.take(user)
+    flood = [asyncio.ensure_future(shares.take("a")) for _ in range(3)]
+    await _settle()
+    # Another of the user waiting most: a 429 at once, the others keep waiting.
+    with pytest.raises(ShareInUse):
+        await asyncio.wait_for(shares.take("a"), 1)
+    # Another user's takes the place of that user's newest waiting request.
+    other = asyncio.ensure_future(shares.take("b"))
+    await _settle()
+    assert not other.done()
+    assert flood[2].done()
+    assert isinstance(flood[2].exception(), ShareInUse)
+    assert not flood[0].done()
+    assert not flood[1].done()
+    # With a:2 and b:1 waiting, c's request makes "a" give way again; then
+    # b and c wait no fewer than "a", and a request of "b" is refused.
+    late = asyncio.ensure_future(shares.take("c"))
+    await asyncio.wait_for(late, 1)  # "c" had nothing running
+    third = asyncio.ensure_future(shares.take("c"))
+    await _settle()
+    assert isinstance(flood[1].exception(), ShareInUse)
+    with pytest.raises(ShareInUse):
+        await asyncio.wait_for(shares.take("b"), 1)
+    # Those still waiting get their turns; nothing is held after.
+    for user in ("a", "b", "c"):
+        shares.give(user)
+    await asyncio.wait_for(asyncio.gather(flood[0], other, third), 1)
+    for user in ("a", "b", "c"):
+        shares.give(user)
+    assert not shares._running
+    assert not shares._waiting
+    assert shares._queued == 0
+    assert shares._admission.running == RUNNING
