@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -329,14 +329,64 @@ def test_a_task_moved_to_another_user_by_sql_leaves_one_and_reaches_the_other(
             text("UPDATE task SET user_id = :to WHERE user_id = :u AND id = :id"),
             {"to": after, "u": before, "id": task_id},
         )
+    assert _changes(client, before, since[before])["deleted"] == [task_id]
+    assert [task["id"] for task in _changes(client, after, since[after])["tasks"]] == [
+        task_id
+    ]
 
-    def changes(user: str) -> dict[str, Any]:
-        url = tasks_url(user) + "/changes"
-        body: dict[str, Any] = client.get(url, params={"since": since[user]}).json()
-        return body
 
-    assert changes(before)["deleted"] == [task_id]
-    assert [task["id"] for task in changes(after)["tasks"]] == [task_id]
+@pytest.mark.parametrize("edited_first", [False, True])
+def test_a_task_renumbered_by_sql_is_reported_deleted_under_its_old_id(
+    client: TestClient, engine: Engine, edited_first: bool
+) -> None:
+    """`UPDATE task SET id = …`: the task reached syncs under its new id, and its
+    old id was never reported deleted, so every replica kept both (a trial)."""
+    user = new_user_id()
+    task_id = create_task(client, user)["id"]
+    since = client.get(tasks_url(user) + "/changes").json()["next"]
+    with engine.begin() as connection:
+        if edited_first:  # then the row already carries this transaction's id
+            connection.execute(
+                text("UPDATE task SET title = 'edited' WHERE id = :id"),
+                {"id": task_id},
+            )
+        new_id = connection.execute(
+            text("UPDATE task SET id = id + 1000000 WHERE id = :id RETURNING id"),
+            {"id": task_id},
+        ).scalar_one()
+    changes = _changes(client, user, since)
+    assert changes["deleted"] == [task_id]
+    assert [task["id"] for task in changes["tasks"]] == [new_id]
+
+
+def test_a_task_edited_by_sql_gets_a_new_version(
+    client: TestClient, engine: Engine
+) -> None:
+    """An operator's fix that does not set `updated_at` kept the task's ETag: a
+    client's `If-None-Match` got a 304 (its stale copy kept) and its `If-Match`
+    overwrote the fix (a trial). The database moves `updated_at` on."""
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    etag = client.get(url).headers["etag"]
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE task SET title = 'fixed by hand' WHERE id = :id"),
+            {"id": task["id"]},
+        )
+    fixed = client.get(url, headers={"If-None-Match": etag})
+    assert fixed.status_code == 200
+    assert fixed.json()["title"] == "fixed by hand"
+    edited = datetime.fromisoformat(fixed.json()["updated_at"])
+    assert edited > datetime.fromisoformat(task["updated_at"])
+    stale = client.patch(url, json={"title": "mine"}, headers={"If-Match": etag})
+    assert stale.status_code == 412
+
+
+def _changes(client: TestClient, user: str, since: str) -> dict[str, Any]:
+    url = tasks_url(user) + "/changes"
+    body: dict[str, Any] = client.get(url, params={"since": since}).json()
+    return body
 
 
 def test_a_task_deleted_by_sql_is_reported_deleted(
