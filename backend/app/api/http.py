@@ -68,6 +68,19 @@ def dump(tasks: TaskRecord | list[TaskRecord]) -> bytes:
     return orjson.dumps(tasks, option=orjson.OPT_UTC_Z)
 
 
+# On the answer to a keyed request (E1, E11) that repeats an earlier one: the first
+# request's answer, as stored (Stripe's name). The tasks in it may be older than
+# the client's copies by now, so an offline client does not apply them blindly.
+REPLAYED = {"Idempotent-Replayed": "true"}
+REPLAYED_HEADER = {
+    "Idempotent-Replayed": {
+        "description": "`true` on the stored answer to a repeat of an earlier "
+        "request's Idempotency-Key (its tasks are as they were then)",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
+
 def task_response(
     task: TaskRecord, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:

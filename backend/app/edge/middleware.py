@@ -58,6 +58,7 @@ EXPOSED_HEADERS = [
     "X-Next-Cursor",
     "X-Request-ID",
     "Retry-After",
+    "Idempotent-Replayed",
 ]
 
 

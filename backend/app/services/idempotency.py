@@ -113,16 +113,17 @@ async def once(
     request_hash: str,
     run: Callable[[Transaction], Awaitable[_Answer]],
     replay: Callable[[str], _Answer],
-) -> _Answer:
+) -> tuple[_Answer, bool]:
     """Claim (user, key) by inserting its row, `run` and store the answer in
     the same transaction. A concurrent request with the same key waits on that
     row until this transaction ends (409 after IDEMPOTENCY_WAIT_MS), then
     `replay`s the stored answer; another body under the key is a 422. An
     expired key (older than 24 h) is claimed afresh. Run again on a Conflict
-    (the whole transaction, claim included, was rolled back)."""
+    (the whole transaction, claim included, was rolled back). The answer, and
+    whether it is a replay."""
     owner = {"user_id": user_id, "key": key}
 
-    async def claim_and_run() -> _Answer:
+    async def claim_and_run() -> tuple[_Answer, bool]:
         claiming = True
         try:
             async with database.transaction(lock_timeout_ms=IDEMPOTENCY_WAIT_MS) as tx:
@@ -137,7 +138,7 @@ async def once(
                     assert first["response"] is not None
                     if first["request_hash"] != request_hash:
                         raise IdempotencyKeyReused()
-                    return replay(first["response"])
+                    return replay(first["response"]), True
                 answer = await run(tx)
                 response = orjson.dumps(answer, option=orjson.OPT_UTC_Z).decode()
                 await tx.execute(STORE_RESPONSE, **owner, response=response)
@@ -146,6 +147,6 @@ async def once(
             if claiming:  # on the key's row: its first request is still running
                 raise IdempotencyKeyInUse() from None
             raise  # the work itself waited on another lock (a task's row): a 503
-        return answer
+        return answer, False
 
     return await again_on_conflict(claim_and_run)

@@ -138,12 +138,13 @@ class TaskService:
 
     async def create(
         self, *, user_id: str, data: TaskCreate, idempotency_key: str | None = None
-    ) -> TaskRecord:
+    ) -> tuple[TaskRecord, bool]:
         """Insert a task owned by `user_id`. With an Idempotency-Key, a repeat of the
-        same body returns the first response and creates nothing."""
+        same body returns the first response and creates nothing. The task, and
+        whether it is a repeat's."""
         values = insert_values(user_id, data)
         if idempotency_key is None:
-            return await self._insert(values)
+            return await self._insert(values), False
         return await once(
             self._db,
             user_id,
@@ -217,10 +218,11 @@ class TaskService:
         steps: Sequence[BatchStep],
         atomic: bool,
         idempotency_key: str | None = None,
-    ) -> Outcomes:
+    ) -> tuple[Outcomes, bool]:
         """E11: each step as its single request would, in order, in one
         transaction (consecutive creates in one INSERT: services/batch.py).
-        Atomic: all or nothing; otherwise one step's failure stops no other."""
+        Atomic: all or nothing; otherwise one step's failure stops no other.
+        The outcomes, and whether they are a keyed repeat's."""
 
         async def run(tx: Transaction) -> Outcomes:
             return await apply_all(self._within(tx), tx, user_id, steps, atomic)
@@ -230,7 +232,7 @@ class TaskService:
                 return await run(tx)
 
         if idempotency_key is None:
-            return await again_on_conflict(unkeyed)
+            return await again_on_conflict(unkeyed), False
         request = {"atomic": atomic, "operations": [asdict(s) for s in steps]}
         return await once(
             self._db, user_id, idempotency_key, digest(request), run, outcomes_from_json

@@ -372,6 +372,8 @@ def test_idempotent_repeat_replays_the_whole_response(client: TestClient) -> Non
     assert [r["status"] for r in first.json()["results"]] == [201, 201, 201, 400]
     assert again.content == first.content  # byte for byte, keys in the same order
     assert len(titles(client, user)) == 3
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
 
 
 def test_idempotent_repeat_of_a_failed_atomic_batch_is_replayed(

@@ -236,6 +236,9 @@ def test_idempotent_repeat_returns_the_first_response(client: TestClient) -> Non
     assert again.content == first.content  # byte for byte, key order too
     assert again.headers["location"] == first.headers["location"]
     assert len(client.get(tasks_url(user)).json()) == 1
+    # Marked as a repeat's (Stripe's header): its task is as it was then.
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
 
 
 def test_idempotent_repeat_with_equivalent_body_is_a_repeat(client: TestClient) -> None:

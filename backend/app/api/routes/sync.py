@@ -17,7 +17,7 @@ from app.api.deps import (
     refused_parameters,
     task_service,
 )
-from app.api.http import JSON, etag, if_match_versions
+from app.api.http import JSON, REPLAYED, REPLAYED_HEADER, etag, if_match_versions
 from app.api.openapi import errors, query_parameters
 from app.api.routes import api_router
 from app.schemas import (
@@ -73,7 +73,7 @@ _BATCH_EXAMPLES: dict[str, Example] = {
 @router.post(
     "/batch",
     response_model=BatchResults,
-    responses=errors(409, 422),
+    responses={200: {"headers": REPLAYED_HEADER}, **errors(409, 422)},
     openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
 async def batch_tasks(
@@ -94,7 +94,7 @@ async def batch_tasks(
         )
         for op in body.operations
     ]
-    outcomes = await task_service(request).batch(
+    outcomes, replayed = await task_service(request).batch(
         user_id=user_id,
         steps=steps,
         atomic=body.atomic,
@@ -105,7 +105,7 @@ async def batch_tasks(
         for outcome in outcomes
     ]
     body_bytes = orjson.dumps({"results": results}, option=orjson.OPT_UTC_Z)
-    return Response(body_bytes, media_type=JSON)
+    return Response(body_bytes, media_type=JSON, headers=REPLAYED if replayed else None)
 
 
 @router.delete(

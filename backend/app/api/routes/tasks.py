@@ -18,6 +18,8 @@ from app.api.deps import (
 )
 from app.api.http import (
     JSON,
+    REPLAYED,
+    REPLAYED_HEADER,
     dump,
     etag,
     etag_listed,
@@ -53,6 +55,7 @@ _CREATED = {
             "schema": {"type": "string"},
         },
         **_ETAG,
+        **REPLAYED_HEADER,
     }
 }
 _PAGED = {
@@ -80,11 +83,13 @@ async def create_task(
     request: Request, user_id: UserIdPath, body: TaskCreate
 ) -> Response:
     """Create a task (repeat-safe with an Idempotency-Key)."""
-    task = await task_service(request).create(
+    task, replayed = await task_service(request).create(
         user_id=user_id, data=body, idempotency_key=idempotency_key(request)
     )
-    location = {"Location": f"/api/{user_id}/tasks/{task['id']}"}
-    return task_response(task, status.HTTP_201_CREATED, location)
+    headers = {"Location": f"/api/{user_id}/tasks/{task['id']}"}
+    if replayed:
+        headers |= REPLAYED
+    return task_response(task, status.HTTP_201_CREATED, headers)
 
 
 @router.get(
