@@ -198,11 +198,12 @@ Tags = Annotated[list[Tag], AfterValidator(_unique_tags)]
 AwareDatetime = Annotated[
     datetime, BeforeValidator(_aware_datetime), Field(examples=["2026-12-01T09:00:00Z"])
 ]
-# Documented as int64 (its bounds): FastAPI's document model would write the maximum
-# as a float, 9.223372036854776e+18, one past the largest id.
-_TASK_ID_SCHEMA = WithJsonSchema(
-    {"type": "integer", "format": "int64", "minimum": 1, "examples": [1]}
-)
+# Documented as the ids the API sends (`TaskPublic.id`): an integer, with no
+# maximum (FastAPI's document model would write it as a float,
+# 9.223372036854776e+18, one past the largest id) and no `format: int64` (which
+# hey-api makes a `bigint` it sends as a string, a 400, while the ids it reads are
+# numbers: a trial).
+_TASK_ID_SCHEMA = WithJsonSchema({"type": "integer", "minimum": 1, "examples": [1]})
 TaskId = Annotated[
     int,
     Field(ge=1, le=MAX_TASK_ID),

@@ -82,14 +82,25 @@ def optional_header(
         if pattern is None
         else {"type": "string", "pattern": pattern}
     )
-    schema = {"anyOf": [string, {"type": "null"}]}
     return {
         "name": name,
         "in": "header",
         "required": False,
-        "schema": {**schema, "description": description, "title": name},
+        "schema": {**string, "description": description, "title": name},
         "description": description,
     }
+
+
+def _present(field: dict[str, Any]) -> dict[str, Any]:
+    """An optional parameter's schema without its `null`: a query string or a
+    header cannot carry one, and generated clients that honour it send the text
+    `null` (orval: `since=null`, a 400 on a first sync; a trial)."""
+    options = field.get("anyOf", [])
+    kept = [option for option in options if option != {"type": "null"}]
+    if len(kept) == len(options) or len(kept) != 1:
+        return field
+    rest = {k: v for k, v in field.items() if k != "anyOf"}
+    return {**kept[0], **rest}
 
 
 class _AsFastAPIWrites(GenerateJsonSchema):
@@ -116,7 +127,7 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
             "name": name,
             "in": "query",
             "required": name in required,
-            "schema": field,
+            "schema": _present(field),
             **({"description": field["description"]} if "description" in field else {}),
         }
         for name, field in schema["properties"].items()
