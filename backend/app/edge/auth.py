@@ -344,10 +344,28 @@ class TokenVerifier:
                 )
             key = jwk.key
         else:
-            raise UnauthorizedError(
-                "algorithm", "The token's signing algorithm (alg) is not accepted"
-            )
+            raise self._not_accepted(algorithm)
         return self._decode(token, key, algorithm, generation)
+
+    def _not_accepted(self, algorithm: str) -> UnauthorizedError:
+        """Names the algorithms accepted, by what is configured: with only the
+        shared secret, a Better Auth JWT plugin token (EdDSA) got "not accepted"
+        and nothing more (a trial); the log says what to set."""
+        accepted = sorted(HMAC_ALGORITHMS) if self._secret is not None else []
+        if self._jwks is not None:
+            accepted += sorted(JWKS_ALGORITHMS)
+        known = algorithm in HMAC_ALGORITHMS | JWKS_ALGORITHMS
+        context = {"token_alg": algorithm[:32]}
+        if algorithm in JWKS_ALGORITHMS and self._jwks is None:
+            context["hint"] = "set JWT_JWKS_URL to verify tokens signed with a key pair"
+        elif algorithm in HMAC_ALGORITHMS and self._secret is None:
+            context["hint"] = "set BETTER_AUTH_SECRET to verify HMAC-signed tokens"
+        return UnauthorizedError(
+            "algorithm",
+            f"The token's signing algorithm{f' ({algorithm})' if known else ''} is "
+            f"not accepted; this server accepts {', '.join(accepted)}",
+            context=context,
+        )
 
     def _decode(
         self, token: str, key: Any, algorithm: str, generation: int | None

@@ -59,6 +59,7 @@ EXPOSED_HEADERS = [
     "X-Request-ID",
     "Retry-After",
     "Idempotent-Replayed",
+    "WWW-Authenticate",
 ]
 
 

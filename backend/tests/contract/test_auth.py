@@ -601,3 +601,34 @@ def test_a_claim_of_the_wrong_type_is_named(
     response = client.get(tasks_url("u1"), headers=bearer(token))
     says = {"sub": "Subject", "exp": "exp is not a plausible time"}.get(claim, claim)
     assert_401(response, says)
+
+
+@pytest.fixture
+def secret_only_client(make_client: ClientFactory) -> TestClient:
+    return make_client(BETTER_AUTH_SECRET=_secret(SECRET))
+
+
+def test_a_key_pair_token_where_only_the_secret_is_set_says_what_is_accepted(
+    secret_only_client: TestClient,
+    keys: dict[str, SigningKey],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Better Auth's JWT plugin signs with EdDSA: with only the shared secret set,
+    its tokens got "not accepted" and nothing more (a trial). The 401 names the
+    token's algorithm and those accepted; the log says what to set."""
+    client = secret_only_client
+    caplog.set_level(logging.INFO, logger="app.auth")
+    user = new_user_id()
+    response = client.get(
+        tasks_url(user), headers=bearer(signed_token(keys["EdDSA"], user))
+    )
+    assert_401(
+        response, "(EdDSA) is not accepted; this server accepts HS256, HS384, HS512"
+    )
+    [logged] = [r for r in caplog.records if r.getMessage() == "authentication failed"]
+    assert logged.reason == "algorithm"  # type: ignore[attr-defined]
+    assert "JWT_JWKS_URL" in logged.hint  # type: ignore[attr-defined]
+    made_up = hs_token(user, algorithm="HS256").split(".", 1)[1]
+    header = base64.urlsafe_b64encode(b'{"alg":"XX99"}').rstrip(b"=").decode()
+    response = client.get(tasks_url(user), headers=bearer(f"{header}.{made_up}"))
+    assert_401(response, "The token's signing algorithm is not accepted")  # not echoed

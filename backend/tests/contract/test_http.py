@@ -84,6 +84,8 @@ def test_cors_exposes_paging_and_etag_headers(client: TestClient) -> None:
         "x-next-cursor",
         "x-request-id",
         "retry-after",
+        "idempotent-replayed",
+        "www-authenticate",  # a 401's cause, `error="invalid_token"` (a trial)
     }
 
 
