@@ -176,6 +176,15 @@ class _StopReading(Exception):
     """Raised in a parser callback: stops parsing the read it came in."""
 
 
+class _HeadTooLarge(_StopReading):
+    """The head grew past MAX_HEAD_BYTES: refused once the parser has stopped,
+    with the read it stopped in (`_answer` looks there for an `Origin`)."""
+
+
+# An `Origin` header line in the unparsed rest of a head too large to parse.
+_ORIGIN_LINE = re.compile(rb"\r\norigin:[ \t]*([^\r\n]{1,2048})", re.IGNORECASE)
+
+
 class Admission:
     """The worker's requests: at most `active` running in the app at once; the next
     ones wait, parsed but not started (no task, no coroutine frames: a few KB each
@@ -397,7 +406,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.head_bytes += len(data)
             _HEADS.held += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
-                self.refuse(HEAD_TOO_LARGE)
+                self.refuse(HEAD_TOO_LARGE, data)
             elif _HEADS.held > self.max_heads_held:
                 self.refuse(TOO_MANY_HEADS)
 
@@ -435,8 +444,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.refuse(UNKNOWN_METHOD)
             else:
                 self.send_400_response("")
-        except httptools.HttpParserError:
-            self.send_400_response("")
+        except httptools.HttpParserError as error:
+            if isinstance(error.__context__, _HeadTooLarge):
+                self.refuse(HEAD_TOO_LARGE, data)
+            else:
+                self.send_400_response("")
 
     def _head_without_upgrade(self) -> bytes:
         head = [
@@ -531,8 +543,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         request before it (which `data_received` cannot count)."""
         self.head_size += size
         if self.head_size > MAX_HEAD_BYTES:
-            self.refuse(HEAD_TOO_LARGE)
-            raise _StopReading
+            raise _HeadTooLarge
 
     def _stop_reading(self) -> None:
         """Reads no more requests; closes once those read whole are answered (a
@@ -777,15 +788,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
-    def refuse(self, error: AppError) -> None:
+    def refuse(self, error: AppError, read: bytes = b"") -> None:
         """A canned error response to the request being read, and the connection
         closed; but with requests read before it still unanswered, it would
         overtake their responses: those are answered first, in order, and then
-        the connection is closed without it."""
+        the connection is closed without it. `read`: where the parse of its
+        head stopped (`_answer`)."""
         if self._unanswered():
             self._stop_reading()
         else:
-            self.close_with(error)
+            self.close_with(error, read=read)
 
     def close_with(
         self,
@@ -793,12 +805,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle: RequestResponseCycle | None = None,
         *,
         logged: bool = False,
+        read: bytes = b"",
     ) -> None:
         """The error's canned response (with the request id of `cycle`, the request
         it answers, if its head was read), and the connection closed."""
         self._disarm_deadline()
         if not self.transport.is_closing():  # uvloop raises on writing to a closed one
-            self.transport.write(self._answer(error, cycle, logged=logged))
+            self.transport.write(self._answer(error, cycle, logged=logged, read=read))
             self.transport.close()
 
     def _answer(
@@ -807,17 +820,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle: RequestResponseCycle | None,
         *,
         logged: bool = False,
+        read: bytes = b"",
     ) -> bytes:
         """The error's canned response to `cycle`'s request, or with None to the
         head being read (its headers as far as they came; none if no head has
         begun: those would be the last request's), and its access line unless
         `logged` already, or unless no request began (a connection past the cap,
-        refused before it sent a byte: `http_edge_refusals_total` counts it)."""
+        refused before it sent a byte: `http_edge_refusals_total` counts it).
+        A head too large to parse whole may have its `Origin` after the header
+        that passed the cap (Chromium sends it after `Authorization`): it is
+        looked for in the rest of the `read` the parse stopped in, so that the
+        page can read the 431 (CORS), not "Failed to fetch" (a trial)."""
         if cycle is not None:
             scope = cast(Scope, cycle.scope)
             method, started = scope["method"], scope["state"][ARRIVED]
         else:
             headers = self.headers if self.head_begun else []
+            if read and self.head_begun and all(n != b"origin" for n, _ in headers):
+                origin = _ORIGIN_LINE.search(read)
+                if origin is not None:
+                    headers = [*headers, (b"origin", origin[1].strip(b" \t"))]
             scope = {"headers": headers}  # enough for its X-Request-ID
             # The method is parsed once the target begins (uvicorn collects it).
             known = self.head_begun and self.url
