@@ -98,6 +98,12 @@ def test_q_searches_title_and_description_case_insensitively(
     assert names(mixed, listed(client, user, q="milk")) == "ba"
 
 
+def test_an_empty_q_is_no_filter(client: TestClient, user: str, mixed: Any) -> None:
+    """Every title holds the empty string; a search box sends `q=` before the user
+    types (a trial with generated clients: a 400 until then)."""
+    assert listed(client, user, q="") == listed(client, user)
+
+
 @pytest.mark.parametrize(
     ("q", "expected"), [("%", "d"), ("_", "d"), ("\\", "e"), ("0% d", "d")]
 )
@@ -159,7 +165,6 @@ def test_sort_updated_at_follows_changes(
         ("priority", "urgent"),
         ("tag", ""),
         ("tag", "a\x01"),
-        ("q", ""),
         ("q", "x" * 201),
         ("due_before", "2026-12-01"),
         ("due_after", "2026-12-01T00:00:00"),
