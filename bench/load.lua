@@ -73,6 +73,10 @@ builders.search = function()
   local u = data.search_user
   return wrk.format("GET", base(u) .. "?q=" .. data.search_terms[math.random(1, #data.search_terms)] .. "&limit=100", headers(u))
 end
+builders.flood = function()  -- one user's cheapest read, from every connection
+  local u = data.search_user
+  return wrk.format("GET", base(u) .. "?limit=1", headers(u))
+end
 builders.pages = function()
   if next_path then
     local path = next_path

@@ -2,8 +2,12 @@
 beside other users' reads at 4, with each user's share of a worker
 (USER_MAX_ACTIVE) as set by default and, side by side, as large as the pool
 (no share). One worker, production settings, as bench/bench.py runs it.
+`--flood`: the user sends its cheapest read (one task of its list) instead, from
+`--noisy` connections: past ~2,000 its requests waiting for their turn would fill
+the worker's in-flight places (HTTP_MAX_IN_FLIGHT) but for `edge/shares.py`.
 
     BENCH_DATABASE_URL=postgresql://… PYTHONPATH=backend:. python -m bench.neighbour
+    … python -m bench.neighbour --flood --noisy 2200
 """
 
 import argparse
@@ -38,8 +42,9 @@ def _line(name: str, r: dict[str, Any]) -> str:
 
 
 def _search(url: str, args: argparse.Namespace, into: dict[str, Any]) -> None:
-    """The searches, started first and ended last around the reads."""
-    into.update(wrk(url, "search", args.noisy, args.duration + 2, 1))
+    """The searches (or the flood), started first and ended last around the reads."""
+    scenario = "flood" if args.flood else "search"
+    into.update(wrk(url, scenario, args.noisy, args.duration + 2, 1))
 
 
 def main() -> None:
@@ -47,6 +52,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=6)
     parser.add_argument(
         "--noisy", type=int, default=24, help="the searches' connections"
+    )
+    parser.add_argument(
+        "--flood", action="store_true", help="one task read instead of searches"
     )
     args = parser.parse_args()
     url = database_url()
@@ -56,6 +64,7 @@ def main() -> None:
     write_data(data, USERS, USERS + 1)
     pin(postgres_processes(), SERVER_CORE)
     env = environment(url, data, 1)
+    noisy_name = "flood" if args.flood else "searches"
     lines = [
         "| share, run | req/s | p50 ms | p99 ms | non-2xx | timeouts |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -82,7 +91,9 @@ def main() -> None:
             lines += [
                 _line(f"{share}: reads alone", alone),
                 _line(f"{share}: reads beside the searches", beside),
-                _line(f"{share}: the searches ({args.noisy} connections)", searches),
+                _line(
+                    f"{share}: the {noisy_name} ({args.noisy} connections)", searches
+                ),
             ]
     finally:
         pin(postgres_processes(), f"0-{(os.cpu_count() or 1) - 1}")

@@ -16,9 +16,9 @@ The waiting requests of all users fill at most the worker's in-flight places
 (HTTP_MAX_IN_FLIGHT) less its running ones. When they are full, the user with the
 most waiting gives way: a request of that user that would wait is a 429 at
 once, and one of another user takes the place of that user's newest waiting
-request, which is a 429 (a one-user flood of ~2,000 requests would otherwise fill the worker's
-in-flight places, and every other user's requests would be 503s until it
-ended)."""
+request, which is a 429 (a one-user flood of ~2,000 requests would otherwise
+fill the worker's in-flight places, and every other user's requests would be
+503s until it ended)."""
 
 import asyncio
 from collections import deque
