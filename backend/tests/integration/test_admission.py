@@ -210,6 +210,30 @@ def test_a_client_that_stops_reading_its_responses_frees_its_running_place(
             assert _response(next_request)[0] == 200
 
 
+def test_a_response_waiting_for_its_client_holds_no_running_place(
+    database_url: str,
+) -> None:
+    """HTTP_MAX_ACTIVE=1, a stall allowed for 30 s: a client pipelines requests
+    for the 1.5 MB Swagger UI bundle and never reads. Its request waiting to
+    write gives up the one running place, and another client's request is
+    answered at once, not when the stall is cut (a trial: 70 such clients, no
+    token needed, held a worker's 64 places, and other users waited up to 10 s)."""
+    with server_process(
+        database_url, HTTP_MAX_ACTIVE="1", HTTP_REQUEST_TIMEOUT="30"
+    ) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect((host, int(port)))
+        bundle = b"GET /docs/assets/swagger-ui-bundle.js HTTP/1.1\r\nHost: t\r\n\r\n"
+        with stuck:
+            stuck.sendall(bundle * 4)  # ~6 MB of responses, never read
+            time.sleep(0.5)
+            with _send(base, LIST) as next_request:
+                assert _answered_within(next_request, 10)
+                assert _response(next_request)[0] == 200
+
+
 @contextmanager
 def _trickling(base_url: str, request: bytes, every: float) -> Iterator[None]:
     """A client that sends `request`, then takes 1 KiB of what comes back every

@@ -9,9 +9,11 @@ from typing import Any, cast
 
 import pytest
 from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.flow_control import FlowControl
 
 from app.edge.middleware import SHUTTING_DOWN, RequestContextMiddleware
 from app.edge.protocol import (
+    MAX_STALLED_BYTES,
     OPERATOR_PLACES,
     TOO_MANY_CONNECTIONS,
     Admission,
@@ -145,3 +147,37 @@ async def test_a_request_cancelled_by_the_shutdown_has_one_access_line(
     assert (line.__dict__["status"], line.__dict__["code"]) == (503, "overloaded")
     assert running.refused == SHUTTING_DOWN
     assert running.logged  # so the protocol writes no second line
+
+
+class Stalled:
+    """A connection whose client takes nothing: `buffered` bytes wait in its
+    transport until `flow.resume_writing()`."""
+
+    def __init__(self, buffered: int) -> None:
+        self.transport = SimpleNamespace(get_write_buffer_size=lambda: buffered)
+        self.flow = FlowControl(cast(Any, SimpleNamespace()))
+        self.flow.pause_writing()
+
+
+async def test_responses_waiting_for_their_clients_give_up_places_within_a_budget() -> (
+    None
+):
+    """A request whose client does not read waits without its running place
+    (other requests start), while such responses hold at most MAX_STALLED_BYTES;
+    past that, it keeps its place (memory stays bounded)."""
+    admission = Admission(active=4, in_flight=10)
+    admission.running = 3
+    half = MAX_STALLED_BYTES // 2
+    first, second, third = Stalled(half), Stalled(half), Stalled(1)
+    waits = [
+        asyncio.ensure_future(admission._wait_writable(cast(Any, c)))
+        for c in (first, second)
+    ]
+    await asyncio.sleep(0)
+    assert admission.running == 1  # both stepped aside
+    await asyncio.wait_for(admission._wait_writable(cast(Any, third)), 1)  # past it
+    assert admission.running == 1
+    first.flow.resume_writing()
+    second.flow.resume_writing()
+    await asyncio.wait_for(asyncio.gather(*waits), 1)
+    assert admission.running == 3
