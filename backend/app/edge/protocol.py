@@ -81,7 +81,7 @@ MIN_TAKEN = 64 * 1024
 # Bytes of responses waiting for their clients to take them that a worker holds
 # without their requests' running places, all connections together; past it, a
 # request whose client does not read keeps its place while it waits (`_Stalled`).
-MAX_STALLED_BYTES = 64 * 2**20
+MAX_STALLED_BYTES = 32 * 2**20
 # The start of a request line: a method name (an RFC 9110 token) and a space.
 _REQUEST_LINE = re.compile(rb"(?:\r\n)*[-!#$%&'*+.^_`|~0-9A-Za-z]+ ")
 # On shutdown, an idle connection is closed this long after, not at once: a
@@ -250,7 +250,7 @@ class Admission:
         ) -> None:
             async def unstalled(message: ASGISendEvent) -> None:
                 if protocol.flow.write_paused and not cycle.disconnected:
-                    await self._wait_writable(protocol)
+                    await self._wait_writable(protocol, message)
                 await send(message)
 
             try:
@@ -269,15 +269,20 @@ class Admission:
 
         protocol.start(cycle, then_next)
 
-    async def _wait_writable(self, protocol: "BoundedHttpToolsProtocol") -> None:
+    async def _wait_writable(
+        self, protocol: "BoundedHttpToolsProtocol", message: ASGISendEvent
+    ) -> None:
         """The client does not take the response as fast as it is written: the
         request waits for it without its running place (as one waiting for its
         user's turn), while the responses waiting so hold at most
         MAX_STALLED_BYTES; past that it waits in its place (uvicorn's `send`).
         Holding it, 70 connections each pipelining four requests for the 1.5 MB
         Swagger UI bundle, never read, held the 64 places, and other users'
-        requests waited up to 10 s, the stall's limit (a trial: no token needed)."""
+        requests waited up to 10 s, the stall's limit (a trial: no token needed).
+        What it holds: what waits in the transport, and the `message` to write."""
+        body = message.get("body", b"")
         held = protocol.transport.get_write_buffer_size()
+        held += len(body) if isinstance(body, bytes) else 0
         if _STALLED.held + held > MAX_STALLED_BYTES:
             return
         _STALLED.held += held
