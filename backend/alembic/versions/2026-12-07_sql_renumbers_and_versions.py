@@ -7,8 +7,9 @@ Migration 0004 left two writes made with SQL out of what clients are told:
   task's version, its ETag: `If-None-Match` with the old one got a 304 (the stale
   copy kept), and `If-Match` with it let a client overwrite the fix.
 Now a renumbered row leaves a tombstone for its old id, as a row moved to another
-user does, and an update that leaves `updated_at` as it was moves it on, as the
-service's own writes do (at least a microsecond past the old value).
+user does, and an update that changes a task's content but leaves `updated_at` as
+it was moves it on, as the service's own writes do (at least a microsecond past the
+old value); one that writes only `change_xid` (the restore procedure) keeps it.
 
 Revision ID: 0005
 Revises: 0004
@@ -44,12 +45,17 @@ def _mark_change(moved: str, *, versioned: bool) -> str:
     )
     version = (
         """
-            -- Written without a new version (SQL by hand): it gets one.
-            IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at
-            THEN
-                NEW.updated_at := greatest(
-                    clock_timestamp(), OLD.updated_at + interval '1 microsecond'
-                );
+            -- Its content written without a new version (SQL by hand): it gets
+            -- one. Not for a write of the sync columns alone (the restore
+            -- procedure's `SET change_xid = 0`: every version would change).
+            IF TG_OP = 'UPDATE'
+                AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+                IF to_jsonb(NEW) - 'change_xid' IS DISTINCT FROM
+                    to_jsonb(OLD) - 'change_xid' THEN
+                    NEW.updated_at := greatest(
+                        clock_timestamp(), OLD.updated_at + interval '1 microsecond'
+                    );
+                END IF;
             END IF;"""
         if versioned
         else ""

@@ -383,6 +383,24 @@ def test_a_task_edited_by_sql_gets_a_new_version(
     assert stale.status_code == 412
 
 
+def test_the_restore_procedures_update_keeps_every_version(
+    client: TestClient, engine: Engine
+) -> None:
+    """`UPDATE task SET change_xid = 0` (specs/008, after a logical restore)
+    writes no task's content: its version, last-modified time and ETag stay (a
+    review: the first version of migration 0005 moved every task's on)."""
+    user = new_user_id()
+    task = create_task(client, user)
+    url = tasks_url(user, task["id"])
+    etag = client.get(url).headers["etag"]
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE task SET change_xid = 0 WHERE id = :id"), {"id": task["id"]}
+        )
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    assert client.get(url).json() == task
+
+
 def _changes(client: TestClient, user: str, since: str) -> dict[str, Any]:
     url = tasks_url(user) + "/changes"
     body: dict[str, Any] = client.get(url, params={"since": since}).json()
