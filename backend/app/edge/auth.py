@@ -357,9 +357,9 @@ class TokenVerifier:
         known = algorithm in HMAC_ALGORITHMS | JWKS_ALGORITHMS
         context = {"token_alg": algorithm[:32]}
         if algorithm in JWKS_ALGORITHMS and self._jwks is None:
+            # Not the other way round: an HMAC token where only a key set is
+            # configured is as likely an algorithm-confusion probe.
             context["hint"] = "set JWT_JWKS_URL to verify tokens signed with a key pair"
-        elif algorithm in HMAC_ALGORITHMS and self._secret is None:
-            context["hint"] = "set BETTER_AUTH_SECRET to verify HMAC-signed tokens"
         return UnauthorizedError(
             "algorithm",
             f"The token's signing algorithm{f' ({algorithm})' if known else ''} is "
