@@ -67,6 +67,8 @@ from app.observability import metrics
 
 # Request line and headers together; browsers send 1-4 KiB, a large JWT ~2 KiB.
 MAX_HEAD_BYTES = 32 * 1024
+# A head past it is read on to its end for its `Origin` (`_head_grows`) up to this.
+HEAD_READ_LIMIT = 2 * MAX_HEAD_BYTES
 # Requests a connection may queue behind the one in progress (pipelining clients
 # send a handful; browsers none).
 MAX_PIPELINED = 16
@@ -183,15 +185,6 @@ OPERATOR_PLACES = 8
 
 class _StopReading(Exception):
     """Raised in a parser callback: stops parsing the read it came in."""
-
-
-class _HeadTooLarge(_StopReading):
-    """The head grew past MAX_HEAD_BYTES: refused once the parser has stopped,
-    with the read it stopped in (`_answer` looks there for an `Origin`)."""
-
-
-# An `Origin` header line in the unparsed rest of a head too large to parse.
-_ORIGIN_LINE = re.compile(rb"\r\norigin:[ \t]*([^\r\n]{1,2048})", re.IGNORECASE)
 
 
 class Admission:
@@ -375,6 +368,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.began = 0.0  # when the last head began (perf_counter)
         self.head_bytes = 0  # of the reads that fell wholly within the current head
         self.head_size = 0  # of its request line and headers, as parsed
+        self.oversized = False  # past MAX_HEAD_BYTES: read on for its Origin only
         self.heads_read = 0
         self.deadline: asyncio.TimerHandle | None = None
         # Armed while the client does not take what is written (writing paused).
@@ -445,8 +439,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if was_reading_head and self.reading_head and self.heads_read == heads_read:
             self.head_bytes += len(data)
             _HEADS.held += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self.refuse(HEAD_TOO_LARGE, data)
+            if self.head_bytes > HEAD_READ_LIMIT:
+                self.refuse(HEAD_TOO_LARGE)
             elif _HEADS.held > self.max_heads_held:
                 self.refuse(TOO_MANY_HEADS)
 
@@ -484,11 +478,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.refuse(UNKNOWN_METHOD)
             else:
                 self.send_400_response("")
-        except httptools.HttpParserError as error:
-            if isinstance(error.__context__, _HeadTooLarge):
-                self.refuse(HEAD_TOO_LARGE, data)
-            else:
-                self.send_400_response("")
+        except httptools.HttpParserError:
+            self.send_400_response("")
 
     def _head_without_upgrade(self) -> bytes:
         head = [
@@ -518,6 +509,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_begun = True
         self.began = time.perf_counter()
         self.head_size = 0
+        self.oversized = False
         # A request is coming: its deadline bounds it, not the keep-alive timer,
         # which the end of the last one may have armed in this very read (after a
         # 413 sent before its body ended): it closed the connection under this
@@ -533,6 +525,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         millions (GBs). Past MAX_PIPELINED queued, the connection reads nothing
         more and is closed once the queued ones are answered; a client retries
         the rest, as it must when a server closes a pipelined connection."""
+        if self.oversized:
+            self.refuse(HEAD_TOO_LARGE)
+            raise _StopReading
         if self.parser.should_upgrade() and self.parser.get_method() != b"CONNECT":
             self.upgrade_offered = True  # parsed again without it (`_feed`)
             return
@@ -575,15 +570,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         to the request's headers, so an `Authorization`, `Host` or
         `X-Forwarded-For` sent after the body stood for the request's own."""
         self._head_grows(len(name) + len(value) + 4)  # ": " and CRLF
-        if self.reading_head:
+        if self.reading_head and (not self.oversized or name.lower() == b"origin"):
             super().on_header(name, value.strip(b" \t"))
 
     def _head_grows(self, size: int) -> None:
-        """The head as parsed, for one that began in the read that ended the
-        request before it (which `data_received` cannot count)."""
+        """The head as parsed (for one that began in the read that ended the
+        request before it, which `data_received` cannot count). Past
+        MAX_HEAD_BYTES it is refused (431) once it ends, and read on until then
+        keeping only its `Origin`, up to HEAD_READ_LIMIT: a page reads the 431
+        only with the CORS headers for its origin, and Chromium sends `Origin`
+        after `Authorization` (a 53 KB token: "Failed to fetch", a trial)."""
         self.head_size += size
         if self.head_size > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+            self.oversized = True
+            if self.head_size > HEAD_READ_LIMIT:
+                self.refuse(HEAD_TOO_LARGE)
+                raise _StopReading
 
     def _stop_reading(self) -> None:
         """Reads no more requests; closes once those read whole are answered (a
@@ -828,16 +830,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
-    def refuse(self, error: AppError, read: bytes = b"") -> None:
+    def refuse(self, error: AppError) -> None:
         """A canned error response to the request being read, and the connection
         closed; but with requests read before it still unanswered, it would
         overtake their responses: those are answered first, in order, and then
-        the connection is closed without it. `read`: where the parse of its
-        head stopped (`_answer`)."""
+        the connection is closed without it."""
         if self._unanswered():
             self._stop_reading()
         else:
-            self.close_with(error, read=read)
+            self.close_with(error)
 
     def close_with(
         self,
@@ -845,13 +846,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle: RequestResponseCycle | None = None,
         *,
         logged: bool = False,
-        read: bytes = b"",
     ) -> None:
         """The error's canned response (with the request id of `cycle`, the request
         it answers, if its head was read), and the connection closed."""
         self._disarm_deadline()
         if not self.transport.is_closing():  # uvloop raises on writing to a closed one
-            self.transport.write(self._answer(error, cycle, logged=logged, read=read))
+            self.transport.write(self._answer(error, cycle, logged=logged))
             self.transport.close()
 
     def _answer(
@@ -860,26 +860,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle: RequestResponseCycle | None,
         *,
         logged: bool = False,
-        read: bytes = b"",
     ) -> bytes:
         """The error's canned response to `cycle`'s request, or with None to the
         head being read (its headers as far as they came; none if no head has
         begun: those would be the last request's), and its access line unless
         `logged` already, or unless no request began (a connection past the cap,
-        refused before it sent a byte: `http_edge_refusals_total` counts it).
-        A head too large to parse whole may have its `Origin` after the header
-        that passed the cap (Chromium sends it after `Authorization`): it is
-        looked for in the rest of the `read` the parse stopped in, so that the
-        page can read the 431 (CORS), not "Failed to fetch" (a trial)."""
+        refused before it sent a byte: `http_edge_refusals_total` counts it)."""
         if cycle is not None:
             scope = cast(Scope, cycle.scope)
             method, started = scope["method"], scope["state"][ARRIVED]
         else:
             headers = self.headers if self.head_begun else []
-            if read and self.head_begun and all(n != b"origin" for n, _ in headers):
-                origin = _ORIGIN_LINE.search(read)
-                if origin is not None:
-                    headers = [*headers, (b"origin", origin[1].strip(b" \t"))]
             scope = {"headers": headers}  # enough for its X-Request-ID
             # The method is parsed once the target begins (uvicorn collects it).
             known = self.head_begun and self.url

@@ -170,6 +170,39 @@ def test_a_canned_error_carries_cors_headers_for_an_allowed_origin(
         assert "access-control-allow-origin" not in headers
 
 
+def test_a_431_carries_cors_headers_for_an_origin_that_came_in_a_later_read(
+    server: tuple[str, int],
+) -> None:
+    """Over a network a large head arrives in pieces: the Origin after the
+    header that passed the cap came in a later read than the one that passed it
+    (a review). A head without one, followed by a request that has one, gets no
+    CORS headers: the Origin must be the refused head's own."""
+    base_url, _ = server
+    origin = "http://localhost:3000"
+    head = (
+        b"GET /health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+        + b"t" * 40_000
+        + f"\r\nOrigin: {origin}\r\n\r\n".encode()
+    )
+    with _connect(base_url) as sock:
+        for start in range(0, len(head), 14_000):
+            sock.sendall(head[start : start + 14_000])
+            time.sleep(0.05)
+        status, headers, _ = _error(_read_all(sock))
+    assert status == 431
+    assert headers["access-control-allow-origin"] == origin
+    with _connect(base_url) as sock:
+        sock.sendall(
+            b"GET /health HTTP/1.1\r\nHost: t\r\nCookie: "
+            + b"c" * 40_000
+            + b"\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\n"
+            + f"Origin: {origin}\r\n\r\n".encode()
+        )
+        status, headers, _ = _error(_read_all(sock))
+    assert status == 431
+    assert "access-control-allow-origin" not in headers
+
+
 def test_a_canned_error_carries_no_earlier_requests_origin(
     server: tuple[str, int],
 ) -> None:
