@@ -63,6 +63,12 @@ _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyp
 # 53 insufficient resources (too many connections), 57 operator intervention
 # (shutdown, statement timeout, cannot connect now).
 _UNAVAILABLE_CLASSES = ("08", "53", "57")
+# undefined_table, undefined_object; and class XX, internal_error: the schema is
+# gone under a running worker (a Neon branch reset, a restore into a database never
+# migrated), or a connection's prepared statements name what was dropped and made
+# again ("cache lookup failed for type"). Unavailable, and the connection is not
+# reused (its statement cache is stale); a 500 for every request before (a trial).
+_SCHEMA_GONE = ("42P01", "42704")
 _LOCK_NOT_AVAILABLE = "55P03"
 # Rolled back whole, so running it again may succeed: deadlock_detected, and
 # serialization_failure (a role whose default isolation is repeatable read or
@@ -88,6 +94,8 @@ _REFUSED = ("42501", "42883")
 # waits for one operation is the statement timeout (this one when none is sent,
 # e.g. set on the role behind PgBouncer) plus a grace.
 STATEMENT_TIMEOUT_MS = 15_000
+# The health checks' round trip: it fails where the migrations' table is missing.
+PROBE = "SELECT 1 FROM alembic_version LIMIT 1"
 _GRACE_SECONDS = 2.0
 NO_ANSWER = "The database did not answer in time; retry after Retry-After seconds"
 # A write whose connection failed, or got no answer, after it was sent: the server
@@ -293,6 +301,8 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
             | asyncpg.exceptions.InternalClientError,
         )
         or sqlstate[:2] in _UNAVAILABLE_CLASSES
+        or sqlstate in _SCHEMA_GONE
+        or sqlstate[:2] == "XX"
     ):
         # Half-broken (the server is shutting it down, say): never reused.
         if connection is not None and not connection.is_closed():
@@ -507,7 +517,7 @@ class Database:
         await asyncio.shield(self._ping)
 
     async def _round_trip(self) -> None:
-        """SELECT 1 on a connection of the health checks' own, outside the pool:
+        """PROBE on a connection of the health checks' own, outside the pool:
         requests holding every pooled connection (waiting on a lock, say) are
         not a database that cannot be reached. Opened when first needed; one
         that fails is dropped, and if it was not new (the server may have closed
@@ -525,8 +535,9 @@ class Database:
                             raise DatabaseUnavailable(detail="shutting down")
                         probe = self._probe = await self._connect()
                     # The simple query protocol: no statement prepared, which
-                    # a transaction pooler might not find again.
-                    await probe.execute("SELECT 1")
+                    # a transaction pooler might not find again. The schema's
+                    # table too: a database reset under the worker is not ready.
+                    await probe.execute(PROBE)
                     _unavailable.ended(REACHABLE)
                     return
             except (*_DRIVER_ERRORS, TimeoutError) as exc:

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
 
 from app import errors
+from app.db.migrations import migrate
 from app.edge.protocol import OPERATOR_PLACES
 from app.edge.shares import ShareInUse
 from app.errors import DatabaseRefused
@@ -684,6 +685,36 @@ def test_a_request_whose_client_hung_up_while_it_waited_its_turn_is_not_run(
         assert results == [200]
         time.sleep(1)  # the second, had it run, has long finished
         assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
+
+
+def test_a_schema_dropped_under_a_running_worker_gives_503_until_it_is_back(
+    database: str, engine: Engine
+) -> None:
+    """A Neon branch reset, or a restore into a database never migrated: the
+    tables are gone under a running worker. Every request was a 500 (undefined
+    table) and /health said healthy; after the schema came back, the first write
+    on an old pooled connection was a 500 again ("cache lookup failed for type",
+    its prepared statement naming the dropped enum). An outside trial."""
+    user = new_user_id()
+    with (
+        running_server(database, None) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        assert c.post(tasks_url(user), json={"title": "before"}).status_code == 201
+        assert c.get("/health").status_code == 200
+        with engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+        for _ in range(3):  # each pooled connection, a new one too
+            assert_503(c.post(tasks_url(user), json={"title": "gone"}))
+            assert_503(c.get(tasks_url(user)))
+        assert c.get("/health").status_code == 503
+        migrate(engine)
+        wait_until("/health", lambda: c.get("/health").status_code == 200)
+        for _ in range(12):  # every pooled connection's cached statements
+            created = c.post(tasks_url(user), json={"title": "after"})
+            assert created.status_code in (201, 503), created.text
+        assert c.post(tasks_url(user), json={"title": "after"}).status_code == 201
 
 
 def test_statement_timeout_bounds_a_stuck_query(database: str) -> None:
