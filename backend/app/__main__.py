@@ -23,6 +23,7 @@ from uvicorn.supervisors import Multiprocess
 from app.config import Settings, load_settings
 from app.edge.protocol import BoundedHttpToolsProtocol
 from app.observability.logging import configure_logging
+from app.workers import SUPERVISOR_PID
 
 logger = logging.getLogger("app")
 
@@ -51,6 +52,11 @@ class _Supervisor(Multiprocess):
     Kept open, the kernel went on accepting connections no worker would take,
     until the last worker exited (up to the 20 s graceful shutdown), then reset
     them."""
+
+    def run(self) -> None:
+        # Its workers stop when it dies (`app.workers.die_with_supervisor`).
+        os.environ[SUPERVISOR_PID] = str(os.getpid())
+        super().run()
 
     def terminate_all(self) -> None:
         for sock in self.sockets:

@@ -34,6 +34,7 @@ from app.errors import register_exception_handlers
 from app.observability.logging import adopt_uvicorn_loggers, configure_logging
 from app.services.cursor import CursorCodec
 from app.services.task_service import TaskService
+from app.workers import die_with_supervisor
 
 logger = logging.getLogger("app")
 
@@ -88,6 +89,7 @@ async def _schema_checked_later(app: FastAPI, url: str) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    die_with_supervisor()
     configure_logging(settings.LOG_LEVEL)
     leave_embedded: Callable[[], None] | None = None
     if settings.DATABASE_URL is not None:

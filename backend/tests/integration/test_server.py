@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import make_url
 
@@ -343,6 +344,25 @@ def _requests_total(base_url: str, route: str) -> float:
         if line.startswith("http_requests_total{") and f'route="{route}"' in line:
             total += float(line.rsplit(" ", 1)[1]) if 'method="GET"' in line else 0
     return total
+
+
+def test_workers_stop_when_their_supervisor_is_killed(database_url: str) -> None:
+    """SIGKILL of `python -m app` with two workers: they stop too, and free the
+    port. Orphaned, they went on serving, and starting the service again failed
+    (address in use) until they were killed by hand (a trial)."""
+    with server_process(database_url, WEB_CONCURRENCY="2") as (base, supervisor):
+        workers = [
+            child
+            for child in psutil.Process(supervisor.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        assert len(workers) == 2
+        supervisor.kill()
+        supervisor.wait()
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(base + "/health")
 
 
 def test_metrics_add_up_every_workers_requests(
