@@ -191,23 +191,33 @@ def test_a_client_waiting_for_100_continue_gets_it(base_url: str) -> None:
         assert _response(sock)[0] == 201
 
 
+@contextmanager
+def _never_reading(base_url: str, requests: bytes) -> Iterator[None]:
+    """A client (its receive buffer 4 KiB) that sends `requests` and never reads
+    what comes back, until the block ends; the server has begun answering."""
+    host, port = base_url.removeprefix("http://").split(":")
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect((host, int(port)))
+    with stuck:
+        stuck.sendall(requests)
+        time.sleep(0.5)
+        yield
+
+
 def test_a_client_that_stops_reading_its_responses_frees_its_running_place(
     base_url: str,
 ) -> None:
     """Large responses it never reads fill the socket: once writing has made no
     progress for HTTP_REQUEST_TIMEOUT (2 s here), the connection is dropped and
     the next request runs (it waited forever before)."""
-    host, port = base_url.removeprefix("http://").split(":")
-    stuck = socket.socket()
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.connect((host, int(port)))
     large = b"GET /docs/assets/swagger-ui-bundle.js.map HTTP/1.1\r\nHost: t\r\n\r\n"
-    with stuck:
-        stuck.sendall(large * 8)  # ~15 MB of responses, never read
-        time.sleep(0.5)
-        with _send(base_url, LIST) as next_request:
-            assert _answered_within(next_request, 5)
-            assert _response(next_request)[0] == 200
+    with (
+        _never_reading(base_url, large * 8),  # ~15 MB of responses
+        _send(base_url, LIST) as next_request,
+    ):
+        assert _answered_within(next_request, 5)
+        assert _response(next_request)[0] == 200
 
 
 def test_a_response_waiting_for_its_client_holds_no_running_place(
@@ -221,17 +231,13 @@ def test_a_response_waiting_for_its_client_holds_no_running_place(
     with server_process(
         database_url, HTTP_MAX_ACTIVE="1", HTTP_REQUEST_TIMEOUT="30"
     ) as (base, _):
-        host, port = base.removeprefix("http://").split(":")
-        stuck = socket.socket()
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.connect((host, int(port)))
         bundle = b"GET /docs/assets/swagger-ui-bundle.js HTTP/1.1\r\nHost: t\r\n\r\n"
-        with stuck:
-            stuck.sendall(bundle * 4)  # ~6 MB of responses, never read
-            time.sleep(0.5)
-            with _send(base, LIST) as next_request:
-                assert _answered_within(next_request, 10)
-                assert _response(next_request)[0] == 200
+        with (
+            _never_reading(base, bundle * 4),  # ~6 MB of responses
+            _send(base, LIST) as next_request,
+        ):
+            assert _answered_within(next_request, 10)
+            assert _response(next_request)[0] == 200
 
 
 @contextmanager

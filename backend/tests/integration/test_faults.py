@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -505,6 +506,30 @@ def _toggling(base: str, user: str, task_id: int, count: int) -> Iterator[list[i
             thread.join()
 
 
+@dataclass
+class _Contended:
+    """A server, a client of it, one user's task locked by another client (the
+    test commits `lock` when done), and another user's task, free."""
+
+    base: str
+    client: httpx.Client
+    task: dict[str, Any]
+    theirs: dict[str, Any]
+    lock: Any
+
+
+@contextmanager
+def _contended(database: str, **env: str) -> Iterator[_Contended]:
+    user, other = new_user_id(), new_user_id()
+    with (
+        running_server(database, None, **env) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        task = c.post(tasks_url(user), json={"title": "contended"}).json()
+        theirs = c.post(tasks_url(other), json={"title": "free"}).json()
+        yield _Contended(base, c, task, theirs, _lock_task(database, task["id"]))
+
+
 def test_exhausted_pool_gives_503_after_pool_timeout_not_a_hang(
     database: str, engine: Engine
 ) -> None:
@@ -538,22 +563,17 @@ def test_one_users_requests_hold_only_their_share_of_the_pool(
     user's turn (429 once DB_POOL_TIMEOUT has passed) instead of taking the last
     connection, which another user's request finds free. Without the share, the
     first user's two requests held both, and the other's read was a 503."""
-    user, other = new_user_id(), new_user_id()
     env = {"DB_POOL_SIZE": "2", "DB_POOL_TIMEOUT": "1", "USER_MAX_ACTIVE": "1"}
-    with (
-        running_server(database, None, **env) as base,
-        httpx.Client(base_url=base, timeout=30) as c,
-    ):
-        task = c.post(tasks_url(user), json={"title": "contended"}).json()
-        theirs = c.post(tasks_url(other), json={"title": "free"}).json()
-        lock = _lock_task(database, task["id"])
-        with _toggling(base, user, task["id"], 2) as results:
+    with _contended(database, **env) as at:
+        c, task, theirs, lock = at.client, at.task, at.theirs, at.lock
+        user = task["user_id"]
+        with _toggling(at.base, user, task["id"], 2) as results:
             wait_until(  # one runs (on the lock); the other waits for its turn
                 "a request waits on the lock",
                 lambda: sessions(engine, ours=True, on_a_lock=True) == 1,
             )
             started = time.monotonic()
-            assert c.get(tasks_url(other, theirs["id"])).json() == theirs
+            assert c.get(tasks_url(theirs["user_id"], theirs["id"])).json() == theirs
             assert time.monotonic() - started < 0.8
             refused = c.get(tasks_url(user))
             assert refused.status_code == 429, refused.text
@@ -577,22 +597,12 @@ def test_a_users_requests_waiting_for_their_turn_hold_no_running_place(
     places, so another user's read starts at once. Holding them, the two places
     were full and the read waited for the waiters to give up (a hostile trial:
     70 slow searches of one user, other users' reads 3 s)."""
-    user, other = new_user_id(), new_user_id()
-    env = {
-        "DB_POOL_SIZE": "2",
-        "USER_MAX_ACTIVE": "1",
-        "HTTP_MAX_ACTIVE": "2",
-        "DB_POOL_TIMEOUT": "8",
-    }
-    with (
-        running_server(database, None, **env) as base,
-        httpx.Client(base_url=base, timeout=30) as c,
-    ):
-        task = c.post(tasks_url(user), json={"title": "contended"}).json()
-        theirs = c.post(tasks_url(other), json={"title": "free"}).json()
+    env = {"DB_POOL_SIZE": "2", "USER_MAX_ACTIVE": "1", "DB_POOL_TIMEOUT": "8"}
+    with _contended(database, **env, HTTP_MAX_ACTIVE="2") as at:
+        c, task, theirs, lock = at.client, at.task, at.theirs, at.lock
+        user = task["user_id"]
         waits = metric(c, "user_share_waits_total")
-        lock = _lock_task(database, task["id"])
-        with _toggling(base, user, task["id"], 3) as results:
+        with _toggling(at.base, user, task["id"], 3) as results:
             wait_until(  # one on the lock, two waiting for the user's turn
                 "a request on the lock and two waiting for their turn",
                 lambda: (
@@ -601,7 +611,7 @@ def test_a_users_requests_waiting_for_their_turn_hold_no_running_place(
                 ),
             )
             started = time.monotonic()
-            assert c.get(tasks_url(other, theirs["id"])).json() == theirs
+            assert c.get(tasks_url(theirs["user_id"], theirs["id"])).json() == theirs
             assert time.monotonic() - started < 2
             lock.commit()
             lock.close()
@@ -618,23 +628,15 @@ def test_one_users_flood_of_waiting_requests_never_sheds_another_users(
     the most), and another user's read is served. Without it the 12 waiting
     filled the in-flight places, and the read was a 503. (Who gives way to
     another user's waiting request: `tests/unit/test_shares.py`.)"""
-    user, other = new_user_id(), new_user_id()
-    env = {
-        "DB_POOL_SIZE": "2",
-        "USER_MAX_ACTIVE": "1",
-        "HTTP_MAX_ACTIVE": "2",
-        "HTTP_MAX_IN_FLIGHT": str(2 + OPERATOR_PLACES + 3),
-        "DB_POOL_TIMEOUT": "8",
-    }
-    with (
-        running_server(database, None, **env) as base,
-        httpx.Client(base_url=base, timeout=30) as c,
-    ):
-        task = c.post(tasks_url(user), json={"title": "contended"}).json()
-        theirs = c.post(tasks_url(other), json={"title": "free"}).json()
+    in_flight = 2 + OPERATOR_PLACES + 3
+    env = {"DB_POOL_SIZE": "2", "USER_MAX_ACTIVE": "1", "DB_POOL_TIMEOUT": "8"}
+    with _contended(
+        database, **env, HTTP_MAX_ACTIVE="2", HTTP_MAX_IN_FLIGHT=str(in_flight)
+    ) as at:
+        c, task, theirs, lock = at.client, at.task, at.theirs, at.lock
+        user = task["user_id"]
         waits = metric(c, "user_share_waits_total")
-        lock = _lock_task(database, task["id"])
-        with _toggling(base, user, task["id"], 2 + OPERATOR_PLACES + 3) as results:
+        with _toggling(at.base, user, task["id"], in_flight) as results:
             wait_until(
                 "a toggle on the lock, 3 waiting for their turn and 9 refused",
                 lambda: (
@@ -643,7 +645,7 @@ def test_one_users_flood_of_waiting_requests_never_sheds_another_users(
                     and results.count(429) == 9
                 ),
             )
-            assert c.get(tasks_url(other, theirs["id"])).json() == theirs
+            assert c.get(tasks_url(theirs["user_id"], theirs["id"])).json() == theirs
             lock.commit()
             lock.close()
         assert sorted(results) == [200] * 4 + [429] * 9

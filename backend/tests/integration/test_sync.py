@@ -359,21 +359,28 @@ def test_a_task_renumbered_by_sql_is_reported_deleted_under_its_old_id(
     assert [task["id"] for task in changes["tasks"]] == [new_id]
 
 
+def _written_by_sql(
+    client: TestClient, engine: Engine, statement: str
+) -> tuple[dict[str, Any], str, str]:
+    """A new task, then `statement` run on it (`:id`) with SQL: the task as
+    created, its URL, and its ETag from before the statement."""
+    task = create_task(client, new_user_id())
+    url = tasks_url(task["user_id"], task["id"])
+    etag = client.get(url).headers["etag"]
+    with engine.begin() as connection:
+        connection.execute(text(statement), {"id": task["id"]})
+    return task, url, etag
+
+
 def test_a_task_edited_by_sql_gets_a_new_version(
     client: TestClient, engine: Engine
 ) -> None:
     """An operator's fix that does not set `updated_at` kept the task's ETag: a
     client's `If-None-Match` got a 304 (its stale copy kept) and its `If-Match`
     overwrote the fix (a trial). The database moves `updated_at` on."""
-    user = new_user_id()
-    task = create_task(client, user)
-    url = tasks_url(user, task["id"])
-    etag = client.get(url).headers["etag"]
-    with engine.begin() as connection:
-        connection.execute(
-            text("UPDATE task SET title = 'fixed by hand' WHERE id = :id"),
-            {"id": task["id"]},
-        )
+    task, url, etag = _written_by_sql(
+        client, engine, "UPDATE task SET title = 'fixed by hand' WHERE id = :id"
+    )
     fixed = client.get(url, headers={"If-None-Match": etag})
     assert fixed.status_code == 200
     assert fixed.json()["title"] == "fixed by hand"
@@ -389,14 +396,9 @@ def test_the_restore_procedures_update_keeps_every_version(
     """`UPDATE task SET change_xid = 0` (specs/008, after a logical restore)
     writes no task's content: its version, last-modified time and ETag stay (a
     review: the first version of migration 0005 moved every task's on)."""
-    user = new_user_id()
-    task = create_task(client, user)
-    url = tasks_url(user, task["id"])
-    etag = client.get(url).headers["etag"]
-    with engine.begin() as connection:
-        connection.execute(
-            text("UPDATE task SET change_xid = 0 WHERE id = :id"), {"id": task["id"]}
-        )
+    task, url, etag = _written_by_sql(
+        client, engine, "UPDATE task SET change_xid = 0 WHERE id = :id"
+    )
     assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
     assert client.get(url).json() == task
 
