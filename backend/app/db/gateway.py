@@ -224,6 +224,17 @@ _DRIVER_ERRORS = (
 )
 
 
+def _never_sent(exc: BaseException) -> bool:
+    """asyncpg refused to start the statement: its connection was still taking
+    in an error, as when the server closes an idle connection (Neon, an
+    `idle_session_timeout`) just as a statement begins on it. Nothing was sent,
+    so even a write may run on another connection (a trial: a 503 saying the
+    create "may have been made", 5 of 12 at the timeout's edge)."""
+    return isinstance(exc, asyncpg.exceptions.InternalClientError) and str(
+        exc
+    ).startswith("cannot switch to state")
+
+
 async def _read_timestamps_as_text(connection: Connection) -> None:
     """`timestamptz` in PostgreSQL's text form, parsed by `fromisoformat`: asyncpg
     builds a datetime from the binary form in Python (~0.55 us each: with a
@@ -556,14 +567,19 @@ class Database:
     ) -> Any:
         """One statement on a pooled connection, run again once on another when
         it cannot have run: a read whose connection was dropped (a write's may
-        have been applied), or any whose prepared statement a pooler lost."""
+        have been applied), any the driver never sent, or any whose prepared
+        statement a pooler lost."""
         for attempt in (1, 2):
             try:
                 async with self._connection(writes=writes) as connection:
                     try:
                         return await run(connection)
-                    except _DRIVER_ERRORS:
-                        if writes or attempt == 2 or not connection.is_closed():
+                    except _DRIVER_ERRORS as exc:
+                        unsent = _never_sent(exc)
+                        if unsent:
+                            connection.terminate()  # mid-way through an error
+                        again = unsent or (not writes and connection.is_closed())
+                        if attempt == 2 or not again:
                             with _driver_errors(connection):
                                 raise
             except StatementLost:  # `_connection` turned the cache off

@@ -219,6 +219,31 @@ async def test_write_is_not_retried_on_a_dropped_connection(
     assert await database.fetch_one(COUNT, user_id=user) == {"n": 0}
 
 
+async def test_a_write_the_driver_never_sent_runs_on_another_connection(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server closes an idle connection just as a write begins on it: asyncpg,
+    still taking in the server's error, refuses to start the statement. Nothing
+    was sent, so it runs once on another connection (a trial: a 503 saying the
+    create "may have been made"), and that connection is not reused."""
+    user = new_user_id()
+    fetchrow = gateway._Connection.fetchrow
+    refused: list[Any] = []
+
+    async def mid_error(connection: Any, *args: Any, **kwargs: Any) -> Any:
+        if not refused:
+            refused.append(connection)
+            raise asyncpg.exceptions.InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress"
+            )
+        return await fetchrow(connection, *args, **kwargs)
+
+    monkeypatch.setattr(gateway._Connection, "fetchrow", mid_error)
+    await database.write_one(INSERT, user_id=user)
+    assert refused[0].is_closed()
+    assert await database.fetch_one(COUNT, user_id=user) == {"n": 1}
+
+
 async def test_a_statement_a_pooler_lost_is_run_again_without_the_cache(
     database: Database,
 ) -> None:
