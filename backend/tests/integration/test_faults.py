@@ -33,7 +33,14 @@ from app.observability.logging import Throttled
 from tests.conftest import ClientFactory, fresh_database
 from tests.factories import metric, new_user_id, tasks_url
 from tests.pg import PrivatePostgres
-from tests.server import BACKEND, free_port, running_server, server_process, stop
+from tests.server import (
+    BACKEND,
+    free_port,
+    logs_no_traceback,
+    running_server,
+    server_process,
+    stop,
+)
 from tests.sessions import sessions, wait_until
 
 C3_KEYS = {"error", "code", "detail", "fields", "request_id"}
@@ -653,15 +660,21 @@ def test_one_users_flood_of_waiting_requests_never_sheds_another_users(
 
 
 def test_a_request_whose_client_hung_up_while_it_waited_its_turn_is_not_run(
-    database: str, engine: Engine
+    database: str, engine: Engine, tmp_path: Path
 ) -> None:
-    """USER_MAX_ACTIVE=1: a toggle waits for the user's turn behind one on a
-    locked task, and its client hangs up. When the turn comes it is not run (a
-    review: it toggled for nobody, ahead of the user's live requests)."""
+    """USER_MAX_ACTIVE=1: a toggle and a read wait for the user's turn behind one
+    on a locked task, and their clients hang up. When the turn comes neither is
+    run (a review: it toggled for nobody, ahead of the user's live requests),
+    and each is a 499, not a 500 with a stack trace (reading the body of a
+    request whose client had gone raised: a re-trial)."""
     user = new_user_id()
+    log = tmp_path / "server.log"
     with (
-        running_server(database, None, DB_POOL_SIZE="2", USER_MAX_ACTIVE="1") as base,
+        server_process(
+            database, log=str(log), DB_POOL_SIZE="2", USER_MAX_ACTIVE="1"
+        ) as (base, _),
         httpx.Client(base_url=base, timeout=30) as c,
+        logs_no_traceback(log),
     ):
         task = c.post(tasks_url(user), json={"title": "once"}).json()
         waits = metric(c, "user_share_waits_total")
@@ -672,21 +685,31 @@ def test_a_request_whose_client_hung_up_while_it_waited_its_turn_is_not_run(
                 lambda: sessions(engine, ours=True, on_a_lock=True) == 1,
             )
             host, port = base.removeprefix("http://").split(":")
-            with socket.create_connection((host, int(port)), timeout=10) as gone:
-                gone.sendall(
+            with (
+                socket.create_connection((host, int(port)), timeout=10) as toggle,
+                socket.create_connection((host, int(port)), timeout=10) as read,
+            ):
+                toggle.sendall(
                     f"PATCH {tasks_url(user, task['id'])}/complete HTTP/1.1\r\n"
                     "Host: t\r\nContent-Length: 0\r\n\r\n".encode()
                 )
-                wait_until(
-                    "the second waits for its turn",
-                    lambda: metric(c, "user_share_waits_total") == waits + 1,
+                read.sendall(
+                    f"GET {tasks_url(user)} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
                 )
-            time.sleep(0.3)  # the server sees the hang-up
+                wait_until(
+                    "both wait for their turn",
+                    lambda: metric(c, "user_share_waits_total") == waits + 2,
+                )
+            time.sleep(0.3)  # the server sees the hang-ups
             lock.commit()
             lock.close()
         assert results == [200]
         time.sleep(1)  # the second, had it run, has long finished
         assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
+        counted = c.get("/metrics").text
+        assert 'route="/api/{user_id}/tasks/{id}/complete",status="499"' in counted
+        assert 'route="/api/{user_id}/tasks",status="499"' in counted
+        assert 'status="500"' not in counted
 
 
 def test_a_schema_dropped_under_a_running_worker_gives_503_until_it_is_back(

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import Scope
 
@@ -62,8 +63,13 @@ class AdmittedRoute(APIRoute):
 async def _hung_up(request: Request) -> bool:
     """Whether the client hung up while its request waited for its user's turn:
     such a request is not run (its turn goes on to the next). Its body is read
-    first (kept for the handler), so the check can only find a hang-up."""
-    await request.body()
+    first (kept for the handler), so the check can only find a hang-up; a hang-up
+    seen already ends the read (Starlette's ClientDisconnect: it was a 500, a
+    re-trial)."""
+    try:
+        await request.body()
+    except ClientDisconnect:
+        return True
     return await request.is_disconnected()
 
 
