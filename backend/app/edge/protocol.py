@@ -583,7 +583,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_size += size
         if self.head_size > MAX_HEAD_BYTES:
             self.oversized = True
-            if self.head_size > HEAD_READ_LIMIT:
+            # A trailer section (after a chunked body) at once: no head end
+            # follows to refuse it at.
+            if self.head_size > HEAD_READ_LIMIT or not self.reading_head:
                 self.refuse(HEAD_TOO_LARGE)
                 raise _StopReading
 
