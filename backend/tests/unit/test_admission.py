@@ -179,9 +179,11 @@ async def test_responses_waiting_for_their_clients_give_up_places_within_a_budge
     ]
     await asyncio.sleep(0)
     assert admission.running == 1  # both stepped aside
-    await asyncio.wait_for(admission._wait_writable(cast(Any, third), _CHUNK), 1)
+    in_place = asyncio.ensure_future(admission._wait_writable(cast(Any, third), _CHUNK))
+    await asyncio.sleep(0)
+    assert not in_place.done()  # it waits too, past the budget in its place
     assert admission.running == 1
-    first.flow.resume_writing()
-    second.flow.resume_writing()
-    await asyncio.wait_for(asyncio.gather(*waits), 1)
+    for connection in (first, second, third):
+        connection.flow.resume_writing()
+    await asyncio.wait_for(asyncio.gather(*waits, in_place), 1)
     assert admission.running == 3
