@@ -61,13 +61,14 @@ A = TypeVar("A")
 _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 # SQLSTATE classes of a server that cannot serve us now: 08 connection exception,
 # 53 insufficient resources (too many connections), 57 operator intervention
-# (shutdown, statement timeout, cannot connect now).
-_UNAVAILABLE_CLASSES = ("08", "53", "57")
-# undefined_table, undefined_object; and class XX, internal_error: the schema is
-# gone under a running worker (a Neon branch reset, a restore into a database never
-# migrated), or a connection's prepared statements name what was dropped and made
-# again ("cache lookup failed for type"). Unavailable, and the connection is not
-# reused (its statement cache is stale); a 500 for every request before (a trial).
+# (shutdown, statement timeout, cannot connect now), XX internal error (as from a
+# connection's prepared statement naming a type dropped and made again: "cache
+# lookup failed for type").
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "XX")
+# undefined_table, undefined_object: the schema is gone under a running worker (a
+# Neon branch reset, a restore into a database never migrated). Unavailable, and
+# the connection is not reused (its statement cache is stale), as for the classes
+# above; every request was a 500 before (a trial).
 _SCHEMA_GONE = ("42P01", "42704")
 _LOCK_NOT_AVAILABLE = "55P03"
 # Rolled back whole, so running it again may succeed: deadlock_detected, and
@@ -313,7 +314,6 @@ def _translate(exc: Exception, connection: Connection | None) -> Exception:
         )
         or sqlstate[:2] in _UNAVAILABLE_CLASSES
         or sqlstate in _SCHEMA_GONE
-        or sqlstate[:2] == "XX"
     ):
         # Half-broken (the server is shutting it down, say): never reused.
         if connection is not None and not connection.is_closed():

@@ -242,15 +242,9 @@ class Admission:
             scope: UvicornScope, receive: ASGIReceiveCallable, send: ASGISendCallable
         ) -> None:
             async def unstalled(message: ASGISendEvent) -> None:
-                if protocol.flow.write_paused and not cycle.disconnected:
-                    await self._wait_writable(protocol, message)
                 await send(message)
-                if (
-                    protocol.flow.write_paused
-                    and not cycle.disconnected
-                    and not message.get("more_body", False)
-                ):  # its end written, not taken: it is held until it is
-                    await self._wait_writable(protocol, _WRITTEN)
+                if protocol.flow.write_paused and not cycle.disconnected:
+                    await self._wait_writable(protocol)
 
             try:
                 await app(scope, receive, unstalled)
@@ -268,23 +262,19 @@ class Admission:
 
         protocol.start(cycle, then_next)
 
-    async def _wait_writable(
-        self, protocol: "BoundedHttpToolsProtocol", message: ASGISendEvent
-    ) -> None:
-        """The client does not take the response as fast as it is written: the
-        request waits for it without its running place (as one waiting for its
-        user's turn), while the responses waiting so hold at most
-        MAX_STALLED_BYTES; past that it waits in its place. Holding it, 70
-        connections each pipelining four requests for the 1.5 MB Swagger UI
-        bundle, never read, held the 64 places, and other users' requests
-        waited up to 10 s, the stall's limit (a trial: no token needed). A
-        response written whole in one piece (a list of 1,000 tasks, 2.5 MB)
-        waits too, once written: its request ended at once, and 800 clients
-        that never read grew a worker to 1.3 GB (a re-trial). What it holds:
-        what waits in the transport, and the `message` to write."""
-        body = message.get("body", b"")
+    async def _wait_writable(self, protocol: "BoundedHttpToolsProtocol") -> None:
+        """The client does not take what the request wrote as fast as it was
+        written: the request waits for it, after each write (its last one too),
+        without its running place (as one waiting for its user's turn), while the
+        responses waiting so hold at most MAX_STALLED_BYTES in their transports;
+        past that it waits in its place. Holding it, 70 connections each
+        pipelining four requests for the 1.5 MB Swagger UI bundle, never read,
+        held the 64 places, and other users' requests waited up to 10 s, the
+        stall's limit (a trial: no token needed). Not waiting after its last
+        write, a response written whole in one piece (a list of 1,000 tasks,
+        2.5 MB) ended its request at once, and 800 clients that never read grew
+        a worker to 1.3 GB (a re-trial)."""
         held = protocol.transport.get_write_buffer_size()
-        held += len(body) if isinstance(body, bytes) else 0
         if _STALLED.held + held > MAX_STALLED_BYTES:
             await protocol.flow.drain()  # in its place: memory stays bounded
             return
@@ -343,12 +333,6 @@ class _Held:
 _HEADS = _Held()  # the heads being read
 # Bytes of the responses whose requests wait for their clients without a place.
 _STALLED = _Held()
-# A response's end, written: what `_wait_writable` waits on is in the transport.
-_WRITTEN: ASGISendEvent = {
-    "type": "http.response.body",
-    "body": b"",
-    "more_body": False,
-}
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):

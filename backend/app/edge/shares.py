@@ -78,9 +78,7 @@ class UserShares:
                 self.give(user)  # handed over as this one gave up: pass it on
             elif turn in waiting:  # else `give` or `_give_way` has dropped it
                 waiting.remove(turn)
-                self._queued -= 1
-                if not waiting and self._waiting.get(user) is waiting:
-                    del self._waiting[user]
+                self._left(user, waiting)
             if isinstance(exc, TimeoutError):
                 raise ShareInUse() from None
             raise
@@ -93,17 +91,12 @@ class UserShares:
         oldest request still waiting, if any. A waiter already cancelled (timed
         out, or the server's shutdown) whose task has not run since is skipped."""
         waiting = self._waiting.get(user)
-        handed = False
-        while waiting and not handed:
+        while waiting:
             turn = waiting.popleft()
-            self._queued -= 1
+            self._left(user, waiting)
             if not turn.done():
                 turn.set_result(None)  # the turn passes on: as many run
-                handed = True
-        if waiting is not None and not waiting:
-            del self._waiting[user]
-        if handed:
-            return
+                return
         running = self._running[user] - 1
         if running:
             self._running[user] = running
@@ -120,8 +113,12 @@ class UserShares:
         if len(waiting) <= mine:
             raise ShareInUse()
         turn = waiting.pop()
-        self._queued -= 1
-        if not waiting:
-            del self._waiting[heaviest]
+        self._left(heaviest, waiting)
         if not turn.done():  # else cancelled, and its task has not run since
             turn.set_exception(ShareInUse())
+
+    def _left(self, user: str, waiting: deque[asyncio.Future[None]]) -> None:
+        """A request has left `user`'s queue `waiting`; an empty queue goes."""
+        self._queued -= 1
+        if not waiting and self._waiting.get(user) is waiting:
+            del self._waiting[user]

@@ -149,10 +149,6 @@ async def test_a_request_cancelled_by_the_shutdown_has_one_access_line(
     assert running.logged  # so the protocol writes no second line
 
 
-# What a request waits to write: it counts as held too.
-_CHUNK: Any = {"type": "http.response.body", "body": b"x" * 1024, "more_body": True}
-
-
 class Stalled:
     """A connection whose client takes nothing: `buffered` bytes wait in its
     transport until `flow.resume_writing()`."""
@@ -171,15 +167,15 @@ async def test_responses_waiting_for_their_clients_give_up_places_within_a_budge
     past that, it keeps its place (memory stays bounded)."""
     admission = Admission(active=4, in_flight=10)
     admission.running = 3
-    half = MAX_STALLED_BYTES // 2 - len(_CHUNK["body"])
-    first, second, third = Stalled(half), Stalled(half), Stalled(0)
+    half = MAX_STALLED_BYTES // 2
+    first, second, third = Stalled(half), Stalled(half), Stalled(1)
     waits = [
-        asyncio.ensure_future(admission._wait_writable(cast(Any, c), _CHUNK))
+        asyncio.ensure_future(admission._wait_writable(cast(Any, c)))
         for c in (first, second)
     ]
     await asyncio.sleep(0)
     assert admission.running == 1  # both stepped aside
-    in_place = asyncio.ensure_future(admission._wait_writable(cast(Any, third), _CHUNK))
+    in_place = asyncio.ensure_future(admission._wait_writable(cast(Any, third)))
     await asyncio.sleep(0)
     assert not in_place.done()  # it waits too, past the budget in its place
     assert admission.running == 1
