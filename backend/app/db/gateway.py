@@ -150,6 +150,17 @@ class StatementLost(Conflict):
     )
 
 
+class NotSent(Conflict):
+    """The driver refused to start a statement (`_never_sent`): it never reached
+    the server, and its connection is dropped, which rolls back a transaction it
+    was in. Run again (`_single`, `again_on_conflict`), it may succeed."""
+
+    detail = (
+        "The connection to the database failed before this operation was sent: "
+        "nothing was changed; retry after Retry-After s"
+    )
+
+
 # Runs of a batch or a clear that PostgreSQL rolled back to break a deadlock with
 # another transaction, before a 503.
 CONFLICT_ATTEMPTS = 3
@@ -284,10 +295,14 @@ def _dicts_for(names: tuple[str, ...]) -> _Dicts:
 
 def _translate(exc: Exception, connection: Connection | None) -> Exception:
     """A driver error as the service sees it: LockTimeout, Conflict (and
-    StatementLost), DatabaseRefused,
+    StatementLost, NotSent), DatabaseRefused,
     DatabaseUnavailable when the connection or the server failed (rather than the
     statement), else itself."""
     sqlstate = getattr(exc, "sqlstate", None) or ""
+    if _never_sent(exc):
+        if connection is not None:
+            connection.terminate()  # mid-way through an error
+        return NotSent()
     if sqlstate == _LOCK_NOT_AVAILABLE:
         return LockTimeout()
     if sqlstate in _REFUSED:
@@ -574,15 +589,14 @@ class Database:
                 async with self._connection(writes=writes) as connection:
                     try:
                         return await run(connection)
-                    except _DRIVER_ERRORS as exc:
-                        unsent = _never_sent(exc)
-                        if unsent:
-                            connection.terminate()  # mid-way through an error
-                        again = unsent or (not writes and connection.is_closed())
-                        if attempt == 2 or not again:
+                    except _DRIVER_ERRORS:
+                        dropped = not writes and connection.is_closed()
+                        if attempt == 2 or not dropped:
                             with _driver_errors(connection):
                                 raise
-            except StatementLost:  # `_connection` turned the cache off
+            # Nothing ran (and for StatementLost, `_connection` turned the
+            # statement cache off).
+            except (NotSent, StatementLost):
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")

@@ -244,6 +244,47 @@ async def test_a_write_the_driver_never_sent_runs_on_another_connection(
     assert await database.fetch_one(COUNT, user_id=user) == {"n": 1}
 
 
+@pytest.mark.parametrize("refused_at", ["BEGIN", "INSERT"])
+async def test_a_transaction_the_driver_could_not_send_is_run_again(
+    database: Database, monkeypatch: pytest.MonkeyPatch, refused_at: str
+) -> None:
+    """As above, at a transaction's BEGIN or a statement inside it: the
+    connection is dropped, so the server rolls back whatever the transaction had
+    done, and nothing of it is left. `again_on_conflict` runs it again (it was a
+    503 saying the change "may have been made")."""
+    user = new_user_id()
+    execute = gateway._Connection.execute
+    fetchrow = gateway._Connection.fetchrow
+    refused: list[Any] = []
+
+    def refuse(connection: Any, sql: str) -> None:
+        if sql.startswith(refused_at) and not refused:
+            refused.append(connection)
+            raise asyncpg.exceptions.InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress"
+            )
+
+    async def execute_or_refuse(connection: Any, sql: str, *args: Any) -> Any:
+        refuse(connection, sql)
+        return await execute(connection, sql, *args)
+
+    async def fetchrow_or_refuse(connection: Any, sql: str, *args: Any) -> Any:
+        refuse(connection, sql)
+        return await fetchrow(connection, sql, *args)
+
+    monkeypatch.setattr(gateway._Connection, "execute", execute_or_refuse)
+    monkeypatch.setattr(gateway._Connection, "fetchrow", fetchrow_or_refuse)
+
+    async def two_inserts() -> None:
+        async with database.transaction() as tx:
+            await tx.write_one(INSERT, user_id=user)
+            await tx.write_one(INSERT, user_id=user)
+
+    await gateway.again_on_conflict(two_inserts)
+    assert refused[0].is_closed()
+    assert await database.fetch_one(COUNT, user_id=user) == {"n": 2}
+
+
 async def test_a_statement_a_pooler_lost_is_run_again_without_the_cache(
     database: Database,
 ) -> None:
