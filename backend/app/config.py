@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+import io
 import ipaddress
 import re
 import socket
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv.parser import parse_stream
 from pydantic import (
     AwareDatetime,
     Field,
@@ -492,11 +494,40 @@ def _problems(exc: ValidationError) -> list[tuple[frozenset[str], str]]:
     return problems
 
 
+_ENV_LINE_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def _unreadable(env_file: Path | str | None) -> list[str]:
+    """What of `env_file` python-dotenv cannot read: it skips such a line with a
+    warning naming no variable, and the setting would silently be unset (the
+    audience check, or authentication, off). Named by its variable, never with
+    its value (a secret, perhaps)."""
+    if env_file is None or not Path(env_file).is_file():
+        return []
+    try:
+        text = Path(env_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return [f"{env_file}: not UTF-8 text (byte {exc.start + 1})"]
+    problems = []
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.line
+            named = _ENV_LINE_NAME.match(binding.original.string)
+            where = f"{named[1]}: " if named else ""
+            problems.append(
+                f"{where}{env_file}, line {line}: cannot be read (a quote not "
+                "closed?); fix the line or remove it"
+            )
+    return problems
+
+
 def load_settings(env_file: Path | str | None = ".env", **given: Any) -> Settings:
     """The settings (`given` ones over the environment's), or ConfigError listing
     every problem at once: a malformed value would otherwise hide the rules that
     need every value (what production lacks), so those are checked again with the
     malformed ones at their defaults."""
+    if unreadable := _unreadable(env_file):
+        raise ConfigError("\n".join(f"configuration error: {p}" for p in unreadable))
     try:
         return Settings(_env_file=env_file, **given)
     except ValidationError as exc:

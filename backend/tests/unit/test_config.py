@@ -97,6 +97,38 @@ def test_bad_setting_fails_with_one_line_naming_it(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        ('JWT_AUDIENCE="https://app.example.com', "JWT_AUDIENCE"),
+        ("export BETTER_AUTH_SECRET='s3cret-value", "BETTER_AUTH_SECRET"),
+        ("not a setting", "line 2"),
+    ],
+)
+def test_a_line_of_env_that_cannot_be_read_stops_start_up(
+    tmp_path: Path, line: str, name: str
+) -> None:
+    """python-dotenv skips such a line with a warning naming no variable, and the
+    service started without the setting: with the audience check off, or auth
+    off (a contract trial)."""
+    env = tmp_path / ".env"
+    env.write_text(f"DATABASE_URL=postgresql://h/db\n{line}\nRATE_LIMIT=5/second\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(env_file=env)
+    message = str(excinfo.value)
+    assert name in message
+    assert "line 2" in message
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def test_an_env_file_that_is_not_utf_8_stops_start_up(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_bytes(b"DATABASE_URL=postgresql://h/db\nCORS_ORIGINS=caf\xe9\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_settings(env_file=env)
+
+
 def test_production_requires_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("ENVIRONMENT", "production")
