@@ -267,6 +267,13 @@ def _search_text(value: str) -> str | None:
     return value or None
 
 
+def _token(value: str | None) -> str | None:
+    """`cursor` and `since`: an empty one is none (the first page, a first sync),
+    as page tokens go; a generated client bound to a stored token sends it empty
+    before it has one (a trial: a 400)."""
+    return value or None
+
+
 SortKey = Literal[
     "created_at",
     "-created_at",
@@ -298,7 +305,9 @@ class TaskListQuery(BaseModel):
     due_after: AwareDatetime | None = None
     sort: SortKey = "-created_at"
     limit: Limit = MAX_LIMIT
-    cursor: Annotated[str | None, StringConstraints(max_length=MAX_CURSOR)] = None
+    cursor: Annotated[
+        str | None, StringConstraints(max_length=MAX_CURSOR), AfterValidator(_token)
+    ] = None
 
     def filters(self) -> dict[str, Any]:
         """The filter set in a canonical form: a cursor is bound to it."""
@@ -317,7 +326,9 @@ class ChangesQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    since: Annotated[str | None, StringConstraints(max_length=16_000)] = None
+    since: Annotated[
+        str | None, StringConstraints(max_length=16_000), AfterValidator(_token)
+    ] = None
     limit: Limit = MAX_LIMIT
 
 
@@ -430,8 +441,8 @@ _OP_BODY_SCHEMA = {
 
 class BatchOperation(BaseModel):
     """One operation of an E11 batch, the twin of a single request: `create` (`body`
-    as POST's), `replace` (as PUT's), `patch` (as PATCH's), `toggle` (no `body`, or
-    `{}`) and `delete` (no `body`). Every op but `create` names its task by exactly
+    as POST's), `replace` (as PUT's), `patch` (as PATCH's), and `toggle` and `delete`
+    (no `body`, or `{}`: as theirs). Every op but `create` names its task by exactly
     one of `id` and `target`, the `ref` of an earlier create in the same batch;
     `if_match` goes with `id` only. Refs are unique within a batch."""
 
@@ -472,8 +483,6 @@ class BatchOperation(BaseModel):
             raise ValueError(
                 "if_match needs an id: a task made in this batch has no ETag"
             )
-        if self.op == "delete" and self.body is not None:
-            raise ValueError("delete takes no body")
         return self
 
 

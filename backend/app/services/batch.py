@@ -220,8 +220,9 @@ async def _apply(
         if step.op == "patch":
             patch = _parse(TaskPatch, step.body)
             return _outcome(step, 200, await tasks.patch(**named, data=patch))
+        # toggle and delete: a body as their single requests read one (`no_body`)
+        _parse(ToggleBody, {} if step.body is None else step.body)
         if step.op == "toggle":
-            _parse(ToggleBody, {} if step.body is None else step.body)
             return _outcome(step, 200, await tasks.toggle(**named))
         await tasks.delete(**named)
         return _outcome(step, 204)

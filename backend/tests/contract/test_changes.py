@@ -49,6 +49,16 @@ def test_first_sync_returns_every_task_and_no_deletions(client: TestClient) -> N
     assert isinstance(body["next"], str)
 
 
+def test_an_empty_since_is_a_first_sync(client: TestClient) -> None:
+    """As an empty page token starts a list: a generated client bound to a stored
+    token sends `since=` before it has one (a trial: a 400)."""
+    user = new_user_id()
+    create_task(client, user)
+    first = changes(client, user, since="")
+    assert first["tasks"] == changes(client, user)["tasks"] != []
+    assert first["deleted"] == []
+
+
 def test_sync_returns_only_changes_since_the_token(client: TestClient) -> None:
     user = new_user_id()
     untouched = create_task(client, user, title="old")
