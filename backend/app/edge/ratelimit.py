@@ -2,13 +2,13 @@
 per client address, and failed authentications (AUTH_FAILURE_LIMIT) per client
 address. Counters live in Redis when REDIS_URL is set, so every process shares one
 budget; otherwise in this process's memory. If Redis fails, requests are allowed (and
-a warning is logged at most every 10 s): a limiter outage must never turn into an API
-outage."""
+a warning is logged at most every 10 s), and Redis is left alone for STORE_PAUSE
+seconds, then tried by one request at a time: a limiter outage must never turn into
+an API outage, nor a Redis that hangs into a slow API."""
 
 import logging
 import math
 import time
-from collections.abc import Awaitable
 from typing import Protocol
 
 from app.errors import RateLimited
@@ -17,10 +17,16 @@ from app.observability.logging import Throttled, failure
 
 logger = logging.getLogger("app.ratelimit")
 
+# Seconds a failed Redis is left alone: each request tried it, and with a Redis
+# that accepts connections and never answers, each waited its 250 ms socket
+# timeout (a trial).
+STORE_PAUSE = 2.0
+
 
 class Store(Protocol):
-    async def hit(self, key: str, window: int) -> int:
-        """Count one request for `key` in its current window; return the count."""
+    async def hit(self, key: str, window: int) -> int | None:
+        """Count one request for `key` in its current window; return the count,
+        or None when it cannot be counted (allow)."""
         ...
 
     async def close(self) -> None: ...
@@ -49,19 +55,43 @@ class MemoryStore:
 
 
 class RedisStore:
+    """Shared by the request and the failed-authentication limiters: one
+    outage, one warning."""
+
     def __init__(self, url: str) -> None:
         from redis.asyncio import Redis  # imported only when REDIS_URL is set
 
         self._redis: Redis = Redis.from_url(
             url, socket_timeout=0.25, socket_connect_timeout=0.25
         )
+        self._unavailable = Throttled(logger)
+        self._failed_at: float | None = None  # the last failure, while it lasts
+        self._trying = False  # a request tries Redis again after a failure
 
-    async def hit(self, key: str, window: int) -> int:
+    async def hit(self, key: str, window: int) -> int | None:
+        """None (allow) when Redis fails, and without asking it for STORE_PAUSE
+        seconds after a failure, or while another request tries it again."""
+        if self._failed_at is not None:
+            if self._trying or time.monotonic() - self._failed_at < STORE_PAUSE:
+                metrics.RATE_LIMITER_ERRORS.inc()
+                return None
+            self._trying = True
         bucket = self._bucket(key, window)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.incr(bucket)
-            pipe.expire(bucket, window + 1)
-            count, _ = await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(bucket)
+                pipe.expire(bucket, window + 1)
+                count, _ = await pipe.execute()
+        except Exception as exc:  # the limiter is down: allow, and say so
+            self._failed_at = time.monotonic()
+            metrics.RATE_LIMITER_ERRORS.inc()
+            self._unavailable.log(f"rate limiter unavailable, allowing: {failure(exc)}")
+            return None
+        finally:
+            self._trying = False
+        if self._failed_at is not None:
+            self._failed_at = None
+            self._unavailable.ended("rate limiter reachable again")
         return int(count)
 
     @staticmethod
@@ -77,23 +107,11 @@ class RateLimiter:
         self.limit = limit
         self.window = window
         self.store = store
-        self._unavailable = Throttled(logger)
 
     async def check(self, identity: str, detail: str | None = None) -> None:
         """Counts one for `identity`: RateLimited (429) when that is over its
         budget for this window."""
-        count = await self._safely(self.store.hit(identity, self.window))
-        if count > self.limit:
+        count = await self.store.hit(identity, self.window)
+        if count is not None and count > self.limit:
             retry_after = math.ceil(self.window - time.time() % self.window)
             raise RateLimited(retry_after=retry_after, detail=detail)
-
-    async def _safely(self, counting: Awaitable[int]) -> int:
-        """The store's answer, or 0 (allow) when the store is down."""
-        try:
-            count = await counting
-        except Exception as exc:  # the limiter is down: allow, and say so
-            metrics.RATE_LIMITER_ERRORS.inc()
-            self._unavailable.log(f"rate limiter unavailable, allowing: {failure(exc)}")
-            return 0
-        self._unavailable.ended("rate limiter reachable again")
-        return count
