@@ -150,6 +150,9 @@ class Settings(BaseSettings):
 
     # Signs list cursors; shared by all instances so cursors work across them.
     CURSOR_SECRET: SecretStr | None = None
+    # Earlier keys, comma-separated: what they signed is still accepted, and
+    # nothing new is signed with them (a rotation keeps clients' cursors).
+    CURSOR_SECRET_FALLBACKS: Annotated[list[SecretStr] | None, NoDecode] = None
 
     # Deleted tasks are reported to delta syncs (E10) for this long; an older
     # sync token gets 410 and the client syncs from scratch.
@@ -214,7 +217,11 @@ class Settings(BaseSettings):
         return value.strip()
 
     @field_validator(
-        "CORS_ORIGINS", "CORS_ALLOW_HEADERS", "JWT_AUDIENCE", mode="before"
+        "CORS_ORIGINS",
+        "CORS_ALLOW_HEADERS",
+        "JWT_AUDIENCE",
+        "CURSOR_SECRET_FALLBACKS",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -317,6 +324,13 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes (openssl rand -base64 32)")
         return value
+
+    @field_validator("CURSOR_SECRET_FALLBACKS")
+    @classmethod
+    def _long_secrets(cls, values: list[SecretStr] | None) -> list[SecretStr] | None:
+        for value in values or ():
+            cls._long_secret(value)
+        return values
 
     @field_validator("RATE_LIMIT", "AUTH_FAILURE_LIMIT")
     @classmethod
@@ -440,6 +454,12 @@ class Settings(BaseSettings):
             secret = self.jwt_secret.get_secret_value().encode()
             return hmac.new(secret, b"task-api cursor key", hashlib.sha256).digest()
         return None
+
+    @property
+    def cursor_fallback_keys(self) -> list[bytes]:
+        """Keys whose cursors and sync tokens are still accepted (a rotation)."""
+        fallbacks = self.CURSOR_SECRET_FALLBACKS or []
+        return [key.get_secret_value().encode() for key in fallbacks]
 
     @property
     def auth_enabled(self) -> bool:

@@ -151,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "CURSOR_SECRET is not set: cursors and sync tokens are signed with this "
             "process's own key, refused by other workers and after a restart"
         )
-    cursors = CursorCodec(settings.cursor_key)
+    cursors = CursorCodec(settings.cursor_key, settings.cursor_fallback_keys)
     retention = timedelta(days=settings.SYNC_RETENTION_DAYS)
     app.state.tasks = TaskService(database, cursors, retention, settings.SYNC_RESET_AT)
     app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None

@@ -10,6 +10,7 @@ import hmac
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from app.errors import InvalidCursor
@@ -20,14 +21,29 @@ _ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class CursorCodec:
-    def __init__(self, secret: bytes | None = None) -> None:
+    def __init__(
+        self, secret: bytes | None = None, fallbacks: Sequence[bytes] = ()
+    ) -> None:
         # Without a configured secret (development), each process makes its own.
         self._secret = secret or secrets.token_bytes(32)
+        # Earlier secrets (a rotation): what they signed still verifies.
+        self._fallbacks = tuple(fallbacks)
 
-    def _sign(self, payload: bytes, binding: dict[str, Any]) -> bytes:
+    def _sign(
+        self, payload: bytes, binding: dict[str, Any], secret: bytes | None = None
+    ) -> bytes:
         message = json.dumps(binding, sort_keys=True, separators=(",", ":")).encode()
-        mac = hmac.new(self._secret, message + b"\n" + payload, hashlib.sha256)
+        key = secret or self._secret
+        mac = hmac.new(key, message + b"\n" + payload, hashlib.sha256)
         return mac.digest()[:_SIGNATURE_BYTES]
+
+    def _signed(
+        self, signature: bytes, payload: bytes, binding: dict[str, Any]
+    ) -> bool:
+        return any(
+            hmac.compare_digest(signature, self._sign(payload, binding, secret))
+            for secret in (self._secret, *self._fallbacks)
+        )
 
     def encode(self, position: list[Any], binding: dict[str, Any]) -> str:
         # UTF-8, not \u escapes: a title's emoji take 4 bytes, not 12 (MAX_CURSOR).
@@ -48,8 +64,8 @@ class CursorCodec:
         except ValueError:
             raise InvalidCursor() from None
         payload, signature = raw[:-_SIGNATURE_BYTES], raw[-_SIGNATURE_BYTES:]
-        if len(raw) <= _SIGNATURE_BYTES or not hmac.compare_digest(
-            signature, self._sign(payload, binding)
+        if len(raw) <= _SIGNATURE_BYTES or not self._signed(
+            signature, payload, binding
         ):
             raise InvalidCursor()
         position = json.loads(payload)

@@ -305,6 +305,35 @@ def _client_with_known_secret(make_client: ClientFactory, **env: Any) -> TestCli
     return make_client(CURSOR_SECRET=SecretStr(CURSOR_SECRET), **env)
 
 
+def test_cursors_and_tokens_outlive_a_rotated_cursor_secret(
+    make_client: ClientFactory,
+) -> None:
+    """CURSOR_SECRET rotated with the old key kept in CURSOR_SECRET_FALLBACKS: the
+    sync tokens and list cursors it signed still work, and new ones are signed
+    with the new key. Without it, every offline client's sync was a 400 (a
+    scale-out trial)."""
+    user = new_user_id()
+    old = _client_with_known_secret(make_client)
+    for title in "ab":
+        create_task(old, user, title=title)
+    token = changes(old, user)["next"]
+    cursor = old.get(tasks_url(user), params={"limit": 1}).headers["x-next-cursor"]
+    new_secret = "rotated-cursor-secret-" + "r" * 32
+    new = make_client(
+        CURSOR_SECRET=SecretStr(new_secret),
+        CURSOR_SECRET_FALLBACKS=[SecretStr(CURSOR_SECRET)],
+    )
+    create_task(new, user, title="c")
+    assert [t["title"] for t in changes(new, user, token)["tasks"]] == ["c"]
+    page = new.get(tasks_url(user), params={"limit": 1, "cursor": cursor})
+    assert page.status_code == 200, page.text
+    fresh = changes(new, user)["next"]
+    SyncToken.decode(CursorCodec(new_secret.encode()), user, fresh)
+    unrotated = make_client(CURSOR_SECRET=SecretStr(new_secret))
+    response = unrotated.get(tasks_url(user) + "/changes", params={"since": token})
+    assert_error(response, 400, "validation_error")
+
+
 def test_token_older_than_retention_is_410(make_client: ClientFactory) -> None:
     client = _client_with_known_secret(make_client, SYNC_RETENTION_DAYS=7)
     user = new_user_id()
