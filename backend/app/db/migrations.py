@@ -130,6 +130,28 @@ _REACHED = text(
 )
 
 
+# Tables, views and the like in the schema the migrations would create theirs in
+# (an empty alembic_version is what a downgrade to the base leaves).
+_TABLES = text(
+    "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
+    "AND relkind IN ('r', 'p', 'v', 'm', 'f') AND relname <> 'alembic_version' "
+    "ORDER BY relname LIMIT 4"
+)
+
+
+def _refuse_tables_of_another(connection: "Connection") -> None:
+    """A database with no alembic_version must have no tables either: ours would
+    be migrated in beside another application's (as Flyway refuses a non-empty
+    schema without its history table)."""
+    tables = connection.execute(_TABLES).scalars().all()
+    if tables:
+        named = ", ".join(tables[:3]) + (", …" if len(tables) > 3 else "")
+        raise ForeignSchema(
+            f"it has tables ({named}) and no alembic_version: it is another "
+            "application's database (give this service an empty database of its own)"
+        )
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade to head in one transaction, holding a transaction-level
     advisory lock (which also works through PgBouncer's transaction pooling).
@@ -155,8 +177,10 @@ def migrate(engine: Engine) -> None:
         limit_lock_waits(connection)
         config = alembic_config(connection)
         current = MigrationContext.configure(connection).get_current_revision()
+        if current is None:
+            _refuse_tables_of_another(connection)
         # Every revision of ours has the task table (the first creates it).
-        if current is not None and not inspect(connection).has_table("task"):
+        elif not inspect(connection).has_table("task"):
             raise ForeignSchema(
                 f"its alembic_version is at {current} and it has no task table: "
                 "it is another application's database (give this service a "

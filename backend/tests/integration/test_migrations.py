@@ -232,6 +232,30 @@ def test_another_applications_database_is_refused_not_served(revision: str) -> N
         )
 
 
+@pytest.mark.parametrize("table", ["customers", "task"])
+def test_a_database_with_tables_but_no_alembic_version_is_refused(table: str) -> None:
+    """Tables and no alembic_version: another application's database (or tables
+    made by hand). Its schema was migrated into it, extensions and all, and the
+    service started (a scale-out trial); with a `task` table of its own, the
+    error said only that the relation existed. Like Flyway on a non-empty
+    schema without its history table."""
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(text(f"CREATE TABLE {table} (id serial, name text)"))
+            done = _migrate_command(BACKEND, DATABASE_URL=url)
+            assert done.returncode != 0
+            assert done.stderr.strip().splitlines()[-1] == (
+                f"cannot prepare the database: it has tables ({table}) and no "
+                "alembic_version: it is another application's database (give this "
+                "service an empty database of its own)"
+            )
+            assert inspect(engine).get_table_names() == [table]
+        finally:
+            engine.dispose()
+
+
 def test_the_migration_command_reads_dot_env(tmp_path: Path) -> None:
     """As the server does: the documented migrate-once step finds the same
     settings (it read only the environment, and gave a KeyError traceback). It
