@@ -381,13 +381,17 @@ def test_workers_stop_when_their_supervisor_is_killed(database_url: str) -> None
             httpx.get(base + "/health")
 
 
+@pytest.mark.parametrize("directory", [None, ""])
 def test_metrics_add_up_every_workers_requests(
-    database_url: str, engine: object
+    database_url: str, engine: object, directory: str | None
 ) -> None:
     """With several workers, a scrape (answered by any one of them) counts every
     worker's requests: each counted its own, so scrapes went 7, 13, 7, 13, and
-    Prometheus saw counters reset (a trial)."""
-    with running_server(database_url, WEB_CONCURRENCY="2") as base:
+    Prometheus saw counters reset (a trial). A blank PROMETHEUS_MULTIPROC_DIR
+    (a deployment template's) is unset, as every setting: prometheus_client
+    took it for a directory, and every scrape was a 500 (a scale-out trial)."""
+    env = {} if directory is None else {"PROMETHEUS_MULTIPROC_DIR": directory}
+    with running_server(database_url, WEB_CONCURRENCY="2", **env) as base:
         user = new_user_id()
         route = "/api/{user_id}/tasks"
         before = _requests_total(base, route)
@@ -395,6 +399,32 @@ def test_metrics_add_up_every_workers_requests(
             assert httpx.get(base + tasks_url(user)).status_code == 200
         scrapes = [_requests_total(base, route) for _ in range(10)]
     assert scrapes == [before + 20] * 10
+
+
+def test_a_metrics_directory_that_is_not_there_stops_start_up(
+    database_url: str, tmp_path: Path
+) -> None:
+    """One line naming the variable: it was a 30-line traceback."""
+    missing = tmp_path / "nowhere"
+    done = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=BACKEND,
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "PYTHONPATH": str(BACKEND),
+            "PROMETHEUS_MULTIPROC_DIR": str(missing),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"configuration error: PROMETHEUS_MULTIPROC_DIR: {missing} is not a "
+        "directory this process can write to (create it, or unset the variable)"
+    )
 
 
 def test_a_request_the_protocol_refuses_has_its_access_line(
