@@ -390,8 +390,14 @@ def test_metrics_add_up_every_workers_requests(
     Prometheus saw counters reset (a trial). A blank PROMETHEUS_MULTIPROC_DIR
     (a deployment template's) is unset, as every setting: prometheus_client
     took it for a directory, and every scrape was a 500 (a scale-out trial)."""
-    env = {} if directory is None else {"PROMETHEUS_MULTIPROC_DIR": directory}
-    with running_server(database_url, WEB_CONCURRENCY="2", **env) as base:
+    server = (
+        running_server(database_url, WEB_CONCURRENCY="2")
+        if directory is None
+        else running_server(
+            database_url, WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR=directory
+        )
+    )
+    with server as base:
         user = new_user_id()
         route = "/api/{user_id}/tasks"
         before = _requests_total(base, route)
