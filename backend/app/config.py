@@ -405,6 +405,17 @@ class Settings(BaseSettings):
                     "CORS_ALLOW_CREDENTIALS=true needs explicit CORS_ORIGINS, not *",
                 )
             )
+        if self.HTTP_MAX_IN_FLIGHT <= self.HTTP_MAX_ACTIVE:
+            # Running requests start whatever it says: with none left to wait,
+            # one user's concurrent requests were refused (429) at once.
+            problems.append(
+                (
+                    frozenset({"HTTP_MAX_IN_FLIGHT", "HTTP_MAX_ACTIVE"}),
+                    f"HTTP_MAX_IN_FLIGHT ({self.HTTP_MAX_IN_FLIGHT}) must be more "
+                    f"than HTTP_MAX_ACTIVE ({self.HTTP_MAX_ACTIVE}): it counts the "
+                    "running requests and those waiting to run",
+                )
+            )
         if problems:
             raise SettingsProblems(problems)
         return self

@@ -84,6 +84,7 @@ def test_cors_defaults_to_localhost_in_development_and_none_in_production() -> N
         ("JWT_JWKS_URL", "http://user:secret@keys.example/jwks"),
         ("RATE_LIMIT", "1000000000/second"),
         ("JWT_USER_CLAIM", "  "),
+        ("HTTP_MAX_IN_FLIGHT", "64"),  # HTTP_MAX_ACTIVE's default
         ("CURSOR_SECRET_FALLBACKS", "long-enough-secret-0123456789abcdef,short"),
     ],
 )
