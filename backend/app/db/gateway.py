@@ -247,6 +247,14 @@ def _never_sent(exc: BaseException) -> bool:
     ).startswith("cannot switch to state")
 
 
+def _closing(exc: BaseException) -> bool:
+    """The server, or a pooler (PgBouncer's KILL: `database removed`), says it is
+    closing the connection: class 08, or an administrator's or a crash's shutdown.
+    The error comes before the close, so the driver does not yet see it closed."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate[:2] == "08" or sqlstate in ("57P01", "57P02")
+
+
 async def _read_timestamps_as_text(connection: Connection) -> None:
     """`timestamptz` in PostgreSQL's text form, parsed by `fromisoformat`: asyncpg
     builds a datetime from the binary form in Python (~0.55 us each: with a
@@ -589,11 +597,14 @@ class Database:
                 async with self._connection(writes=writes) as connection:
                     try:
                         return await run(connection)
-                    except _DRIVER_ERRORS:
-                        dropped = not writes and connection.is_closed()
+                    except _DRIVER_ERRORS as exc:
+                        dropped = not writes and (
+                            connection.is_closed() or _closing(exc)
+                        )
                         if attempt == 2 or not dropped:
                             with _driver_errors(connection):
                                 raise
+                        connection.terminate()
             # Nothing ran (and for StatementLost, `_connection` turned the
             # statement cache off).
             except (NotSent, StatementLost):

@@ -209,6 +209,29 @@ async def test_read_is_retried_on_a_dropped_connection(
     assert await database.fetch_one(COUNT, user_id=user) == {"n": 1}
 
 
+async def test_read_is_retried_when_the_server_reports_its_connection_failing(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PgBouncer's KILL (and a server shutting down) sends an error, then closes
+    the connection: the read fails before the driver sees it closed. It is run
+    again on a new connection, as for a dropped one, and that one is not reused
+    (a scale-out trial: 503s, `ProtocolViolationError: database removed`)."""
+    user = new_user_id()
+    await database.write_one(INSERT, user_id=user)
+    fetchrow = gateway._Connection.fetchrow
+    failed: list[Any] = []
+
+    async def removed(connection: Any, *args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append(connection)
+            raise asyncpg.exceptions.ProtocolViolationError("database removed")
+        return await fetchrow(connection, *args, **kwargs)
+
+    monkeypatch.setattr(gateway._Connection, "fetchrow", removed)
+    assert await database.fetch_one(COUNT, user_id=user) == {"n": 1}
+    assert failed[0].is_closed()
+
+
 async def test_write_is_not_retried_on_a_dropped_connection(
     database: Database, engine: Engine
 ) -> None:
