@@ -178,6 +178,11 @@ def parse_database_url(raw: str) -> DatabaseURL:
             connect_args["ssl"] = ssl.create_default_context(
                 cafile=query.pop("sslrootcert", None)
             )
+    gss = query.pop("gssencmode", "prefer")
+    if gss not in ("disable", "prefer", "require"):
+        raise ValueError("gssencmode must be disable, prefer or require")
+    if gss == "require":  # asyncpg has no GSSAPI encryption: disable is what it does
+        raise ValueError("gssencmode=require is not supported: use sslmode for TLS")
     unknown = sorted(set(query) - _ASYNCPG_PARAMETERS - _SERVER_PARAMETERS)
     if unknown:
         raise ValueError(f"parameter {unknown[0]!r} is not supported")

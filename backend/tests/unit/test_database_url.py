@@ -34,6 +34,16 @@ def test_every_scheme_users_paste_works(url: str) -> None:
     assert parsed.sync_url == "postgresql+psycopg2://u:p@host:5433/db"
 
 
+@pytest.mark.parametrize("mode", ["disable", "prefer"])
+def test_gssencmode_that_asks_for_no_gss_encryption_is_honoured(mode: str) -> None:
+    """asyncpg never encrypts with GSSAPI: `disable` (which tools add to skip a
+    Kerberos lookup) and `prefer` are what it does anyway (a 'not supported'
+    refusal until 2026-12-08, a scale-out trial). libpq still reads them."""
+    parsed = parse_database_url(f"postgresql://u@h/db?gssencmode={mode}")
+    assert "gssencmode" not in parsed.dsn
+    assert parsed.sync_url.endswith(f"?gssencmode={mode}")
+
+
 def test_neon_channel_binding_becomes_a_verified_certificate() -> None:
     parsed = parse_database_url(NEON)
     assert "channel_binding" not in parsed.dsn
@@ -118,7 +128,8 @@ def test_embedded_servers_socket_url_works() -> None:
         ("postgresql://u@h/db?port=99999", "port"),
         ("postgresql://u@h1:5432,h2:99999/db", "port"),
         ("postgresql://u@h:" + "9" * 5000 + "/db", "port"),
-        ("postgresql://u@h/db?gssencmode=require", "'gssencmode'"),
+        ("postgresql://u@h/db?gssencmode=require", "gssencmode=require"),
+        ("postgresql://u@h/db?gssencmode=maybe", "gssencmode must be"),
         ("postgresql://u@h/db?channel_binding=maybe", "channel_binding"),
         ("postgresql://u@h/db?sslmode=disable&channel_binding=require", "TLS"),
         ("postgresql://u@h/db?connect_timeout=soon", "connect_timeout"),
