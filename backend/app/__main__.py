@@ -86,18 +86,21 @@ def _migrate() -> int:
     """`python -m app.db.migrations`, in a process of its own (Alembic and
     psycopg2 never load into the serving process): its exit status. One that
     takes long (waiting on another instance's migration lock, or on a paused
-    pooler) is logged; it is killed if this process is stopped meanwhile."""
+    pooler) is logged every MIGRATION_NOTICE_SECONDS (once, an operator saw
+    silence after it); it is killed if this process is stopped meanwhile."""
     migrating = subprocess.Popen([sys.executable, "-m", "app.db.migrations"])
+    waited = 0
     try:
-        try:
-            return migrating.wait(MIGRATION_NOTICE_SECONDS)
-        except subprocess.TimeoutExpired:
-            logger.warning(
-                "still migrating the database after %d s: waiting on another "
-                "instance's migration, or on the database (a paused pooler?)",
-                MIGRATION_NOTICE_SECONDS,
-            )
-            return migrating.wait()
+        while True:
+            try:
+                return migrating.wait(MIGRATION_NOTICE_SECONDS)
+            except subprocess.TimeoutExpired:
+                waited += MIGRATION_NOTICE_SECONDS
+                logger.warning(
+                    "still migrating the database after %d s: waiting on another "
+                    "instance's migration, or on the database (a paused pooler?)",
+                    waited,
+                )
     finally:
         if migrating.poll() is None:  # a signal stops this process meanwhile
             migrating.kill()
