@@ -1,5 +1,6 @@
 """Settings: one class, read from the environment (and `.env`) once."""
 
+import difflib
 import hashlib
 import hmac
 import io
@@ -528,28 +529,43 @@ def _problems(exc: ValidationError) -> list[tuple[frozenset[str], str]]:
 _ENV_LINE_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
-def _unreadable(env_file: Path | str | None) -> list[str]:
-    """What of `env_file` python-dotenv cannot read: it skips such a line with a
-    warning naming no variable, and the setting would silently be unset (the
-    audience check, or authentication, off). Named by its variable, never with
-    its value (a secret, perhaps)."""
+def _env_file_problems(env_file: Path | str | None) -> list[str]:
+    """What of `env_file` would be lost: a line python-dotenv cannot read (it
+    skips it with a warning naming no variable, and the setting would silently be
+    unset: the audience check, or authentication, off), and a name close to a
+    setting's, a typo the settings ignore (the rate limit off). Named by its
+    variable, never with its value (a secret, perhaps)."""
     if env_file is None or not Path(env_file).is_file():
         return []
     try:
         text = Path(env_file).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         return [f"{env_file}: not UTF-8 text (byte {exc.start + 1})"]
+    except OSError as exc:
+        return [f"{env_file}: cannot be read ({exc.strerror})"]
     problems = []
     for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
         if binding.error:
-            line = binding.original.line
             named = _ENV_LINE_NAME.match(binding.original.string)
             where = f"{named[1]}: " if named else ""
             problems.append(
                 f"{where}{env_file}, line {line}: cannot be read (a quote not "
                 "closed?); fix the line or remove it"
             )
+        elif binding.key is not None and binding.key.upper() not in _NAMES:
+            # Close enough to be a typo, not another tool's (BETTER_AUTH_URL,
+            # DATABASE_URL_UNPOOLED, JWT_SECRET_KEY are not).
+            near = difflib.get_close_matches(binding.key.upper(), _NAMES, 1, 0.85)
+            if near:
+                problems.append(
+                    f"{binding.key}: {env_file}, line {line}: not a setting; did "
+                    f"you mean {near[0]}?"
+                )
     return problems
+
+
+_NAMES = list(Settings.model_fields)
 
 
 def load_settings(env_file: Path | str | None = ".env", **given: Any) -> Settings:
@@ -557,8 +573,8 @@ def load_settings(env_file: Path | str | None = ".env", **given: Any) -> Setting
     every problem at once: a malformed value would otherwise hide the rules that
     need every value (what production lacks), so those are checked again with the
     malformed ones at their defaults."""
-    if unreadable := _unreadable(env_file):
-        raise ConfigError("\n".join(f"configuration error: {p}" for p in unreadable))
+    if lost := _env_file_problems(env_file):
+        raise ConfigError("\n".join(f"configuration error: {p}" for p in lost))
     try:
         return Settings(_env_file=env_file, **given)
     except ValidationError as exc:

@@ -124,6 +124,40 @@ def test_a_line_of_env_that_cannot_be_read_stops_start_up(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("line", "meant"),
+    [
+        ("RATELIMIT=10/minute", "RATE_LIMIT"),
+        ("REDIS_URI=redis://127.0.0.1:6379/0", "REDIS_URL"),
+        ("db_poolsize=3", "DB_POOL_SIZE"),
+        ("export CORS_ORIGIN=https://app.example.com", "CORS_ORIGINS"),
+    ],
+)
+def test_a_misspelt_setting_in_env_stops_start_up(
+    tmp_path: Path, line: str, meant: str
+) -> None:
+    """A name in `.env` close to a setting's is a typo: ignored, the setting
+    silently kept its default (a trial: the rate limit off in production)."""
+    env = tmp_path / ".env"
+    env.write_text(f"DATABASE_URL=postgresql://h/db\n{line}\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(env_file=env)
+    message = str(excinfo.value)
+    assert f"did you mean {meant}?" in message
+    assert "line 2" in message
+
+
+def test_other_tools_names_in_env_are_left_alone(tmp_path: Path) -> None:
+    """A `.env` shared with the frontend, or written by Neon's integration."""
+    env = tmp_path / ".env"
+    env.write_text(
+        "DATABASE_URL=postgresql://h/db\nBETTER_AUTH_URL=http://localhost:3000\n"
+        "DATABASE_URL_UNPOOLED=postgresql://h/db\nJWT_SECRET_KEY=x\n"
+        "NEXT_PUBLIC_API_URL=http://localhost:8000\nNODE_ENV=development\n"
+    )
+    assert load_settings(env_file=env).DATABASE_URL is not None
+
+
 def test_an_env_file_that_is_not_utf_8_stops_start_up(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_bytes(b"DATABASE_URL=postgresql://h/db\nCORS_ORIGINS=caf\xe9\n")
