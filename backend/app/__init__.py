@@ -1,9 +1,12 @@
 """The Task API. Before anything imports prometheus_client, which reads
 PROMETHEUS_MULTIPROC_DIR as it is imported: a blank one is unset, as every
 setting (it took "" for a directory, and every scrape was a 500), and one that
-is not a writable directory stops start-up with one line (it was a traceback)."""
+is not a directory this process can write to stops start-up with one line (it
+was a traceback)."""
 
 import os
+import sys
+import tempfile
 
 
 def _metrics_directory() -> None:
@@ -12,11 +15,15 @@ def _metrics_directory() -> None:
         return
     if not directory.strip():
         del os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    elif not (os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)):
-        raise SystemExit(
+        return
+    try:  # as prometheus_client will: `os.access` passes /sys for root
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError:
+        sys.stderr.write(
             f"configuration error: PROMETHEUS_MULTIPROC_DIR: {directory} is not a "
-            "directory this process can write to (create it, or unset the variable)"
+            "directory this process can write to (create it, or unset the variable)\n"
         )
+        raise SystemExit(3) from None  # config.STARTUP_FAILURE, not imported yet
 
 
 _metrics_directory()

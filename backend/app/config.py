@@ -7,6 +7,7 @@ import io
 import ipaddress
 import re
 import socket
+import sys
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -505,9 +506,24 @@ class SettingsProblems(ValueError):
         self.problems = problems
 
 
+# uvicorn's exit status for a worker that failed to start: its supervisor
+# (`uvicorn --workers`) then stops, where it restarted a worker that exited with
+# another status, which failed again, once a second, forever (a re-trial).
+STARTUP_FAILURE = 3
+
+
 class ConfigError(SystemExit):
     """Start-up stops with one line per problem, each naming its variable, never a
-    traceback."""
+    traceback, and exit status STARTUP_FAILURE. The lines are written as it is
+    made: Python prints a SystemExit's message only with status 1."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(STARTUP_FAILURE)
+        self.message = message
+        sys.stderr.write(message + "\n")
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _problems(exc: ValidationError) -> list[tuple[frozenset[str], str]]:

@@ -426,7 +426,7 @@ def test_a_metrics_directory_that_is_not_there_stops_start_up(
         timeout=60,
         check=False,
     )
-    assert done.returncode == 1
+    assert done.returncode == 3  # STARTUP_FAILURE, as for every configuration error
     assert done.stderr.strip() == (
         f"configuration error: PROMETHEUS_MULTIPROC_DIR: {missing} is not a "
         "directory this process can write to (create it, or unset the variable)"

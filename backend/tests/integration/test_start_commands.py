@@ -3,8 +3,10 @@
 its `app` by themselves). `make run` (`python -m app`) stays the documented way.
 Without its protocol, the app reads request bodies as they come."""
 
+import os
 import re
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ import httpx
 import pytest
 
 from tests.factories import create_task, new_user_id, tasks_url
-from tests.server import server_process
+from tests.server import BACKEND, free_port, server_process
 
 BIN = Path(sys.executable).parent
 COMMANDS = {
@@ -51,6 +53,37 @@ def test_start_command_serves_the_api(
         lines = log.read_text().splitlines()
     started = next(i for i, line in enumerate(lines) if "startup complete" in line)
     assert [line for line in lines[started:] if not line.startswith("{")] == []
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [{"RATE_LIMIT": "lots"}, {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"}],
+)
+def test_uvicorn_workers_stop_on_a_configuration_error(
+    database_url: str, mistake: dict[str, str]
+) -> None:
+    """Exit status 3, uvicorn's for a worker that failed to start: its supervisor
+    stops (with status 0, uvicorn's choice). With status 1 it started the worker
+    again, once a second, forever, printing the line each time (a re-trial)."""
+    port = str(free_port())
+    command = [str(BIN / "uvicorn"), "app.main:app", "--port", port, "--workers", "2"]
+    done = subprocess.run(
+        command,
+        cwd=BACKEND,
+        env={**os.environ, "DATABASE_URL": database_url, **mistake},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "failed to start, stopping the parent process" in done.stderr
+    [name] = mistake
+    errors = [
+        line for line in done.stderr.splitlines() if "configuration error" in line
+    ]
+    assert 1 <= len(errors) <= 2, done.stderr  # one per worker, each once
+    assert all(name in line for line in errors)
+    assert "Traceback" not in done.stderr
 
 
 def test_uvicorn_workers_with_the_log_config_write_only_json(

@@ -302,7 +302,7 @@ def test_python_m_app_prints_one_line_per_problem_and_no_traceback(
         timeout=60,
         check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 3  # STARTUP_FAILURE: `uvicorn --workers` stops
     printed = result.stderr.strip().splitlines()
     assert len(printed) == lines, result.stderr
     assert all(line.startswith("configuration error: ") for line in printed)
