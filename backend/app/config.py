@@ -222,13 +222,23 @@ class Settings(BaseSettings):
         "CORS_ORIGINS",
         "CORS_ALLOW_HEADERS",
         "JWT_AUDIENCE",
-        "CURSOR_SECRET_FALLBACKS",
         mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()] or None
+        return value
+
+    @field_validator("CURSOR_SECRET_FALLBACKS", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        """Each key as written and stripped: CURSOR_SECRET is taken as it is, so
+        one from a file with its newline signed with the newline, and stripped
+        here it verified nothing (a re-trial)."""
+        if isinstance(value, str):
+            parts = [part for part in value.split(",") if part.strip()]
+            return list(dict.fromkeys(k for p in parts for k in (p, p.strip())))
         return value
 
     @field_validator("JWT_AUDIENCE")

@@ -373,3 +373,15 @@ def test_a_sync_reset_in_the_future_is_refused() -> None:
         Settings(ENVIRONMENT="test", SYNC_RESET_AT=ahead, _env_file=None)
     skewed = datetime.now(UTC) + timedelta(minutes=1)
     assert Settings(ENVIRONMENT="test", SYNC_RESET_AT=skewed, _env_file=None)
+
+
+def test_cursor_fallbacks_are_taken_as_written_and_stripped() -> None:
+    """A CURSOR_SECRET read from a file kept its newline, and signed with it."""
+    old, older = "a" * 32 + "\n", "b" * 32
+    settings = Settings(
+        _env_file=None,
+        CURSOR_SECRET_FALLBACKS=f"{old}, {older}",
+        CURSOR_SECRET="c" * 32,
+    )
+    keys = settings.cursor_fallback_keys
+    assert {old.encode(), old.strip().encode(), older.encode()} <= set(keys)
