@@ -1,10 +1,11 @@
 """Fixed-window limits: requests (CONTRACT C7 RATE_LIMIT) per authenticated user, else
 per client address, and failed authentications (AUTH_FAILURE_LIMIT) per client
 address. Counters live in Redis when REDIS_URL is set, so every process shares one
-budget; otherwise in this process's memory. If Redis fails, requests are allowed (and
-a warning is logged at most every 10 s), and Redis is left alone for STORE_PAUSE
-seconds, then tried by one request at a time: a limiter outage must never turn into
-an API outage, nor a Redis that hangs into a slow API."""
+budget; otherwise in this process's memory. If Redis fails, each process counts in its
+own memory meanwhile (a warning is logged at most every 10 s), which refuses nothing
+Redis would have allowed, and Redis is left alone for STORE_PAUSE seconds, then tried
+by one request at a time: a limiter outage must never turn into an API outage, nor a
+Redis that hangs into a slow API, nor open the way to guessing tokens."""
 
 import logging
 import math
@@ -24,9 +25,8 @@ STORE_PAUSE = 2.0
 
 
 class Store(Protocol):
-    async def hit(self, key: str, window: int) -> int | None:
-        """Count one request for `key` in its current window; return the count,
-        or None when it cannot be counted (allow)."""
+    async def hit(self, key: str, window: int) -> int:
+        """Count one request for `key` in its current window; return the count."""
         ...
 
     async def close(self) -> None: ...
@@ -67,14 +67,19 @@ class RedisStore:
         self._unavailable = Throttled(logger)
         self._failed_at: float | None = None  # the last failure, while it lasts
         self._trying = False  # a request tries Redis again after a failure
+        # This process's own counts while Redis fails: with a limiter that let
+        # everything through, an outage let anyone guess tokens unhindered (a
+        # re-trial). A count here is never above Redis's.
+        self._meanwhile = MemoryStore()
 
-    async def hit(self, key: str, window: int) -> int | None:
-        """None (allow) when Redis fails, and without asking it for STORE_PAUSE
-        seconds after a failure, or while another request tries it again."""
+    async def hit(self, key: str, window: int) -> int:
+        """Counted in this process when Redis fails, and without asking it for
+        STORE_PAUSE seconds after a failure, or while another request tries it
+        again."""
         if self._failed_at is not None:
             if self._trying or time.monotonic() - self._failed_at < STORE_PAUSE:
                 metrics.RATE_LIMITER_ERRORS.inc()
-                return None
+                return await self._meanwhile.hit(key, window)
             self._trying = True
         bucket = self._bucket(key, window)
         try:
@@ -82,11 +87,13 @@ class RedisStore:
                 pipe.incr(bucket)
                 pipe.expire(bucket, window + 1)
                 count, _ = await pipe.execute()
-        except Exception as exc:  # the limiter is down: allow, and say so
+        except Exception as exc:  # the shared limiter is down: say so
             self._failed_at = time.monotonic()
             metrics.RATE_LIMITER_ERRORS.inc()
-            self._unavailable.log(f"rate limiter unavailable, allowing: {failure(exc)}")
-            return None
+            self._unavailable.log(
+                f"rate limiter unavailable, counting per process: {failure(exc)}"
+            )
+            return await self._meanwhile.hit(key, window)
         finally:
             self._trying = False
         if self._failed_at is not None:
@@ -112,6 +119,6 @@ class RateLimiter:
         """Counts one for `identity`: RateLimited (429) when that is over its
         budget for this window."""
         count = await self.store.hit(identity, self.window)
-        if count is not None and count > self.limit:
+        if count > self.limit:
             retry_after = math.ceil(self.window - time.time() % self.window)
             raise RateLimited(retry_after=retry_after, detail=detail)

@@ -45,8 +45,8 @@ DB_ERRORS = Counter(
 RATE_LIMITED = Counter("rate_limited_total", "Requests refused by the rate limiter")
 RATE_LIMITER_ERRORS = Counter(
     "rate_limiter_errors_total",
-    "Rate-limit checks skipped because their store (Redis) failed: requests let "
-    "through, or failed authentications not counted",
+    "Rate-limit checks counted in this process only because the shared store "
+    "(Redis) failed",
 )
 SHED = Counter("shed_total", "Requests refused because the worker was at capacity")
 EDGE_REFUSALS = Counter(

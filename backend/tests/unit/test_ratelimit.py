@@ -1,7 +1,7 @@
 """The rate limiter's Redis store when Redis hangs (`edge.ratelimit`): requests
-are allowed, and after a failure Redis is left alone for a pause, so a Redis
-that accepts connections and never answers does not cost every request its
-socket timeout (a trial: 250 ms on each)."""
+are counted in the process meanwhile, and after a failure Redis is left alone
+for a pause, so a Redis that accepts connections and never answers does not cost
+every request its socket timeout (a trial: 250 ms on each)."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -10,6 +10,7 @@ import pytest
 
 from app.edge import ratelimit
 from app.edge.ratelimit import RateLimiter, RedisStore
+from app.errors import RateLimited
 
 pytestmark = pytest.mark.anyio
 
@@ -49,13 +50,16 @@ async def test_a_hanging_redis_is_left_alone_for_a_pause(
     silent: Silent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = RedisStore(f"redis://127.0.0.1:{silent.port}/0")
-    limiter = RateLimiter(1, 60, store)
+    limiter = RateLimiter(10, 60, store)
     try:
         for _ in range(5):
-            await limiter.check("alice")  # over the limit, but nothing counts it
+            await limiter.check("alice")
         assert silent.connections == 1  # the first check waited; the others did not
         monkeypatch.setattr(ratelimit, "STORE_PAUSE", 0.0)
         await asyncio.gather(*(limiter.check("alice") for _ in range(5)))
         assert silent.connections == 2  # once the pause is over, one tries again
+        # Counted in this process all along: the eleventh is over the limit.
+        with pytest.raises(RateLimited):
+            await limiter.check("alice")
     finally:
         await store.close()
