@@ -577,7 +577,7 @@ def _env_file_problems(env_file: Path | str | None) -> list[str]:
             where = f"{named[1]}: " if named else ""
             problems.append(
                 f"{where}{env_file}, line {line}: cannot be read (a quote not "
-                "closed?); fix the line or remove it"
+                "closed, or no NAME=?); fix the line or remove it"
             )
         elif binding.key is not None and binding.key.upper() not in _NAMES:
             # Close enough to be a typo, not another tool's (BETTER_AUTH_URL,

@@ -147,7 +147,7 @@ def _refuse_tables_of_another(connection: "Connection") -> None:
     if tables:
         named = ", ".join(tables[:3]) + (", …" if len(tables) > 3 else "")
         raise ForeignSchema(
-            f"it has tables ({named}) and no alembic_version: it is another "
+            f"it has tables ({named}) and no Alembic revision: it is another "
             "application's database (give this service an empty database of its own)"
         )
 

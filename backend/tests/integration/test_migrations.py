@@ -233,7 +233,10 @@ def test_another_applications_database_is_refused_not_served(revision: str) -> N
 
 
 @pytest.mark.parametrize("table", ["customers", "task"])
-def test_a_database_with_tables_but_no_alembic_version_is_refused(table: str) -> None:
+@pytest.mark.parametrize("versions", [False, True])
+def test_a_database_with_tables_but_no_alembic_version_is_refused(
+    table: str, versions: bool
+) -> None:
     """Tables and no alembic_version: another application's database (or tables
     made by hand). Its schema was migrated into it, extensions and all, and the
     service started (a scale-out trial); with a `task` table of its own, the
@@ -244,14 +247,19 @@ def test_a_database_with_tables_but_no_alembic_version_is_refused(table: str) ->
         try:
             with engine.begin() as connection:
                 connection.execute(text(f"CREATE TABLE {table} (id serial, name text)"))
+                if versions:  # empty, as a downgrade to the base leaves it
+                    connection.execute(
+                        text("CREATE TABLE alembic_version (version_num varchar(32))")
+                    )
             done = _migrate_command(BACKEND, DATABASE_URL=url)
             assert done.returncode != 0
             assert done.stderr.strip().splitlines()[-1] == (
                 f"cannot prepare the database: it has tables ({table}) and no "
-                "alembic_version: it is another application's database (give this "
+                "Alembic revision: it is another application's database (give this "
                 "service an empty database of its own)"
             )
-            assert inspect(engine).get_table_names() == [table]
+            made = [table, "alembic_version"] if versions else [table]
+            assert sorted(inspect(engine).get_table_names()) == sorted(made)
         finally:
             engine.dispose()
 
