@@ -9,6 +9,14 @@ DEV_FILES := $(RUN_FILES) requirements-dev.txt
 RUN_STAMP := $(VENV)/.installed-run-$(shell cat $(RUN_FILES) | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-dev-$(shell cat $(DEV_FILES) | cksum | cut -d' ' -f1)
 
+# A venv of Python 3.11 or newer, made again when the one there is older (made with
+# another PYTHON=, pip refused every pinned package, and every later run reused it).
+NEW_VENV = $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "Python 3.11 or newer is needed: $(PYTHON) is $$($(PYTHON) -V 2>&1);" \
+			"give another with make PYTHON=python3.11" >&2; exit 1; }; \
+	rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+
 .PHONY: install install-run run test test-pgbouncer scale-out scale-out-soak lint format openapi token bench soak
 
 install: $(STAMP)
@@ -16,13 +24,13 @@ install: $(STAMP)
 install-run: $(RUN_STAMP)
 
 $(STAMP): $(DEV_FILES)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(NEW_VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	rm -f $(VENV)/.installed-*
 	touch $@ $(RUN_STAMP)
 
 $(RUN_STAMP): $(RUN_FILES)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(NEW_VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-run.txt
 	rm -f $(VENV)/.installed-run-*
 	touch $@
