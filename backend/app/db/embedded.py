@@ -12,6 +12,7 @@ list before joining."""
 import json
 import logging
 import os
+import subprocess
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,19 +61,32 @@ def _start(data_dir: Path) -> Any:
             "(pgserver) is not installed"
         ) from None
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        logger.warning(
-            "running as root: the embedded PostgreSQL runs as the system user %r "
-            "(created if missing), and the folders above %s are made traversable",
-            SYSTEM_USER,
-            data_dir,
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            logger.warning(
+                "running as root: the embedded PostgreSQL runs as the system user "
+                "%r (created if missing), and the folders above %s are made "
+                "traversable",
+                SYSTEM_USER,
+                data_dir,
+            )
+        with PostgresServer._lock:
+            _forget_dead_processes(data_dir)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = get_server(data_dir, cleanup_mode="stop")
+    except (OSError, subprocess.SubprocessError) as exc:  # a traceback, until a trial
+        reason = (
+            exc.strerror or str(exc)
+            if isinstance(exc, OSError)
+            else f"its server did not start (its log: {data_dir / 'log'})"
         )
-    with PostgresServer._lock:
-        _forget_dead_processes(data_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        server = get_server(data_dir, cleanup_mode="stop")
+        raise ConfigError(
+            "configuration error: DATABASE_URL: not set, and the embedded PostgreSQL "
+            f"cannot run in {data_dir}: {reason} (make that folder writable, or set "
+            "DATABASE_URL)"
+        ) from None
     logger.info("embedded PostgreSQL in %s", data_dir)
     return server
 

@@ -4,6 +4,7 @@ outright and left its server (and its process id) behind; so does the one an app
 served by plain uvicorn starts. Uses its own data folder, never the developer's
 `.data/postgres`."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.server import server_process
+from tests.server import BACKEND, server_process
 
 # `python -m app`, and `uvicorn app.main:app`, with the embedded server's folder
 # moved into the test's.
@@ -106,3 +107,26 @@ def test_embedded_postgres_stops_with_an_app_served_by_plain_uvicorn(
         assert postmaster is not None
         _stop_with(process, signal.SIGTERM)
     assert _postmaster_stopped(data_dir)
+
+
+def test_a_data_folder_that_cannot_be_made_stops_start_up_with_one_line(
+    tmp_path: Path,
+) -> None:
+    """Not writable (here: its parent is a file): one line saying what to do, and
+    status 3; it was a traceback (a newcomer's trial)."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE, str(blocked / "postgres")],
+        cwd=BACKEND,
+        env={**os.environ, "DATABASE_URL": "", "PYTHONPATH": str(BACKEND)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3
+    [line] = [line for line in done.stderr.splitlines() if line.strip()]
+    assert line.startswith("configuration error: DATABASE_URL: not set, and the ")
+    assert str(blocked / "postgres") in line
+    assert "set DATABASE_URL" in line
