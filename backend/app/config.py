@@ -1,6 +1,5 @@
 """Settings: one class, read from the environment (and `.env`) once."""
 
-import difflib
 import hashlib
 import hmac
 import io
@@ -579,19 +578,42 @@ def _env_file_problems(env_file: Path | str | None) -> list[str]:
                 f"{where}{env_file}, line {line}: cannot be read (a quote not "
                 "closed, or no NAME=?); fix the line or remove it"
             )
-        elif binding.key is not None and binding.key.upper() not in _NAMES:
-            # Close enough to be a typo, not another tool's (BETTER_AUTH_URL,
-            # DATABASE_URL_UNPOOLED, JWT_SECRET_KEY are not).
-            near = difflib.get_close_matches(binding.key.upper(), _NAMES, 1, 0.85)
-            if near:
+        elif (
+            binding.key is not None and binding.key.upper() not in Settings.model_fields
+        ):
+            if meant := _misspelt(binding.key.upper()):
                 problems.append(
                     f"{binding.key}: {env_file}, line {line}: not a setting; did "
-                    f"you mean {near[0]}?"
+                    f"you mean {meant}?"
                 )
     return problems
 
 
-_NAMES = list(Settings.model_fields)
+def _misspelt(name: str) -> str | None:
+    """The setting `name` is a typo of: one edit away (a letter added, dropped,
+    changed, or two swapped: PROT, RATELIMIT, REDIS_URI), two for names of 8 or
+    more letters; other tools' names are further (BETTER_AUTH_URL,
+    DATABASE_URL_UNPOOLED, JWT_SECRET_KEY)."""
+    for setting in Settings.model_fields:
+        if _edits(name, setting) <= (1 if len(setting) < 8 else 2):
+            return setting
+    return None
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions
+    and swaps of neighbours."""
+    if abs(len(a) - len(b)) > 2:
+        return 3
+    rows = [list(range(len(b) + 1))]
+    for i, x in enumerate(a, 1):
+        row = [i]
+        for j, y in enumerate(b, 1):
+            row.append(min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (x != y)))
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 def load_settings(env_file: Path | str | None = ".env", **given: Any) -> Settings:

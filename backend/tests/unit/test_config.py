@@ -131,6 +131,8 @@ def test_a_line_of_env_that_cannot_be_read_stops_start_up(
         ("REDIS_URI=redis://127.0.0.1:6379/0", "REDIS_URL"),
         ("db_poolsize=3", "DB_POOL_SIZE"),
         ("export CORS_ORIGIN=https://app.example.com", "CORS_ORIGINS"),
+        ("PROT=8001", "PORT"),
+        ("DATABSE_URL=postgresql://h/db", "DATABASE_URL"),
     ],
 )
 def test_a_misspelt_setting_in_env_stops_start_up(
@@ -154,6 +156,8 @@ def test_other_tools_names_in_env_are_left_alone(tmp_path: Path) -> None:
         "DATABASE_URL=postgresql://h/db\nBETTER_AUTH_URL=http://localhost:3000\n"
         "DATABASE_URL_UNPOOLED=postgresql://h/db\nJWT_SECRET_KEY=x\n"
         "NEXT_PUBLIC_API_URL=http://localhost:8000\nNODE_ENV=development\n"
+        "BETTER_AUTH_URL=http://localhost:3000\nPOSTGRES_URL=postgresql://h/db\n"
+        "PGHOST=h\nPGPORT=5432\nPGUSER=u\nHOSTNAME=x\nTZ=UTC\nPATH=/bin\n"
     )
     assert load_settings(env_file=env).DATABASE_URL is not None
 
