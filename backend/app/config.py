@@ -578,14 +578,11 @@ def _env_file_problems(env_file: Path | str | None) -> list[str]:
                 f"{where}{env_file}, line {line}: cannot be read (a quote not "
                 "closed, or no NAME=?); fix the line or remove it"
             )
-        elif (
-            binding.key is not None and binding.key.upper() not in Settings.model_fields
-        ):
-            if meant := _misspelt(binding.key.upper()):
-                problems.append(
-                    f"{binding.key}: {env_file}, line {line}: not a setting; did "
-                    f"you mean {meant}?"
-                )
+        elif binding.key is not None and (meant := _misspelt(binding.key.upper())):
+            problems.append(
+                f"{binding.key}: {env_file}, line {line}: not a setting; did you "
+                f"mean {meant}?"
+            )
     return problems
 
 
@@ -594,6 +591,8 @@ def _misspelt(name: str) -> str | None:
     changed, or two swapped: PROT, RATELIMIT, REDIS_URI), two for names of 8 or
     more letters; other tools' names are further (BETTER_AUTH_URL,
     DATABASE_URL_UNPOOLED, JWT_SECRET_KEY)."""
+    if name in Settings.model_fields:
+        return None
     for setting in Settings.model_fields:
         if _edits(name, setting) <= (1 if len(setting) < 8 else 2):
             return setting
