@@ -8,6 +8,7 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from app.config import Settings, load_settings
+from app.config import ConfigError, Settings, load_settings
 from app.edge.protocol import BoundedHttpToolsProtocol
 from app.observability.logging import configure_logging
 from app.workers import SUPERVISOR_PID
@@ -226,9 +227,25 @@ def serve(settings: Settings, url: str) -> None:
         sys.exit(STARTUP_FAILURE)
 
 
+def _port_free(settings: Settings) -> None:
+    """The address is free to listen on, before the embedded database and the
+    migrations start: a port in use was said only after them, in uvicorn's words
+    and naming no setting (a newcomer's trial)."""
+    try:
+        family = socket.AF_INET6 if ":" in settings.HOST else socket.AF_INET
+        socket.create_server((settings.HOST, settings.PORT), family=family).close()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(
+            f"configuration error: PORT: cannot listen on {settings.HOST} port "
+            f"{settings.PORT}: {reason} (another server there? set another PORT)"
+        ) from None
+
+
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL)
+    _port_free(settings)
     with ExitStack() as stack:
         if settings.DATABASE_URL is not None:
             url = settings.DATABASE_URL.get_secret_value()

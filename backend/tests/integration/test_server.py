@@ -433,6 +433,34 @@ def test_a_metrics_directory_that_is_not_there_stops_start_up(
     )
 
 
+def test_a_port_in_use_stops_start_up_with_one_line_before_anything_starts(
+    database_url: str,
+) -> None:
+    """Said before the migrations (and the embedded database) start, naming PORT;
+    it came after them, in uvicorn's words (a newcomer's trial)."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "app"],
+            cwd=BACKEND,
+            env={
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "PYTHONPATH": str(BACKEND),
+                "PORT": str(port),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 3
+    assert done.stderr.strip() == (
+        f"configuration error: PORT: cannot listen on 127.0.0.1 port {port}: "
+        "Address already in use (another server there? set another PORT)"
+    )
+
+
 def test_a_request_the_protocol_refuses_has_its_access_line(
     database_url: str, engine: object, tmp_path: Path
 ) -> None:
