@@ -11,9 +11,9 @@ from app.db.embedded import PROJECT_ROOT
 from tests.jwt_helpers import SECRET
 
 
-def _make_token(*args: str) -> subprocess.CompletedProcess[str]:
+def _make_token(*args: str, **more: str) -> subprocess.CompletedProcess[str]:
     # `-o install-run`: the suite already runs in an installed environment.
-    env = {**os.environ, "BETTER_AUTH_SECRET": SECRET, "USER": "root"}
+    env = {**os.environ, "BETTER_AUTH_SECRET": SECRET, "USER": "root", **more}
     return subprocess.run(
         ["make", "-s", "-o", "install-run", "token", f"PY={sys.executable}", *args],
         cwd=PROJECT_ROOT,
@@ -45,3 +45,13 @@ def test_make_token_refuses_what_is_not_a_user_id() -> None:
         result = _make_token(user)
         assert result.returncode != 0
         assert result.stdout == ""
+
+
+def test_make_token_in_production_says_why_it_refuses() -> None:
+    """Not production's missing settings first, as if setting them would help (a
+    newcomer's trial)."""
+    result = _make_token("USER=alice", ENVIRONMENT="production", DATABASE_URL="")
+    assert result.returncode != 0
+    assert result.stdout == ""
+    said = result.stderr.splitlines()[0]
+    assert said == "refusing to mint tokens with ENVIRONMENT=production"
