@@ -279,10 +279,15 @@ class CorsNotAllowed(AppError):
     message = "Cross-origin request not allowed"
     detail = "Not allowed by the API's CORS settings: origin, method or headers"
 
-    def __init__(self, refused: str, headers: dict[str, str]) -> None:
+    def __init__(self, refused: str, origin: str, headers: dict[str, str]) -> None:
+        """`refused`: Starlette's "origin", "method", "headers", or some of them."""
+        hints = {
+            "origin": f"origin {origin} (not in CORS_ORIGINS)",
+            "headers": "headers (one not in CORS_ALLOW_HEADERS)",
+        }
+        named = ", ".join(hints.get(part, part) for part in refused.split(", "))
         super().__init__(
-            detail=f"Not allowed by the API's CORS settings: {refused}",
-            headers=headers,
+            detail=f"Not allowed by the API's CORS settings: {named}", headers=headers
         )
 
 

@@ -403,7 +403,9 @@ class TokenVerifier:
             except UnauthorizedError as malformed:
                 return malformed
         if isinstance(exc, jwt.ExpiredSignatureError):
-            return UnauthorizedError("expired", "The token has expired (exp)")
+            return UnauthorizedError(
+                "expired", "The token has expired (exp): sign in again for a new one"
+            )
         if isinstance(exc, jwt.ImmatureSignatureError):
             return UnauthorizedError(
                 "not_yet_valid", "The token is not valid yet (nbf or iat in the future)"

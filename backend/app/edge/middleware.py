@@ -142,7 +142,8 @@ class JsonCORSMiddleware(CORSMiddleware):
             for name, value in response.headers.items()
             if not name.startswith("content-")
         }
-        return error_response(CorsNotAllowed(refused, headers), identifier)
+        refusal = CorsNotAllowed(refused, request_headers["origin"], headers)
+        return error_response(refusal, identifier)
 
 
 # Set in a request's scope state by the HTTP protocol's admission (`protocol.py`)

@@ -107,6 +107,11 @@ def test_refused_preflight_is_a_json_error_naming_what_was_refused(
     assert body["error"]
     named = {kind for kind in ("origin", "method", "headers") if kind in body["detail"]}
     assert named == refused
+    # And where to allow it (a newcomer's trial: only "origin" was said).
+    if "origin" in refused:
+        assert f"origin {origin} (not in CORS_ORIGINS)" in body["detail"]
+    if "headers" in refused:
+        assert "CORS_ALLOW_HEADERS" in body["detail"]
 
 
 def test_allowed_headers_are_configurable(make_client: ClientFactory) -> None:
