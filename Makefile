@@ -78,7 +78,7 @@ openapi: install
 token: install-run
 	@if [ "$(origin USER)" != "command line" ]; then \
 	  echo "usage: make token USER=<user id>   (the token's sub, e.g. USER=alice)" >&2; exit 2; fi
-	@PYTHONPATH=backend $(PY) -m app.devtoken "$(USER)"
+	@PYTHONPATH=backend $(PY) -m app.devtoken "$(USER)" $(MINUTES)
 
 # The benchmark suite: bench/bench.py (BENCH_ARGS="--large --duration 20" etc.),
 # the driver comparison, then many users, open connections and overload

@@ -150,7 +150,7 @@ def parse_database_url(raw: str) -> DatabaseURL:
     except ValueError:  # its message quotes the part in brackets: a password, say
         raise ValueError(f"the URL does not parse: {_ENCODE}") from None
     if parts.scheme not in SCHEMES:
-        raise ValueError("must start with postgresql:// or postgres://")
+        raise ValueError(f"must start with {', '.join(s + '://' for s in SCHEMES)}")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     _check_structure(parts, query)
     if not parts.path.strip("/") and not query.get("dbname"):

@@ -30,6 +30,14 @@ def test_make_token_signs_for_the_user_given() -> None:
     assert result.returncode == 0, result.stderr
     claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
     assert claims["sub"] == "alice"
+    assert claims["exp"] - claims["iat"] == 60 * 60
+
+
+def test_make_token_lasts_the_minutes_given() -> None:
+    result = _make_token("USER=alice", "MINUTES=5")
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 5 * 60
 
 
 def test_make_token_without_user_is_refused_not_signed_for_the_login() -> None:
