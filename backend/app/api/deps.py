@@ -151,11 +151,20 @@ UserIdPath = Annotated[
         pattern=USER_ID_PATTERN,
         description="The owner's id: 1-128 of `A-Z a-z 0-9 _ - . @ :`",
         examples=["user_2f9a"],
+        # The parameter's own example, which Swagger UI fills in (it reads none
+        # from the schema: a newcomer typed every id by hand).
+        openapi_examples={"a user": {"value": "user_2f9a"}},
     ),
 ]
 # `{id}` in the URL and the document, as the contract names it; `task_id` in Python.
 TaskIdPath = Annotated[
-    TaskId, Path(alias="id", description="The task's id", examples=[1])
+    TaskId,
+    Path(
+        alias="id",
+        description="The task's id",
+        examples=[1],
+        openapi_examples={"the first task": {"value": 1}},
+    ),
 ]
 IF_MATCH = optional_header("If-Match", "Only act if the task's ETag is one of these")
 IF_NONE_MATCH = optional_header(

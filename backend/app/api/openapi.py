@@ -141,6 +141,7 @@ BEARER = {
     "type": "http",
     "description": "A JWT from Better Auth (or signed with the shared secret).",
     "scheme": "bearer",
+    "bearerFormat": "JWT",
 }
 
 

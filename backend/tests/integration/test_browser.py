@@ -200,3 +200,24 @@ def test_swagger_ui_renders_offline_with_an_authorize_button(
     finally:
         page.close()
     assert all(url.startswith(api) for url in requested), requested
+
+
+def test_swagger_ui_fills_in_the_path_parameters_examples(
+    browser: Browser, api: str
+) -> None:
+    """ "Try it out" starts from a user id and a task id to send, not empty boxes
+    (a newcomer typed them by hand: Swagger UI reads no example from a schema)."""
+    page = browser.new_page()
+    try:
+        page.goto(api + "/docs")
+        page.wait_for_selector(".opblock", timeout=15_000)
+        operation = page.locator(".opblock-get").filter(
+            has_text="/api/{user_id}/tasks/{id}"
+        )
+        operation.first.locator(".opblock-summary").click()
+        operation.first.locator(".try-out__btn").click()
+        for name, value in (("user_id", "user_2f9a"), ("id", "1")):
+            row = operation.first.locator(f'tr[data-param-name="{name}"]')
+            assert row.locator("input").input_value() == value
+    finally:
+        page.close()
