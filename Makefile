@@ -12,6 +12,9 @@ STAMP := $(VENV)/.installed-dev-$(shell cat $(DEV_FILES) | cksum | cut -d' ' -f1
 # A venv of Python 3.11 or newer, made again when the one there is older (made with
 # another PYTHON=, pip refused every pinned package, and every later run reused it).
 NEW_VENV = $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	command -v $(PYTHON) >/dev/null || { \
+		echo "$(PYTHON) not found: give Python 3.11 or newer with make PYTHON=…" >&2; \
+		exit 1; }; \
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
 		echo "Python 3.11 or newer is needed: $(PYTHON) is $$($(PYTHON) -V 2>&1);" \
 			"give another with make PYTHON=python3.11" >&2; exit 1; }; \

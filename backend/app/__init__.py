@@ -10,11 +10,13 @@ import tempfile
 
 
 def _metrics_directory() -> None:
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    # prometheus_client still takes the old lower-case name, and copies it over.
+    names = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROC_DIR".lower())
+    for name in names:
+        if not os.environ.get(name, "-").strip():
+            del os.environ[name]
+    directory = next((os.environ[name] for name in names if name in os.environ), None)
     if directory is None:
-        return
-    if not directory.strip():
-        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
         return
     try:  # as prometheus_client will: `os.access` passes /sys for root
         tempfile.TemporaryFile(dir=directory).close()

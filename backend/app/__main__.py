@@ -2,6 +2,7 @@
 DATABASE_URL is set, apply migrations, then serve with uvicorn."""
 
 import contextlib
+import errno
 import logging
 import os
 import resource
@@ -228,18 +229,35 @@ def serve(settings: Settings, url: str) -> None:
 
 
 def _port_free(settings: Settings) -> None:
-    """The address is free to listen on, before the embedded database and the
-    migrations start: a port in use was said only after them, in uvicorn's words
-    and naming no setting (a newcomer's trial)."""
+    """No other server listens on HOST:PORT, checked before the embedded database
+    and the migrations start: a port in use was said only after them, in
+    uvicorn's words and naming no setting (a newcomer's trial). Only that is
+    said here; any other failure to listen is left to uvicorn to report. IPv6
+    addresses are tried alone (IPV6_V6ONLY, as asyncio binds them), so nothing
+    uvicorn could listen on is refused."""
     try:
-        family = socket.AF_INET6 if ":" in settings.HOST else socket.AF_INET
-        socket.create_server((settings.HOST, settings.PORT), family=family).close()
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ConfigError(
-            f"configuration error: PORT: cannot listen on {settings.HOST} port "
-            f"{settings.PORT}: {reason} (another server there? set another PORT)"
-        ) from None
+        addresses = socket.getaddrinfo(
+            settings.HOST,
+            settings.PORT,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+    except OSError:
+        return
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"configuration error: PORT: {settings.HOST} port "
+                        f"{settings.PORT} is in use (another server there? set "
+                        "another PORT)"
+                    ) from None
 
 
 def main() -> None:

@@ -12,20 +12,24 @@ from dotenv import dotenv_values
 from app.config import load_settings
 from app.schemas import USER_ID_PATTERN
 
+_PRODUCTION = "production"
+
 
 def main(argv: list[str]) -> None:
     if not argv or len(argv) > 2 or (len(argv) == 2 and not argv[1].isdecimal()):
         sys.exit("usage: python -m app.devtoken USER [MINUTES]")
     if not re.fullmatch(USER_ID_PATTERN, argv[0]):
         sys.exit(f"{argv[0]!r} is not a user id: 1-128 of A-Z a-z 0-9 _ - . @ :")
-    # Before the settings: production's own requirements (DATABASE_URL, …) would
-    # be what it said, as if meeting them would let it mint one.
-    environment = os.environ.get("ENVIRONMENT") or dotenv_values(".env").get(
-        "ENVIRONMENT"
-    )
-    if (environment or "").strip().lower() == "production":
+    # Said before the settings are read, too: production's own requirements
+    # (DATABASE_URL, …) were what it said, as if meeting them would let it mint
+    # one. Names in any case, as the settings read them.
+    given = {**dotenv_values(".env"), **os.environ}
+    said = {
+        v.strip().lower() for k, v in given.items() if k.upper() == "ENVIRONMENT" and v
+    }
+    settings = None if _PRODUCTION in said else load_settings()
+    if settings is None or settings.ENVIRONMENT == _PRODUCTION:
         sys.exit("refusing to mint tokens with ENVIRONMENT=production")
-    settings = load_settings()
     if settings.jwt_secret is None:
         sys.exit("set BETTER_AUTH_SECRET (or JWT_SECRET) first, e.g. in .env")
     now = int(time.time())

@@ -76,10 +76,14 @@ def _start(data_dir: Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             server = get_server(data_dir, cleanup_mode="stop")
-    except (OSError, subprocess.SubprocessError) as exc:  # a traceback, until a trial
+    # A traceback, until a trial (RuntimeError: pgserver's own, as for a socket
+    # path too long or a postmaster.pid it cannot read).
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         reason = (
             exc.strerror or str(exc)
             if isinstance(exc, OSError)
+            else str(exc)
+            if isinstance(exc, RuntimeError)
             else f"its server did not start (its log: {data_dir / 'log'})"
         )
         raise ConfigError(

@@ -130,13 +130,18 @@ _REACHED = text(
 )
 
 
-# Tables, views and the like in the schema the migrations would create theirs in
-# (an empty alembic_version is what a downgrade to the base leaves).
-_TABLES = text(
-    "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
-    "AND relkind IN ('r', 'p', 'v', 'm', 'f') AND relname <> 'alembic_version' "
-    "ORDER BY relname LIMIT 4"
-)
+# Tables, views and the like in the schema the migrations would create theirs in,
+# but an extension's (pg_stat_statements' views, PostGIS's spatial_ref_sys: a new
+# database of a managed server has them, a review) and an empty alembic_version
+# (what a downgrade to the base leaves).
+_TABLES = text("""
+    SELECT relname FROM pg_class c
+    WHERE relnamespace = current_schema()::regnamespace
+      AND relkind IN ('r', 'p', 'v', 'm', 'f') AND relname <> 'alembic_version'
+      AND NOT EXISTS (SELECT FROM pg_depend WHERE classid = 'pg_class'::regclass
+                      AND objid = c.oid AND deptype = 'e')
+    ORDER BY relname LIMIT 4
+""")
 
 
 def _refuse_tables_of_another(connection: "Connection") -> None:

@@ -76,8 +76,10 @@ class RedisStore:
         """Counted in this process when Redis fails, and without asking it for
         STORE_PAUSE seconds after a failure, or while another request tries it
         again."""
-        if self._failed_at is not None:
-            if self._trying or time.monotonic() - self._failed_at < STORE_PAUSE:
+        failed_at = self._failed_at
+        trying = failed_at is not None  # this request tries it again
+        if failed_at is not None:
+            if self._trying or time.monotonic() - failed_at < STORE_PAUSE:
                 metrics.RATE_LIMITER_ERRORS.inc()
                 return await self._meanwhile.hit(key, window)
             self._trying = True
@@ -95,7 +97,8 @@ class RedisStore:
             )
             return await self._meanwhile.hit(key, window)
         finally:
-            self._trying = False
+            if trying:  # not one that was on its way to Redis before it failed
+                self._trying = False
         if self._failed_at is not None:
             self._failed_at = None
             self._unavailable.ended("rate limiter reachable again")

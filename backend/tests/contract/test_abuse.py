@@ -44,7 +44,7 @@ def test_redis_outage_counts_per_process(
     (not only the exception's class) and a counter of the checks so counted (a
     wrong REDIS_URL turned the limit off unseen: an outside trial)."""
     redis = SecretStr("redis://127.0.0.1:9/0")
-    client = make_client(RATE_LIMIT="2/minute", REDIS_URL=redis)
+    client = make_client(RATE_LIMIT="2/day", REDIS_URL=redis)  # no window ends
     user = new_user_id()
     counted = metric(client, "rate_limiter_errors_total")
     statuses = [client.get(tasks_url(user)).status_code for _ in range(3)]

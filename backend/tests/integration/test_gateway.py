@@ -232,6 +232,26 @@ async def test_read_is_retried_when_the_server_reports_its_connection_failing(
     assert failed[0].is_closed()
 
 
+async def test_write_is_not_retried_when_the_server_reports_its_connection_failing(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlike a read: the error may have come after the write was applied."""
+    user = new_user_id()
+    fetchrow = gateway._Connection.fetchrow
+    calls: list[Any] = []
+
+    async def removed(connection: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(connection)
+        raise asyncpg.exceptions.ProtocolViolationError("database removed")
+
+    monkeypatch.setattr(gateway._Connection, "fetchrow", removed)
+    with pytest.raises(DatabaseUnavailable):
+        await database.write_one(INSERT, user_id=user)
+    assert len(calls) == 1
+    monkeypatch.setattr(gateway._Connection, "fetchrow", fetchrow)
+    assert await database.fetch_one(COUNT, user_id=user) == {"n": 0}
+
+
 async def test_write_is_not_retried_on_a_dropped_connection(
     database: Database, engine: Engine
 ) -> None:
@@ -267,7 +287,7 @@ async def test_a_write_the_driver_never_sent_runs_on_another_connection(
     assert await database.fetch_one(COUNT, user_id=user) == {"n": 1}
 
 
-@pytest.mark.parametrize("refused_at", ["BEGIN", "INSERT"])
+@pytest.mark.parametrize("refused_at", ["BEGIN", "INSERT", "COMMIT"])
 async def test_a_transaction_the_driver_could_not_send_is_run_again(
     database: Database, monkeypatch: pytest.MonkeyPatch, refused_at: str
 ) -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jwt
+import pytest
 
 from app.db.embedded import PROJECT_ROOT
 from tests.jwt_helpers import SECRET
@@ -55,10 +56,24 @@ def test_make_token_refuses_what_is_not_a_user_id() -> None:
         assert result.stdout == ""
 
 
-def test_make_token_in_production_says_why_it_refuses() -> None:
+@pytest.mark.parametrize(
+    "production",
+    [
+        {"ENVIRONMENT": "production", "DATABASE_URL": ""},
+        # In any case, as the settings read it, and with what production needs.
+        {
+            "environment": " Production",
+            "DATABASE_URL": "postgresql://h/db",
+            "CURSOR_SECRET": "c" * 32,
+        },
+    ],
+)
+def test_make_token_in_production_says_why_it_refuses(
+    production: dict[str, str],
+) -> None:
     """Not production's missing settings first, as if setting them would help (a
     newcomer's trial)."""
-    result = _make_token("USER=alice", ENVIRONMENT="production", DATABASE_URL="")
+    result = _make_token("USER=alice", **production)
     assert result.returncode != 0
     assert result.stdout == ""
     said = result.stderr.splitlines()[0]

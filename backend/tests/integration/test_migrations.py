@@ -232,6 +232,24 @@ def test_another_applications_database_is_refused_not_served(revision: str) -> N
         )
 
 
+def test_an_extensions_tables_do_not_make_a_database_anothers() -> None:
+    """pg_stat_statements' views in `public`, as a managed server's new database
+    has them: still an empty database (a review). Here a table made a member of
+    plpgsql, the extension every server has."""
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(text("CREATE TABLE extension_stats (n int)"))
+                connection.execute(
+                    text("ALTER EXTENSION plpgsql ADD TABLE extension_stats")
+                )
+            migrate(engine)
+            assert inspect(engine).has_table("task")
+        finally:
+            engine.dispose()
+
+
 @pytest.mark.parametrize("table", ["customers", "task"])
 @pytest.mark.parametrize("versions", [False, True])
 def test_a_database_with_tables_but_no_alembic_version_is_refused(

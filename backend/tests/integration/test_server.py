@@ -456,8 +456,8 @@ def test_a_port_in_use_stops_start_up_with_one_line_before_anything_starts(
         )
     assert done.returncode == 3
     assert done.stderr.strip() == (
-        f"configuration error: PORT: cannot listen on 127.0.0.1 port {port}: "
-        "Address already in use (another server there? set another PORT)"
+        f"configuration error: PORT: 127.0.0.1 port {port} is in use (another "
+        "server there? set another PORT)"
     )
 
 
