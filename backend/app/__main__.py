@@ -232,9 +232,9 @@ def _port_free(settings: Settings) -> None:
     """No other server listens on HOST:PORT, checked before the embedded database
     and the migrations start: a port in use was said only after them, in
     uvicorn's words and naming no setting (a newcomer's trial). Only that is
-    said here; any other failure to listen is left to uvicorn to report. IPv6
-    addresses are tried alone (IPV6_V6ONLY, as asyncio binds them), so nothing
-    uvicorn could listen on is refused."""
+    said here; any other failure to listen is left to uvicorn to report. Each
+    address is tried as uvicorn will bind it, so nothing it could listen on is
+    refused."""
     try:
         addresses = socket.getaddrinfo(
             settings.HOST,
@@ -247,7 +247,10 @@ def _port_free(settings: Settings) -> None:
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
+            # One worker listens as asyncio does, on IPv6 alone; several on
+            # uvicorn's socket, which takes IPv4 too (a re-trial: an IPv4
+            # server on the port passed the check).
+            if family == socket.AF_INET6 and settings.WEB_CONCURRENCY == 1:
                 probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 probe.bind(address)

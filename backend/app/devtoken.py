@@ -5,6 +5,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 
 import jwt
 from dotenv import dotenv_values
@@ -15,6 +16,15 @@ from app.schemas import USER_ID_PATTERN
 _PRODUCTION = "production"
 
 
+def _environment(values: Mapping[str, str | None]) -> set[str]:
+    """ENVIRONMENT's value in `values`, named in any case."""
+    return {
+        value.strip().lower()
+        for name, value in values.items()
+        if name.upper() == "ENVIRONMENT" and value and value.strip()
+    }
+
+
 def main(argv: list[str]) -> None:
     if not argv or len(argv) > 2 or (len(argv) == 2 and not argv[1].isdecimal()):
         sys.exit("usage: python -m app.devtoken USER [MINUTES]")
@@ -23,10 +33,13 @@ def main(argv: list[str]) -> None:
     # Said before the settings are read, too: production's own requirements
     # (DATABASE_URL, …) were what it said, as if meeting them would let it mint
     # one. Names in any case, as the settings read them.
-    given = {**dotenv_values(".env"), **os.environ}
-    said = {
-        v.strip().lower() for k, v in given.items() if k.upper() == "ENVIRONMENT" and v
-    }
+    try:
+        dotenv = dotenv_values(".env")
+    except (OSError, ValueError):  # load_settings says what is wrong with it
+        dotenv = {}
+    # The environment's value, else .env's: a blank one is unset, as the
+    # settings read it.
+    said = _environment(os.environ) or _environment(dotenv)
     settings = None if _PRODUCTION in said else load_settings()
     if settings is None or settings.ENVIRONMENT == _PRODUCTION:
         sys.exit("refusing to mint tokens with ENVIRONMENT=production")

@@ -99,9 +99,11 @@ class RedisStore:
         finally:
             if trying:  # not one that was on its way to Redis before it failed
                 self._trying = False
-        if self._failed_at is not None:
-            self._failed_at = None
-            self._unavailable.ended("rate limiter reachable again")
+        self._failed_at = None
+        # Said once Redis has answered for 10 s without a failure (every success
+        # asks: the first came within 2 s of the last failure, and it was never
+        # said, a re-trial).
+        self._unavailable.ended("rate limiter reachable again")
         return int(count)
 
     @staticmethod

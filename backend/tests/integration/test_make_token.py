@@ -4,6 +4,7 @@ and refuses without one (the environment's USER is the login name, not a user id
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jwt
 import pytest
@@ -78,3 +79,22 @@ def test_make_token_in_production_says_why_it_refuses(
     assert result.stdout == ""
     said = result.stderr.splitlines()[0]
     assert said == "refusing to mint tokens with ENVIRONMENT=production"
+
+
+def test_a_dot_env_that_is_not_utf_8_is_one_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".env").write_bytes(b"ENVIRONMENT=production\n# caf\xe9\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "app.devtoken", "alice"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "backend")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert "not UTF-8" in result.stderr

@@ -63,3 +63,24 @@ async def test_a_hanging_redis_is_left_alone_for_a_pause(
             await limiter.check("alice")
     finally:
         await store.close()
+
+
+async def test_the_end_of_an_outage_is_said_once_redis_has_answered_a_while(
+    silent: Silent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Said when Redis has answered for the quiet period: only the first success
+    asked, within the pause of the last failure, and it was never said (a
+    re-trial)."""
+    store = RedisStore(f"redis://127.0.0.1:{silent.port}/0")
+    working = RedisStore("redis://127.0.0.1:6379/7")
+    store._unavailable.quiet = 0.3
+    try:
+        await store.hit("alice", 60)  # fails: the outage begins
+        store._redis, store._failed_at = working._redis, 0.0
+        await store.hit("alice", 60)  # answers at once: too soon to say
+        assert "reachable again" not in caplog.text
+        await asyncio.sleep(0.4)
+        await store.hit("alice", 60)
+        assert "rate limiter reachable again" in caplog.text
+    finally:
+        await store.close()
