@@ -218,10 +218,7 @@ class Settings(BaseSettings):
         return value.strip()
 
     @field_validator(
-        "CORS_ORIGINS",
-        "CORS_ALLOW_HEADERS",
-        "JWT_AUDIENCE",
-        mode="before",
+        "CORS_ORIGINS", "CORS_ALLOW_HEADERS", "JWT_AUDIENCE", mode="before"
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -258,19 +258,18 @@ def _query_bool(value: object) -> object:
     raise ValueError("must be true or false")
 
 
-def _search_text(value: str) -> str | None:
-    """`q`: an empty one is no filter (every text holds the empty string); a search
-    box bound to a generated client sends `q=` until the user types (a trial: a
-    400 for each)."""
+def _search_text(value: str) -> str:
+    """`q`: no control characters."""
     if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise ValueError("must not contain control characters")
-    return value or None
+    return value
 
 
-def _token(value: str | None) -> str | None:
-    """`cursor` and `since`: an empty one is none (the first page, a first sync),
-    as page tokens go; a generated client bound to a stored token sends it empty
-    before it has one (a trial: a 400)."""
+def _empty_is_none(value: str | None) -> str | None:
+    """`q`, `cursor` and `since` sent empty: not sent. An empty `q` is no filter
+    (every text holds the empty string), an empty page token the first page or a
+    first sync, as page tokens go: a search box or a stored token bound to a
+    generated client sends it empty until there is one (trials: a 400 for each)."""
     return value or None
 
 
@@ -300,13 +299,16 @@ class TaskListQuery(BaseModel):
         str | None,
         StringConstraints(max_length=200),
         AfterValidator(_search_text),
+        AfterValidator(_empty_is_none),
     ] = None
     due_before: AwareDatetime | None = None
     due_after: AwareDatetime | None = None
     sort: SortKey = "-created_at"
     limit: Limit = MAX_LIMIT
     cursor: Annotated[
-        str | None, StringConstraints(max_length=MAX_CURSOR), AfterValidator(_token)
+        str | None,
+        StringConstraints(max_length=MAX_CURSOR),
+        AfterValidator(_empty_is_none),
     ] = None
 
     def filters(self) -> dict[str, Any]:
@@ -327,7 +329,7 @@ class ChangesQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     since: Annotated[
-        str | None, StringConstraints(max_length=16_000), AfterValidator(_token)
+        str | None, StringConstraints(max_length=16_000), AfterValidator(_empty_is_none)
     ] = None
     limit: Limit = MAX_LIMIT
 

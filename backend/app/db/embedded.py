@@ -79,13 +79,9 @@ def _start(data_dir: Path) -> Any:
     # A traceback, until a trial (RuntimeError: pgserver's own, as for a socket
     # path too long or a postmaster.pid it cannot read).
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
-        reason = (
-            exc.strerror or str(exc)
-            if isinstance(exc, OSError)
-            else str(exc)
-            if isinstance(exc, RuntimeError)
-            else f"its server did not start (its log: {data_dir / 'log'})"
-        )
+        reason = getattr(exc, "strerror", None) or str(exc)
+        if isinstance(exc, subprocess.SubprocessError):
+            reason = f"its server did not start (its log: {data_dir / 'log'})"
         raise ConfigError(
             "configuration error: DATABASE_URL: not set, and the embedded PostgreSQL "
             f"cannot run in {data_dir}: {reason} (make that folder writable, or set "

@@ -76,8 +76,7 @@ class RedisStore:
         """Counted in this process when Redis fails, and without asking it for
         STORE_PAUSE seconds after a failure, or while another request tries it
         again."""
-        failed_at = self._failed_at
-        trying = failed_at is not None  # this request tries it again
+        failed_at = self._failed_at  # when set, this request tries Redis again
         if failed_at is not None:
             if self._trying or time.monotonic() - failed_at < STORE_PAUSE:
                 metrics.RATE_LIMITER_ERRORS.inc()
@@ -97,7 +96,7 @@ class RedisStore:
             )
             return await self._meanwhile.hit(key, window)
         finally:
-            if trying:  # not one that was on its way to Redis before it failed
+            if failed_at is not None:  # not one on its way before Redis failed
                 self._trying = False
         self._failed_at = None
         # Said once Redis has answered for 10 s without a failure (every success

@@ -190,6 +190,13 @@ def test_workers_expect_the_newest_migration() -> None:
     assert head == SCHEMA_REVISION
 
 
+def _refusal(url: str) -> str:
+    """The last line of `python -m app.db.migrations` failing on `url`."""
+    done = _migrate_command(BACKEND, DATABASE_URL=url)
+    assert done.returncode != 0
+    return done.stderr.strip().splitlines()[-1]
+
+
 def _migrate_command(cwd: Path, **env: str) -> "subprocess.CompletedProcess[str]":
     """`python -m app.db.migrations` as an operator runs it, from `cwd`."""
     return subprocess.run(
@@ -223,9 +230,7 @@ def test_another_applications_database_is_refused_not_served(revision: str) -> N
                 migrate(engine)
         finally:
             engine.dispose()
-        done = _migrate_command(BACKEND, DATABASE_URL=url)
-        assert done.returncode != 0
-        assert done.stderr.strip().splitlines()[-1] == (
+        assert _refusal(url) == (
             f"cannot prepare the database: its alembic_version is at {revision} and "
             "it has no task table: it is another application's database (give this "
             "service a database of its own)"
@@ -269,9 +274,7 @@ def test_a_database_with_tables_but_no_alembic_version_is_refused(
                     connection.execute(
                         text("CREATE TABLE alembic_version (version_num varchar(32))")
                     )
-            done = _migrate_command(BACKEND, DATABASE_URL=url)
-            assert done.returncode != 0
-            assert done.stderr.strip().splitlines()[-1] == (
+            assert _refusal(url) == (
                 f"cannot prepare the database: it has tables ({table}) and no "
                 "Alembic revision: it is another application's database (give this "
                 "service an empty database of its own)"

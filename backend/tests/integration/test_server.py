@@ -407,11 +407,9 @@ def test_metrics_add_up_every_workers_requests(
     assert scrapes == [before + 20] * 10
 
 
-def test_a_metrics_directory_that_is_not_there_stops_start_up(
-    database_url: str, tmp_path: Path
-) -> None:
-    """One line naming the variable: it was a 30-line traceback."""
-    missing = tmp_path / "nowhere"
+def _refused_start(database_url: str, **env: str) -> str:
+    """What `python -m app` says as it refuses to start: with STARTUP_FAILURE, as
+    for every configuration error."""
     done = subprocess.run(
         [sys.executable, "-m", "app"],
         cwd=BACKEND,
@@ -419,15 +417,24 @@ def test_a_metrics_directory_that_is_not_there_stops_start_up(
             **os.environ,
             "DATABASE_URL": database_url,
             "PYTHONPATH": str(BACKEND),
-            "PROMETHEUS_MULTIPROC_DIR": str(missing),
+            **env,
         },
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert done.returncode == 3  # STARTUP_FAILURE, as for every configuration error
-    assert done.stderr.strip() == (
+    assert done.returncode == 3, done.stderr
+    return done.stderr.strip()
+
+
+def test_a_metrics_directory_that_is_not_there_stops_start_up(
+    database_url: str, tmp_path: Path
+) -> None:
+    """One line naming the variable: it was a 30-line traceback."""
+    missing = tmp_path / "nowhere"
+    said = _refused_start(database_url, PROMETHEUS_MULTIPROC_DIR=str(missing))
+    assert said == (
         f"configuration error: PROMETHEUS_MULTIPROC_DIR: {missing} is not a "
         "directory this process can write to (create it, or unset the variable)"
     )
@@ -440,22 +447,8 @@ def test_a_port_in_use_stops_start_up_with_one_line_before_anything_starts(
     it came after them, in uvicorn's words (a newcomer's trial)."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "app"],
-            cwd=BACKEND,
-            env={
-                **os.environ,
-                "DATABASE_URL": database_url,
-                "PYTHONPATH": str(BACKEND),
-                "PORT": str(port),
-            },
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    assert done.returncode == 3
-    assert done.stderr.strip() == (
+        said = _refused_start(database_url, PORT=str(port))
+    assert said == (
         f"configuration error: PORT: 127.0.0.1 port {port} is in use (another "
         "server there? set another PORT)"
     )
