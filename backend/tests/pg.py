@@ -7,11 +7,15 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg2
+
 from tests.server import free_port
+from tests.sessions import wait_until
 
 
 def _bindir() -> Path:
@@ -102,6 +106,15 @@ class PrivatePostgres:
         """Stop as a crash does: no checkpoint, what is not on disk is lost."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
+    def kill_a_backend(self) -> None:
+        """SIGKILL one backend, as the OOM killer does, and return once PostgreSQL
+        has ended its other sessions to recover: a write sent before that could
+        still land before the crash (CI saw it)."""
+        with contextlib.closing(psycopg2.connect(self.url())) as witness:
+            with psycopg2.connect(self.url()) as victim:
+                os.kill(victim.get_backend_pid(), signal.SIGKILL)
+            wait_until("PostgreSQL ends its sessions", lambda: not _answers(witness))
+
     def configure(self, **settings: str) -> None:
         """postgresql.conf settings, taken at the next start."""
         with (self.data / "postgresql.conf").open("a") as conf:
@@ -117,3 +130,12 @@ class PrivatePostgres:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _answers(connection: psycopg2.extensions.connection) -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("select 1")
+    except psycopg2.Error:
+        return False
+    return True

@@ -219,8 +219,7 @@ def test_a_sync_misses_no_write_across_a_database_crash(
             private_pg.crash()
             private_pg.start()
         else:
-            with psycopg2.connect(private_pg.url()) as backend:
-                os.kill(backend.get_backend_pid(), signal.SIGKILL)
+            private_pg.kill_a_backend()
         deadline = time.monotonic() + 15
         while c.post(tasks_url(user), json={"title": "after"}).status_code != 201:
             assert time.monotonic() < deadline, "did not recover"
