@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -30,12 +31,17 @@ UVICORN = MOVE + "import uvicorn; uvicorn.run('app.main:app', port=int(sys.argv[
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("embedded") / "postgres"
-    yield folder
-    pid = _postmaster_pid(folder)
-    if pid is not None and _running(pid):  # never leave one behind
-        psutil.Process(pid).terminate()
+def data_dir() -> Iterator[Path]:
+    # Not under pytest's own temporary folder: as root, the server runs as another
+    # user, who must be able to pass through it, and any pytest started meanwhile
+    # makes that folder private again (CI failed so, beside another pytest run).
+    with tempfile.TemporaryDirectory(prefix="embedded-") as parent:
+        folder = Path(parent) / "postgres"
+        yield folder
+        pid = _postmaster_pid(folder)
+        if pid is not None and _running(pid):  # never leave one behind
+            psutil.Process(pid).terminate()
+            psutil.Process(pid).wait(timeout=30)
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
