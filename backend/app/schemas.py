@@ -344,7 +344,10 @@ class ClearQuery(BaseModel):
     # `true` (they typed the string "true", and refused `true`), and send "true".
     completed: Annotated[
         Literal["true"], WithJsonSchema({"type": "boolean", "const": True})
-    ] = Field(description="Required, and only `true`: never delete everything")
+    ] = Field(
+        description="Required, and only `true`: never delete everything",
+        examples=[True],
+    )
 
 
 # Absent: unchanged (PATCH, PUT) or false (POST); null: false, as "cleared".

@@ -221,3 +221,21 @@ def test_swagger_ui_fills_in_the_path_parameters_examples(
             assert row.locator("input").input_value() == value
     finally:
         page.close()
+
+
+def test_swagger_ui_fills_in_clear_completeds_one_accepted_value(
+    browser: Browser, api: str
+) -> None:
+    """`completed` takes only `true`: "Try it out" starts from it, not from an empty
+    choice that the server refuses (a newcomer's trial)."""
+    page = browser.new_page()
+    try:
+        page.goto(api + "/docs")
+        page.wait_for_selector(".opblock", timeout=15_000)
+        operation = page.locator("#operations-sync-clear_completed")
+        operation.locator(".opblock-summary").click()
+        operation.locator(".try-out__btn").click()
+        row = operation.locator('tr[data-param-name="completed"]')
+        assert row.locator("select").input_value() == "true"
+    finally:
+        page.close()
