@@ -4,9 +4,11 @@ query is filtered by owner), so nothing has to be rolled back, and the app under
 runs its real pool, statements and transactions. The database is dropped at the end."""
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from sqlalchemy.engine import URL
 from app.config import Settings
 from app.db.embedded import PROJECT_ROOT, embedded_database_url
 from app.db.migrations import migrate, sync_engine
+from app.edge import ratelimit
 from app.main import create_app
 
 ClientFactory = Callable[..., TestClient]
@@ -83,6 +86,15 @@ def make_client(settings: Settings, engine: Engine) -> Iterator[ClientFactory]:
             return stack.enter_context(client)
 
         yield make
+
+
+@pytest.fixture
+def one_rate_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process rate limits' windows do not end during the test: a minute's
+    could, and its counts start again (a review: a test counting to a 429)."""
+    now = time.time()
+    clock = SimpleNamespace(time=lambda: now, monotonic=time.monotonic)
+    monkeypatch.setattr(ratelimit, "time", clock)
 
 
 @pytest.fixture

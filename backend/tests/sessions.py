@@ -20,11 +20,12 @@ def sessions(engine: Engine, *, ours: bool = False, on_a_lock: bool = False) -> 
         return count
 
 
-def wait_until(what: str, condition: Callable[[], bool]) -> None:
-    """Poll for up to 10 s: a loaded machine runs the server late, never wrong."""
-    deadline = time.monotonic() + 10
+def wait_until(what: str, condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Poll for up to `timeout` s: a loaded machine runs the server late, never
+    wrong."""
+    deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"still not so after 10 s: {what}"
+        assert time.monotonic() < deadline, f"still not so after {timeout} s: {what}"
         time.sleep(0.02)
 
 

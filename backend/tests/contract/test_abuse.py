@@ -10,6 +10,7 @@ from tests.factories import create_task, metric, new_user_id, tasks_url
 from tests.jwt_helpers import SECRET, hs_token
 
 
+@pytest.mark.usefixtures("one_rate_window")
 def test_over_the_limit_is_429_with_retry_after(make_client: ClientFactory) -> None:
     client = make_client(RATE_LIMIT="3/minute")
     user = new_user_id()
@@ -22,6 +23,7 @@ def test_over_the_limit_is_429_with_retry_after(make_client: ClientFactory) -> N
     assert 1 <= int(response.headers["retry-after"]) <= 60
 
 
+@pytest.mark.usefixtures("one_rate_window")
 def test_limit_is_per_authenticated_user(make_client: ClientFactory) -> None:
     client = make_client(RATE_LIMIT="2/minute", JWT_SECRET=SecretStr(SECRET))
     alice, bob = new_user_id(), new_user_id()

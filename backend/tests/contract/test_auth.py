@@ -422,14 +422,14 @@ def test_key_published_just_after_a_fetch_is_503_then_accepted(
     """Key rotation without signing anyone out: a token signed with a key published
     a moment after the last fetch is told to retry, then accepted."""
     user = new_user_id()
+    rotated = new_key("RS256")  # made first: it takes up to 0.1 s
+    token = signed_token(rotated, user)
     assert client.get(
         tasks_url(user), headers=bearer(signed_token(keys["RS256"], user))
     ).is_success
     verifier = client.app.state.verifier  # type: ignore[attr-defined]
     verifier.jwks.min_refresh_interval = 0.5
-    rotated = new_key("RS256")
     jwks.keys = [*jwks.keys, rotated.jwk()]
-    token = signed_token(rotated, user)
     response = client.get(tasks_url(user), headers=bearer(token))
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "auth_unavailable"

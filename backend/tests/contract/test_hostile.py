@@ -165,7 +165,7 @@ def test_title_with_a_visible_character_among_invisible_ones_is_kept(
 
 
 @pytest.fixture
-def guarded(make_client: ClientFactory) -> TestClient:
+def guarded(make_client: ClientFactory, one_rate_window: None) -> TestClient:
     return make_client(JWT_SECRET=SecretStr(SECRET), AUTH_FAILURE_LIMIT="5/minute")
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 
 from tests.factories import new_user_id
 from tests.server import logs_no_traceback, server_process
+from tests.sessions import wait_until
 
 LIMITS = {
     "HTTP_REQUEST_TIMEOUT": "1",
@@ -218,7 +219,7 @@ def test_a_canned_error_carries_no_earlier_requests_origin(
         )
         assert _read_response(sock) == 413  # refused unread, then read and dropped
         sock.sendall(b"x" * 70_000)
-        time.sleep(0.2)  # the body is read and dropped
+        _all_read_by_the_server(sock)  # the body is read and dropped
         sock.sendall(b"\r\n")  # bytes that begin no request, then nothing
         status, headers, _ = _error(_read_all(sock))
     assert status == 408
@@ -512,8 +513,8 @@ def test_a_new_connection_that_sends_nothing_is_idle_until_the_keep_alive_timeou
 ) -> None:
     """Not cut at the request deadline: a preconnected socket is idle, not slow."""
     base_url, _ = server
+    started = time.monotonic()  # before the server's timer starts, at its accept
     with _connect(base_url) as sock:
-        started = time.monotonic()
         assert _read_all(sock) == b""
     assert 2.9 < time.monotonic() - started < 6
 
@@ -534,9 +535,9 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(
 ) -> None:
     base_url, _ = server
     with _connect(base_url) as sock:
+        started = time.monotonic()  # before the server's timer starts, at its answer
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
         assert _read_response(sock) == 200
-        started = time.monotonic()
         assert _read_all(sock) == b""
     assert 2.9 < time.monotonic() - started < 6
 
@@ -562,17 +563,31 @@ def test_connections_beyond_the_cap_get_503_and_the_rest_are_served(
     assert httpx.get(base_url + "/health").status_code == 200
 
 
-def _server_send_queue(server_port: int, client_port: int) -> int | None:
-    """Bytes the server's kernel holds unsent on the connection from
-    `client_port`, or None once the server has no such connection."""
+def _kernel_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
+    """Bytes the kernel holds unsent and unread on the loopback connection
+    between these ports, from `local_port`'s end; None once there is none."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local, remote = fields[1], fields[2]
-        if int(local.split(":")[1], 16) == server_port and (
-            int(remote.split(":")[1], 16) == client_port
+        if int(local.split(":")[1], 16) == local_port and (
+            int(remote.split(":")[1], 16) == remote_port
         ):
-            return int(fields[4].split(":")[0], 16)
+            unsent, unread = fields[4].split(":")
+            return int(unsent, 16), int(unread, 16)
     return None
+
+
+def _all_read_by_the_server(sock: socket.socket) -> None:
+    """Until what the client has sent has left its end and been read at the
+    server's (the server's protocol handles each read as it comes)."""
+    client_port, server_port = sock.getsockname()[1], sock.getpeername()[1]
+    wait_until(
+        "the server has read everything sent",
+        lambda: (
+            _kernel_queues(client_port, server_port) == (0, 0)
+            and _kernel_queues(server_port, client_port) == (0, 0)
+        ),
+    )
 
 
 def test_a_connection_closing_on_a_client_that_reads_nothing_is_dropped(
@@ -597,8 +612,9 @@ def test_a_connection_closing_on_a_client_that_reads_nothing_is_dropped(
         for _ in range(500):  # until the kernel takes no more of a response
             reader.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n")
             time.sleep(0.05)
-            now = _server_send_queue(int(port), client_port)
-            assert now is not None
+            queues = _kernel_queues(int(port), client_port)
+            assert queues is not None
+            now = queues[0]
             if queued and now - queued < size // 2:
                 break
             queued = now

@@ -94,7 +94,7 @@ def _expected(stored: list[dict[str, Any]], query: dict[str, Any]) -> list[int]:
 @settings(
     max_examples=40,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=tasks, query=queries)
 def test_pages_union_is_the_sorted_filtered_list(
