@@ -313,9 +313,9 @@ def _changes_query(since: bool, continuing: bool, origin: bool) -> Query[_Change
     ]
     page = changes.order_by(*order).limit(limit).subquery("c")
     # The snapshot once, in a row of its own ordered before every change (xids
-    # start at 3), not in each of 1,000 rows: ~0.2 ms of PostgreSQL's time and
-    # ~0.1 ms of the worker's a page. Both parts are ordered by (change_xid, id):
-    # PostgreSQL merges them without sorting.
+    # start at 3; but see `_snapshot_row`), not in each of 1,000 rows: ~0.2 ms of
+    # PostgreSQL's time and ~0.1 ms of the worker's a page. Both parts are
+    # ordered by (change_xid, id): PostgreSQL merges them without sorting.
     # `xmin:xmax:xip/started/epoch:xid`: the snapshot and its _Origin.
     snapshot_and_origin = func.concat_ws(
         literal_column("'/'"),
@@ -342,6 +342,16 @@ def _record(row: _Change) -> TaskRecord:
     columns: dict[str, Any] = row  # type: ignore[assignment]  # to delete required keys
     del columns["snapshot"], columns["deleted"], columns["change_xid"]
     return row
+
+
+def _snapshot_row(rows: list[_Change]) -> str:
+    """Takes the statement's snapshot row out of `rows`: the first, unless a task's
+    `change_xid` is 0 or less (no transaction's: a write with triggers off), which
+    comes before it."""
+    at = next(at for at, row in enumerate(rows) if row["snapshot"] is not None)
+    snapshot = rows.pop(at)["snapshot"]
+    assert snapshot is not None
+    return snapshot
 
 
 class DeltaSync:
@@ -387,8 +397,7 @@ class DeltaSync:
                 logger.warning("delta sync not safe across a crash: %s", exc.reason)
                 self._origin = False  # the server refuses `_STARTS` or its checkpoint
                 continue
-            first = rows[0]["snapshot"]
-            assert first is not None  # the statement's first row
+            first = _snapshot_row(rows)
             text, *server = first.split("/")
             snapshot = _Snapshot.parse(text)
             origin = _Origin.parse(*server) if server else None
@@ -400,7 +409,7 @@ class DeltaSync:
         if any(earlier.xmax > snapshot.xmax for earlier in taken):
             # Taken on another cluster (a logical restore): the ids mean nothing.
             raise SyncTokenExpired()
-        changed = rows[1:]
+        changed = rows
         if token.upto is None:  # a first page: its snapshot goes into the token
             short = snapshot.short()
             if short is not snapshot:  # in change_xid order: what it does not see

@@ -280,6 +280,27 @@ def test_a_restored_task_is_sent_as_a_task_not_as_deleted(
     assert changes["deleted"] == []
 
 
+@pytest.mark.parametrize("xid", [0, -1])
+def test_a_task_marked_with_triggers_off_is_in_a_first_sync(
+    client: TestClient, engine: Engine, xid: int
+) -> None:
+    """A `change_xid` no transaction has (a write with triggers off, such as the
+    restore procedure's `SET change_xid = 0` run so): a first sync sends the task
+    beside the others. It was a 500 on every first sync of that user: the row
+    came before the statement's own first row (a trial)."""
+    user = new_user_id()
+    marked, other = create_task(client, user)["id"], create_task(client, user)["id"]
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(
+            text("UPDATE task SET change_xid = :xid WHERE user_id = :u AND id = :id"),
+            {"xid": xid, "u": user, "id": marked},
+        )
+    changes = client.get(tasks_url(user) + "/changes")
+    assert changes.status_code == 200, changes.text
+    assert [task["id"] for task in changes.json()["tasks"]] == [marked, other]
+
+
 @pytest.mark.parametrize(
     "statement",
     [
