@@ -6,7 +6,6 @@ import errno
 import logging
 import os
 import resource
-import secrets
 import shutil
 import signal
 import socket
@@ -15,7 +14,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -24,7 +22,6 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from app.config import ConfigError, Settings, load_settings
-from app.db.embedded import PROJECT_ROOT
 from app.edge.protocol import BoundedHttpToolsProtocol
 from app.observability.logging import configure_logging
 from app.workers import SUPERVISOR_PID
@@ -165,50 +162,9 @@ def _shared_metrics() -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _kept_cursor_secret() -> str:
-    """The key for cursors and sync tokens when nothing configures one, kept in
-    .data/ so that they outlive a restart: a new key each start made an offline
-    client's sync token a 400 (the answer to a tampered one) after every
-    `make run` (a trial). Where it cannot be kept, one for this start only."""
-    path = PROJECT_ROOT / ".data" / "cursor-secret"
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            return _key_in(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, made = tempfile.mkstemp(dir=path.parent)  # readable by us only
-        try:
-            with os.fdopen(descriptor, "w") as file:
-                file.write(secrets.token_urlsafe(32))
-            with contextlib.suppress(FileExistsError):  # another start's first
-                os.link(made, path)
-        finally:
-            os.unlink(made)
-        logger.info("cursors and sync tokens are signed with the key in %s", path)
-        return _key_in(path)
-    except (OSError, ValueError) as exc:
-        logger.warning(
-            "CURSOR_SECRET is not set and no key can be kept in %s (%s): cursors "
-            "and sync tokens are refused after a restart",
-            path,
-            exc,
-        )
-        return secrets.token_urlsafe(32)
-
-
-def _key_in(path: Path) -> str:
-    key = path.read_text(encoding="ascii").strip()
-    if len(key) < 32:
-        raise ValueError("not a key of 32 characters or more")
-    return key
-
-
 def serve(settings: Settings, url: str) -> None:
-    # Workers inherit the resolved URL, so they join the same (embedded) database,
-    # and one cursor secret: generated per worker, a cursor or sync token issued by
-    # one was refused (400) by the next a connection reached.
+    # Workers inherit the resolved URL, so they join the same (embedded) database.
     os.environ["DATABASE_URL"] = url
-    if settings.cursor_key is None:  # outside production, without an auth secret
-        os.environ["CURSOR_SECRET"] = _kept_cursor_secret()
     _open_files_for(settings)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal
     # again; these handlers make that a clean exit 0, not death by signal (and

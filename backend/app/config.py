@@ -1,12 +1,17 @@
 """Settings: one class, read from the environment (and `.env`) once."""
 
+import contextlib
 import hashlib
 import hmac
 import io
 import ipaddress
+import logging
+import os
 import re
+import secrets
 import socket
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +32,10 @@ from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.db.url import parse_database_url
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+logger = logging.getLogger("app")
 
 DEV_CORS_ORIGINS = [
     "http://localhost:3000",
@@ -466,7 +475,8 @@ class Settings(BaseSettings):
     def cursor_key(self) -> bytes | None:
         """The key that signs list cursors and sync tokens: CURSOR_SECRET; without
         it (outside production), one derived from the auth shared secret, so the
-        workers of a server, and the server restarted, share it; else None."""
+        workers of a server, and the server restarted, share it; else None (then
+        `kept_cursor_key`)."""
         if self.CURSOR_SECRET is not None:
             return self.CURSOR_SECRET.get_secret_value().encode()
         if self.jwt_secret is not None:
@@ -610,6 +620,45 @@ def _edits(a: str, b: str) -> int:
                 row[j] = min(row[j], rows[-2][j - 2] + 1)
         rows.append(row)
     return rows[-1][-1]
+
+
+def kept_cursor_key() -> bytes:
+    """The key for cursors and sync tokens when nothing configures one (outside
+    production, without an auth secret), kept in .data/ so that the workers of a
+    server, and the server restarted (`fastapi dev` at every change saved), share
+    it: a new key each start made an offline client's sync token a 400, the
+    answer to a tampered one (a trial). Where it cannot be kept, one for this
+    process only, and a warning."""
+    path = PROJECT_ROOT / ".data" / "cursor-secret"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            return _key_in(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, made = tempfile.mkstemp(dir=path.parent)  # readable by us only
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(32))
+            with contextlib.suppress(FileExistsError):  # another process's first
+                os.link(made, path)
+        finally:
+            os.unlink(made)
+        return _key_in(path)
+    except (OSError, ValueError) as exc:
+        logger.warning(
+            "CURSOR_SECRET is not set and no key can be kept in %s (%s): cursors "
+            "and sync tokens are signed with this process's own key, refused by "
+            "other workers and after a restart",
+            path,
+            exc,
+        )
+        return secrets.token_bytes(32)
+
+
+def _key_in(path: Path) -> bytes:
+    key = path.read_text(encoding="ascii").strip()
+    if len(key) < 32:
+        raise ValueError("not a key of 32 characters or more")
+    return key.encode()
 
 
 def load_settings(env_file: Path | str | None = ".env", **given: Any) -> Settings:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from app.api.openapi import openapi_schema, operation_id
 from app.api.routes import docs, health, sync, tasks
-from app.config import Settings, get_settings
+from app.config import Settings, get_settings, kept_cursor_key
 from app.db.gateway import Database
 from app.db.migrations import ensure_schema, ensure_schema_once_reachable
 from app.db.url import parse_database_url
@@ -146,12 +146,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # False from a start-up that could not reach the database until it has
     # (`ensure_schema_once_reachable`): /api requests and /health are 503s.
     app.state.schema_checked = True
-    if settings.cursor_key is None:
-        logger.warning(
-            "CURSOR_SECRET is not set: cursors and sync tokens are signed with this "
-            "process's own key, refused by other workers and after a restart"
-        )
-    cursors = CursorCodec(settings.cursor_key, settings.cursor_fallback_keys)
+    cursor_key = settings.cursor_key or kept_cursor_key()
+    cursors = CursorCodec(cursor_key, settings.cursor_fallback_keys)
     retention = timedelta(days=settings.SYNC_RETENTION_DAYS)
     app.state.tasks = TaskService(database, cursors, retention, settings.SYNC_RESET_AT)
     app.state.verifier = TokenVerifier(settings) if settings.auth_enabled else None

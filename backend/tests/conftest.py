@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.engine import URL
 
-from app.config import Settings
-from app.db.embedded import PROJECT_ROOT, embedded_database_url
+from app.config import PROJECT_ROOT, Settings
+from app.db.embedded import embedded_database_url
 from app.db.migrations import migrate, sync_engine
 from app.edge import ratelimit
 from app.main import create_app

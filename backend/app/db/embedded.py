@@ -19,9 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.config import ConfigError
+from app.config import PROJECT_ROOT, ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
 EMBEDDED_DATA_DIR = PROJECT_ROOT / ".data" / "postgres"
 SYSTEM_USER = "pgserver"  # pgserver's choice: PostgreSQL refuses to run as root
 

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,11 +20,8 @@ _ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class CursorCodec:
-    def __init__(
-        self, secret: bytes | None = None, fallbacks: Sequence[bytes] = ()
-    ) -> None:
-        # Without a configured secret (development), each process makes its own.
-        self._secret = secret or secrets.token_bytes(32)
+    def __init__(self, secret: bytes, fallbacks: Sequence[bytes] = ()) -> None:
+        self._secret = secret
         # Earlier secrets (a rotation): what they signed still verifies.
         self._fallbacks = tuple(fallbacks)
 

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.api.openapi import document
-from app.db.embedded import PROJECT_ROOT
+from app.config import PROJECT_ROOT
 from tests.factories import new_user_id, tasks_url
 
 SPEC = PROJECT_ROOT / "specs" / "001-task-api" / "openapi.json"

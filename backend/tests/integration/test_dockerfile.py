@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.db.embedded import PROJECT_ROOT
+from app.config import PROJECT_ROOT
 from tests.server import free_port, running_server
 
 DOCKERFILE = (PROJECT_ROOT / "Dockerfile").read_text().replace("\\\n", " ")

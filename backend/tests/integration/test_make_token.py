@@ -9,7 +9,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from app.db.embedded import PROJECT_ROOT
+from app.config import PROJECT_ROOT
 from tests.jwt_helpers import SECRET
 
 

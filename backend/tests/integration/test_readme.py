@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.db.embedded import PROJECT_ROOT
+from app.config import PROJECT_ROOT
 from tests.conftest import fresh_database
 from tests.server import running_server
 

@@ -76,28 +76,6 @@ def test_the_workers_of_one_instance_read_each_others_cursors(
             assert page.status_code == 200, page.text
 
 
-def test_a_sync_token_outlives_a_restart_without_a_cursor_secret(
-    database_url: str, engine: object
-) -> None:
-    """Outside production with no CURSOR_SECRET (nor an auth secret to derive it
-    from), `python -m app` keeps its key in .data/: an offline client's sync token
-    still works after a restart. A new key each start made it a 400, the answer to
-    a tampered token, after every `make run` (a trial)."""
-    user = new_user_id()
-    unset = {"CURSOR_SECRET": "", "BETTER_AUTH_SECRET": "", "JWT_SECRET": ""}
-    with (
-        running_server(database_url, None, **unset) as base_url,
-        httpx.Client(base_url=base_url) as c,
-    ):
-        create_task(c, user, title="before the restart")
-        token = c.get(tasks_url(user) + "/changes").json()["next"]
-    with running_server(database_url, None, **unset) as base_url:
-        changes = base_url + tasks_url(user) + "/changes"
-        synced = httpx.get(changes, params={"since": token})
-    assert synced.status_code == 200, synced.text
-    assert synced.json()["tasks"] == []
-
-
 def test_200_concurrent_requests_over_64_connections_all_answer(server: str) -> None:
     """A pool of 4 behind 64 client connections: queueing, never a deadlock."""
     user = new_user_id()

@@ -55,6 +55,30 @@ def test_start_command_serves_the_api(
     assert [line for line in lines[started:] if not line.startswith("{")] == []
 
 
+@pytest.mark.parametrize("name", ["python -m app", "uvicorn", "fastapi dev"])
+def test_a_sync_token_outlives_a_restart_without_a_cursor_secret(
+    database_url: str, engine: object, name: str
+) -> None:
+    """Outside production with no CURSOR_SECRET (nor an auth secret to derive it
+    from), the key is kept in .data/: an offline client's sync token still works
+    after a restart (`fastapi dev` restarts at every change saved). A new key each
+    start made it a 400, the answer to a tampered token (a trial)."""
+    command = COMMANDS.get(name, [sys.executable, "-m", "app"])
+    unset = {"CURSOR_SECRET": "", "BETTER_AUTH_SECRET": "", "JWT_SECRET": ""}
+    user = new_user_id()
+    with (
+        server_process(database_url, None, command, **unset) as (base, _),
+        httpx.Client(base_url=base) as client,
+    ):
+        create_task(client, user, title="before the restart")
+        token = client.get(tasks_url(user) + "/changes").json()["next"]
+    with server_process(database_url, None, command, **unset) as (base, _):
+        changes = base + tasks_url(user) + "/changes"
+        synced = httpx.get(changes, params={"since": token})
+    assert synced.status_code == 200, synced.text
+    assert synced.json()["tasks"] == []
+
+
 @pytest.mark.parametrize(
     "mistake",
     [{"RATE_LIMIT": "lots"}, {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"}],

@@ -239,7 +239,7 @@ def test_production_requires_a_cursor_secret(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_env_example_as_is_is_a_valid_configuration() -> None:
-    from app.db.embedded import PROJECT_ROOT
+    from app.config import PROJECT_ROOT
 
     settings = Settings(_env_file=PROJECT_ROOT / ".env.example")
     assert settings.CURSOR_SECRET is None
