@@ -65,14 +65,26 @@ class _Supervisor(Multiprocess):
         super().terminate_all()
 
     def keep_subprocess_alive(self) -> None:
-        """Also forgets a dead worker's share of the live gauges (connections in
-        use): its counts stay in the totals, they only ever grow."""
-        running = {process.pid for process in self.processes}
+        """Also says how a worker it replaces ended, as a warning (uvicorn's line
+        is at info, without the cause: an OOM kill passed unseen, an operations
+        trial), and forgets that worker's share of the live gauges (connections
+        in use): its counts stay in the totals, they only ever grow."""
+        before = list(self.processes)
         super().keep_subprocess_alive()
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            for pid in running - {process.pid for process in self.processes}:
-                if pid is not None:
-                    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        for ended in (process for process in before if process not in self.processes):
+            logger.warning(
+                "worker %s ended (%s); another is started",
+                ended.pid,
+                _how_it_ended(ended.exitcode),
+            )
+            if ended.pid is not None and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+                multiprocess.mark_process_dead(ended.pid)  # type: ignore[no-untyped-call]
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit status {exitcode}"
 
 
 # Descriptors a worker needs besides its client and database connections: Redis,

@@ -225,8 +225,11 @@ class RateLimited(AppError):
     message = "Too many requests, slow down"
     detail = "Over the rate limit: retry after Retry-After seconds"
 
-    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+    def __init__(
+        self, retry_after: int, detail: str | None = None, reason: str = "rate_limit"
+    ) -> None:
         self.retry_after = max(retry_after, 1)
+        self.reason = reason  # which limit: `rate_limited_total`'s label
         super().__init__(
             detail=detail or f"Over the rate limit: retry in {self.retry_after} s"
         )
@@ -474,7 +477,7 @@ def register_exception_handlers(app: FastAPI) -> None:
     async def app_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AppError)
         if isinstance(exc, RateLimited):
-            metrics.RATE_LIMITED.inc()
+            metrics.RATE_LIMITED.labels(exc.reason).inc()
         elif isinstance(exc, DatabaseUnavailable):
             metrics.DB_ERRORS.inc()
             if isinstance(exc, DatabaseRefused):

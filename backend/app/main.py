@@ -54,7 +54,8 @@ def _limiters(settings: Settings) -> tuple[RateLimiter | None, RateLimiter | Non
     redis = settings.REDIS_URL
     store = RedisStore(redis.get_secret_value()) if redis else MemoryStore()
     requests, failures = (
-        RateLimiter(*limit, store) if limit is not None else None for limit in limits
+        RateLimiter(*limit, store, reason) if limit is not None else None
+        for limit, reason in zip(limits, ("rate_limit", "auth_failures"), strict=True)
     )
     return requests, failures
 

@@ -26,8 +26,11 @@ def tasks_url(user_id: str, task_id: int | str | None = None) -> str:
 
 
 def metric(client: Any, name: str) -> float:
-    """A metric's value, as the client's server serves it at /metrics (unlabelled)."""
+    """A metric's value, as the client's server serves it at /metrics: `name`, or
+    one series of it, `name{label="value"}` (0 until the series has counted)."""
     for line in client.get("/metrics").text.splitlines():
         if line.startswith(f"{name} "):
             return float(line.split()[1])
+    if "{" in name:
+        return 0.0
     raise AssertionError(f"no {name} in /metrics")

@@ -56,6 +56,16 @@ logger = logging.getLogger("app.db")
 _unavailable = Throttled(logger)
 _cancelled = Throttled(logger)
 REACHABLE = "database reachable again"
+ABANDONED = "database did not answer in time: connection abandoned"
+
+
+def unanswered(what: str) -> None:
+    """`what` had no answer from the database in its time: said as part of the
+    outage (a frozen server was said only when its operations were abandoned,
+    17 s in: an operations trial)."""
+    _unavailable.log(f"database unavailable: no answer to {what}")
+
+
 R = TypeVar("R", bound=Mapping[str, Any])
 A = TypeVar("A")
 _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
@@ -656,7 +666,9 @@ class Database:
             once instead of waiting on a server that may never answer."""
             nonlocal silent
             silent = True
-            logger.warning("database did not answer in time: connection abandoned")
+            # Part of the outage: its end is said too (it was not, an operations
+            # trial), and many at once make one line.
+            _unavailable.log(ABANDONED)
             connection.terminate()
 
         deadline = asyncio.get_running_loop().call_later(

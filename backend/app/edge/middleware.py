@@ -28,6 +28,7 @@ from app.errors import (
     sent_twice,
 )
 from app.observability import metrics
+from app.observability.logging import Throttled
 
 logger = logging.getLogger("app.request")
 
@@ -162,6 +163,11 @@ def _started(scope: Scope) -> float:
     return arrived if arrived is not None else time.perf_counter()
 
 
+SHEDDING = (
+    "worker at capacity (HTTP_MAX_IN_FLIGHT): requests refused with 503 overloaded"
+)
+
+
 class LoadShedMiddleware:
     """At most `limit` requests in the app at once, and none the HTTP protocol
     marked `SHED`; beyond that, 503 + Retry-After at once. Under overload the
@@ -173,18 +179,28 @@ class LoadShedMiddleware:
         self.app = app
         self.limit = limit
         self.in_flight = 0
+        self._shedding = Throttled(logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit or scope.get("state", {}).get(SHED):
-            # Counted, not logged: a line each would add work when there is most.
+            # Counted, and said every 10 s while it lasts, not a line each: that
+            # would add work when there is most. Counted among the requests too,
+            # under `<shed>` (they were in `shed_total` only, and an error-rate
+            # alert never saw them: an operations trial).
             metrics.SHED.inc()
+            self._shedding.log(SHEDDING)
             identifier = request_id(scope)
             response = error_response(Overloaded(), identifier)
             await _identified(response, identifier)(scope, receive, send)
+            seconds = time.perf_counter() - _started(scope)
+            method = scope["method"]
+            label = method if method in _COUNTED else "other"
+            metrics.observe(label, "<shed>", Overloaded.status_code, seconds)
             return
+        self._shedding.ended("worker no longer at capacity: requests admitted again")
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
@@ -268,9 +284,11 @@ def _error_of(status: int, body: bytes) -> dict[str, str]:
 def _described(status: int, code: object, detail: object) -> dict[str, str]:
     """An error's `code` (C3), and for a 5xx its `detail` too (the server's
     condition: a database unreachable, a lock, no connection free, the schema not
-    checked yet), never a client's input."""
+    checked yet), or a 429's (which limit: the rate, failed authentications, the
+    user's share; an operations trial could not tell them apart), never a
+    client's input."""
     described = {"code": code} if isinstance(code, str) else {}
-    if status >= 500 and isinstance(detail, str):
+    if (status >= 500 or status == 429) and isinstance(detail, str):
         described["detail"] = detail
     return described
 

@@ -114,10 +114,13 @@ class RedisStore:
 
 
 class RateLimiter:
-    def __init__(self, limit: int, window: int, store: Store) -> None:
+    def __init__(
+        self, limit: int, window: int, store: Store, reason: str = "rate_limit"
+    ) -> None:
         self.limit = limit
         self.window = window
         self.store = store
+        self.reason = reason  # what its 429s are counted as
 
     async def check(self, identity: str, detail: str | None = None) -> None:
         """Counts one for `identity`: RateLimited (429) when that is over its
@@ -125,4 +128,4 @@ class RateLimiter:
         count = await self.store.hit(identity, self.window)
         if count > self.limit:
             retry_after = math.ceil(self.window - time.time() % self.window)
-            raise RateLimited(retry_after=retry_after, detail=detail)
+            raise RateLimited(retry_after, detail, self.reason)

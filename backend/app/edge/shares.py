@@ -38,7 +38,7 @@ class ShareInUse(RateLimited):
     )
 
     def __init__(self) -> None:
-        super().__init__(retry_after=1, detail=self.detail)
+        super().__init__(1, self.detail, "user_share")
 
 
 class UserShares:

@@ -23,7 +23,25 @@ LATENCY = Histogram(
     "http_request_duration_seconds",
     "Request latency by route template",
     ["method", "route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    # Up to the waits an incident brings (a pool or a share waits DB_POOL_TIMEOUT,
+    # a silent database the statement timeout and 2 s): with 5 s the last, a
+    # quantile read at most 5 s just then (an operations trial).
+    buckets=(
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+        30,
+    ),
 )
 POOL_IN_USE = Gauge(
     "db_pool_connections_in_use",
@@ -42,7 +60,12 @@ DB_ERRORS = Counter(
     "Requests answered 503 database_unavailable (unreachable, no answer in time, "
     "no connection free, a lock or conflict given up on, schema not checked)",
 )
-RATE_LIMITED = Counter("rate_limited_total", "Requests refused by the rate limiter")
+RATE_LIMITED = Counter(
+    "rate_limited_total",
+    "Requests answered 429 rate_limited, by reason: rate_limit (RATE_LIMIT), "
+    "auth_failures (AUTH_FAILURE_LIMIT), user_share (USER_MAX_ACTIVE's turn)",
+    ["reason"],
+)
 RATE_LIMITER_ERRORS = Counter(
     "rate_limiter_errors_total",
     "Rate-limit checks counted in this process only because the shared store "
@@ -51,7 +74,8 @@ RATE_LIMITER_ERRORS = Counter(
 SHED = Counter("shed_total", "Requests refused because the worker was at capacity")
 EDGE_REFUSALS = Counter(
     "http_edge_refusals_total",
-    "Requests answered by the HTTP protocol before the app (not in the access log)",
+    "Requests answered by the HTTP protocol before the app (a canned error: not in "
+    "http_requests_total; in the access log under path <unmatched>)",
     ["status"],
 )
 

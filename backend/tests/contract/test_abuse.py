@@ -14,8 +14,11 @@ from tests.jwt_helpers import SECRET, hs_token
 def test_over_the_limit_is_429_with_retry_after(make_client: ClientFactory) -> None:
     client = make_client(RATE_LIMIT="3/minute")
     user = new_user_id()
+    counted = 'rate_limited_total{reason="rate_limit"}'
+    before = metric(client, counted)
     statuses = [client.get(tasks_url(user)).status_code for _ in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
+    assert metric(client, counted) == before + 2
     response = client.get(tasks_url(user))
     body = response.json()
     assert body["code"] == "rate_limited"

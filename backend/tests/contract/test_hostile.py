@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from tests.conftest import ClientFactory
-from tests.factories import create_task, new_user_id, tasks_url
+from tests.factories import create_task, metric, new_user_id, tasks_url
 from tests.jwt_helpers import SECRET, JwksServer, hs_token, new_key, signed_token
 
 
@@ -180,11 +180,14 @@ def test_failed_authentications_are_limited_per_address(
     user = new_user_id()
     known = hs_token(user, jti="known")
     assert guarded.get(tasks_url(user), headers=bearer(known)).status_code == 200
+    counted = 'rate_limited_total{reason="auth_failures"}'
+    before = metric(guarded, counted)
     statuses = [
         guarded.get(tasks_url(user), headers=bearer(forged(user))).status_code
         for _ in range(8)
     ]
     assert statuses == [401] * 5 + [429] * 3
+    assert metric(guarded, counted) == before + 3
     # Past the budget a failure is not logged again: no log line per forged token.
     assert caplog.messages.count("authentication failed") == 5
     refused = guarded.get(tasks_url(user), headers=bearer(forged(user)))

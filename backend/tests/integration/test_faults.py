@@ -1,6 +1,7 @@
 """C3/C7/C8 under real faults: connections killed (Neon scaling to zero), the
 database restarted, the pool exhausted, SIGTERM under load, TLS required."""
 
+import contextlib
 import json
 import logging
 import os
@@ -359,7 +360,8 @@ def _signal_postgres(server: PrivatePostgres, signum: signal.Signals) -> None:
         int((server.data / "postmaster.pid").read_text().split()[0])
     )
     for process in [postmaster, *postmaster.children(recursive=True)]:
-        process.send_signal(signum)
+        with contextlib.suppress(psutil.NoSuchProcess):  # a session just ended
+            process.send_signal(signum)
 
 
 def test_a_database_that_stops_answering_gives_503_not_a_hang(
@@ -429,6 +431,9 @@ def test_health_checks_at_once_share_one_round_trip_outside_the_pool(
             time.sleep(0.7)
             assert metric(c, "db_pool_connections_in_use") == 0
             assert {check.result().status_code for check in checks} == {503}
+            # Said at the first check's 1.5 s (it was said 17 s in, by default).
+            unanswered = "no answer to the health check within 1.5 s"
+            assert f"database unavailable: {unanswered}" in log.read_text()
             # The probe's connection is dropped after 0.5 + 2 s; a new one
             # gets no answer either, within the same 2.5 s.
             wait_until("the line", lambda: "no answer within 2.5 s" in log.read_text())
@@ -576,6 +581,8 @@ def test_one_users_requests_hold_only_their_share_of_the_pool(
         c, task, theirs, lock = at.client, at.task, at.theirs, at.lock
         user = task["user_id"]
         waits = metric(c, "user_share_waits_total")
+        shared = 'rate_limited_total{reason="user_share"}'
+        before = metric(c, shared)
         with _toggling(at.base, user, task["id"], 2) as results:
             wait_until(  # one runs (on the lock); the other waits for its turn
                 "a request on the lock and one waiting for its turn",
@@ -597,6 +604,7 @@ def test_one_users_requests_hold_only_their_share_of_the_pool(
             lock.close()
         # The waiting toggle gave up with its turn not had, and changed nothing.
         assert sorted(results) == [200, 429]
+        assert metric(c, shared) == before + 2  # its 429 and the read's
         assert c.get(tasks_url(user, task["id"])).json()["completed"] is True
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, make_url, text
 from app.config import Settings
 from app.db import gateway
 from app.db.gateway import (
+    ABANDONED,
     REACHABLE,
     WRITE_UNKNOWN,
     Cancelled,
@@ -413,6 +414,24 @@ async def test_an_unavailable_database_is_logged_with_the_servers_reason(
     await database.fetch_one(COUNT, user_id="u")  # a database that answers
     [again] = [r for r in caplog.records if r.getMessage() == REACHABLE]
     assert again.__dict__["failures"] >= 3
+
+
+async def test_an_abandoned_connection_is_part_of_the_outage_whose_end_is_said(
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that does not answer in time: its abandoned connections count in
+    the outage, so the line saying it answers again comes too (it did not, and a
+    frozen database had no end in the log: an operations trial)."""
+    monkeypatch.setattr(database, "_operation_timeout", 0.3)
+    monkeypatch.setattr(gateway._unavailable, "quiet", 0)
+    with pytest.raises(DatabaseUnavailable):
+        await database.fetch_one(SLEEP)
+    assert caplog.messages.count(ABANDONED) == 1
+    await database.fetch_one(COUNT, user_id="u")
+    [again] = [r for r in caplog.records if r.getMessage() == REACHABLE]
+    assert again.__dict__["failures"] >= 1
 
 
 async def test_a_statement_timeout_keeps_its_connection(database: Database) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy import make_url
 
 from tests.factories import create_task, new_user_id, tasks_url
 from tests.server import BACKEND, free_port, running_server, server_process, stop
+from tests.sessions import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -367,11 +368,7 @@ def test_workers_stop_when_their_supervisor_is_killed(database_url: str) -> None
     port. Orphaned, they went on serving, and starting the service again failed
     (address in use) until they were killed by hand (a trial)."""
     with server_process(database_url, WEB_CONCURRENCY="2") as (base, supervisor):
-        workers = [
-            child
-            for child in psutil.Process(supervisor.pid).children()
-            if "spawn_main" in " ".join(child.cmdline())
-        ]
+        workers = _workers(supervisor.pid)
         assert len(workers) == 2
         supervisor.kill()
         supervisor.wait()
@@ -379,6 +376,39 @@ def test_workers_stop_when_their_supervisor_is_killed(database_url: str) -> None
         assert not alive
         with pytest.raises(httpx.ConnectError):
             httpx.get(base + "/health")
+
+
+def test_a_killed_worker_is_said_with_its_cause_and_replaced(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A worker killed (as the OOM killer does): a warning names it and the
+    signal, and another takes its place (uvicorn's own line was at info, without
+    the cause: an operations trial)."""
+    log = tmp_path / "server.log"
+    with server_process(database_url, log=str(log), WEB_CONCURRENCY="2") as (
+        base,
+        supervisor,
+    ):
+        victim = _workers(supervisor.pid)[0].pid
+        os.kill(victim, signal.SIGKILL)
+        said = f"worker {victim} ended (killed by SIGKILL); another is started"
+        wait_until("the warning", lambda: said in log.read_text(), timeout=30)
+        wait_until(
+            "two workers again",
+            lambda: len({w.pid for w in _workers(supervisor.pid)} - {victim}) == 2,
+            timeout=30,
+        )
+        assert httpx.get(base + "/health").status_code == 200
+    [line] = [line for line in log.read_text().splitlines() if said in line]
+    assert json.loads(line)["level"] == "warning"
+
+
+def _workers(supervisor: int) -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process(supervisor).children()
+        if "spawn_main" in " ".join(child.cmdline())
+    ]
 
 
 @pytest.mark.parametrize("directory", [None, ""])

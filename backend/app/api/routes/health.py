@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import authorize_metrics
 from app.api.openapi import RETRY_AFTER
-from app.db.gateway import Database
+from app.db.gateway import Database, unanswered
 from app.errors import SCHEMA_NOT_CHECKED, DatabaseUnavailable
 from app.observability import metrics
 from app.schemas import Health
@@ -35,7 +35,7 @@ async def health(request: Request) -> JSONResponse:
     connected = False
     error = "database did not answer in time"
     detail = f"Its round trip did not complete within {HEALTH_TIMEOUT_SECONDS} s"
-    with anyio.move_on_after(HEALTH_TIMEOUT_SECONDS):
+    with anyio.move_on_after(HEALTH_TIMEOUT_SECONDS) as waited:
         try:
             await database.ping()
             if request.app.state.schema_checked:
@@ -45,6 +45,8 @@ async def health(request: Request) -> JSONResponse:
         except Exception:  # whatever failed, health answers (503), never a 500
             error = "database unreachable"
             detail = "No connection to the database, or its schema is missing"
+    if waited.cancelled_caught:
+        unanswered(f"the health check within {HEALTH_TIMEOUT_SECONDS} s")
     body = Health(
         status="unhealthy",
         database="connected" if connected else "disconnected",
