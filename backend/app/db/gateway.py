@@ -76,10 +76,12 @@ _DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyp
 # lookup failed for type").
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "XX")
 # undefined_table, undefined_object: the schema is gone under a running worker (a
-# Neon branch reset, a restore into a database never migrated). Unavailable, and
-# the connection is not reused (its statement cache is stale), as for the classes
-# above; every request was a 500 before (a trial).
-_SCHEMA_GONE = ("42P01", "42704")
+# Neon branch reset, a restore into a database never migrated); undefined_column,
+# invalid_column_reference (`ON CONFLICT` without its key): half there, as while
+# `pg_restore --clean` runs. Unavailable, and the connection is not reused (its
+# statement cache is stale), as for the classes above; each was a 500 before
+# (trials).
+_SCHEMA_GONE = ("42P01", "42704", "42703", "42P10")
 _LOCK_NOT_AVAILABLE = "55P03"
 # Rolled back whole, so running it again may succeed: deadlock_detected, and
 # serialization_failure (a role whose default isolation is repeatable read or

@@ -754,6 +754,37 @@ def test_a_schema_dropped_under_a_running_worker_gives_503_until_it_is_back(
         assert c.post(tasks_url(user), json={"title": "after"}).status_code == 201
 
 
+def test_a_schema_half_restored_under_a_running_worker_gives_503(
+    database: str, engine: Engine
+) -> None:
+    """`pg_restore --clean` into the database a worker serves: for a moment a
+    table is back without its primary key. A keyed create (`ON CONFLICT` on that
+    key) was a 500 (a restore trial); it is a 503, as with the table gone."""
+    user = new_user_id()
+    keyed = {"Idempotency-Key": "during"}
+    with (
+        running_server(database, None) as base,
+        httpx.Client(base_url=base, timeout=30) as c,
+    ):
+        assert c.post(tasks_url(user), json={"title": "before"}).status_code == 201
+        with engine.begin() as connection:
+            connection.execute(
+                text("ALTER TABLE idempotency_key DROP CONSTRAINT pk_idempotency_key")
+            )
+        try:
+            assert_503(c.post(tasks_url(user), json={"title": "x"}, headers=keyed))
+        finally:
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "ALTER TABLE idempotency_key ADD CONSTRAINT pk_idempotency_key"
+                        " PRIMARY KEY (user_id, key)"
+                    )
+                )
+        created = c.post(tasks_url(user), json={"title": "x"}, headers=keyed)
+        assert created.status_code == 201, created.text
+
+
 def test_statement_timeout_bounds_a_stuck_query(database: str) -> None:
     user = new_user_id()
     with running_server(database, DB_STATEMENT_TIMEOUT_MS="500") as base:
