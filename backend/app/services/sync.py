@@ -368,9 +368,11 @@ class DeltaSync:
         self._cursors = cursors
         self._retention = retention
         # Tokens issued before it are expired (SYNC_RESET_AT): none by default. In
-        # whole seconds, as tokens carry, rounded up: a token from the second of
-        # the reset is expired too (a sync from scratch, never a change missed).
-        self._reset_at = math.ceil(reset_at.timestamp()) if reset_at else 0
+        # whole seconds, as tokens carry: from the one after the reset's, so a token
+        # from the reset's own second is expired too (a sync from scratch, never a
+        # change missed; rounded up, a reset in whole seconds let it through, a
+        # restore trial).
+        self._reset_at = math.floor(reset_at.timestamp()) + 1 if reset_at else 0
         # Whether syncs read the server's origin (crash safety, specs/008): until
         # the server refuses it (a managed PostgreSQL's restriction).
         self._origin = True

@@ -372,6 +372,20 @@ def test_a_token_issued_before_sync_reset_at_is_410(
     assert changes(client, user, after)["tasks"] == []
 
 
+def test_a_token_from_the_resets_own_second_is_410(make_client: ClientFactory) -> None:
+    """SYNC_RESET_AT in whole seconds (Unix seconds are): a token issued in that
+    second may predate the reset, and is expired (it was accepted: a restore
+    trial)."""
+    client = _client_with_known_secret(make_client)
+    user = new_user_id()
+    token = changes(client, user)["next"]
+    codec = CursorCodec(CURSOR_SECRET.encode())
+    issued = datetime.fromtimestamp(SyncToken.decode(codec, user, token).since_at, UTC)
+    client = _client_with_known_secret(make_client, SYNC_RESET_AT=issued)
+    response = client.get(tasks_url(user) + "/changes", params={"since": token})
+    assert_error(response, 410, "sync_token_expired")
+
+
 def test_token_from_another_database_cluster_is_410(make_client: ClientFactory) -> None:
     """A snapshot from the future (a token issued before a logical restore into
     another cluster) cannot be compared with this cluster's transactions."""
