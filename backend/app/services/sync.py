@@ -149,8 +149,11 @@ class SyncToken:
 
 
 # A sync token's state, as `SyncToken.encode` writes it: `pg_snapshot` text,
-# transaction ids below 10^18 (a bigint; a cluster's are far below) and a task id.
+# transaction ids below 10^18 (a bigint; a cluster's are far below) and the last
+# change sent, a (change_xid, task id): any bigint, as a write with triggers off
+# may leave one (a negative one was refused, 400, on the page after it).
 _Xid = Annotated[StrictInt, Field(ge=0, lt=10**18)]
+_ChangeXid = Annotated[StrictInt, Field(ge=-(2**63), lt=10**18)]
 _SnapshotText = Annotated[
     str,
     StringConstraints(
@@ -163,7 +166,7 @@ _TOKEN_STATE = TypeAdapter(
         _SnapshotText | None,
         StrictInt | None,
         _SnapshotText | None,
-        tuple[_Xid, JsonTaskId] | None,
+        tuple[_ChangeXid, JsonTaskId] | None,
         tuple[StrictInt, _Xid] | None,
     ]
 )

@@ -299,6 +299,13 @@ def test_a_task_marked_with_triggers_off_is_in_a_first_sync(
     changes = client.get(tasks_url(user) + "/changes")
     assert changes.status_code == 200, changes.text
     assert [task["id"] for task in changes.json()["tasks"]] == [marked, other]
+    # A page that ends on it gives a token that goes on (it was refused, 400).
+    first = client.get(tasks_url(user) + "/changes", params={"limit": 1}).json()
+    assert [task["id"] for task in first["tasks"]] == [marked]
+    params = {"limit": 1, "since": first["next"]}
+    rest = client.get(tasks_url(user) + "/changes", params=params)
+    assert rest.status_code == 200, rest.text
+    assert [task["id"] for task in rest.json()["tasks"]] == [other]
 
 
 @pytest.mark.parametrize(
