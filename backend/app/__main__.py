@@ -21,7 +21,7 @@ from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from app.config import ConfigError, Settings, load_settings
+from app.config import ConfigError, Settings, kept_cursor_key, load_settings
 from app.edge.protocol import BoundedHttpToolsProtocol
 from app.observability.logging import configure_logging
 from app.workers import SUPERVISOR_PID
@@ -70,21 +70,28 @@ class _Supervisor(Multiprocess):
         trial), and forgets that worker's share of the live gauges (connections
         in use): its counts stay in the totals, they only ever grow."""
         before = list(self.processes)
+        # uvicorn kills those that do not answer its health check: not the cause
+        # for a warning to blame on a signal (the OOM killer's SIGKILL, say).
+        alive = {process for process in before if process.process.is_alive()}
         super().keep_subprocess_alive()
         for ended in (process for process in before if process not in self.processes):
-            logger.warning(
-                "worker %s ended (%s); another is started",
-                ended.pid,
-                _how_it_ended(ended.exitcode),
+            how = (
+                "it did not answer the supervisor's health check, and was killed"
+                if ended in alive
+                else _how_it_ended(ended.exitcode)
             )
+            logger.warning("worker %s ended (%s); another is started", ended.pid, how)
             if ended.pid is not None and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
                 multiprocess.mark_process_dead(ended.pid)  # type: ignore[no-untyped-call]
 
 
 def _how_it_ended(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
+    if exitcode is None or exitcode >= 0:
+        return f"exit status {exitcode}"
+    try:
         return f"killed by {signal.Signals(-exitcode).name}"
-    return f"exit status {exitcode}"
+    except ValueError:  # a real-time signal has no name
+        return f"killed by signal {-exitcode}"
 
 
 # Descriptors a worker needs besides its client and database connections: Redis,
@@ -174,9 +181,18 @@ def _shared_metrics() -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def serve(settings: Settings, url: str) -> None:
-    # Workers inherit the resolved URL, so they join the same (embedded) database.
+def _for_the_workers(settings: Settings, url: str) -> None:
+    """Workers inherit the resolved URL, so they join the same (embedded)
+    database, and one cursor key: where none is configured and none can be kept
+    in .data/, each made its own, and a cursor or sync token was refused (400) by
+    the next worker a connection reached (a review)."""
     os.environ["DATABASE_URL"] = url
+    if settings.cursor_key is None:  # outside production, without an auth secret
+        os.environ["CURSOR_SECRET"] = kept_cursor_key().decode()
+
+
+def serve(settings: Settings, url: str) -> None:
+    _for_the_workers(settings, url)
     _open_files_for(settings)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal
     # again; these handlers make that a clean exit 0, not death by signal (and

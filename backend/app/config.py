@@ -253,6 +253,16 @@ class Settings(BaseSettings):
             return value
         return list(dict.fromkeys(form for a in value for form in url_forms(a)))
 
+    @field_validator("SYNC_RESET_AT", mode="before")
+    @classmethod
+    def _as_psql_prints_it(cls, value: object) -> object:
+        """ISO 8601 as Python reads it, which takes psql's `now()` (`… 02:24:18.68+00`:
+        the restore procedure notes the time so; pydantic refused the `+00`)."""
+        if isinstance(value, str) and not value.strip().isdigit():
+            with contextlib.suppress(ValueError):  # else pydantic's own message
+                return datetime.fromisoformat(value.strip())
+        return value
+
     @field_validator("SYNC_RESET_AT")
     @classmethod
     def _past(cls, value: datetime | None) -> datetime | None:
@@ -628,7 +638,7 @@ def kept_cursor_key() -> bytes:
     server, and the server restarted (`fastapi dev` at every change saved), share
     it: a new key each start made an offline client's sync token a 400, the
     answer to a tampered one (a trial). Where it cannot be kept, one for this
-    process only, and a warning."""
+    process only (`python -m app` hands its workers one), and a warning."""
     path = PROJECT_ROOT / ".data" / "cursor-secret"
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -638,6 +648,8 @@ def kept_cursor_key() -> bytes:
         try:
             with os.fdopen(descriptor, "w") as file:
                 file.write(secrets.token_urlsafe(32))
+                file.flush()
+                os.fsync(file.fileno())  # never an empty key after a power cut
             with contextlib.suppress(FileExistsError):  # another process's first
                 os.link(made, path)
         finally:
@@ -651,7 +663,7 @@ def kept_cursor_key() -> bytes:
             path,
             exc,
         )
-        return secrets.token_bytes(32)
+        return secrets.token_urlsafe(32).encode()
 
 
 def _key_in(path: Path) -> bytes:

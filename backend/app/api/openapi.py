@@ -201,7 +201,11 @@ def document() -> str:
     from app.config import Settings
     from app.main import create_app
 
-    settings = Settings(DATABASE_URL="postgresql://localhost/openapi", _env_file=None)
+    settings = Settings(
+        DATABASE_URL="postgresql://localhost/openapi",
+        CURSOR_SECRET="a key for a document that signs nothing",  # none kept in .data
+        _env_file=None,
+    )
     return (
         json.dumps(create_app(settings).openapi(), indent=2, ensure_ascii=False) + "\n"
     )

@@ -66,6 +66,8 @@ RATE_LIMITED = Counter(
     "auth_failures (AUTH_FAILURE_LIMIT), user_share (USER_MAX_ACTIVE's turn)",
     ["reason"],
 )
+for _reason in ("rate_limit", "auth_failures", "user_share"):  # 0 before the first
+    RATE_LIMITED.labels(_reason)
 RATE_LIMITER_ERRORS = Counter(
     "rate_limiter_errors_total",
     "Rate-limit checks counted in this process only because the shared store "

@@ -379,6 +379,23 @@ def test_a_sync_reset_in_the_future_is_refused() -> None:
     assert Settings(ENVIRONMENT="test", SYNC_RESET_AT=skewed, _env_file=None)
 
 
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        ("2026-01-02 02:24:18.681209+00", 1767320658),  # psql's `SELECT now()`
+        ("2026-01-02 07:54:18+05:30", 1767320658),
+        ("2026-01-02T02:24:18Z", 1767320658),
+        ("1767320658", 1767320658),
+    ],
+)
+def test_a_sync_reset_is_taken_as_psql_prints_it(given: str, seconds: int) -> None:
+    """The restore procedure notes the time with `SELECT now()`: psql prints its
+    offset as `+00`, which was refused, and no instance started (a review)."""
+    settings = Settings(ENVIRONMENT="test", SYNC_RESET_AT=given, _env_file=None)
+    assert settings.SYNC_RESET_AT is not None
+    assert int(settings.SYNC_RESET_AT.timestamp()) == seconds
+
+
 def test_cursor_fallbacks_are_taken_as_written_and_stripped() -> None:
     """A CURSOR_SECRET read from a file kept its newline, and signed with it."""
     old, older = "a" * 32 + "\n", "b" * 32

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+import app.__main__ as entry
 from app import config
-from app.config import kept_cursor_key
+from app.config import Settings, kept_cursor_key
 
 
 @pytest.fixture
@@ -40,3 +41,19 @@ def test_where_no_key_can_be_kept_one_per_process_and_a_warning(
     assert len(first) >= 32
     assert first != second
     assert "no key can be kept" in caplog.text
+
+
+def test_where_no_key_can_be_kept_the_workers_get_one_all_the_same(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m app` hands its key to its workers: each made its own where
+    none could be kept, and refused the others' tokens (a review)."""
+    (root / ".data").write_text("")  # nothing can be kept
+    for name in ("CURSOR_SECRET", "BETTER_AUTH_SECRET", "JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", "")  # restored after the test
+    entry._for_the_workers(Settings(_env_file=None), "postgresql://db/app")
+    workers = Settings(_env_file=None)
+    assert workers.cursor_key is not None
+    assert len(workers.cursor_key) >= 32
+    assert workers.DATABASE_URL is not None
