@@ -658,8 +658,8 @@ def kept_cursor_key() -> bytes:
     except (OSError, ValueError) as exc:
         logger.warning(
             "CURSOR_SECRET is not set and no key can be kept in %s (%s): cursors "
-            "and sync tokens are signed with this process's own key, refused by "
-            "other workers and after a restart",
+            "and sync tokens are refused after a restart (and by other workers, "
+            "unless `python -m app` started them)",
             path,
             exc,
         )

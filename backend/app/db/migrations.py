@@ -80,6 +80,41 @@ class ForeignSchema(Exception):
     application's database."""
 
 
+class IncompleteSchema(ForeignSchema):
+    """Ours, at our revision, but without keys or triggers: a backup restored
+    without its post-data section. Refused like another application's."""
+
+
+# What head has that such a restore leaves out: the primary keys (a keyed
+# create's `ON CONFLICT` needs its own) and the triggers that mark changes for
+# delta sync (without them edits and deletes never reach syncing clients).
+_HEAD_KEEPS = (
+    "pk_idempotency_key",
+    "pk_task",
+    "pk_task_tombstone",
+    "task_bury",
+    "task_bury_all",
+    "task_mark_insert",
+    "task_mark_update",
+)
+_LACKING = text(
+    "SELECT name FROM unnest(CAST(:kept AS text[])) AS name WHERE name NOT IN ("
+    " SELECT conname FROM pg_constraint"
+    " WHERE connamespace = CAST(current_schema() AS regnamespace)"
+    " UNION ALL SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+    " WHERE c.relnamespace = CAST(current_schema() AS regnamespace)) ORDER BY name"
+)
+
+
+def _refuse_an_incomplete_schema(connection: "Connection") -> None:
+    lacking = connection.execute(_LACKING, {"kept": list(_HEAD_KEEPS)}).scalars()
+    if names := list(lacking):
+        raise IncompleteSchema(
+            f"its schema lacks {', '.join(names)}: a restore without its keys and "
+            "triggers (restore the backup whole, its post-data section included)"
+        )
+
+
 class TablesLocked(Exception):
     """Every attempt of a migration found a table it changes locked."""
 
@@ -208,6 +243,7 @@ def migrate(engine: Engine) -> None:
                 command.upgrade(config, "head")
 
         give_way(upgrade)
+        _refuse_an_incomplete_schema(connection)
 
 
 def migrate_url(url: str) -> None:

@@ -285,6 +285,27 @@ def test_a_database_with_tables_but_no_alembic_version_is_refused(
             engine.dispose()
 
 
+def test_a_restore_without_its_keys_and_triggers_is_refused() -> None:
+    """A backup restored without its post-data section (`pg_restore --section=
+    pre-data --section=data`): at our revision, but without the keys and the
+    triggers that mark changes. Served, edits and deletes never reached syncing
+    clients, and keyed creates were 503s (a restore trial)."""
+    with fresh_database() as url:
+        engine = create_engine(url)
+        try:
+            migrate(engine)
+            with engine.begin() as connection:
+                connection.execute(text("ALTER TABLE task DROP CONSTRAINT pk_task"))
+                connection.execute(text("DROP TRIGGER task_mark_update ON task"))
+            assert _refusal(url) == (
+                "cannot prepare the database: its schema lacks pk_task, "
+                "task_mark_update: a restore without its keys and triggers (restore "
+                "the backup whole, its post-data section included)"
+            )
+        finally:
+            engine.dispose()
+
+
 def test_the_migration_command_reads_dot_env(tmp_path: Path) -> None:
     """As the server does: the documented migrate-once step finds the same
     settings (it read only the environment, and gave a KeyError traceback). It
