@@ -195,10 +195,7 @@ class LoadShedMiddleware:
             identifier = request_id(scope)
             response = error_response(Overloaded(), identifier)
             await _identified(response, identifier)(scope, receive, send)
-            seconds = time.perf_counter() - _started(scope)
-            method = scope["method"]
-            label = method if method in _COUNTED else "other"
-            metrics.observe(label, "<shed>", Overloaded.status_code, seconds)
+            _counted(scope, "<shed>", Overloaded.status_code, _started(scope))
             return
         self._shedding.ended("worker no longer at capacity: requests admitted again")
         self.in_flight += 1
@@ -316,10 +313,16 @@ def _access_line(
 ) -> None:
     """The request's metrics and its one access-log line (`_error_of` an error)."""
     route = _route_of(scope)
+    seconds = _counted(scope, route, status, started)
+    _log_request(scope["method"], route, status, seconds, identifier, error)
+
+
+def _counted(scope: Scope, route: str, status: int, started: float) -> float:
+    """The request counted in the request metrics: its duration, in seconds."""
     seconds = time.perf_counter() - started
     method = scope["method"]
     metrics.observe(method if method in _COUNTED else "other", route, status, seconds)
-    _log_request(method, route, status, seconds, identifier, error)
+    return seconds
 
 
 def refusal_line(

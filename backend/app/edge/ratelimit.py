@@ -114,9 +114,7 @@ class RedisStore:
 
 
 class RateLimiter:
-    def __init__(
-        self, limit: int, window: int, store: Store, reason: str = "rate_limit"
-    ) -> None:
+    def __init__(self, limit: int, window: int, store: Store, reason: str) -> None:
         self.limit = limit
         self.window = window
         self.store = store

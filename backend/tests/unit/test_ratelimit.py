@@ -50,7 +50,7 @@ async def test_a_hanging_redis_is_left_alone_for_a_pause(
     silent: Silent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = RedisStore(f"redis://127.0.0.1:{silent.port}/0")
-    limiter = RateLimiter(10, 86_400, store)  # no window ends during the test
+    limiter = RateLimiter(10, 86_400, store, "rate_limit")  # no window ends in it
     try:
         for _ in range(5):
             await limiter.check("alice")
